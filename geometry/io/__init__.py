@@ -1,0 +1,1 @@
+"""Readers and writers of camera formats (COLMAP, transforms.json, LLFF, IDR/DTU)."""

@@ -1,0 +1,1 @@
+"""LiDAR-camera 3D detection on nuScenes-format data; the `perception` CLI."""

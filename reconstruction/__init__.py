@@ -1,0 +1,1 @@
+"""Gaussian-splat reconstruction from sparse views: scenes, splatting, methods, the `recon` CLI."""

@@ -1,0 +1,1 @@
+"""Interactive browser viewer (viser) and offline renders."""
