@@ -1,0 +1,227 @@
+"""The one image loader of the reconstruction pipeline.
+
+Loads a folder of photos as float RGB in [0, 1] (``[H, W, 3]``), the way a user expects them
+to look: EXIF orientation applied, transparency composited on a background colour,
+greyscale and 16-bit images expanded to 8-bit-range RGB, each image at its own size
+(optionally shrunk so that its longest side is at most ``max_size`` pixels). Files that are
+not images are skipped with one warning; an image that cannot be decoded is an error.
+
+Where the EXIF data gives it, the focal length becomes a pixel-focal prior for the
+camera intrinsics (see :func:`exif_focal_px`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geometry.errors import UserError
+
+#: File suffixes read as images (case-insensitive). Other files are skipped with a warning.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+#: Diagonal of a 35 mm film frame (36 x 24 mm), the reference of "35 mm equivalent" focals.
+FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
+
+_RESOLUTION_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}  # EXIF FocalPlaneResolutionUnit
+
+
+@dataclass
+class LoadedImage:
+    """One photo as the pipeline sees it."""
+
+    path: Path
+    """The file it came from."""
+    rgb: Tensor  # [H, W, 3] float32 in [0, 1]
+    """Colours, after orientation, compositing and resizing."""
+    focal_px: float | None
+    """Pixel focal length from EXIF at this (resized) resolution, or None without EXIF."""
+    camera_key: tuple
+    """Equal for images that come from one camera (EXIF make, model, focal; original size)."""
+    had_alpha: bool = False
+    """Whether the file had transparency (composited on the background)."""
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def warn(message: str) -> None:
+    """Print one warning line on stderr (rich, like the rest of the CLI's output)."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"[yellow]warning:[/yellow] {message}")
+
+
+def list_image_files(directory: str | os.PathLike,
+                     min_images: int = 2) -> list[Path]:
+    """The image files of ``directory`` in name order; other files are skipped with one warning.
+
+    Hidden files (``.DS_Store``) and sub-folders are ignored silently. Raises
+    :class:`UserError` when the folder is missing, empty, or has fewer than ``min_images``.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        raise UserError(f"image folder {directory} does not exist; "
+                        "give --images a folder of JPEG/PNG photos.")
+    if not directory.is_dir():
+        raise UserError(f"{directory} is not a folder; give --images a folder of JPEG/PNG photos.")
+    entries = sorted(p for p in directory.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+    if not images:
+        what = "is empty" if not files else f"has no JPEG/PNG images ({len(files)} other files)"
+        raise UserError(f"image folder {directory} {what}; put at least {min_images} "
+                        "overlapping photos of the scene in it.")
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warn(f"skipping {len(skipped)} non-image file(s) in {directory}: {names}")
+    if len(images) < min_images:
+        raise UserError(f"image folder {directory} has {len(images)} image(s) but at least "
+                        f"{min_images} overlapping photos of the scene are needed.")
+    return images
+
+
+def _exif_tags(img) -> dict[int, object]:
+    from PIL import ExifTags
+
+    exif = img.getexif()
+    tags = dict(exif.items())
+    try:
+        tags.update(exif.get_ifd(ExifTags.IFD.Exif).items())
+    except (KeyError, ValueError, TypeError, OSError):
+        pass
+    return tags
+
+
+def exif_focal_px(tags: dict[int, object], width: int, height: int) -> float | None:
+    """Pixel focal length of a ``width`` x ``height`` image from its EXIF tags, or None.
+
+    Uses ``FocalLengthIn35mmFilm`` (defined on the frame diagonal: ``f_px = f35 * diag_px /
+    43.27 mm``), else ``FocalLength`` with ``FocalPlaneXResolution`` (pixels per unit on the
+    sensor, rescaled from ``ExifImageWidth`` to ``width``). The diagonal makes the result
+    independent of the EXIF rotation.
+    """
+    from PIL import ExifTags
+
+    def number(tag: int) -> float | None:
+        value = tags.get(tag)
+        try:
+            value = float(value)  # IFDRational and ints
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+        return value if math.isfinite(value) and value > 0 else None
+
+    f35 = number(ExifTags.Base.FocalLengthIn35mmFilm)
+    if f35 is not None:
+        return f35 * math.hypot(width, height) / FULL_FRAME_DIAGONAL_MM
+    focal_mm = number(ExifTags.Base.FocalLength)
+    px_per_unit = number(ExifTags.Base.FocalPlaneXResolution)
+    unit = tags.get(ExifTags.Base.FocalPlaneResolutionUnit, 2)
+    exif_width = number(ExifTags.Base.ExifImageWidth)
+    exif_height = number(ExifTags.Base.ExifImageHeight)
+    if focal_mm is None or px_per_unit is None or unit not in _RESOLUTION_UNIT_MM:
+        return None
+    focal_px = focal_mm * px_per_unit / _RESOLUTION_UNIT_MM[unit]
+    if exif_width is not None and exif_height is not None:
+        # Longest sides correspond whatever the rotation.
+        focal_px *= max(width, height) / max(exif_width, exif_height)
+    return focal_px
+
+
+def _to_rgb_array(img, background: Sequence[float]) -> tuple[np.ndarray, bool]:
+    """``[H, W, 3]`` float32 in [0, 1] from any PIL mode; transparency goes on ``background``."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float32)
+        top = 65535.0 if mode.startswith("I;16") or grey.max() > 255 else 255.0
+        grey = np.clip(grey / top, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2), False
+    if mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=2), False
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3:4]
+        bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
+        return rgba[..., :3] * alpha + bg * (1.0 - alpha), bool((alpha < 1).any())
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0, False
+
+
+def load_image(path: str | os.PathLike, max_size: int | None = None,
+               background: Sequence[float] = (1.0, 1.0, 1.0)) -> LoadedImage:
+    """Load one photo (see the module doc); a file that cannot be decoded is a UserError."""
+    from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            tags = _exif_tags(img)
+            img = ImageOps.exif_transpose(img)
+            original_w, original_h = img.size
+            rgb, had_alpha = _to_rgb_array(img, background)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read image {path} ({err}); "
+                        "replace or remove the corrupt file.") from None
+    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
+        raise UserError(f"image {path} is only {rgb.shape[1]}x{rgb.shape[0]} pixels; "
+                        "remove it or use photos at least 8 pixels wide.")
+    scale = 1.0
+    if max_size is not None and max(original_w, original_h) > max_size:
+        scale = max_size / max(original_w, original_h)
+        new_w = max(1, round(original_w * scale))
+        new_h = max(1, round(original_h * scale))
+        # Resize the composited float image so that edges against the background match;
+        # area averaging is the alias-free choice for shrinking.
+        import cv2
+
+        rgb = np.clip(cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+        scale = new_w / original_w
+    focal = exif_focal_px(tags, original_w, original_h)
+    key = (tags.get(ExifTags.Base.Make), tags.get(ExifTags.Base.Model),
+           tags.get(ExifTags.Base.FocalLength), tags.get(ExifTags.Base.FocalLengthIn35mmFilm),
+           (original_w, original_h))
+    return LoadedImage(
+        path=path,
+        rgb=torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)),
+        focal_px=None if focal is None else focal * scale,
+        camera_key=tuple(str(v) if v is not None else None for v in key),
+        had_alpha=had_alpha,
+    )
+
+
+def load_images(directory: str | os.PathLike, max_size: int | None = None,
+                background: Sequence[float] = (1.0, 1.0, 1.0),
+                min_images: int = 2) -> list[LoadedImage]:
+    """Load every photo of ``directory`` in name order (see :func:`list_image_files`)."""
+    if max_size is not None and max_size < 16:
+        raise UserError(f"--max-size {max_size} is too small; use at least 16 pixels.")
+    return [load_image(p, max_size, background) for p in list_image_files(directory, min_images)]
+
+
+def shared_camera(images: Sequence[LoadedImage]) -> bool:
+    """Whether all images seem to come from one camera (same EXIF camera and original size)."""
+    return len({im.camera_key for im in images}) == 1
+
+
+def save_png(path: str | os.PathLike, rgb: Tensor) -> None:
+    """Write ``rgb`` (``[H, W, 3]`` in [0, 1]) as an 8-bit PNG (not atomic: for work files)."""
+    from PIL import Image
+
+    arr = (rgb.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    Image.fromarray(arr).save(path)
