@@ -1,0 +1,154 @@
+"""Rigid transforms as 4x4 homogeneous matrices: the one pose representation of sparseview.
+
+A transform is named by the frames it maps between: ``T_a_b`` takes points expressed in
+frame ``b`` to frame ``a`` (``pts_a = R_a_b @ pts_b + t_a_b``), so names chain:
+``compose(T_a_b, T_b_c) -> T_a_c``. A camera's pose is ``T_world_cam`` (camera-to-world);
+its inverse ``T_cam_world`` is gsplat's ``viewmats``.
+
+The tangent vector is ``xi = (rho, omega)`` (translation part first, then rotation), with
+``se3_exp(xi) = [[exp(hat(omega)), V(omega) @ rho], [0, 1]]`` and ``V`` the left Jacobian
+of SO(3). A pure translation ``xi = (rho, 0)`` therefore gives exactly translation ``rho``.
+
+All functions are batched over leading dimensions ``...`` and differentiable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from geometry.so3 import _series, _split_small, hat, rotation_coefficients, so3_log
+
+
+def make_T(R: Tensor, t: Tensor) -> Tensor:
+    """Assemble homogeneous transforms.
+
+    Args:
+        R: ``[..., 3, 3]`` rotation (or any 3x3 linear part).
+        t: ``[..., 3]`` translation (batch dims broadcast against ``R``'s).
+
+    Returns:
+        ``[..., 4, 4]`` with last row ``(0, 0, 0, 1)``.
+    """
+    batch = torch.broadcast_shapes(R.shape[:-2], t.shape[:-1])
+    dtype = torch.promote_types(R.dtype, t.dtype)
+    top = torch.cat((R.expand(*batch, 3, 3), t.expand(*batch, 3)[..., None]), -1).to(dtype)
+    bottom = torch.zeros((*batch, 1, 4), dtype=dtype, device=R.device)
+    bottom[..., 0, 3] = 1.0
+    return torch.cat((top, bottom), -2)
+
+
+def identity_T(
+    shape: tuple[int, ...] | torch.Size = (),
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Identity transforms, ``[*shape, 4, 4]``."""
+    return torch.eye(4, dtype=dtype, device=device).expand(*shape, 4, 4).clone()
+
+
+def invert_T(T_a_b: Tensor) -> Tensor:
+    """Inverse of a rigid transform in closed form (``R^T``, ``-R^T t``).
+
+    Args:
+        T_a_b: ``[..., 4, 4]`` rigid transform (the rotation part must be orthonormal).
+
+    Returns:
+        ``[..., 4, 4]`` ``T_b_a``.
+    """
+    R_b_a = T_a_b[..., :3, :3].transpose(-1, -2)
+    t_b_a = -(R_b_a @ T_a_b[..., :3, 3:4])[..., 0]
+    return make_T(R_b_a, t_b_a)
+
+
+def compose(T_a_b: Tensor, T_b_c: Tensor) -> Tensor:
+    """Chain transforms: ``T_a_c = T_a_b @ T_b_c``.
+
+    Args:
+        T_a_b: ``[..., 4, 4]``.
+        T_b_c: ``[..., 4, 4]`` (batch dims broadcast).
+
+    Returns:
+        ``[..., 4, 4]`` ``T_a_c``.
+    """
+    return T_a_b @ T_b_c
+
+
+def transform_points(T_a_b: Tensor, pts_b: Tensor) -> Tensor:
+    """Apply transforms to point sets.
+
+    Args:
+        T_a_b: ``[..., 4, 4]``.
+        pts_b: ``[..., N, 3]`` points in frame ``b``; ``T_a_b``'s batch dims broadcast
+            against ``pts_b``'s leading dims (one transform per point set).
+
+    Returns:
+        ``[..., N, 3]`` points in frame ``a``.
+    """
+    R = T_a_b[..., :3, :3]
+    t = T_a_b[..., None, :3, 3]
+    return pts_b @ R.transpose(-1, -2) + t
+
+
+def transform_directions(T_a_b: Tensor, dirs_b: Tensor) -> Tensor:
+    """Rotate direction vectors (no translation).
+
+    Args:
+        T_a_b: ``[..., 4, 4]``.
+        dirs_b: ``[..., N, 3]``.
+
+    Returns:
+        ``[..., N, 3]``.
+    """
+    return dirs_b @ T_a_b[..., :3, :3].transpose(-1, -2)
+
+
+def _inverse_left_jacobian_coefficient(theta_sq: Tensor) -> Tensor:
+    """``D = (1 - A / (2B)) / theta^2`` so that ``V^-1 = I - W/2 + D W^2``."""
+    small, ts = _split_small(theta_sq)
+    half = 0.5 * torch.sqrt(ts)
+    d_exact = (1.0 - half * torch.cos(half) / torch.sin(half)) / ts
+    d_series = _series(theta_sq, (1 / 12, 1 / 720, 1 / 30240, 1 / 1209600, 1 / 47900160))
+    return torch.where(small, d_series, d_exact)
+
+
+def se3_exp(xi: Tensor) -> Tensor:
+    """Exponential map of se(3).
+
+    Args:
+        xi: ``[..., 6]`` twist ``(rho[3], omega[3])``: translation part, then rotation part
+            (radians).
+
+    Returns:
+        ``[..., 4, 4]`` rigid transform. Finite, correct gradients at ``xi = 0``, so
+        ``se3_exp(delta) @ T`` is the usual pose-update parametrisation.
+    """
+    rho, omega = xi[..., :3], xi[..., 3:]
+    theta_sq = (omega * omega).sum(-1)
+    a, b, c = rotation_coefficients(theta_sq)
+    W = hat(omega)
+    W2 = W @ W
+    eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
+    R = eye + a[..., None, None] * W + b[..., None, None] * W2
+    V = eye + b[..., None, None] * W + c[..., None, None] * W2
+    t = (V @ rho[..., None])[..., 0]
+    return make_T(R, t)
+
+
+def se3_log(T: Tensor) -> Tensor:
+    """Logarithm map of SE(3), inverse of :func:`se3_exp` (rotation angle in ``[0, pi]``).
+
+    Args:
+        T: ``[..., 4, 4]`` rigid transform.
+
+    Returns:
+        ``[..., 6]`` twist ``(rho, omega)``.
+    """
+    omega = so3_log(T[..., :3, :3])
+    theta_sq = (omega * omega).sum(-1)
+    d = _inverse_left_jacobian_coefficient(theta_sq)
+    W = hat(omega)
+    eye = torch.eye(3, dtype=T.dtype, device=T.device)
+    V_inv = eye - 0.5 * W + d[..., None, None] * (W @ W)
+    rho = (V_inv @ T[..., :3, 3:4])[..., 0]
+    return torch.cat((rho, omega), -1)
