@@ -1,0 +1,468 @@
+// CPU backend of sparseview::rasterize_to_pixels_{fwd,bwd}: tile binning, depth sort and
+// front-to-back alpha compositing of projected 2D Gaussians, forward and backward.
+//
+// The maths follows gsplat's rasterize_to_pixels kernels (and the original 3DGS code):
+//   sigma = 0.5 * (a dx^2 + c dy^2) + b dx dy,     (dx, dy) = mean2d - pixel centre
+//   alpha = min(0.999, opacity * exp(-sigma)),     skipped when sigma < 0 or alpha < 1/255
+//   C     = sum_i c_i alpha_i T_i,  T_i = prod_{j<i} (1 - alpha_j)
+//   a pixel stops (without the Gaussian that would do it) once T would drop to <= 1e-4.
+// The pure-PyTorch oracle is reconstruction/splatting/_torch_impl.py.
+//
+// Work is split by tiles (OpenMP, dynamic schedule: tiles differ a lot in cost). Inside a
+// tile the loop runs Gaussian-outer / pixel-inner over the Gaussian's pixel bounding box,
+// so each Gaussian's parameters are loaded once per tile. The backward pass writes one
+// gradient row per (tile, Gaussian) intersection and reduces them in a fixed order, so
+// gradients are bit-for-bit deterministic whatever the thread count.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace sparseview {
+namespace {
+
+constexpr double kAlphaThreshold = 1.0 / 255.0;
+constexpr double kMaxAlpha = 0.999;
+constexpr double kTransmittanceEps = 1e-4;
+
+struct TileGrid {
+  int64_t cameras, width, height, tile_size, tiles_x, tiles_y;
+
+  TileGrid(int64_t c, int64_t w, int64_t h, int64_t ts)
+      : cameras(c), width(w), height(h), tile_size(ts),
+        tiles_x((w + ts - 1) / ts), tiles_y((h + ts - 1) / ts) {}
+
+  int64_t tiles_per_camera() const { return tiles_x * tiles_y; }
+  int64_t num_tiles() const { return cameras * tiles_per_camera(); }
+};
+
+// Tiles [x0, x1) x [y0, y1) touched by a Gaussian's screen-space bounding box; the same
+// float expression as the PyTorch oracle so both bin identically.
+template <typename scalar_t>
+inline void tile_rect(scalar_t mx, scalar_t my, int32_t rx, int32_t ry, const TileGrid& grid,
+                      int64_t* x0, int64_t* x1, int64_t* y0, int64_t* y1) {
+  const scalar_t ts = static_cast<scalar_t>(grid.tile_size);
+  auto clampi = [](int64_t v, int64_t hi) { return std::min<int64_t>(std::max<int64_t>(v, 0), hi); };
+  *x0 = clampi(static_cast<int64_t>(std::floor((mx - static_cast<scalar_t>(rx)) / ts)), grid.tiles_x);
+  *x1 = clampi(static_cast<int64_t>(std::ceil((mx + static_cast<scalar_t>(rx)) / ts)), grid.tiles_x);
+  *y0 = clampi(static_cast<int64_t>(std::floor((my - static_cast<scalar_t>(ry)) / ts)), grid.tiles_y);
+  *y1 = clampi(static_cast<int64_t>(std::ceil((my + static_cast<scalar_t>(ry)) / ts)), grid.tiles_y);
+}
+
+// Pixels of a tile that a Gaussian can reach. Outside |dx| <= rx the quadratic form is at
+// least rx^2 / (2 cov_xx) >= log(opacity * 255), i.e. alpha < 1/255; one pixel of margin
+// absorbs rounding, so this is an exact shortcut, not an approximation.
+struct PixelRange {
+  int64_t x0, x1, y0, y1;  // inclusive-exclusive, in image pixels
+};
+
+template <typename scalar_t>
+inline PixelRange pixel_range(scalar_t mx, scalar_t my, int32_t rx, int32_t ry, int64_t px0,
+                              int64_t px1, int64_t py0, int64_t py1) {
+  PixelRange r;
+  r.x0 = std::max<int64_t>(px0, static_cast<int64_t>(std::floor(mx - rx - 0.5)) - 1);
+  r.x1 = std::min<int64_t>(px1, static_cast<int64_t>(std::ceil(mx + rx - 0.5)) + 2);
+  r.y0 = std::max<int64_t>(py0, static_cast<int64_t>(std::floor(my - ry - 0.5)) - 1);
+  r.y1 = std::min<int64_t>(py1, static_cast<int64_t>(std::ceil(my + ry - 0.5)) + 2);
+  return r;
+}
+
+int num_threads() {
+  return std::max(1, at::get_num_threads());
+}
+
+// Bins every visible Gaussian of every camera into the tiles its bounding box touches.
+// Each tile's list is sorted front to back (stable: ties keep index order).
+template <typename scalar_t>
+void bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at::Tensor& radii,
+                   const TileGrid& grid, at::Tensor* tile_offsets_out,
+                   at::Tensor* flatten_ids_out) {
+  const int64_t C = grid.cameras;
+  const int64_t N = means2d.size(1);
+  const int64_t T = grid.tiles_per_camera();
+  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
+  const scalar_t* depth_ptr = depths.data_ptr<scalar_t>();
+  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
+
+  std::vector<int64_t> counts(grid.num_tiles() + 1, 0);
+  std::vector<std::vector<int32_t>> order(C);
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t c = 0; c < C; ++c) {
+    std::vector<int32_t>& ids = order[c];
+    ids.reserve(N);
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t* r = radii_ptr + (c * N + n) * 2;
+      if (r[0] > 0 && r[1] > 0) ids.push_back(static_cast<int32_t>(n));
+    }
+    const scalar_t* depth_c = depth_ptr + c * N;
+    std::stable_sort(ids.begin(), ids.end(),
+                     [depth_c](int32_t a, int32_t b) { return depth_c[a] < depth_c[b]; });
+    int64_t* count_c = counts.data() + c * T;
+    for (int32_t n : ids) {
+      const scalar_t* m = means_ptr + (c * N + n) * 2;
+      const int32_t* r = radii_ptr + (c * N + n) * 2;
+      int64_t x0, x1, y0, y1;
+      tile_rect<scalar_t>(m[0], m[1], r[0], r[1], grid, &x0, &x1, &y0, &y1);
+      for (int64_t ty = y0; ty < y1; ++ty)
+        for (int64_t tx = x0; tx < x1; ++tx) ++count_c[ty * grid.tiles_x + tx];
+    }
+  }
+
+  at::Tensor tile_offsets = at::empty({grid.num_tiles() + 1}, at::kLong);
+  int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+  offsets[0] = 0;
+  for (int64_t t = 0; t < grid.num_tiles(); ++t) offsets[t + 1] = offsets[t] + counts[t];
+  const int64_t total = offsets[grid.num_tiles()];
+
+  at::Tensor flatten_ids = at::empty({total}, at::kInt);
+  int32_t* flat = flatten_ids.data_ptr<int32_t>();
+
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t c = 0; c < C; ++c) {
+    std::vector<int64_t> cursor(offsets + c * T, offsets + (c + 1) * T);
+    for (int32_t n : order[c]) {
+      const scalar_t* m = means_ptr + (c * N + n) * 2;
+      const int32_t* r = radii_ptr + (c * N + n) * 2;
+      int64_t x0, x1, y0, y1;
+      tile_rect<scalar_t>(m[0], m[1], r[0], r[1], grid, &x0, &x1, &y0, &y1);
+      for (int64_t ty = y0; ty < y1; ++ty)
+        for (int64_t tx = x0; tx < x1; ++tx) flat[cursor[ty * grid.tiles_x + tx]++] = n;
+    }
+  }
+  *tile_offsets_out = tile_offsets;
+  *flatten_ids_out = flatten_ids;
+}
+
+template <typename scalar_t>
+void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
+                       const at::Tensor& colors, const at::Tensor& opacities,
+                       const at::Tensor& radii, const at::Tensor& tile_offsets,
+                       const at::Tensor& flatten_ids, const TileGrid& grid,
+                       at::Tensor& render_colors, at::Tensor& render_alphas,
+                       at::Tensor& last_ids) {
+  const int64_t N = means2d.size(1);
+  const int64_t D = colors.size(2);
+  const int64_t T = grid.tiles_per_camera();
+  const int64_t W = grid.width, H = grid.height, ts = grid.tile_size;
+  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
+  const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
+  const scalar_t* color_ptr = colors.data_ptr<scalar_t>();
+  const scalar_t* opac_ptr = opacities.data_ptr<scalar_t>();
+  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
+  const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+  const int32_t* flat = flatten_ids.data_ptr<int32_t>();
+  scalar_t* out_color = render_colors.data_ptr<scalar_t>();
+  scalar_t* out_alpha = render_alphas.data_ptr<scalar_t>();
+  int32_t* out_last = last_ids.data_ptr<int32_t>();
+
+  const scalar_t alpha_thresh = static_cast<scalar_t>(kAlphaThreshold);
+  const scalar_t max_alpha = static_cast<scalar_t>(kMaxAlpha);
+  const scalar_t t_eps = static_cast<scalar_t>(kTransmittanceEps);
+
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<scalar_t> trans(ts * ts), accum(ts * ts * D);
+    std::vector<int32_t> last(ts * ts);
+    std::vector<uint8_t> done(ts * ts);
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < grid.num_tiles(); ++tile) {
+      const int64_t c = tile / T;
+      const int64_t ty = (tile % T) / grid.tiles_x, tx = (tile % T) % grid.tiles_x;
+      const int64_t px0 = tx * ts, py0 = ty * ts;
+      const int64_t px1 = std::min(px0 + ts, W), py1 = std::min(py0 + ts, H);
+      const int64_t tw = px1 - px0, npix = tw * (py1 - py0);
+      std::fill(trans.begin(), trans.begin() + npix, scalar_t(1));
+      std::fill(accum.begin(), accum.begin() + npix * D, scalar_t(0));
+      std::fill(last.begin(), last.begin() + npix, 0);
+      std::fill(done.begin(), done.begin() + npix, 0);
+      int64_t n_done = 0;
+
+      const int64_t begin = offsets[tile], end = offsets[tile + 1];
+      for (int64_t k = begin; k < end && n_done < npix; ++k) {
+        const int64_t g = flat[k];
+        const int64_t cg = c * N + g;
+        const scalar_t mx = means_ptr[cg * 2], my = means_ptr[cg * 2 + 1];
+        const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
+                       cc = conic_ptr[cg * 3 + 2];
+        const scalar_t op = opac_ptr[cg];
+        const scalar_t* col = color_ptr + cg * D;
+        const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
+                                                    radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
+        for (int64_t y = pr.y0; y < pr.y1; ++y) {
+          const scalar_t dy = my - (static_cast<scalar_t>(y) + scalar_t(0.5));
+          const int64_t row = (y - py0) * tw - px0;
+          for (int64_t x = pr.x0; x < pr.x1; ++x) {
+            const int64_t p = row + x;
+            if (done[p]) continue;
+            const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
+            const scalar_t sigma =
+                scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+            if (sigma < 0) continue;
+            const scalar_t alpha = std::min(max_alpha, op * std::exp(-sigma));
+            if (alpha < alpha_thresh) continue;
+            const scalar_t next_t = trans[p] * (scalar_t(1) - alpha);
+            if (next_t <= t_eps) {
+              done[p] = 1;
+              ++n_done;
+              continue;
+            }
+            const scalar_t w = alpha * trans[p];
+            scalar_t* acc = accum.data() + p * D;
+            for (int64_t d = 0; d < D; ++d) acc[d] += w * col[d];
+            trans[p] = next_t;
+            last[p] = static_cast<int32_t>(k - begin + 1);
+          }
+        }
+      }
+
+      for (int64_t y = py0; y < py1; ++y) {
+        for (int64_t x = px0; x < px1; ++x) {
+          const int64_t p = (y - py0) * tw + (x - px0);
+          const int64_t pix = (c * H + y) * W + x;
+          for (int64_t d = 0; d < D; ++d) out_color[pix * D + d] = accum[p * D + d];
+          out_alpha[pix] = scalar_t(1) - trans[p];
+          out_last[pix] = last[p];
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
+                        const at::Tensor& colors, const at::Tensor& opacities,
+                        const at::Tensor& radii, const at::Tensor& render_alphas,
+                        const at::Tensor& last_ids, const at::Tensor& tile_offsets,
+                        const at::Tensor& flatten_ids, const at::Tensor& v_render_colors,
+                        const at::Tensor& v_render_alphas, const TileGrid& grid,
+                        at::Tensor& v_isect) {
+  const int64_t N = means2d.size(1);
+  const int64_t D = colors.size(2);
+  const int64_t P = v_isect.size(1);  // 2 mean + 3 conic + 1 opacity + D colour + 2 |mean|
+  const int64_t T = grid.tiles_per_camera();
+  const int64_t W = grid.width, H = grid.height, ts = grid.tile_size;
+  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
+  const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
+  const scalar_t* color_ptr = colors.data_ptr<scalar_t>();
+  const scalar_t* opac_ptr = opacities.data_ptr<scalar_t>();
+  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
+  const scalar_t* alpha_ptr = render_alphas.data_ptr<scalar_t>();
+  const int32_t* last_ptr = last_ids.data_ptr<int32_t>();
+  const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+  const int32_t* flat = flatten_ids.data_ptr<int32_t>();
+  const scalar_t* vc_ptr = v_render_colors.data_ptr<scalar_t>();
+  const scalar_t* va_ptr = v_render_alphas.data_ptr<scalar_t>();
+  scalar_t* v_out = v_isect.data_ptr<scalar_t>();
+
+  const scalar_t alpha_thresh = static_cast<scalar_t>(kAlphaThreshold);
+  const scalar_t max_alpha = static_cast<scalar_t>(kMaxAlpha);
+
+#pragma omp parallel num_threads(num_threads())
+  {
+    std::vector<scalar_t> trans(ts * ts), t_final(ts * ts), v_alpha_px(ts * ts);
+    std::vector<scalar_t> buffer(ts * ts * D), v_color_px(ts * ts * D);
+    std::vector<int32_t> last(ts * ts);
+    std::vector<scalar_t> grad(P);
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t tile = 0; tile < grid.num_tiles(); ++tile) {
+      const int64_t c = tile / T;
+      const int64_t ty = (tile % T) / grid.tiles_x, tx = (tile % T) % grid.tiles_x;
+      const int64_t px0 = tx * ts, py0 = ty * ts;
+      const int64_t px1 = std::min(px0 + ts, W), py1 = std::min(py0 + ts, H);
+      const int64_t tw = px1 - px0;
+      int32_t max_last = 0;
+      for (int64_t y = py0; y < py1; ++y) {
+        for (int64_t x = px0; x < px1; ++x) {
+          const int64_t p = (y - py0) * tw + (x - px0);
+          const int64_t pix = (c * H + y) * W + x;
+          t_final[p] = scalar_t(1) - alpha_ptr[pix];
+          trans[p] = t_final[p];
+          v_alpha_px[p] = va_ptr[pix];
+          last[p] = last_ptr[pix];
+          max_last = std::max(max_last, last[p]);
+          for (int64_t d = 0; d < D; ++d) {
+            buffer[p * D + d] = 0;
+            v_color_px[p * D + d] = vc_ptr[pix * D + d];
+          }
+        }
+      }
+
+      const int64_t begin = offsets[tile];
+      for (int64_t kl = static_cast<int64_t>(max_last) - 1; kl >= 0; --kl) {
+        const int64_t k = begin + kl;
+        const int64_t g = flat[k];
+        const int64_t cg = c * N + g;
+        const scalar_t mx = means_ptr[cg * 2], my = means_ptr[cg * 2 + 1];
+        const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
+                       cc = conic_ptr[cg * 3 + 2];
+        const scalar_t op = opac_ptr[cg];
+        const scalar_t* col = color_ptr + cg * D;
+        const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
+                                                    radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
+        std::fill(grad.begin(), grad.end(), scalar_t(0));
+        bool touched = false;
+        for (int64_t y = pr.y0; y < pr.y1; ++y) {
+          const scalar_t dy = my - (static_cast<scalar_t>(y) + scalar_t(0.5));
+          const int64_t row = (y - py0) * tw - px0;
+          for (int64_t x = pr.x0; x < pr.x1; ++x) {
+            const int64_t p = row + x;
+            if (kl >= last[p]) continue;
+            const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
+            const scalar_t sigma =
+                scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+            if (sigma < 0) continue;
+            const scalar_t vis = std::exp(-sigma);
+            const scalar_t alpha = std::min(max_alpha, op * vis);
+            if (alpha < alpha_thresh) continue;
+            touched = true;
+            const scalar_t ra = scalar_t(1) / (scalar_t(1) - alpha);
+            trans[p] *= ra;  // transmittance in front of this Gaussian
+            const scalar_t fac = alpha * trans[p];
+            scalar_t v_alpha = t_final[p] * ra * v_alpha_px[p];
+            const scalar_t* vc = v_color_px.data() + p * D;
+            scalar_t* buf = buffer.data() + p * D;
+            for (int64_t d = 0; d < D; ++d) {
+              grad[6 + d] += fac * vc[d];
+              v_alpha += (col[d] * trans[p] - buf[d] * ra) * vc[d];
+              buf[d] += col[d] * fac;
+            }
+            if (op * vis <= max_alpha) {
+              const scalar_t v_sigma = -op * vis * v_alpha;
+              const scalar_t gx = v_sigma * (ca * dx + cb * dy);
+              const scalar_t gy = v_sigma * (cb * dx + cc * dy);
+              grad[0] += gx;
+              grad[1] += gy;
+              grad[2] += scalar_t(0.5) * v_sigma * dx * dx;
+              grad[3] += v_sigma * dx * dy;
+              grad[4] += scalar_t(0.5) * v_sigma * dy * dy;
+              grad[5] += vis * v_alpha;
+              grad[6 + D] += std::abs(gx);
+              grad[7 + D] += std::abs(gy);
+            }
+          }
+        }
+        if (touched) std::copy(grad.begin(), grad.end(), v_out + k * P);
+      }
+    }
+  }
+}
+
+// Sums the per-intersection gradient rows into per-Gaussian gradients [C,N,P], in a fixed
+// order per camera so the result does not depend on the thread count.
+template <typename scalar_t>
+void reduce_intersections(const at::Tensor& v_isect, const at::Tensor& tile_offsets,
+                          const at::Tensor& flatten_ids, const TileGrid& grid,
+                          at::Tensor& v_all) {
+  const int64_t C = v_all.size(0), N = v_all.size(1), P = v_all.size(2);
+  const int64_t T = grid.tiles_per_camera();
+  const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
+  const int32_t* flat = flatten_ids.data_ptr<int32_t>();
+  const scalar_t* src = v_isect.data_ptr<scalar_t>();
+  scalar_t* dst = v_all.data_ptr<scalar_t>();
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = offsets[c * T]; k < offsets[(c + 1) * T]; ++k) {
+      scalar_t* out = dst + (c * N + flat[k]) * P;
+      const scalar_t* row = src + k * P;
+      for (int64_t j = 0; j < P; ++j) out[j] += row[j];
+    }
+  }
+}
+
+void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
+                  const at::Tensor& opacities, const at::Tensor& radii, int64_t width,
+                  int64_t height, int64_t tile_size) {
+  TORCH_CHECK(means2d.dim() == 3 && means2d.size(2) == 2, "means2d must be [C,N,2]");
+  const int64_t C = means2d.size(0), N = means2d.size(1);
+  TORCH_CHECK(conics.sizes() == at::IntArrayRef({C, N, 3}), "conics must be [C,N,3]");
+  TORCH_CHECK(colors.dim() == 3 && colors.size(0) == C && colors.size(1) == N,
+              "colors must be [C,N,D]");
+  TORCH_CHECK(opacities.sizes() == at::IntArrayRef({C, N}), "opacities must be [C,N]");
+  TORCH_CHECK(radii.sizes() == at::IntArrayRef({C, N, 2}) && radii.scalar_type() == at::kInt,
+              "radii must be int32 [C,N,2]");
+  for (const at::Tensor* t : {&means2d, &conics, &colors, &opacities, &radii}) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "inputs must be contiguous CPU");
+  }
+  TORCH_CHECK(conics.scalar_type() == means2d.scalar_type() &&
+                  colors.scalar_type() == means2d.scalar_type() &&
+                  opacities.scalar_type() == means2d.scalar_type(),
+              "float inputs must share one dtype");
+  TORCH_CHECK(width > 0 && height > 0 && tile_size > 0, "width, height, tile_size must be > 0");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_fwd_cpu(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
+    const at::Tensor& opacities, const at::Tensor& depths, const at::Tensor& radii,
+    int64_t width, int64_t height, int64_t tile_size) {
+  check_inputs(means2d, conics, colors, opacities, radii, width, height, tile_size);
+  TORCH_CHECK(depths.sizes() == opacities.sizes() && depths.is_contiguous() &&
+                  depths.scalar_type() == means2d.scalar_type(),
+              "depths must be [C,N] like opacities");
+  const int64_t C = means2d.size(0), D = colors.size(2);
+  const TileGrid grid(C, width, height, tile_size);
+  const auto opts = means2d.options();
+  at::Tensor render_colors = at::empty({C, height, width, D}, opts);
+  at::Tensor render_alphas = at::empty({C, height, width, 1}, opts);
+  at::Tensor last_ids = at::empty({C, height, width}, opts.dtype(at::kInt));
+  at::Tensor tile_offsets, flatten_ids;
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_to_pixels_fwd", [&] {
+    bin_gaussians<scalar_t>(means2d, depths, radii, grid, &tile_offsets, &flatten_ids);
+    composite_forward<scalar_t>(means2d, conics, colors, opacities, radii, tile_offsets,
+                                flatten_ids, grid, render_colors, render_alphas, last_ids);
+  });
+  return {render_colors, render_alphas, last_ids, tile_offsets, flatten_ids};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize_bwd_cpu(
+    const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& colors,
+    const at::Tensor& opacities, const at::Tensor& radii, const at::Tensor& render_alphas,
+    const at::Tensor& last_ids, const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
+    const at::Tensor& v_render_colors, const at::Tensor& v_render_alphas, int64_t width,
+    int64_t height, int64_t tile_size) {
+  check_inputs(means2d, conics, colors, opacities, radii, width, height, tile_size);
+  const int64_t C = means2d.size(0), N = means2d.size(1), D = colors.size(2);
+  TORCH_CHECK(v_render_colors.sizes() == at::IntArrayRef({C, height, width, D}) &&
+                  v_render_alphas.sizes() == at::IntArrayRef({C, height, width, 1}),
+              "gradient shapes do not match the render");
+  const TileGrid grid(C, width, height, tile_size);
+  const at::Tensor vc = v_render_colors.contiguous().to(means2d.scalar_type());
+  const at::Tensor va = v_render_alphas.contiguous().to(means2d.scalar_type());
+  const int64_t M = flatten_ids.size(0);
+  const int64_t P = 8 + D;
+  at::Tensor v_isect = at::zeros({M, P}, means2d.options());
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_to_pixels_bwd", [&] {
+    composite_backward<scalar_t>(means2d, conics, colors, opacities, radii,
+                                 render_alphas.contiguous(), last_ids.contiguous(),
+                                 tile_offsets, flatten_ids, vc, va, grid, v_isect);
+  });
+
+  at::Tensor v_all = at::zeros({C, N, P}, means2d.options());
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_reduce", [&] {
+    reduce_intersections<scalar_t>(v_isect, tile_offsets, flatten_ids, grid, v_all);
+  });
+  return {v_all.narrow(2, 0, 2).contiguous(), v_all.narrow(2, 2, 3).contiguous(),
+          v_all.narrow(2, 6, D).contiguous(), v_all.select(2, 5).contiguous(),
+          v_all.narrow(2, 6 + D, 2).contiguous()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparseview, CPU, m) {
+  m.impl("rasterize_to_pixels_fwd", &rasterize_fwd_cpu);
+  m.impl("rasterize_to_pixels_bwd", &rasterize_bwd_cpu);
+}
+
+}  // namespace sparseview

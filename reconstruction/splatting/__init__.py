@@ -1,0 +1,15 @@
+"""Differentiable Gaussian splatting: :func:`rasterization` (gsplat's API; native CPU
+kernel or gsplat on CUDA), the screen-space projection, SH colours, and the pure-PyTorch
+reference compositor used as the test oracle."""
+
+from reconstruction.splatting.rasterization import RENDER_MODES, rasterization
+from reconstruction.splatting.sh import num_sh_bases, rgb_to_sh, sh_to_color, spherical_harmonics
+
+__all__ = [
+    "RENDER_MODES",
+    "num_sh_bases",
+    "rasterization",
+    "rgb_to_sh",
+    "sh_to_color",
+    "spherical_harmonics",
+]

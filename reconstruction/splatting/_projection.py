@@ -1,0 +1,142 @@
+"""Projection of 3D Gaussians to 2D screen-space Gaussians, in PyTorch.
+
+Kept in PyTorch on purpose: autograd then gives gradients for every Gaussian parameter
+and for the camera poses (``viewmats``) with no hand-written backward, and the cost is
+O(C·N), small next to the per-pixel compositing that the native kernel does. The maths
+is gsplat's ``fully_fused_projection`` (EWA splatting with the Jacobian evaluated at a
+frustum-clamped mean, a 0.3 px low-pass ``eps2d``, opacity-aware 2D extents).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from geometry.so3 import quat_to_matrix
+
+ALPHA_THRESHOLD = 1.0 / 255.0
+# gsplat's cap on the extent in standard deviations; opacity <= 1 never reaches it.
+MAX_EXTENT_SIGMAS = 3.33
+
+
+@dataclass
+class Projected:
+    """Screen-space Gaussians for C cameras. Culled entries have ``radii == 0``."""
+
+    means2d: Tensor  # [C, N, 2] pixels (x right, y down; pixel (i, j) is centred at j+.5, i+.5)
+    conics: Tensor  # [C, N, 3] (a, b, c) of the inverse 2D covariance [[a, b], [b, c]]
+    depths: Tensor  # [C, N] z in the camera frame, metres
+    radii: Tensor  # [C, N, 2] int32 half-extents of the screen-space bounding box, pixels
+    opacities: Tensor  # [C, N] effective opacity (times the compensation if antialiased)
+    compensations: Tensor  # [C, N] sqrt(det(cov2d) / det(cov2d + eps2d I))
+
+
+def covariances_3d(quats: Tensor, scales: Tensor) -> Tensor:
+    """World-space covariances ``R S S^T R^T``.
+
+    Args:
+        quats: ``[N, 4]`` wxyz (normalised here).
+        scales: ``[N, 3]`` standard deviations along the Gaussian's axes, metres.
+
+    Returns:
+        ``[N, 3, 3]``.
+    """
+    M = quat_to_matrix(quats) * scales[..., None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def project_gaussians(
+    means: Tensor,  # [N, 3] world
+    quats: Tensor,  # [N, 4] wxyz
+    scales: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    viewmats: Tensor,  # [C, 4, 4] T_cam_world
+    Ks: Tensor,  # [C, 3, 3]
+    width: int,
+    height: int,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+    eps2d: float = 0.3,
+    radius_clip: float = 0.0,
+    antialiased: bool = False,
+) -> Projected:
+    """Project 3D Gaussians into C pinhole cameras (OpenCV convention: z forward)."""
+    R_cam_world = viewmats[:, :3, :3]  # [C, 3, 3]
+    t_cam_world = viewmats[:, :3, 3]  # [C, 3]
+    means_cam = torch.einsum("cij,nj->cni", R_cam_world, means) + t_cam_world[:, None, :]
+    covs_world = covariances_3d(quats, scales)  # [N, 3, 3]
+    covs_cam = R_cam_world[:, None] @ covs_world[None] @ R_cam_world.transpose(-1, -2)[:, None]
+
+    x, y, z = means_cam.unbind(-1)  # [C, N]
+    in_depth = (z > near_plane) & (z < far_plane)
+    # Culled Gaussians get a harmless depth so that no inf/NaN enters autograd.
+    z_safe = torch.where(in_depth, z, torch.ones_like(z))
+
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [C, 1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    # Evaluate the Jacobian at the mean clamped to 1.3x the field of view (as 3DGS/gsplat):
+    # far off-screen Gaussians otherwise get huge, unstable 2D covariances.
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos = (width - cx) / fx + 0.3 * tan_fovx
+    lim_x_neg = cx / fx + 0.3 * tan_fovx
+    lim_y_pos = (height - cy) / fy + 0.3 * tan_fovy
+    lim_y_neg = cy / fy + 0.3 * tan_fovy
+    tx = z_safe * torch.minimum(torch.maximum(x / z_safe, -lim_x_neg), lim_x_pos)
+    ty = z_safe * torch.minimum(torch.maximum(y / z_safe, -lim_y_neg), lim_y_pos)
+    zeros = torch.zeros_like(z_safe)
+    J = torch.stack(
+        (
+            torch.stack((fx / z_safe, zeros, -fx * tx / z_safe**2), -1),
+            torch.stack((zeros, fy / z_safe, -fy * ty / z_safe**2), -1),
+        ),
+        -2,
+    )  # [C, N, 2, 3]
+    cov2d = J @ covs_cam @ J.transpose(-1, -2)  # [C, N, 2, 2]
+    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    det_orig = a * c - b * b
+    a, c = a + eps2d, c + eps2d
+    det = a * c - b * b
+    valid = in_depth & (det > 0)
+    det_safe = torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack((c / det_safe, -b / det_safe, a / det_safe), -1)
+    compensations = torch.sqrt(torch.clamp(det_orig / det_safe, min=0.0))
+
+    means2d = torch.stack((fx * x / z_safe + cx, fy * y / z_safe + cy), -1)  # [C, N, 2]
+    opac = opacities[None].expand_as(z)
+    if antialiased:
+        opac = opac * compensations
+
+    with torch.no_grad():
+        visible = valid & (opac >= ALPHA_THRESHOLD)
+        extent = torch.sqrt(
+            2.0 * torch.log(torch.clamp(opac / ALPHA_THRESHOLD, min=1.0))
+        ).clamp(max=MAX_EXTENT_SIGMAS)
+        rx = torch.ceil(extent * torch.sqrt(torch.clamp(a, min=0.0)))
+        ry = torch.ceil(extent * torch.sqrt(torch.clamp(c, min=0.0)))
+        visible &= ~((rx <= radius_clip) & (ry <= radius_clip))
+        visible &= (rx > 0) & (ry > 0)
+        mx, my = means2d[..., 0], means2d[..., 1]
+        visible &= (mx + rx > 0) & (mx - rx < width) & (my + ry > 0) & (my - ry < height)
+        visible &= torch.isfinite(mx) & torch.isfinite(my)
+        radii = torch.stack((rx, ry), -1)
+        radii = torch.where(visible[..., None], radii, torch.zeros_like(radii))
+        radii = radii.clamp(max=float(2**30)).to(torch.int32)
+
+    return Projected(
+        means2d=means2d,
+        conics=conics,
+        depths=z,
+        radii=radii,
+        opacities=opac,
+        compensations=compensations,
+    )
+
+
+def camera_centers(viewmats: Tensor) -> Tensor:
+    """Camera centres in world coordinates, ``-R^T t``. ``[C, 4, 4] -> [C, 3]``."""
+    R = viewmats[:, :3, :3]
+    t = viewmats[:, :3, 3]
+    return -(R.transpose(-1, -2) @ t[..., None])[..., 0]
+
