@@ -31,26 +31,9 @@ from torch import Tensor
 
 from geometry.errors import UserError
 from geometry.io.atomic import atomic_path
-
-#: ``Y_0^0``: the constant that maps the degree-0 SH coefficient to a colour offset.
-SH_C0 = 0.28209479177387814
+from reconstruction.splatting.sh import num_sh_bases, rgb_to_sh
 
 _SH_REST_COUNTS = {3 * ((d + 1) ** 2 - 1): d for d in range(5)}  # f_rest count -> degree
-
-
-def rgb_to_sh0(rgb: Tensor) -> Tensor:
-    """Degree-0 SH coefficient whose evaluated colour is ``rgb`` (``[..., 3]`` in [0, 1])."""
-    return (rgb - 0.5) / SH_C0
-
-
-def sh0_to_rgb(sh0: Tensor) -> Tensor:
-    """Colour of the degree-0 SH coefficient ``sh0`` (``[..., 3]``), before clamping."""
-    return sh0 * SH_C0 + 0.5
-
-
-def num_sh_bases(degree: int) -> int:
-    """Number of SH coefficients per channel for ``degree``: ``(degree + 1) ** 2``."""
-    return (degree + 1) ** 2
 
 
 @dataclass
@@ -159,7 +142,7 @@ class GaussianScene:
             quats=quats,
             log_scales=log_scale[:, None].expand(n, 3).clone(),
             logit_opacities=torch.full((n,), logit, dtype=dtype),
-            sh0=rgb_to_sh0(colors.detach().to(dtype).cpu())[:, None, :].clone(),
+            sh0=rgb_to_sh(colors.detach().to(dtype).cpu())[:, None, :].clone(),
             shN=torch.zeros(n, num_sh_bases(sh_degree) - 1, 3, dtype=dtype),
         )
 

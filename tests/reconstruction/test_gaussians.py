@@ -10,15 +10,8 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from geometry.errors import UserError
-from reconstruction.gaussians import (
-    SH_C0,
-    GaussianScene,
-    ply_property_names,
-    read_ply,
-    rgb_to_sh0,
-    sh0_to_rgb,
-    write_ply,
-)
+from reconstruction.gaussians import GaussianScene, ply_property_names, read_ply, write_ply
+from reconstruction.splatting.sh import SH_C0, rgb_to_sh
 
 
 def _random_scene(n: int, degree: int, seed: int = 0) -> GaussianScene:
@@ -135,7 +128,7 @@ def test_from_points_sizes_by_neighbour_spacing():
     torch.testing.assert_close(scene.scales[0], torch.full((3,), corner))
     torch.testing.assert_close(scene.scales[4], torch.full((3,), 0.5))  # centre: 4 at 0.5
     torch.testing.assert_close(scene.opacities, torch.full((9,), 0.1))
-    torch.testing.assert_close(sh0_to_rgb(scene.sh0[:, 0]), colors)
+    torch.testing.assert_close(scene.sh0[:, 0] * SH_C0 + 0.5, colors)
     assert scene.shN.shape == (9, 8, 3) and scene.shN.abs().max() == 0
     torch.testing.assert_close(scene.quats[:, 0], torch.ones(9))
-    torch.testing.assert_close(rgb_to_sh0(torch.tensor([0.5 + SH_C0])), torch.tensor([1.0]))
+    torch.testing.assert_close(rgb_to_sh(torch.tensor([0.5 + SH_C0])), torch.tensor([1.0]))
