@@ -91,7 +91,10 @@ def spherical_harmonics(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
 
 
 def sh_to_color(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
-    """Colour as 3DGS renders it: ``max(SH(dirs) + 0.5, 0)``. Shapes as :func:`spherical_harmonics`."""
+    """Colour as 3DGS renders it: ``max(SH(dirs) + 0.5, 0)``.
+
+    Shapes as :func:`spherical_harmonics`.
+    """
     return torch.clamp_min(spherical_harmonics(degree, dirs, coeffs) + 0.5, 0.0)
 
 
