@@ -1,0 +1,101 @@
+"""Prediction over whole recordings, the 'stand still under the head' baseline, evaluation.
+
+Prediction is online: the pose of frame ``t`` uses frames up to ``t`` only (one window per
+frame, the first frame repeated before the recording starts). Joint positions come from
+FK of the default skeleton scaled to the user's body scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from pose.egoposer.config import ModelConfig
+from pose.egoposer.data import EvalSequence, window_indices
+from pose.egoposer.features import decode_outputs, heading_rotation, restore_global, window_features
+from pose.egoposer.metrics import frame_errors, summarize
+from pose.egoposer.skeleton import (
+    HEAD,
+    forward_kinematics,
+    scaled_default_skeleton,
+    standing_local_rots,
+)
+
+Predictor = Callable[[Tensor, Tensor, Tensor, float], tuple[Tensor, Tensor]]
+"""``(trk_rot [T,3,3,3], trk_pos [T,3,3], visible [T,2], scale) -> (local_rots, root_pos)``."""
+
+
+@torch.inference_mode()
+def predict_sequence(model: nn.Module, cfg: ModelConfig, trk_rot: Tensor, trk_pos: Tensor,
+                     visible: Tensor, scale: float, chunk: int = 512) -> tuple[Tensor, Tensor]:
+    """Full-body pose of every frame of a recording.
+
+    Args:
+        model: an :class:`~pose.egoposer.model.EgoPoserNet` or ``FrameMLP`` in eval mode.
+        cfg: its configuration.
+        trk_rot: ``[T, 3, 3, 3]`` head / left wrist / right wrist rotations (world).
+        trk_pos: ``[T, 3, 3]`` their positions (world, metres).
+        visible: ``[T, 2]`` bool hand visibility.
+        scale: body scale.
+        chunk: windows per forward pass.
+
+    Returns:
+        ``(local_rots [T, 22, 3, 3], root_pos [T, 3])`` in the world.
+    """
+    n = trk_pos.shape[0]
+    rots_out, root_out = [], []
+    zero = torch.zeros(1, dtype=torch.long)
+    for t0 in range(0, n, chunk):
+        t = torch.arange(t0, min(n, t0 + chunk))
+        idx = window_indices(t, zero.expand_as(t), cfg.window_frames)
+        s = torch.full((len(t),), float(scale))
+        feats, R_wc, origin = window_features(trk_rot[idx].float(), trk_pos[idx].float(),
+                                              visible[idx], s, cfg.fps)
+        rots_c, root_c = decode_outputs(model(feats)[:, -1])
+        rots, root = restore_global(rots_c, root_c, R_wc, origin, s)
+        rots_out.append(rots)
+        root_out.append(root)
+    return torch.cat(rots_out), torch.cat(root_out)
+
+
+# Pelvis orientation facing C's +x with model y up: model x (left) -> +y, y -> +z, z -> +x.
+_R_C_MODEL = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def stand_still_baseline(trk_rot: Tensor, trk_pos: Tensor, visible: Tensor,
+                         scale: float) -> tuple[Tensor, Tensor]:
+    """A relaxed standing body hanging from the tracked head, facing the head's heading.
+
+    Same signature as :func:`predict_sequence` without the model; ignores the hands.
+    """
+    n = trk_pos.shape[0]
+    local = standing_local_rots(torch.float32).expand(n, -1, -1, -1).clone()
+    local[:, 0] = heading_rotation(trk_rot[:, 0].float()) @ _R_C_MODEL
+    rest = scaled_default_skeleton(scale)
+    _, joints = forward_kinematics(local, torch.zeros(n, 3), rest)
+    root = trk_pos[:, 0].float() - joints[:, HEAD]
+    return local, root
+
+
+def model_predictor(model: nn.Module, cfg: ModelConfig) -> Predictor:
+    """Wrap a network as a :data:`Predictor`."""
+    model.eval()
+
+    def predict(trk_rot: Tensor, trk_pos: Tensor, visible: Tensor,
+                scale: float) -> tuple[Tensor, Tensor]:
+        return predict_sequence(model, cfg, trk_rot, trk_pos, visible, scale)
+
+    return predict
+
+
+def evaluate(predictor: Predictor, seqs: list[EvalSequence]) -> dict[str, dict[str, float]]:
+    """Metrics of a predictor on held-out sequences (see :mod:`pose.egoposer.metrics`)."""
+    errors, visible = [], []
+    for seq in seqs:
+        rots, root = predictor(seq.trk_rot, seq.trk_pos, seq.visible, seq.scale)
+        _, joints = forward_kinematics(rots, root, scaled_default_skeleton(seq.scale))
+        errors.append(frame_errors(rots, joints, seq.gt_rots, seq.gt_joints, seq.fps))
+        visible.append(seq.visible)
+    return summarize(errors, visible)
