@@ -1,0 +1,332 @@
+"""Sparse structure from motion with pycolmap: SIFT, exhaustive matching, incremental mapping.
+
+For the 2-12 photos of a sparse-view capture, COLMAP's defaults are tuned for dense video
+and fail on wide baselines, so the features are affine-adapted SIFT with domain-size
+pooling (more matches across strong viewpoint changes), matching is guided by the
+two-view geometry, and the mapper's initialisation thresholds are relaxed. Where the
+incremental mapper still registers too few views, :mod:`reconstruction.init.two_view`
+(essential matrix, triangulation, PnP, bundle adjustment) takes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from reconstruction.images import LoadedImage, save_png, shared_camera
+from reconstruction.init.base import SparseModel
+
+# TwoViewGeometry.config values (colmap/estimators/two_view_geometry.h) whose matches carry
+# usable epipolar geometry: CALIBRATED, UNCALIBRATED, PLANAR, PANORAMIC, PLANAR_OR_PANORAMIC.
+_USABLE_TWO_VIEW_CONFIGS = (2, 3, 4, 5, 6)
+
+
+@dataclass
+class SfmConfig:
+    """Options of the sparse SfM stage."""
+
+    mapper: Literal["auto", "incremental", "two-view"] = "auto"
+    """Pose solver: COLMAP's incremental mapper, the two-view fallback, or the first then
+    the second where the first registers too few views."""
+    max_features: int = 8192
+    """Most SIFT features per image."""
+    affine_features: bool = True
+    """Affine-adapted SIFT with domain-size pooling: slower, far more robust to wide baselines."""
+    max_ratio: float = 0.85
+    """Lowe's ratio test threshold of the matcher."""
+    shared_intrinsics: Literal["auto", "yes", "no"] = "auto"
+    """One camera for all views: auto = when all images have the same size and EXIF camera."""
+    max_reprojection_error: float = 4.0
+    """Pixels; observations further from their point's projection are dropped."""
+    min_inliers: int = 15
+    """Fewest verified matches that link two views."""
+    threads: int = 2
+    """CPU threads for COLMAP."""
+    verbose: bool = False
+    """Show COLMAP's log."""
+
+
+@contextlib.contextmanager
+def _colmap_logging(verbose: bool) -> Iterator[None]:
+    import pycolmap
+
+    previous = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = 0 if verbose else 3
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = previous
+
+
+def image_file_name(index: int) -> str:
+    """The work-folder file name of view ``index`` (ASCII, unique, sorts in input order)."""
+    return f"{index:04d}.png"
+
+
+def extract_and_match(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
+                      seed: int, timings: dict[str, float]) -> Path:
+    """Write the views to ``work_dir/images``, extract SIFT and match all pairs; the database."""
+    import pycolmap
+
+    image_dir = work_dir / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        save_png(image_dir / image_file_name(i), im.rgb)
+    database = work_dir / "database.db"
+    database.unlink(missing_ok=True)
+    shared = (shared_camera(images) if config.shared_intrinsics == "auto"
+              else config.shared_intrinsics == "yes")
+
+    t0 = time.perf_counter()
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_PINHOLE"  # the rasterizer has no lens distortion
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = config.threads
+    extraction.sift.max_num_features = config.max_features
+    extraction.sift.estimate_affine_shape = config.affine_features
+    extraction.sift.domain_size_pooling = config.affine_features
+    with _colmap_logging(config.verbose):
+        pycolmap.extract_features(
+            database, image_dir, image_names=[image_file_name(i) for i in range(len(images))],
+            camera_mode=pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE,
+            reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+    _set_focal_priors(database, images, shared)
+    timings["features"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = config.threads
+    matching.guided_matching = True
+    matching.sift.max_ratio = config.max_ratio
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.min_num_inliers = config.min_inliers
+    verification.ransac.random_seed = seed
+    with _colmap_logging(config.verbose):
+        pycolmap.match_exhaustive(database, matching_options=matching,
+                                  verification_options=verification, device=pycolmap.Device.cpu)
+    timings["matching"] = time.perf_counter() - t0
+    return database
+
+
+def _set_focal_priors(database: Path, images: Sequence[LoadedImage], shared: bool) -> None:
+    """Put the EXIF focal lengths into the cameras COLMAP created (it saw PNGs without EXIF)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(database)
+    try:
+        by_camera: dict[int, list[float]] = {}
+        for db_image in db.read_all_images():
+            focal = images[int(Path(db_image.name).stem)].focal_px
+            if focal is not None:
+                by_camera.setdefault(db_image.camera_id, []).append(focal)
+        for camera in db.read_all_cameras():
+            focals = by_camera.get(camera.camera_id)
+            if not focals:
+                continue
+            camera.params = [float(np.median(focals)), camera.width / 2, camera.height / 2]
+            camera.has_prior_focal_length = True
+            db.update_camera(camera)
+    finally:
+        db.close()
+    del shared  # one camera per image or one for all: either way the median of its images
+
+
+def run_incremental(database: Path, work_dir: Path, num_views: int, config: SfmConfig,
+                    seed: int) -> SparseModel | None:
+    """COLMAP's incremental mapper with thresholds relaxed for a handful of views."""
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.multiple_models = False
+    options.min_model_size = min(3, num_views)
+    options.min_num_matches = config.min_inliers
+    options.random_seed = seed
+    options.num_threads = config.threads
+    options.ba_refine_focal_length = True
+    options.ba_refine_principal_point = False
+    options.mapper.init_min_num_inliers = max(config.min_inliers, 30)
+    options.mapper.init_min_tri_angle = 4.0
+    options.mapper.abs_pose_min_num_inliers = config.min_inliers
+    options.mapper.filter_max_reproj_error = config.max_reprojection_error
+    options.triangulation.ignore_two_view_tracks = False  # few views: most tracks are pairs
+    output = work_dir / "sparse"
+    output.mkdir(parents=True, exist_ok=True)
+    with _colmap_logging(config.verbose):
+        reconstructions = pycolmap.incremental_mapping(database, work_dir / "images", output,
+                                                       options)
+    if not reconstructions:
+        return None
+    best = max(reconstructions.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
+    return model_from_reconstruction(best, num_views)
+
+
+def model_from_reconstruction(rec, num_views: int) -> SparseModel:
+    """Convert a ``pycolmap.Reconstruction`` whose images are named by :func:`image_file_name`."""
+    Ks = np.tile(np.eye(3), (num_views, 1, 1))
+    T_cam_world = np.tile(np.eye(4), (num_views, 1, 1))
+    sizes = np.zeros((num_views, 2), dtype=np.int64)
+    registered = np.zeros(num_views, dtype=bool)
+    view_of_image: dict[int, int] = {}
+    for image_id, image in rec.images.items():
+        view = int(Path(image.name).stem)
+        view_of_image[image_id] = view
+        camera = rec.cameras[image.camera_id]
+        sizes[view] = (camera.width, camera.height)
+        Ks[view] = camera.calibration_matrix()
+        if image.has_pose:
+            registered[view] = True
+            T_cam_world[view, :3, :] = image.cam_from_world().matrix()
+    points, colors, obs_point, obs_view, obs_xy = [], [], [], [], []
+    for point in rec.points3D.values():
+        index = len(points)
+        points.append(point.xyz)
+        colors.append(np.asarray(point.color, dtype=np.float64) / 255.0)
+        for element in point.track.elements:
+            image = rec.images[element.image_id]
+            obs_point.append(index)
+            obs_view.append(view_of_image[element.image_id])
+            obs_xy.append(image.points2D[element.point2D_idx].xy)
+    return SparseModel(
+        names=[image_file_name(i) for i in range(num_views)],
+        sizes=sizes,
+        Ks=Ks,
+        T_cam_world=T_cam_world,
+        registered=registered,
+        points_world=np.asarray(points, dtype=np.float64).reshape(-1, 3),
+        colors=np.asarray(colors, dtype=np.float64).reshape(-1, 3),
+        obs_point=np.asarray(obs_point, dtype=np.int64),
+        obs_view=np.asarray(obs_view, dtype=np.int64),
+        obs_xy=np.asarray(obs_xy, dtype=np.float64).reshape(-1, 2),
+        mapper="incremental",
+    )
+
+
+@dataclass
+class MatchGraph:
+    """Keypoints and verified matches of all views, read back from the COLMAP database."""
+
+    keypoints: list[np.ndarray]  # per view [K_i, 2] pixels
+    matches: dict[tuple[int, int], np.ndarray]  # (i, j), i < j -> [M, 2] keypoint indices
+    Ks: np.ndarray  # [V, 3, 3] initial intrinsics (EXIF prior or COLMAP's default)
+    camera_ids: np.ndarray  # [V] COLMAP camera of each view (equal ids share intrinsics)
+    sizes: np.ndarray  # [V, 2]
+
+
+def read_match_graph(database: Path, num_views: int, min_inliers: int) -> MatchGraph:
+    import pycolmap
+
+    db = pycolmap.Database.open(database)
+    try:
+        cameras = {c.camera_id: c for c in db.read_all_cameras()}
+        view_of_image, keypoints = {}, [np.zeros((0, 2))] * num_views
+        Ks = np.tile(np.eye(3), (num_views, 1, 1))
+        camera_ids = np.zeros(num_views, dtype=np.int64)
+        sizes = np.zeros((num_views, 2), dtype=np.int64)
+        for image in db.read_all_images():
+            view = int(Path(image.name).stem)
+            view_of_image[image.image_id] = view
+            keypoints[view] = np.asarray(db.read_keypoints(image.image_id))[:, :2].astype(
+                np.float64)
+            camera = cameras[image.camera_id]
+            Ks[view] = camera.calibration_matrix()
+            camera_ids[view] = image.camera_id
+            sizes[view] = (camera.width, camera.height)
+        matches = {}
+        ids = sorted(view_of_image)
+        for a_index, a in enumerate(ids):
+            for b in ids[a_index + 1:]:
+                geometry = db.read_two_view_geometry(a, b)
+                inliers = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
+                if int(geometry.config) not in _USABLE_TWO_VIEW_CONFIGS:
+                    continue
+                if len(inliers) < min_inliers:
+                    continue
+                i, j = view_of_image[a], view_of_image[b]
+                matches[(i, j) if i < j else (j, i)] = inliers if i < j else inliers[:, ::-1]
+    finally:
+        db.close()
+    return MatchGraph(keypoints, matches, Ks, camera_ids, sizes)
+
+
+def sample_colors(images: Sequence[LoadedImage], views: np.ndarray,
+                  xy: np.ndarray) -> np.ndarray:
+    """Bilinear colours ``[M, 3]`` at pixel positions ``xy [M, 2]`` (corner-at-0) of ``views``."""
+    import torch
+
+    colors = np.zeros((len(views), 3))
+    for view in np.unique(views):
+        sel = views == view
+        rgb = images[view].rgb.permute(2, 0, 1)[None].to(torch.float64)  # [1, 3, H, W]
+        h, w = rgb.shape[-2:]
+        grid = torch.from_numpy(xy[sel]).to(torch.float64).clone()
+        grid[:, 0] = grid[:, 0] / w * 2 - 1  # align_corners=False: corner-at-0 convention
+        grid[:, 1] = grid[:, 1] / h * 2 - 1
+        out = torch.nn.functional.grid_sample(rgb, grid[None, None], mode="bilinear",
+                                              padding_mode="border", align_corners=False)
+        colors[sel] = out[0, :, 0].T.numpy()
+    return colors
+
+
+def run_sfm(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
+            seed: int = 0) -> tuple[SparseModel, dict[str, float]]:
+    """Poses, intrinsics and sparse points of ``images`` (see the module doc).
+
+    Returns the model (check ``registered``) and the seconds spent per stage.
+    """
+    import pycolmap
+
+    from reconstruction.init.two_view import TwoViewConfig, run_two_view
+
+    pycolmap.set_random_seed(seed)
+    timings: dict[str, float] = {}
+    database = extract_and_match(images, work_dir, config, seed, timings)
+    t0 = time.perf_counter()
+    model = None
+    if config.mapper in ("auto", "incremental"):
+        model = run_incremental(database, work_dir, len(images), config, seed)
+    needs_fallback = model is None or not model.registered.all()
+    if config.mapper == "two-view" or (config.mapper == "auto" and needs_fallback):
+        graph = read_match_graph(database, len(images), config.min_inliers)
+        fallback = run_two_view(graph, TwoViewConfig(
+            max_reprojection_error=config.max_reprojection_error,
+            min_inliers=config.min_inliers,
+            shared_intrinsics=bool(len(set(graph.camera_ids.tolist())) == 1),
+            seed=seed))
+        fallback.colors = _point_colors(fallback, images)
+        if model is None or fallback.registered.sum() > model.registered.sum():
+            model = fallback
+    timings["mapping"] = time.perf_counter() - t0
+    if model is None:  # incremental only, and it found no initial pair
+        model = SparseModel(
+            names=[image_file_name(i) for i in range(len(images))],
+            sizes=np.array([(im.width, im.height) for im in images]),
+            Ks=np.tile(np.eye(3), (len(images), 1, 1)),
+            T_cam_world=np.tile(np.eye(4), (len(images), 1, 1)),
+            registered=np.zeros(len(images), dtype=bool),
+            points_world=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+            obs_point=np.zeros(0, np.int64), obs_view=np.zeros(0, np.int64),
+            obs_xy=np.zeros((0, 2)), mapper="none")
+    model.names = [im.path.name for im in images]
+    errors = model.reprojection_errors()
+    model.stats.update({
+        "registered_views": int(model.registered.sum()),
+        "sparse_points": int(len(model.points_world)),
+        "mean_reprojection_error_px": float(errors.mean()) if len(errors) else float("nan"),
+    })
+    return model, timings
+
+
+def _point_colors(model: SparseModel, images: Sequence[LoadedImage]) -> np.ndarray:
+    """Mean observed colour of each point ``[P, 3]``."""
+    per_obs = sample_colors(images, model.obs_view, model.obs_xy)
+    sums = np.zeros((len(model.points_world), 3))
+    counts = np.zeros(len(model.points_world))
+    np.add.at(sums, model.obs_point, per_obs)
+    np.add.at(counts, model.obs_point, 1)
+    return sums / np.maximum(counts, 1)[:, None]

@@ -1,0 +1,329 @@
+"""Dense initial cloud from rectified-pair stereo (OpenCV SGBM), fused with consistency checks.
+
+InstantSplat's observation is that a dense, globally aligned initial cloud makes few-view
+optimisation fast and stable. Without a learned point-map model we get one from the SfM
+poses:
+
+1. each view is paired with its best-overlapping registered neighbours (shared points);
+2. each pair is rectified (a common frame with x along the baseline), matched with
+   semi-global block matching in both directions over the disparity range that the
+   shared sparse points span, and left-right checked;
+3. disparities become depth maps in each view's own pixel grid (several neighbours agree
+   or the pixel is dropped);
+4. every depth pixel is back-projected and kept only where at least one other view's depth
+   map sees the same surface (relative depth within ``depth_tolerance``);
+5. the fused cloud is averaged on a voxel grid down to ``max_points``.
+
+Pixel coordinates outside this module are COLMAP's (corner at 0); OpenCV's pixel-centre
+convention (centre at integers) is used inside, converted at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from reconstruction.images import LoadedImage
+from reconstruction.init.base import SparseModel
+
+
+@dataclass
+class StereoConfig:
+    """Options of the dense stereo stage."""
+
+    neighbours: int = 2
+    """Stereo partners per view (the best-overlapping registered views)."""
+    min_shared_points: int = 10
+    """Fewest sparse points two views must share to be paired."""
+    block_size: int = 5
+    """SGBM matching block (odd, pixels)."""
+    max_disparities: int = 384
+    """Widest disparity search (pixels); the range comes from the sparse points."""
+    lr_tolerance: float = 1.0
+    """Pixels between the left and right disparity of a match."""
+    depth_tolerance: float = 0.01
+    """Relative depth difference under which two views see the same surface."""
+    min_views: int = 2
+    """Views whose depth maps must agree on a point (itself included)."""
+    max_points: int = 60_000
+    """The fused cloud is voxel-averaged down to at most this many points."""
+
+
+def _to_cv(K: np.ndarray) -> np.ndarray:
+    """COLMAP/gsplat intrinsics (corner at 0) -> OpenCV's (pixel centre at integers)."""
+    K = K.copy()
+    K[0, 2] -= 0.5
+    K[1, 2] -= 0.5
+    return K
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    return (np.clip(rgb @ np.array([0.299, 0.587, 0.114]), 0, 1) * 255).astype(np.uint8)
+
+
+def pair_views(model: SparseModel, config: StereoConfig) -> list[tuple[int, int]]:
+    """Unordered view pairs ``(i, j)``, ``i < j``: each view's ``neighbours`` best partners."""
+    views = np.flatnonzero(model.registered)
+    seen = {}
+    for p, v in zip(model.obs_point, model.obs_view, strict=True):
+        seen.setdefault(int(v), set()).add(int(p))
+    pairs = set()
+    for i in views:
+        scores = []
+        for j in views:
+            if i == j:
+                continue
+            shared = len(seen.get(int(i), set()) & seen.get(int(j), set()))
+            if shared >= config.min_shared_points:
+                scores.append((shared, int(j)))
+        for _, j in sorted(scores, reverse=True)[:config.neighbours]:
+            pairs.add((min(int(i), j), max(int(i), j)))
+    return sorted(pairs)
+
+
+def _shared_points(model: SparseModel, i: int, j: int) -> np.ndarray:
+    pts_i = set(model.obs_point[model.obs_view == i].tolist())
+    pts_j = set(model.obs_point[model.obs_view == j].tolist())
+    return model.points_world[sorted(pts_i & pts_j)]
+
+
+def _rectification(model: SparseModel, images: Sequence[LoadedImage], i: int, j: int):
+    """A common rectified frame for views ``i`` and ``j`` (OpenCV pixel convention).
+
+    The rectified x axis runs along the baseline from ``i`` to ``j`` (so ``i`` is the left
+    image and disparities are positive), z is the mean viewing direction made orthogonal to
+    it. Both views share the focal length and rows; each keeps its own ``cx`` so that its
+    warped image fits. Returns ``R_rect_world [3, 3]``, ``f``, ``cy``, ``(cx_i, cx_j)``,
+    ``(H_i, H_j)`` (homographies original -> rectified pixels) and ``(width, height)``, or
+    None when the views share no rows.
+    """
+    T_i, T_j = model.T_cam_world[i], model.T_cam_world[j]
+    c_i = -T_i[:3, :3].T @ T_i[:3, 3]
+    c_j = -T_j[:3, :3].T @ T_j[:3, 3]
+    x_axis = c_j - c_i
+    x_axis /= np.linalg.norm(x_axis)
+    z_mean = T_i[2, :3] + T_j[2, :3]  # optical axes in the world: third rows of R_cam_world
+    z_axis = z_mean - (z_mean @ x_axis) * x_axis
+    z_axis /= np.linalg.norm(z_axis)
+    y_axis = np.cross(z_axis, x_axis)
+    R_rect_world = np.stack([x_axis, y_axis, z_axis])
+    f = float(np.mean([model.Ks[i][0, 0], model.Ks[i][1, 1], model.Ks[j][0, 0],
+                       model.Ks[j][1, 1]]))
+    limit = 2 * max(images[i].width, images[i].height, images[j].width, images[j].height)
+
+    rotations, boxes = [], []
+    for view in (i, j):
+        K = _to_cv(model.Ks[view])
+        R = R_rect_world @ model.T_cam_world[view, :3, :3].T  # camera -> rectified
+        w, h = images[view].width, images[view].height
+        corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float)
+        rays = (R @ np.linalg.solve(K, corners.T)).T
+        if np.any(rays[:, 2] <= 1e-6):
+            return None  # a corner looks away from the common direction: too wide a pair
+        xy = f * rays[:, :2] / rays[:, 2:3]
+        rotations.append((K, R))
+        boxes.append((xy[:, 0].min(), xy[:, 0].max(), xy[:, 1].min(), xy[:, 1].max()))
+    y_lo = max(boxes[0][2], boxes[1][2], -limit)
+    y_hi = min(boxes[0][3], boxes[1][3], limit)
+    if y_hi - y_lo < 16:
+        return None
+    height = int(np.ceil(y_hi - y_lo)) + 1
+    cy = -y_lo
+    cxs, width = [], 0
+    for x_lo, x_hi, _, _ in boxes:
+        x_lo, x_hi = max(x_lo, -limit), min(x_hi, limit)
+        cxs.append(-x_lo)
+        width = max(width, int(np.ceil(x_hi - x_lo)) + 1)
+    homographies = []
+    for (K, R), cx in zip(rotations, cxs, strict=True):
+        K_rect = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1]])
+        homographies.append(K_rect @ R @ np.linalg.inv(K))
+    return R_rect_world, f, cy, tuple(cxs), tuple(homographies), (width, height)
+
+
+def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: int,
+                config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Left-right-checked depth maps of views ``i`` and ``j`` from one rectified pair.
+
+    Returns ``depth_i [H_i, W_i]`` and ``depth_j [H_j, W_j]`` (z in each camera, in the
+    model's world units; 0 where unknown).
+    """
+    import cv2
+
+    empty = (np.zeros((images[i].height, images[i].width)),
+             np.zeros((images[j].height, images[j].width)))
+    rect = _rectification(model, images, i, j)
+    pts = _shared_points(model, i, j)
+    if rect is None or len(pts) < 3:
+        return empty
+    R_rect_world, f, cy, cxs, homographies, size = rect
+    T_i, T_j = model.T_cam_world[i], model.T_cam_world[j]
+    c_i = -T_i[:3, :3].T @ T_i[:3, 3]
+    c_j = -T_j[:3, :3].T @ T_j[:3, 3]
+    baseline = float(np.linalg.norm(c_j - c_i))
+    shift = cxs[0] - cxs[1]  # measured disparity = f * B / Z + shift
+
+    # Disparity range spanned by the shared sparse points (with a margin).
+    z_rect = (pts - c_i) @ R_rect_world[2]
+    ok = z_rect > 0
+    if ok.sum() < 3:
+        return empty
+    d_sparse = f * baseline / z_rect[ok] + shift
+    lo, hi = np.percentile(d_sparse, [2, 98])
+    margin = max(8.0, 0.25 * (hi - lo))
+    min_disp = int(np.floor(lo - margin))
+    num_disp = int(np.clip(np.ceil((hi + margin - min_disp) / 16.0) * 16, 16,
+                           config.max_disparities))
+
+    rectified, valid = [], []
+    for view, H in zip((i, j), homographies, strict=True):
+        grey = _grey(images[view].rgb.numpy())
+        rectified.append(cv2.warpPerspective(grey, H, size, flags=cv2.INTER_LINEAR))
+        valid.append(cv2.warpPerspective(np.full_like(grey, 255), H, size,
+                                         flags=cv2.INTER_NEAREST) > 0)
+    bs = config.block_size
+    sgbm = cv2.StereoSGBM_create(
+        minDisparity=min_disp, numDisparities=num_disp, blockSize=bs,
+        P1=8 * bs * bs, P2=32 * bs * bs, disp12MaxDiff=-1, uniquenessRatio=10,
+        speckleWindowSize=100, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
+    left, right = rectified
+    disp_left = sgbm.compute(left, right).astype(np.float32) / 16.0
+    # The right view as reference: mirror both, so that its disparities are positive too
+    # (mirrored x' = w - 1 - x turns x_l - x_r into x'_r - x'_l).
+    disp_right = sgbm.compute(np.ascontiguousarray(right[:, ::-1]),
+                              np.ascontiguousarray(left[:, ::-1])).astype(np.float32) / 16.0
+    disp_right = disp_right[:, ::-1]
+    h, w = disp_left.shape
+    xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+
+    def checked(disp_ref: np.ndarray, disp_other: np.ndarray, direction: float,
+                mask: np.ndarray) -> np.ndarray:
+        ok = (disp_ref >= min_disp) & mask
+        target = np.round(xs - direction * disp_ref).astype(np.int64)
+        ok &= (target >= 0) & (target < w)
+        rows, cols = np.nonzero(ok)
+        good = np.zeros_like(ok)
+        good[rows, cols] = np.abs(disp_other[rows, target[rows, cols]]
+                                  - disp_ref[rows, cols]) <= config.lr_tolerance
+        return np.where(good, disp_ref, 0.0)
+
+    disps = (checked(disp_left, disp_right, 1.0, valid[0]),
+             checked(disp_right, disp_left, -1.0, valid[1]))
+    depth_maps = []
+    for view, disp, H in zip((i, j), disps, homographies, strict=True):
+        # Inverse warp: each original pixel looks up the disparity at its rectified position
+        # (nearest, so that depth edges are not blurred), which leaves no holes.
+        w_view, h_view = images[view].width, images[view].height
+        us, vs = np.meshgrid(np.arange(w_view, dtype=np.float64),
+                             np.arange(h_view, dtype=np.float64))
+        pix = np.stack([us, vs, np.ones_like(us)], -1) @ H.T
+        map_x = (pix[..., 0] / pix[..., 2]).astype(np.float32)
+        map_y = (pix[..., 1] / pix[..., 2]).astype(np.float32)
+        d = cv2.remap(disp.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
+                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        d_true = np.where(d != 0, d - shift, 0.0)
+        z_rect = np.where(d_true > 1e-3, f * baseline / np.maximum(d_true, 1e-3), 0.0)
+        # Rectified z -> camera z along the same ray: z_cam = z_rect * (ray_cam_z / ray_rect_z).
+        K = _to_cv(model.Ks[view])
+        ray_cam = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1],
+                            np.ones_like(us)], -1)
+        R = R_rect_world @ model.T_cam_world[view, :3, :3].T  # camera -> rectified
+        ray_rect_z = ray_cam @ R[2]
+        depth = np.where((z_rect > 0) & (ray_rect_z > 1e-6),
+                         z_rect / np.maximum(ray_rect_z, 1e-6), 0.0)
+        depth_maps.append(depth)
+    return depth_maps[0], depth_maps[1]
+
+
+def _merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:
+    """One depth map from several of the same view: mean where they agree, 0 where not."""
+    stack = np.stack(maps)
+    valid = stack > 0
+    count = valid.sum(0)
+    mean = np.where(count > 0, stack.sum(0) / np.maximum(count, 1), 0.0)
+    lo = np.where(valid, stack, np.inf).min(0)
+    hi = np.where(valid, stack, -np.inf).max(0)
+    agree = (count > 0) & ((count == 1) | ((hi - lo) <= tolerance * mean))
+    return np.where(agree, mean, 0.0)
+
+
+def fuse_depth_maps(model: SparseModel, images: Sequence[LoadedImage],
+                    depths: dict[int, np.ndarray],
+                    config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """World points ``[P, 3]`` and colours ``[P, 3]`` confirmed by ``min_views`` depth maps."""
+    points, colors = [], []
+    for i, depth in depths.items():
+        v, u = np.nonzero(depth > 0)
+        if len(v) == 0:
+            continue
+        z = depth[v, u]
+        K = model.Ks[i]
+        pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
+                            (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
+        T_world_cam = np.linalg.inv(model.T_cam_world[i])
+        pts_world = pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+        agree = np.ones(len(z), dtype=np.int64)
+        for k, depth_k in depths.items():
+            if k == i:
+                continue
+            T = model.T_cam_world[k]
+            pk = pts_world @ T[:3, :3].T + T[:3, 3]
+            zk = pk[:, 2]
+            front = zk > 1e-9
+            uv = pk[:, :2] / np.where(front, zk, 1.0)[:, None] * np.array(
+                [model.Ks[k][0, 0], model.Ks[k][1, 1]]) + model.Ks[k][:2, 2]
+            col = np.floor(uv[:, 0]).astype(np.int64)
+            row = np.floor(uv[:, 1]).astype(np.int64)
+            h, w = depth_k.shape
+            inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+            seen = np.zeros(len(z))
+            seen[inside] = depth_k[row[inside], col[inside]]
+            agree += (seen > 0) & (np.abs(seen - zk) <= config.depth_tolerance * zk)
+        keep = agree >= config.min_views
+        points.append(pts_world[keep])
+        colors.append(images[i].rgb.numpy()[v[keep], u[keep]].astype(np.float64))
+    if not points:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(points), np.concatenate(colors)
+
+
+def voxel_average(points: np.ndarray, colors: np.ndarray,
+                  max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Average points and colours per voxel, the voxel grown until at most ``max_points``."""
+    if len(points) <= max_points:
+        return points, colors
+    extent = np.percentile(points, 99, axis=0) - np.percentile(points, 1, axis=0)
+    voxel = float(np.max(extent)) / np.sqrt(max_points)  # a surface: ~ extent^2 / voxel^2
+    origin = points.min(0)
+    while True:
+        keys = np.floor((points - origin) / voxel).astype(np.int64)
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        if len(counts) <= max_points:
+            break
+        voxel *= 1.15 * np.sqrt(len(counts) / max_points)
+    inverse = inverse.ravel()
+    merged = np.zeros((len(counts), 3))
+    merged_colors = np.zeros((len(counts), 3))
+    np.add.at(merged, inverse, points)
+    np.add.at(merged_colors, inverse, colors)
+    return merged / counts[:, None], merged_colors / counts[:, None]
+
+
+def densify(model: SparseModel, images: Sequence[LoadedImage],
+            config: StereoConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """The fused dense cloud ``[P, 3]`` with colours ``[P, 3]`` and counts for the metrics."""
+    per_view: dict[int, list[np.ndarray]] = {}
+    pairs = pair_views(model, config)
+    for i, j in pairs:
+        depth_i, depth_j = stereo_pair(model, images, i, j, config)
+        per_view.setdefault(i, []).append(depth_i)
+        per_view.setdefault(j, []).append(depth_j)
+    depths = {v: _merge_depths(maps, config.depth_tolerance) for v, maps in per_view.items()}
+    points, colors = fuse_depth_maps(model, images, depths, config)
+    fused = len(points)
+    points, colors = voxel_average(points, colors, config.max_points)
+    stats = {"stereo_pairs": len(pairs), "fused_points": int(fused),
+             "dense_points": int(len(points))}
+    return points, colors, stats
