@@ -147,7 +147,7 @@ def _as_float_tensor(value: object, name: str) -> Tensor:
     return tensor
 
 
-@dataclass
+@dataclass(eq=False)  # tensor fields: compare explicitly, not with ==
 class Cameras:
     """A batch of pinhole cameras (OpenCV frame) with optional radial-tangential distortion.
 
