@@ -1,0 +1,381 @@
+"""mmdetection3d info pickles (``nuscenes_infos_*.pkl``), read without trusting them.
+
+Two layouts exist: mmdet3d < 1.1 writes ``{"infos": [...], "metadata": {...}}`` with
+quaternion poses and ``gt_boxes``; mmdet3d >= 1.1 writes ``{"metainfo": {...},
+"data_list": [...]}`` with 4x4 matrices and per-instance dicts. Both are read into the
+same :class:`NuScenesSample` as :class:`~perception.data.nuscenes.NuScenesDataset` gives.
+
+Box conventions differ too: mmdet3d < 1.0 stored LiDAR boxes as ``(x, y, z, w, l, h, r)``
+with ``r = -yaw - pi/2``; mmdet3d >= 1.0 as ``(x, y, z, l, w, h, yaw)``. Files converted
+between versions keep whichever convention they were made with, so ``box_convention``
+defaults to ``"auto"``: vehicles are longer than wide, so the order of the two horizontal
+sizes of the vehicle boxes tells them apart.
+
+A pickle can run any code when loaded, so it is read with :class:`RestrictedUnpickler`,
+which can only build numpy arrays, numpy scalars and plain containers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from geometry.errors import UserError
+from perception import frames
+from perception.boxes import LidarBoxes
+from perception.constants import ATTRIBUTES, CAMERA_CHANNELS, DETECTION_CLASSES
+from perception.data.io import load_image, load_lidar_points
+from perception.data.sample import CameraData, NuScenesSample
+
+BoxConvention = Literal["auto", "lwh_yaw", "wlh_neg_yaw"]
+
+# (module, name) pairs a data pickle may refer to: numpy's array/scalar/dtype
+# reconstruction (numpy 1.x and 2.x module paths), bytes decoding used by protocol 2, and
+# container types. Nothing here can call into the OS or import modules.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("builtins", "bytearray"),
+}
+
+_VEHICLES = {"car", "truck", "bus", "trailer", "construction_vehicle"}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that only resolves the numpy/container globals of ``_ALLOWED_GLOBALS``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent id")
+
+
+def restricted_load(path: str | os.PathLike) -> Any:
+    """Load a data pickle with :class:`RestrictedUnpickler`.
+
+    Raises:
+        UserError: the file is missing, not a pickle, or refers to anything but numpy
+            data and containers (e.g. ``os.system``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"info file {path} does not exist.")
+    data = path.read_bytes()
+    try:
+        return RestrictedUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as err:
+        raise UserError(
+            f"{path} refers to {err}, which a data file must not contain; only numpy arrays "
+            "and plain containers are loaded (regenerate the info file, or do not trust it)."
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise UserError(f"{path} is not a readable info pickle ({err}).") from None
+
+
+@dataclass
+class InfoFile:
+    """A parsed info pickle: class names and per-sample records (normalised)."""
+
+    path: Path
+    class_names: tuple[str, ...]
+    version: str
+    samples: list[dict]
+    box_convention: str
+
+
+def read_info_file(path: str | os.PathLike, box_convention: BoxConvention = "auto") -> InfoFile:
+    """Read an mmdet3d info pickle (either layout) with the restricted unpickler."""
+    path = Path(path)
+    raw = restricted_load(path)
+    if isinstance(raw, dict) and "data_list" in raw:
+        meta = raw.get("metainfo", {}) or {}
+        classes = tuple(meta.get("classes", meta.get("CLASSES", DETECTION_CLASSES)))
+        samples = [_from_v2(entry, classes) for entry in raw["data_list"]]
+        version = str(meta.get("version", ""))
+    elif isinstance(raw, dict) and "infos" in raw:
+        infos = raw["infos"]
+        infos = [infos] if isinstance(infos, dict) else list(infos)
+        classes = DETECTION_CLASSES
+        samples = [_from_v1(entry) for entry in infos]
+        version = str((raw.get("metadata") or {}).get("version", ""))
+    else:
+        raise UserError(f"{path} is neither an mmdet3d 'data_list' nor an 'infos' info file.")
+    convention = _resolve_convention(samples, classes, box_convention, path)
+    for sample in samples:
+        sample["gt"] = _boxes(sample.pop("raw_boxes"), classes, convention)
+    return InfoFile(path, classes, version, samples, convention)
+
+
+def _matrix(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.float64).reshape(4, 4)
+
+
+def _from_v2(entry: dict, classes: tuple[str, ...]) -> dict:
+    """One ``data_list`` entry (mmdet3d >= 1.1)."""
+    lidar = entry["lidar_points"]
+    T_ego_lidar = _matrix(lidar["lidar2ego"])
+    T_global_ego = _matrix(entry["ego2global"])
+    sweeps = []
+    for sweep in entry.get("lidar_sweeps", []) or []:
+        points = sweep["lidar_points"]
+        if points.get("lidar2sensor") is not None:
+            T_lidar_sweep = frames.invert_T(_matrix(points["lidar2sensor"]))
+        else:
+            T_lidar_sweep = frames.compose(
+                frames.invert_T(T_ego_lidar), frames.invert_T(T_global_ego),
+                _matrix(sweep["ego2global"]), _matrix(points["lidar2ego"]),
+            )
+        sweeps.append({"path": points["lidar_path"], "T_lidar_sweep": T_lidar_sweep,
+                       "timestamp": float(sweep["timestamp"])})
+    cameras = {}
+    for channel, cam in (entry.get("images") or {}).items():
+        if channel not in CAMERA_CHANNELS or not cam.get("img_path"):
+            continue
+        cameras[channel] = {
+            "path": cam["img_path"],
+            "K": np.asarray(cam["cam2img"], np.float64)[:3, :3],
+            "T_cam_lidar": _matrix(cam["lidar2cam"]),
+            "T_ego_cam": _matrix(cam["cam2ego"]) if cam.get("cam2ego") is not None else None,
+            "timestamp": float(cam.get("timestamp", entry["timestamp"])),
+        }
+    raw_boxes = []
+    for inst in entry.get("instances", []) or []:
+        label = int(inst.get("bbox_label_3d", inst.get("bbox_label", -1)))
+        name = classes[label] if 0 <= label < len(classes) else None
+        raw_boxes.append({
+            "box": np.asarray(inst["bbox_3d"], np.float64)[:7],
+            "name": name,
+            "velocity": np.asarray(inst.get("velocity", [np.nan, np.nan]), np.float64)[:2],
+            "num_lidar_pts": int(inst.get("num_lidar_pts", -1)),
+            "num_radar_pts": int(inst.get("num_radar_pts", 0)),
+        })
+    return {
+        "token": str(entry.get("token", entry.get("sample_idx", ""))),
+        "timestamp": float(entry["timestamp"]),
+        "lidar_path": lidar["lidar_path"],
+        "T_ego_lidar": T_ego_lidar,
+        "T_global_ego": T_global_ego,
+        "sweeps": sweeps,
+        "cameras": cameras,
+        "raw_boxes": raw_boxes,
+    }
+
+
+def _from_v1(entry: dict) -> dict:
+    """One ``infos`` entry (mmdet3d < 1.1): quaternion poses, timestamps in microseconds."""
+    T_ego_lidar = frames.pose_to_T(entry["lidar2ego_rotation"], entry["lidar2ego_translation"])
+    T_global_ego = frames.pose_to_T(entry["ego2global_rotation"], entry["ego2global_translation"])
+    sweeps = []
+    for sweep in entry.get("sweeps", []) or []:
+        T_lidar_sweep = frames.make_T(np.asarray(sweep["sensor2lidar_rotation"], np.float64),
+                                      np.asarray(sweep["sensor2lidar_translation"], np.float64))
+        sweeps.append({"path": sweep["data_path"], "T_lidar_sweep": T_lidar_sweep,
+                       "timestamp": float(sweep["timestamp"]) * 1e-6})
+    cameras = {}
+    for channel, cam in (entry.get("cams") or {}).items():
+        if channel not in CAMERA_CHANNELS:
+            continue
+        T_lidar_cam = frames.make_T(np.asarray(cam["sensor2lidar_rotation"], np.float64),
+                                    np.asarray(cam["sensor2lidar_translation"], np.float64))
+        cameras[channel] = {
+            "path": cam["data_path"],
+            "K": np.asarray(cam["cam_intrinsic"], np.float64)[:3, :3],
+            "T_cam_lidar": frames.invert_T(T_lidar_cam),
+            "T_ego_cam": frames.pose_to_T(cam["sensor2ego_rotation"],
+                                          cam["sensor2ego_translation"]),
+            "timestamp": float(cam["timestamp"]) * 1e-6,
+        }
+    boxes = np.asarray(entry.get("gt_boxes", np.zeros((0, 7))), np.float64).reshape(-1, 7)
+    names = list(entry.get("gt_names", []))
+    n = boxes.shape[0]
+    velocity = np.asarray(entry.get("gt_velocity", np.full((n, 2), np.nan)), np.float64)
+    lidar_pts = np.asarray(entry.get("num_lidar_pts", np.full(n, -1)), np.int64)
+    radar_pts = np.asarray(entry.get("num_radar_pts", np.zeros(n)), np.int64)
+    raw_boxes = [
+        {"box": boxes[i], "name": str(names[i]), "velocity": velocity.reshape(-1, 2)[i],
+         "num_lidar_pts": int(lidar_pts[i]), "num_radar_pts": int(radar_pts[i])}
+        for i in range(n)
+    ]
+    return {
+        "token": str(entry["token"]),
+        "timestamp": float(entry["timestamp"]) * 1e-6,
+        "lidar_path": entry["lidar_path"],
+        "T_ego_lidar": T_ego_lidar,
+        "T_global_ego": T_global_ego,
+        "sweeps": sweeps,
+        "cameras": cameras,
+        "raw_boxes": raw_boxes,
+    }
+
+
+def _resolve_convention(samples: list[dict], classes: tuple[str, ...],
+                        requested: BoxConvention, path: Path) -> str:
+    if requested != "auto":
+        return requested
+    longer_first = shorter_first = 0
+    for sample in samples:
+        for raw in sample["raw_boxes"]:
+            if raw["name"] in _VEHICLES:
+                d0, d1 = raw["box"][3], raw["box"][4]
+                longer_first += int(d0 > d1)
+                shorter_first += int(d0 < d1)
+    if longer_first == shorter_first:
+        if longer_first + shorter_first == 0 and not any(s["raw_boxes"] for s in samples):
+            return "lwh_yaw"  # no boxes at all: the convention does not matter
+        raise UserError(f"cannot tell the box convention of {path} (no vehicle boxes decide "
+                        "it); pass box_convention='lwh_yaw' (mmdet3d >= 1.0) or "
+                        "'wlh_neg_yaw' (mmdet3d < 1.0).")
+    return "lwh_yaw" if longer_first > shorter_first else "wlh_neg_yaw"
+
+
+def _boxes(raw_boxes: list[dict], classes: tuple[str, ...], convention: str) -> LidarBoxes:
+    """Boxes of the 10 detection classes in our convention (others are left out)."""
+    kept = [r for r in raw_boxes if r["name"] in DETECTION_CLASSES]
+    if not kept:
+        return LidarBoxes(
+            centers=np.zeros((0, 3)), sizes=np.zeros((0, 3)), yaws=np.zeros(0),
+            velocities=np.zeros((0, 2)), labels=np.zeros(0, np.int64),
+            attributes=np.zeros(0, np.int64), num_lidar_pts=np.zeros(0, np.int64),
+            num_radar_pts=np.zeros(0, np.int64),
+        )
+    box = np.stack([r["box"] for r in kept])
+    if convention == "lwh_yaw":
+        sizes = box[:, [4, 3, 5]]
+        yaws = box[:, 6]
+    else:
+        sizes = box[:, [3, 4, 5]]
+        yaws = -box[:, 6] - math.pi / 2
+    yaws = (yaws + math.pi) % (2 * math.pi) - math.pi
+    return LidarBoxes(
+        centers=box[:, :3],
+        sizes=sizes,
+        yaws=yaws,
+        velocities=np.stack([r["velocity"] for r in kept]),
+        labels=np.array([DETECTION_CLASSES.index(r["name"]) for r in kept], np.int64),
+        # mmdet3d's LiDAR infos do not store attributes.
+        attributes=np.full(len(kept), ATTRIBUTES.index(""), np.int64),
+        num_lidar_pts=np.array([r["num_lidar_pts"] for r in kept], np.int64),
+        num_radar_pts=np.array([r["num_radar_pts"] for r in kept], np.int64),
+    )
+
+
+def resolve_data_path(root: Path, stored: str, default_folder: str) -> Path:
+    """Find a file an info pickle names, under ``root``.
+
+    Info files store paths relative to wherever they were made (``data/nuscenes/...``,
+    ``./data/...``) or bare file names; the first of these that exists wins: the path
+    itself under ``root``, each shorter tail of it under ``root``, and the file name
+    under ``root / default_folder``.
+    """
+    stored_path = Path(stored)
+    if stored_path.is_absolute() and stored_path.is_file():
+        return stored_path
+    parts = [p for p in stored_path.parts if p not in ("", ".", "/")]
+    for start in range(len(parts)):
+        candidate = root.joinpath(*parts[start:])
+        if candidate.is_file():
+            return candidate
+    return root / default_folder / stored_path.name
+
+
+@dataclass
+class InfoDataset:
+    """Samples of an mmdet3d info pickle, with the files under ``data_root``.
+
+    Gives the same :class:`NuScenesSample` as :class:`NuScenesDataset`; sweeps come
+    from the info file (mmdet3d keeps up to 10 per sample), time lags from their
+    timestamps.
+    """
+
+    info_path: Path
+    data_root: Path
+    sweeps: int = 10
+    load_points: bool = True
+    load_images: bool = True
+    box_convention: BoxConvention = "auto"
+    min_distance: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.info_path = Path(self.info_path)
+        self.data_root = Path(self.data_root)
+        self.info = read_info_file(self.info_path, self.box_convention)
+
+    def __len__(self) -> int:
+        return len(self.info.samples)
+
+    def __getitem__(self, index: int) -> NuScenesSample:
+        record = self.info.samples[index]
+        gt: LidarBoxes = record["gt"]
+        cameras = {}
+        for channel, cam in record["cameras"].items():
+            path = resolve_data_path(self.data_root, cam["path"], f"samples/{channel}")
+            image = load_image(path) if self.load_images else None
+            size = _image_size(path, cam["K"]) if image is None else (image.shape[1],
+                                                                       image.shape[0])
+            cameras[channel] = CameraData(
+                channel=channel, image_path=path, image_size=size, K=cam["K"],
+                T_cam_lidar=cam["T_cam_lidar"], timestamp=cam["timestamp"],
+                T_ego_cam=cam["T_ego_cam"], image=image,
+                instances=gt.to_camera(cam["T_cam_lidar"], cam["K"], size),
+            )
+        return NuScenesSample(
+            token=record["token"], timestamp=record["timestamp"],
+            T_ego_lidar=record["T_ego_lidar"], T_global_ego=record["T_global_ego"], gt=gt,
+            points=self.lidar_points(index) if self.load_points else None, cameras=cameras,
+        )
+
+    def lidar_points(self, index: int) -> np.ndarray:
+        """Keyframe plus up to ``sweeps - 1`` sweeps of the info file, in the keyframe
+        LiDAR frame.
+
+        Returns:
+            ``[N, 5]`` float32: x, y, z (m), intensity, time lag (s).
+        """
+        record = self.info.samples[index]
+        key_path = resolve_data_path(self.data_root, record["lidar_path"], "samples/LIDAR_TOP")
+        chunks = [self._points(key_path, np.eye(4), 0.0)]
+        for sweep in record["sweeps"][: self.sweeps - 1]:
+            path = resolve_data_path(self.data_root, sweep["path"], "sweeps/LIDAR_TOP")
+            lag = record["timestamp"] - sweep["timestamp"]
+            chunks.append(self._points(path, sweep["T_lidar_sweep"], lag))
+        return np.concatenate(chunks, axis=0)
+
+    def _points(self, path: Path, T_lidar_sweep: np.ndarray, lag: float) -> np.ndarray:
+        raw = load_lidar_points(path)
+        close = (np.abs(raw[:, 0]) < self.min_distance) & (np.abs(raw[:, 1]) < self.min_distance)
+        raw = raw[~close]
+        xyz = frames.transform_points(T_lidar_sweep, raw[:, :3].astype(np.float64))
+        lag_column = np.full((raw.shape[0], 1), lag)
+        return np.concatenate([xyz, raw[:, 3:4], lag_column], axis=1).astype(np.float32)
+
+
+def _image_size(path: Path, K: np.ndarray) -> tuple[int, int]:
+    """``(width, height)`` from the image header; info files do not store it, so for a
+    missing file it is estimated as twice the principal point (nuScenes' cameras have it
+    within a few per cent of the centre)."""
+    if path.is_file():
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.size
+    return int(round(2 * K[0, 2])), int(round(2 * K[1, 2]))

@@ -1,0 +1,111 @@
+"""Evaluation with the official nuScenes devkit (``DetectionEval``), unmodified.
+
+:func:`evaluate` checks the results file first (:func:`perception.results.load_results`),
+then runs ``DetectionEval`` on the split, and writes into the output folder, atomically:
+``metrics.json`` (the devkit's summary: ``mean_ap``, ``nd_score``, ``tp_errors``,
+``label_aps``, ... plus ``meta``, ``version`` and ``split``), the devkit's
+``metrics_summary.json`` and ``metrics_details.json``, and its PR/TP-curve plots
+(``plots/*.pdf``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from geometry.errors import UserError
+from geometry.io.atomic import atomic_directory
+from perception.data.nuscenes import open_nuscenes, split_sample_tokens
+from perception.results import load_results
+
+TP_NAMES = {"trans_err": "mATE", "scale_err": "mASE", "orient_err": "mAOE",
+            "vel_err": "mAVE", "attr_err": "mAAE"}
+
+
+def detection_config(name: str = "detection_cvpr_2019"):
+    """The devkit's detection config by name (``DetectionConfig``)."""
+    from nuscenes.eval.common.config import config_factory
+
+    try:
+        return config_factory(name)
+    except (AssertionError, ValueError):
+        raise UserError(f"unknown evaluation config '{name}'; use detection_cvpr_2019.") from None
+
+
+def evaluate(
+    dataroot: str | os.PathLike,
+    version: str,
+    split: str,
+    results_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    plots: bool = True,
+    config_name: str = "detection_cvpr_2019",
+    nusc=None,
+) -> dict[str, Any]:
+    """Validate ``results_path`` and score it with the devkit on ``split``.
+
+    Args:
+        nusc: an already loaded ``NuScenes`` for this dataroot/version (optional).
+
+    Returns:
+        the metrics summary (the devkit's ``DetectionMetrics.serialize()`` plus ``meta``).
+
+    Raises:
+        UserError: bad paths, split/version mismatch, or an invalid results file (one
+            line per problem).
+    """
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / "metrics.json").is_file())):
+        raise UserError(f"--out {out} exists and is not an earlier evaluation folder; pass a "
+                        "new folder (it is replaced as a whole).")
+    if Path(results_path).resolve().is_relative_to(out.resolve()):
+        raise UserError(f"the results file {results_path} lies inside --out {out}, which is "
+                        "replaced; keep it elsewhere.")
+    if nusc is None:
+        nusc = open_nuscenes(dataroot, version)
+    config = detection_config(config_name)
+    tokens = split_sample_tokens(nusc, split)
+    results = load_results(results_path, tokens, split, config.max_boxes_per_sample)
+    with atomic_directory(out_dir) as tmp:
+        # The devkit prints progress with print(); keep our own output readable.
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator = DetectionEval(nusc, config, str(results_path), eval_set=split,
+                                      output_dir=str(tmp), verbose=False)
+            metrics, metric_data = evaluator.evaluate()
+            if plots:
+                evaluator.render(metrics, metric_data)
+        summary = metrics.serialize()
+        summary["meta"] = dict(results["meta"])
+        (tmp / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "metrics_details.json").write_text(json.dumps(metric_data.serialize(), indent=2))
+        summary = dict(summary, version=version, split=split,
+                       results=str(Path(results_path).resolve()))
+        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_metrics(summary: dict[str, Any]) -> str:
+    """The headline metrics and the per-class table as text (the devkit's layout)."""
+    lines = [f"mAP: {summary['mean_ap']:.4f}"]
+    for key, short in TP_NAMES.items():
+        lines.append(f"{short}: {summary['tp_errors'][key]:.4f}")
+    lines.append(f"NDS: {summary['nd_score']:.4f}")
+    lines.append("")
+    lines.append(f"{'Object Class':<22}{'AP':>7}{'ATE':>7}{'ASE':>7}{'AOE':>7}{'AVE':>7}{'AAE':>7}")
+    for name, ap in summary["mean_dist_aps"].items():
+        tps = summary["label_tp_errors"][name]
+        cells = [_cell(tps[k]) for k in TP_NAMES]
+        lines.append(f"{name:<22}{ap:>7.3f}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _cell(value: float) -> str:
+    return f"{'nan':>7}" if value is None or math.isnan(value) else f"{value:>7.3f}"

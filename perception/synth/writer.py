@@ -1,0 +1,440 @@
+"""Write a synthetic dataset in the nuScenes on-disk format (a ``v1.0-mini``-style version).
+
+Layout written under the output folder, as in a nuScenes download::
+
+    maps/<token>.png                       placeholder semantic-prior maps
+    samples/LIDAR_TOP/<log>__LIDAR_TOP__<us>.pcd.bin   keyframe sweeps (float32 x5)
+    sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<us>.pcd.bin    intermediate sweeps
+    samples/CAM_*/<log>__CAM_*__<us>.jpg               keyframe images
+    <version>/{attribute,calibrated_sensor,category,ego_pose,instance,log,map,sample,
+               sample_annotation,sample_data,scene,sensor,visibility}.json
+
+Scenes take the official mini scene names, so the devkit's own ``mini_val`` and
+``mini_train`` splits select them: the first one or two are ``mini_val`` scenes
+(``scene-0103``, ``scene-0916``), the rest ``mini_train`` scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+from nuscenes.utils.splits import mini_train, mini_val
+from PIL import Image
+
+from perception import frames
+from perception.constants import (
+    CAMERA_CHANNELS,
+    LIDAR_CHANNEL,
+    NUSCENES_ATTRIBUTE_DESCRIPTIONS,
+    NUSCENES_CATEGORIES,
+    VISIBILITY_LEVELS,
+)
+from perception.synth import sensors, world
+
+KEYFRAME_INTERVAL = 0.5  # seconds (2 Hz keyframes, as in nuScenes)
+MAX_SCENES = len(mini_train) + len(mini_val)
+LOCATIONS = (
+    ("singapore-onenorth", "n015", "+0800"),
+    ("boston-seaport", "n008", "-0400"),
+    ("singapore-queenstown", "n015", "+0800"),
+    ("singapore-hollandvillage", "n015", "+0800"),
+)
+
+
+@dataclass
+class SynthSpec:
+    """What to generate (the CLI's ``perception synth`` options)."""
+
+    scenes: int = 4
+    """Number of scenes (1-10; the first ceil(N/2), at most 2, form ``mini_val``)."""
+    samples_per_scene: int = 10
+    """Keyframes (annotated samples, 2 Hz) per scene."""
+    sweeps_per_sample: int = 9
+    """LiDAR sweeps between keyframes (9 = the 20 Hz nuScenes LiDAR)."""
+    seed: int = 0
+    """Random seed: the same seed writes the same dataset."""
+    image_width: int = 640
+    """Camera image width in pixels (the intrinsics scale with it; nuScenes has 1600)."""
+    image_height: int = 360
+    """Camera image height in pixels."""
+    jpeg_quality: int = 90
+    """JPEG quality of the camera images."""
+    version: str = "v1.0-mini"
+    """Name of the table folder (the devkit's ``version``)."""
+
+
+@dataclass
+class SynthSummary:
+    """What was written."""
+
+    scenes: list[str]
+    samples: int
+    sweeps: int
+    images: int
+    annotations: int
+    annotations_with_points: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def scene_names(n_scenes: int) -> list[str]:
+    """Official mini scene names for ``n_scenes`` scenes: ``mini_val`` ones first."""
+    n_val = min(len(mini_val), math.ceil(n_scenes / 2))
+    return list(mini_val[:n_val]) + list(mini_train[: n_scenes - n_val])
+
+
+class _Tables:
+    """The 13 nuScenes tables being filled, and a seeded token source."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+        self.tables: dict[str, list[dict]] = {
+            name: [] for name in (
+                "attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log",
+                "map", "sample", "sample_annotation", "sample_data", "scene", "sensor",
+                "visibility",
+            )
+        }
+
+    def token(self) -> str:
+        return f"{self._random.getrandbits(128):032x}"
+
+    def add(self, table: str, record: dict) -> dict:
+        self.tables[table].append(record)
+        return record
+
+
+def _link(records: list[dict]) -> None:
+    """Fill ``prev``/``next`` of a chain of records."""
+    for i, record in enumerate(records):
+        record["prev"] = records[i - 1]["token"] if i > 0 else ""
+        record["next"] = records[i + 1]["token"] if i + 1 < len(records) else ""
+
+
+def _pose_record(T: np.ndarray) -> tuple[list[float], list[float]]:
+    """``[4, 4]`` -> (rotation wxyz, translation) lists for a table record."""
+    return [float(v) for v in frames.matrix_to_quat(T[:3, :3])], [float(v) for v in T[:3, 3]]
+
+
+@dataclass
+class _SharedTokens:
+    """Tokens of the records every scene refers to (made once, in the parent process)."""
+
+    categories: dict[str, str]
+    attributes: dict[str, str]
+    sensors: dict[str, str]
+
+
+def write_dataset(
+    spec: SynthSpec,
+    root: Path,
+    workers: int = 1,
+    on_sample: Callable[[int, int], None] | None = None,
+) -> SynthSummary:
+    """Generate the dataset into the (empty) folder ``root``.
+
+    Scenes are independent (each has its own random streams, seeded from ``spec.seed``
+    and its index), so they can be made in ``workers`` processes; the output does not
+    depend on ``workers``.
+
+    Args:
+        on_sample: called as ``on_sample(done, total)`` after each keyframe (progress).
+    """
+    start = time.perf_counter()
+    if not 1 <= spec.scenes <= MAX_SCENES:
+        raise ValueError(f"scenes must be in 1..{MAX_SCENES}")
+    tables = _Tables(spec.seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / spec.version).mkdir(parents=True, exist_ok=True)
+    for sub in ["samples/LIDAR_TOP", "sweeps/LIDAR_TOP", "maps"] + [
+        f"samples/{c}" for c in CAMERA_CHANNELS
+    ]:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+
+    shared = _SharedTokens({}, {}, {})
+    for name, description in NUSCENES_CATEGORIES:
+        shared.categories[name] = tables.add(
+            "category", {"token": tables.token(), "name": name, "description": description}
+        )["token"]
+    for name, description in NUSCENES_ATTRIBUTE_DESCRIPTIONS.items():
+        shared.attributes[name] = tables.add(
+            "attribute", {"token": tables.token(), "name": name, "description": description}
+        )["token"]
+    for token, level, description in VISIBILITY_LEVELS:
+        tables.add("visibility", {"token": token, "level": level, "description": description})
+    for channel, modality in [(LIDAR_CHANNEL, "lidar")] + [(c, "camera") for c in CAMERA_CHANNELS]:
+        shared.sensors[channel] = tables.add(
+            "sensor", {"token": tables.token(), "channel": channel, "modality": modality}
+        )["token"]
+
+    names = scene_names(spec.scenes)
+    total = len(names) * spec.samples_per_scene
+    jobs = [(spec, index, name, str(root), shared) for index, name in enumerate(names)]
+    if workers <= 1 or len(jobs) == 1:
+        done = 0
+
+        def progress(_scene: int) -> None:
+            nonlocal done
+            done += 1
+            if on_sample is not None:
+                on_sample(done, total)
+
+        results = [_scene_job(*job, progress=progress) for job in jobs]
+    else:
+        results = _run_parallel(jobs, workers, total, on_sample)
+
+    summary = SynthSummary(names, 0, 0, 0, 0)
+    points_per_class: dict[str, int] = {}
+    map_logs: dict[str, list[str]] = {}
+    for scene_tables, scene_summary in results:
+        for name, records in scene_tables.items():
+            tables.tables[name].extend(records)
+        for key in ("samples", "sweeps", "images", "annotations"):
+            setattr(summary, key, getattr(summary, key) + scene_summary[key])
+        for name, count in scene_summary["with_points"].items():
+            points_per_class[name] = points_per_class.get(name, 0) + count
+        map_logs.setdefault(scene_summary["location"], []).append(scene_summary["log_token"])
+
+    for log_tokens in map_logs.values():  # one map per location, as in nuScenes
+        token = tables.token()
+        filename = f"maps/{token}.png"
+        _write_placeholder_map(root / filename)
+        tables.add("map", {"token": token, "log_tokens": log_tokens,
+                           "category": "semantic_prior", "filename": filename})
+
+    for name, records in tables.tables.items():
+        (root / spec.version / f"{name}.json").write_text(json.dumps(records, indent=0))
+    summary.annotations_with_points = dict(sorted(points_per_class.items()))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+_progress_queue = None
+
+
+def _init_worker(queue) -> None:
+    global _progress_queue
+    _progress_queue = queue
+
+
+def _worker_job(*job):
+    return _scene_job(*job, progress=_progress_queue.put)
+
+
+def _run_parallel(jobs, workers, total, on_sample):
+    """Run the scene jobs in ``workers`` spawned processes, reporting progress."""
+    import multiprocessing
+    import queue as queue_module
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent holds torch and its thread pools.
+    context = multiprocessing.get_context("spawn")
+    progress_queue = context.Queue()
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                             initializer=_init_worker, initargs=(progress_queue,)) as pool:
+        futures = [pool.submit(_worker_job, *job) for job in jobs]
+        done = 0
+        while not all(f.done() for f in futures) or not progress_queue.empty():
+            try:
+                progress_queue.get(timeout=0.2)
+            except queue_module.Empty:
+                continue
+            done += 1
+            if on_sample is not None:
+                on_sample(min(done, total), total)
+        return [f.result() for f in futures]
+
+
+def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str,
+               shared: _SharedTokens, progress: Callable[[int], None]):
+    """Make one scene: its files under ``root`` and its table records.
+
+    Returns:
+        ``(tables, summary)``: records per table name, and counts for the summary.
+    """
+    root = Path(root_str)
+    tables = _Tables((spec.seed + 1) * 1_000_003 + scene_index)
+    lidar_spec = sensors.LidarSpec()
+    lidar_dirs = lidar_spec.directions()
+    cam_specs = {c.channel: c for c in sensors.CAMERAS}
+    K = {c: cam_specs[c].K(spec.image_width, spec.image_height) for c in CAMERA_CHANNELS}
+    pixel_dirs = {
+        c: sensors.pixel_directions(K[c], spec.image_width, spec.image_height)
+        for c in CAMERA_CHANNELS
+    }
+    T_ego_lidar = sensors.T_ego_lidar()
+    T_ego_cam = {c: cam_specs[c].T_ego_cam() for c in CAMERA_CHANNELS}
+
+    sweeps_between = spec.sweeps_per_sample
+    dt = KEYFRAME_INTERVAL / (sweeps_between + 1)
+    n_sweeps = sweeps_between + (spec.samples_per_scene - 1) * (sweeps_between + 1) + 1
+    duration = (n_sweeps - 1) * dt
+    counts = {"samples": 0, "sweeps": 0, "images": 0, "annotations": 0}
+    with_points: dict[str, int] = {}
+
+    rng = np.random.default_rng([spec.seed, scene_index])
+    scene = world.sample_scene(scene_index, rng, duration)
+    appearance = sensors.Appearance(scene, spec.seed * 1000 + scene_index)
+    location, vehicle, tz = LOCATIONS[scene_index % len(LOCATIONS)]
+    base_us = 1531883530_000000 + scene_index * 3_600_000_000 + int(rng.integers(0, 10**6))
+    when = datetime.fromtimestamp(base_us / 1e6, tz=timezone.utc)
+    local = when + timedelta(hours=int(tz[:3]))
+    logfile = f"{vehicle}-{local:%Y-%m-%d-%H-%M-%S}{tz}"
+    log = tables.add("log", {
+        "token": tables.token(), "logfile": logfile, "vehicle": vehicle,
+        "date_captured": f"{local:%Y-%m-%d}", "location": location,
+    })
+    calib = {}
+    rot, trans = _pose_record(T_ego_lidar)
+    calib[LIDAR_CHANNEL] = tables.add("calibrated_sensor", {
+        "token": tables.token(), "sensor_token": shared.sensors[LIDAR_CHANNEL],
+        "translation": trans, "rotation": rot, "camera_intrinsic": [],
+    })["token"]
+    for channel in CAMERA_CHANNELS:
+        rot, trans = _pose_record(T_ego_cam[channel])
+        calib[channel] = tables.add("calibrated_sensor", {
+            "token": tables.token(), "sensor_token": shared.sensors[channel],
+            "translation": trans, "rotation": rot,
+            "camera_intrinsic": [[float(v) for v in row] for row in K[channel]],
+        })["token"]
+    scene_record = tables.add("scene", {
+        "token": tables.token(), "log_token": log["token"], "name": scene_name,
+        "description": f"Synthetic street, ego at {scene.ego_speed:.1f} m/s, "
+                       f"{sum(o.annotated for o in scene.objects)} annotated objects",
+    })
+
+    samples: list[dict] = []
+    lidar_records: list[dict] = []
+    cam_records: dict[str, list[dict]] = {c: [] for c in CAMERA_CHANNELS}
+    pending_sweeps: list[dict] = []
+    annotated = [i for i, o in enumerate(scene.objects) if o.annotated]
+    instance_annotations: dict[int, list[dict]] = {i: [] for i in annotated}
+    instances = {
+        i: tables.add("instance", {
+            "token": tables.token(),
+            "category_token": shared.categories[scene.objects[i].category],
+        })
+        for i in annotated
+    }
+
+    def sample_data(channel: str, t_us: int, T_global_ego: np.ndarray, filename: str,
+                    key: bool, width: int = 0, height: int = 0) -> dict:
+        token = tables.token()
+        rot, trans = _pose_record(T_global_ego)
+        tables.add("ego_pose", {"token": token, "timestamp": t_us, "rotation": rot,
+                                "translation": trans})
+        return tables.add("sample_data", {
+            "token": token, "sample_token": "", "ego_pose_token": token,
+            "calibrated_sensor_token": calib[channel], "timestamp": t_us,
+            "fileformat": "pcd" if channel == LIDAR_CHANNEL else "jpg",
+            "is_key_frame": key, "height": height, "width": width, "filename": filename,
+            "prev": "", "next": "",
+        })
+
+    for k in range(n_sweeps):
+        t = k * dt
+        t_us = base_us + int(round(t * 1e6))
+        key = k >= sweeps_between and (k - sweeps_between) % (sweeps_between + 1) == 0
+        translation, yaw = scene.ego_pose(t)
+        T_global_ego = sensors.T_global_ego(translation, yaw)
+        T_global_lidar = T_global_ego @ T_ego_lidar
+        placements = sensors.placements_at(scene, t)
+        scan = sensors.scan_lidar(lidar_spec, lidar_dirs, T_global_lidar, placements,
+                                  appearance, rng)
+        folder = "samples" if key else "sweeps"
+        filename = f"{folder}/{LIDAR_CHANNEL}/{logfile}__{LIDAR_CHANNEL}__{t_us}.pcd.bin"
+        scan.points.tofile(root / filename)
+        record = sample_data(LIDAR_CHANNEL, t_us, T_global_ego, filename, key)
+        lidar_records.append(record)
+        if not key:
+            counts["sweeps"] += 1
+            pending_sweeps.append(record)
+            continue
+
+        sample = tables.add("sample", {"token": tables.token(), "timestamp": t_us,
+                                       "scene_token": scene_record["token"]})
+        samples.append(sample)
+        record["sample_token"] = sample["token"]
+        for sweep in pending_sweeps:  # intermediate sweeps belong to the next keyframe
+            sweep["sample_token"] = sample["token"]
+        pending_sweeps = []
+
+        hit_counts = np.zeros(len(scene.objects), np.int64)
+        visible_counts = np.zeros(len(scene.objects), np.int64)
+        for channel in CAMERA_CHANNELS:
+            cam = cam_specs[channel]
+            t_cam = t + cam.time_offset
+            t_cam_us = base_us + int(round(t_cam * 1e6))
+            cam_translation, cam_yaw = scene.ego_pose(t_cam)
+            T_global_ego_cam = sensors.T_global_ego(cam_translation, cam_yaw)
+            render = sensors.render_camera(
+                T_global_ego_cam @ T_ego_cam[channel], K[channel], spec.image_width,
+                spec.image_height, pixel_dirs[channel], sensors.placements_at(scene, t_cam),
+                scene, appearance, rng, hit_counts=hit_counts,
+            )
+            ids = render.object_index[render.object_index >= 0]
+            visible_counts += np.bincount(ids, minlength=len(scene.objects))
+            image_name = f"samples/{channel}/{logfile}__{channel}__{t_cam_us}.jpg"
+            Image.fromarray(render.rgb).save(root / image_name, quality=spec.jpeg_quality)
+            cam_record = sample_data(channel, t_cam_us, T_global_ego_cam, image_name, True,
+                                     spec.image_width, spec.image_height)
+            cam_record["sample_token"] = sample["token"]
+            cam_records[channel].append(cam_record)
+            counts["images"] += 1
+
+        points_per_object = np.bincount(scan.hit_object[scan.hit_object >= 0],
+                                        minlength=len(scene.objects))
+        for i in annotated:
+            obj = scene.objects[i]
+            xy = obj.position(t)
+            visibility = visible_counts[i] / hit_counts[i] if hit_counts[i] else 0.0
+            level = 1 + int(np.searchsorted([0.4, 0.6, 0.8], visibility, side="right"))
+            attribute = [shared.attributes[obj.attribute]] if obj.attribute else []
+            annotation = tables.add("sample_annotation", {
+                "token": tables.token(), "sample_token": sample["token"],
+                "instance_token": instances[i]["token"], "visibility_token": str(level),
+                "attribute_tokens": attribute,
+                "translation": [float(xy[0]), float(xy[1]), float(obj.size_wlh[2] / 2)],
+                "size": [float(v) for v in obj.size_wlh],
+                "rotation": [float(v) for v in frames.yaw_to_quat(obj.yaw)],
+                "prev": "", "next": "",
+                "num_lidar_pts": int(points_per_object[i]), "num_radar_pts": 0,
+            })
+            instance_annotations[i].append(annotation)
+            counts["annotations"] += 1
+            if points_per_object[i] > 0:
+                with_points[obj.name] = with_points.get(obj.name, 0) + 1
+        counts["samples"] += 1
+        progress(scene_index)
+
+    _link(samples)
+    _link(lidar_records)
+    for records in cam_records.values():
+        _link(records)
+    for i in annotated:
+        chain = instance_annotations[i]
+        _link(chain)
+        instances[i].update({
+            "nbr_annotations": len(chain),
+            "first_annotation_token": chain[0]["token"],
+            "last_annotation_token": chain[-1]["token"],
+        })
+    scene_record.update({
+        "nbr_samples": len(samples),
+        "first_sample_token": samples[0]["token"],
+        "last_sample_token": samples[-1]["token"],
+    })
+    summary = dict(counts, with_points=with_points, location=location, log_token=log["token"])
+    return {name: records for name, records in tables.tables.items() if records}, summary
+
+
+def _write_placeholder_map(path: Path) -> None:
+    """A small grey PNG standing in for a semantic-prior raster (there is no map data)."""
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(path)
