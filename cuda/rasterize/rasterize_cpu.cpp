@@ -59,22 +59,30 @@ inline void tile_rect(scalar_t mx, scalar_t my, int32_t rx, int32_t ry, const Ti
   *y1 = clampi(static_cast<int64_t>(std::ceil((my + static_cast<scalar_t>(ry)) / ts)), grid.tiles_y);
 }
 
-// Pixels of a tile that a Gaussian can reach. Outside |dx| <= rx the quadratic form is at
-// least rx^2 / (2 cov_xx) >= log(opacity * 255), i.e. alpha < 1/255; one pixel of margin
-// absorbs rounding, so this is an exact shortcut, not an approximation.
+// Pixels of a tile that a Gaussian can reach: centres with |dx| <= rx and |dy| <= ry.
+// Beyond that the quadratic form is at least rx^2 / (2 cov_xx) >= log(opacity * 255), i.e.
+// alpha < 1/255, so restricting the loop is exact, not an approximation.
 struct PixelRange {
-  int64_t x0, x1, y0, y1;  // inclusive-exclusive, in image pixels
+  int64_t x0, x1, y0, y1;  // [x0, x1) x [y0, y1), in image pixels
 };
 
 template <typename scalar_t>
 inline PixelRange pixel_range(scalar_t mx, scalar_t my, int32_t rx, int32_t ry, int64_t px0,
                               int64_t px1, int64_t py0, int64_t py1) {
   PixelRange r;
-  r.x0 = std::max<int64_t>(px0, static_cast<int64_t>(std::floor(mx - rx - 0.5)) - 1);
-  r.x1 = std::min<int64_t>(px1, static_cast<int64_t>(std::ceil(mx + rx - 0.5)) + 2);
-  r.y0 = std::max<int64_t>(py0, static_cast<int64_t>(std::floor(my - ry - 0.5)) - 1);
-  r.y1 = std::min<int64_t>(py1, static_cast<int64_t>(std::ceil(my + ry - 0.5)) + 2);
+  r.x0 = std::max<int64_t>(px0, static_cast<int64_t>(std::ceil(mx - rx - scalar_t(0.5))));
+  r.x1 = std::min<int64_t>(px1, static_cast<int64_t>(std::floor(mx + rx - scalar_t(0.5))) + 1);
+  r.y0 = std::max<int64_t>(py0, static_cast<int64_t>(std::ceil(my - ry - scalar_t(0.5))));
+  r.y1 = std::min<int64_t>(py1, static_cast<int64_t>(std::floor(my + ry - scalar_t(0.5))) + 1);
   return r;
+}
+
+// Largest sigma at which alpha = opacity * exp(-sigma) can still reach 1/255, plus a
+// margin: pixels beyond it skip the exp; pixels inside take the exact test below, so the
+// result is identical to testing every pixel.
+template <typename scalar_t>
+inline scalar_t sigma_cutoff(scalar_t opacity) {
+  return static_cast<scalar_t>(std::log(std::max(double(opacity), 1e-30) * 255.0) * 1.001 + 1e-3);
 }
 
 int num_threads() {
@@ -197,6 +205,7 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
         const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
                        cc = conic_ptr[cg * 3 + 2];
         const scalar_t op = opac_ptr[cg];
+        const scalar_t cutoff = sigma_cutoff(op);
         const scalar_t* col = color_ptr + cg * D;
         const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
                                                     radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
@@ -209,7 +218,7 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
             const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
             const scalar_t sigma =
                 scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            if (sigma < 0) continue;
+            if (sigma < 0 || sigma > cutoff) continue;
             const scalar_t alpha = std::min(max_alpha, op * std::exp(-sigma));
             if (alpha < alpha_thresh) continue;
             const scalar_t next_t = trans[p] * (scalar_t(1) - alpha);
@@ -309,6 +318,7 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
         const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
                        cc = conic_ptr[cg * 3 + 2];
         const scalar_t op = opac_ptr[cg];
+        const scalar_t cutoff = sigma_cutoff(op);
         const scalar_t* col = color_ptr + cg * D;
         const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
                                                     radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
@@ -323,7 +333,7 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
             const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
             const scalar_t sigma =
                 scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            if (sigma < 0) continue;
+            if (sigma < 0 || sigma > cutoff) continue;
             const scalar_t vis = std::exp(-sigma);
             const scalar_t alpha = std::min(max_alpha, op * vis);
             if (alpha < alpha_thresh) continue;
