@@ -26,4 +26,11 @@ TORCH_LIBRARY(sparseview, m) {
       "Tensor tile_offsets, Tensor flatten_ids, Tensor v_render_colors, "
       "Tensor v_render_alphas, int width, int height, int tile_size) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Hard voxelization of a point cloud (mmcv's hard_voxelize). points [N,C] (x, y, z
+  // first), voxel_size (x, y, z), point_range (x0, y0, z0, x1, y1, z1). Returns voxels
+  // [M,max_points,C] (zero padded), coords [M,3] int32 (z, y, x), num_points [M] int32;
+  // voxels in the order of their first point, at most max_voxels of them.
+  m.def(
+      "voxelize(Tensor points, float[] voxel_size, float[] point_range, int max_points, "
+      "int max_voxels) -> (Tensor, Tensor, Tensor)");
 }
