@@ -17,6 +17,7 @@ motion) are skipped when a directory is loaded.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +126,18 @@ def resample_positions(pos: Tensor, fps_src: float, fps_dst: float) -> Tensor:
     return pos[i0] * (1 - a) + pos[i1] * a
 
 
+def read_npz_array(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    """``data[key]`` as an array; unreadable members (pickled objects, corrupt zip entries)
+    become a :class:`UserError`."""
+    try:
+        return np.asarray(data[key])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read '{key}' in {path} ({err}); fix or remove the "
+                        "file.") from None
+
+
 def _scalar(data: np.lib.npyio.NpzFile, key: str, path: Path) -> float:
-    arr = np.asarray(data[key])
+    arr = read_npz_array(data, key, path)
     if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
         raise UserError(f"{path}: '{key}' must be one number; fix or remove the file.")
     value = float(arr.reshape(()))
@@ -136,10 +147,10 @@ def _scalar(data: np.lib.npyio.NpzFile, key: str, path: Path) -> float:
     return value
 
 
-def _gender(data: np.lib.npyio.NpzFile) -> str:
+def _gender(data: np.lib.npyio.NpzFile, path: Path) -> str:
     if "gender" not in data:
         return "neutral"
-    g = np.asarray(data["gender"]).reshape(-1)
+    g = read_npz_array(data, "gender", path).reshape(-1)
     if g.size == 0:
         return "neutral"
     value = g[0]
@@ -177,8 +188,8 @@ def load_amass_npz(path: str | Path, fps: float = 30.0,
         if missing:
             raise UserError(f"{path} lacks {', '.join(missing)} (has {', '.join(data.files)});"
                             " give AMASS SMPL-H .npz files.")
-        poses = np.asarray(data["poses"])
-        trans = np.asarray(data["trans"])
+        poses = read_npz_array(data, "poses", path)
+        trans = read_npz_array(data, "trans", path)
         if poses.ndim != 2 or poses.shape[1] not in (156, 66) or poses.shape[0] < 1:
             raise UserError(f"{path}: 'poses' has shape {poses.shape}, expected (T, 156) "
                             "SMPL-H axis-angle; fix or remove the file.")
@@ -192,11 +203,11 @@ def load_amass_npz(path: str | Path, fps: float = 30.0,
         fps_src = _scalar(data, rate_key, path)
         betas = np.zeros(16)
         if "betas" in data:
-            betas = np.asarray(data["betas"], dtype=np.float64).reshape(-1)
-            if not np.isfinite(betas).all():
+            betas = read_npz_array(data, "betas", path).reshape(-1)
+            if not np.issubdtype(betas.dtype, np.number) or not np.isfinite(betas).all():
                 raise UserError(f"{path}: 'betas' contains NaN or infinite values; fix or "
                                 "remove the file.")
-        gender = _gender(data)
+        gender = _gender(data, path)
 
     aa = torch.from_numpy(poses[:, : 3 * NUM_JOINTS].astype(np.float64)).reshape(-1, NUM_JOINTS,
                                                                                   3)

@@ -47,17 +47,17 @@ class ModelConfig:
     """Tokens per window (frames in the fast stream and in the slow stream)."""
     slow_stride: int = 4
     """Frame stride of the slow stream: the window spans ``tokens * slow_stride`` frames."""
-    d_model: int = 128
+    d_model: int = 64
     """Transformer width (half from each stream)."""
     layers: int = 2
     """Transformer encoder layers."""
     heads: int = 4
     """Attention heads."""
-    ff_dim: int = 256
+    ff_dim: int = 128
     """Feed-forward width of the transformer."""
-    head_dim: int = 256
+    head_dim: int = 128
     """Hidden width of the output heads."""
-    mlp_hidden: int = 512
+    mlp_hidden: int = 256
     """Hidden width of the per-frame MLP baseline."""
     mlp_layers: int = 3
     """Hidden layers of the per-frame MLP baseline."""
@@ -109,7 +109,7 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop after this many minutes of training (the learning-rate schedule follows
     whichever of steps and time runs out first)."""
-    batch_size: int = 256
+    batch_size: int = 128
     """Windows per step."""
     lr: float = 1e-3
     """Peak learning rate (AdamW, linear warm-up, cosine decay)."""

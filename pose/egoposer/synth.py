@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from geometry.so3 import axis_angle_to_matrix
 from pose.egoposer.amass import MotionSequence
 from pose.egoposer.config import SynthConfig
 from pose.egoposer.skeleton import (
@@ -147,10 +146,17 @@ def _activity(rng: np.random.Generator, kind: str, n: int, fps: float,
     raise ValueError(f"unknown activity {kind}")
 
 
-def _axis_rot(axis: int, angle: np.ndarray) -> torch.Tensor:
-    aa = np.zeros((*angle.shape, 3))
-    aa[..., axis] = angle
-    return axis_angle_to_matrix(torch.from_numpy(aa))
+def _axis_rot(axis: int, angle: np.ndarray) -> np.ndarray:
+    """Rotations by ``angle`` (radians) about a coordinate axis. ``[T]`` -> ``[T, 3, 3]``."""
+    c, s = np.cos(angle), np.sin(angle)
+    R = np.zeros((*np.shape(angle), 3, 3))
+    i, j = [(1, 2), (2, 0), (0, 1)][axis]
+    R[..., axis, axis] = 1.0
+    R[..., i, i] = c
+    R[..., j, j] = c
+    R[..., i, j] = -s
+    R[..., j, i] = s
+    return R
 
 
 def channels_to_local_rots(ch: dict[str, np.ndarray], yaw: np.ndarray) -> torch.Tensor:
@@ -165,7 +171,7 @@ def channels_to_local_rots(ch: dict[str, np.ndarray], yaw: np.ndarray) -> torch.
     """
     X, Y, Z = 0, 1, 2
     n = len(yaw)
-    R = torch.eye(3, dtype=torch.float64).repeat(n, NUM_JOINTS, 1, 1)
+    R = np.tile(np.eye(3), (n, NUM_JOINTS, 1, 1))
     R[:, 0] = (_axis_rot(Z, yaw) @ _axis_rot(X, np.full(n, np.pi / 2))
                @ _axis_rot(X, ch["pelvis_pitch"]) @ _axis_rot(Z, ch["pelvis_roll"]))
     for s, j_hip, j_knee, j_ankle, sign in (("l", 1, 4, 7, 1.0), ("r", 2, 5, 8, -1.0)):
@@ -184,7 +190,7 @@ def channels_to_local_rots(ch: dict[str, np.ndarray], yaw: np.ndarray) -> torch.
                       @ _axis_rot(Z, -sign * ch[f"sh_down_{s}"]))
         R[:, j_el] = _axis_rot(Y, -sign * ch[f"elbow_{s}"])
         R[:, j_wr] = _axis_rot(X, ch[f"wrist_{s}"])
-    return R
+    return torch.from_numpy(R)
 
 
 _GROUPS: dict[str, tuple[int, ...]] = {

@@ -37,6 +37,7 @@ from torch import Tensor
 from geometry.errors import UserError
 from geometry.se3 import make_T
 from geometry.so3 import axis_angle_to_matrix
+from pose.egoposer.amass import read_npz_array
 from pose.egoposer.config import FovConfig, VisibilityMode
 from pose.egoposer.skeleton import TRACKED_JOINTS
 
@@ -199,27 +200,36 @@ def load_tracking(path: str | Path) -> Tracking:
         if missing:
             raise UserError(f"tracking file {path} lacks {', '.join(missing)}; give head, "
                             "left_wrist, right_wrist ([T, 4, 4]) and fps.")
-        mats = [np.asarray(data[k], dtype=np.float64) for k in _KEYS]
+        mats = [read_npz_array(data, k, path) for k in _KEYS]
+        for k, m in zip(_KEYS, mats, strict=True):
+            if not np.issubdtype(m.dtype, np.number):
+                raise UserError(f"tracking file {path}: '{k}' is not numeric; give [T, 4, 4] "
+                                "float poses.")
+        mats = [m.astype(np.float64) for m in mats]
         n = mats[0].shape[0] if mats[0].ndim == 3 else -1
         for k, m in zip(_KEYS, mats, strict=True):
             if m.ndim != 3 or m.shape[1:] != (4, 4) or m.shape[0] != n or n < 1:
                 raise UserError(f"tracking file {path}: '{k}' has shape {m.shape}, expected "
                                 "(T, 4, 4) with the same T for all trackers.")
-        fps_arr = np.asarray(data["fps"])
-        fps = float(fps_arr.reshape(-1)[0]) if fps_arr.size == 1 else float("nan")
+        fps_arr = read_npz_array(data, "fps", path)
+        numeric = fps_arr.size == 1 and np.issubdtype(fps_arr.dtype, np.number)
+        fps = float(fps_arr.reshape(-1)[0]) if numeric else float("nan")
         if not (math.isfinite(fps) and fps > 0):
             raise UserError(f"tracking file {path}: 'fps' must be one positive number.")
         visible = np.ones((n, 2), dtype=bool)
         for h, k in enumerate(("left_visible", "right_visible")):
             if k in data:
-                v = np.asarray(data[k]).reshape(-1)
+                v = read_npz_array(data, k, path).reshape(-1)
                 if v.shape != (n,):
                     raise UserError(f"tracking file {path}: '{k}' has {v.size} entries, "
                                     f"expected {n}.")
                 visible[:, h] = v.astype(bool)
         height = None
         if "height_m" in data:
-            height = float(np.asarray(data["height_m"]).reshape(-1)[0])
+            h = read_npz_array(data, "height_m", path).reshape(-1)
+            if h.size != 1 or not np.issubdtype(h.dtype, np.number):
+                raise UserError(f"tracking file {path}: 'height_m' must be one number.")
+            height = float(h[0])
     if not np.isfinite(mats[0]).all():
         raise UserError(f"tracking file {path}: the head pose has NaN or infinite values; "
                         "the head must be tracked in every frame.")

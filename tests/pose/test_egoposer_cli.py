@@ -1,0 +1,158 @@
+"""``pose egoposer train -> simulate -> predict -> eval`` on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geometry.so3 import axis_angle_to_matrix
+from pose.cli import main as pose_main
+from pose.egoposer.amass import load_amass_npz, save_amass_npz
+from pose.egoposer.skeleton import (
+    DEFAULT_STATURE_M,
+    default_rest_joints,
+    forward_kinematics,
+    scaled_default_skeleton,
+)
+from pose.egoposer.synth import SynthConfig, synthesize_dataset
+from pose.egoposer.tracking import load_tracking, save_tracking
+
+TINY_MODEL = ["--model.d-model", "16", "--model.layers", "1", "--model.heads", "2",
+              "--model.ff-dim", "32", "--model.head-dim", "32", "--model.tokens", "6",
+              "--model.slow-stride", "2"]
+TINY_DATA = ["--synthetic-sequences", "2", "--synth.seconds", "3"]
+TRAIN = ["--batch-size", "8", "--threads", "1", "--warmup-steps", "2"]
+
+
+def _run(args: list[str]) -> None:
+    pose_main(["egoposer", *args])
+
+
+def _user_error(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        _run(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pose: error: ") and "\n" not in err, err
+    return err
+
+
+def test_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ck = tmp_path / "ck"
+    _run(["train", "--synthetic", "--out", str(ck), "--steps", "6", "--max-minutes", "2",
+          *TINY_MODEL, *TINY_DATA, *TRAIN])
+    config = json.loads((ck / "config.json").read_text())
+    assert config["state"]["step"] == 6 and config["model"]["d_model"] == 16
+    assert {p.name for p in ck.iterdir()} == {"config.json", "model.safetensors",
+                                              "optimizer.safetensors"}
+    # An existing checkpoint is neither silently replaced nor resumed.
+    err = _user_error(["train", "--synthetic", "--out", str(ck), *TINY_MODEL, *TINY_DATA],
+                      capsys)
+    assert "--resume" in err
+    _run(["train", "--synthetic", "--out", str(ck), "--steps", "9", "--resume", *TINY_MODEL,
+          *TINY_DATA, *TRAIN])
+    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 9
+
+    trk, gt = tmp_path / "trk.npz", tmp_path / "gt.npz"
+    _run(["simulate", "--synthetic", "--out", str(trk), "--gt-out", str(gt), "--seed", "3",
+          "--synth.seconds", "3", "--visibility", "half"])
+    tracking = load_tracking(trk)
+    assert tracking.num_frames == 90 and 0 < tracking.visible.float().mean() < 1
+
+    pred = tmp_path / "pred.npz"
+    _run(["predict", "--checkpoint", str(ck), "--tracking", str(trk), "--out", str(pred),
+          "--height-m", "1.8"])
+    out = np.load(pred)
+    assert out["poses"].shape == (90, 66) and out["joints"].shape == (90, 22, 3)
+    scale = 1.8 / DEFAULT_STATURE_M
+    assert float(out["body_scale"]) == pytest.approx(scale)
+    # The joints are FK of the written poses and trans (AMASS convention).
+    rots = axis_angle_to_matrix(torch.from_numpy(out["poses"]).reshape(90, 22, 3))
+    root = torch.from_numpy(out["trans"]) + default_rest_joints(torch.float64)[0]
+    _, joints = forward_kinematics(rots, root, scaled_default_skeleton(scale, torch.float64))
+    np.testing.assert_allclose(joints.numpy(), out["joints"], atol=1e-5)
+    # ... and the file is a valid body-only AMASS file.
+    assert load_amass_npz(pred).num_frames == 90
+
+    metrics = tmp_path / "metrics.json"
+    _run(["eval", "--checkpoint", str(ck), "--synthetic", "--out", str(metrics), *TINY_DATA,
+          "--visibility", "fov"])
+    report = json.loads(metrics.read_text())
+    assert set(report["methods"]) == {"egoposer", "stand_still"}
+    assert report["frames"] == 180 and report["data"]["synthetic"]["seed"] == 1000
+    for groups in report["methods"].values():
+        assert groups["all"]["frames"] == 180
+        assert groups["hands_visible"]["frames"] + groups["hands_hidden"]["frames"] == 180
+        assert all(np.isfinite(v) for v in groups["all"].values())
+    assert "MPJPE" in capsys.readouterr().out
+
+    # Evaluation on AMASS-format files (here: the simulated ground truth).
+    amass_dir = tmp_path / "amass"
+    amass_dir.mkdir()
+    gt.rename(amass_dir / "gt.npz")
+    _run(["eval", "--checkpoint", str(ck), "--amass", str(amass_dir), "--out", str(metrics),
+          "--no-baselines"])
+    report = json.loads(metrics.read_text())
+    assert set(report["methods"]) == {"egoposer"} and report["frames"] == 90
+
+
+def test_train_on_amass_folder_with_time_cap(tmp_path: Path) -> None:
+    data = tmp_path / "amass" / "subject"
+    data.mkdir(parents=True)
+    for i, seq in enumerate(synthesize_dataset(2, seed=5, cfg=SynthConfig(seconds=3.0))):
+        save_amass_npz(seq, data / f"clip{i}_poses.npz")
+    ck = tmp_path / "ck"
+    _run(["train", "--amass", str(tmp_path / "amass"), "--out", str(ck), "--steps", "100000",
+          "--max-minutes", "0.01", *TINY_MODEL, *TRAIN])
+    state = json.loads((ck / "config.json").read_text())["state"]
+    assert 1 <= state["step"] < 100000 and state["data"] == {"amass": str(tmp_path / "amass")}
+
+
+def test_predict_resamples_60fps_tracking(tmp_path: Path) -> None:
+    ck = tmp_path / "ck"
+    _run(["train", "--synthetic", "--out", str(ck), "--steps", "1", *TINY_MODEL, *TINY_DATA,
+          *TRAIN])
+    seq = synthesize_dataset(1, seed=8, cfg=SynthConfig(seconds=2.0, fps=60.0))[0]
+    g, j = seq.fk()
+    from pose.egoposer.tracking import Tracking, tracker_trajectories
+
+    rot, pos = tracker_trajectories(g, j)
+    save_tracking(tmp_path / "t60.npz", Tracking(60.0, rot, pos,
+                                                 torch.ones(seq.num_frames, 2, dtype=bool)))
+    _run(["predict", "--checkpoint", str(ck), "--tracking", str(tmp_path / "t60.npz")])
+    out = np.load(tmp_path / "t60_pose.npz")
+    assert seq.num_frames == 120 and out["poses"].shape == (60, 66)
+    assert float(out["mocap_framerate"]) == 30.0
+
+
+def test_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert "exactly one data source" in _user_error(["train", "--out", str(tmp_path / "a")],
+                                                    capsys)
+    assert "exactly one data source" in _user_error(
+        ["train", "--synthetic", "--amass", str(tmp_path), "--out", str(tmp_path / "a")], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "not an EgoPoser checkpoint" in _user_error(
+        ["eval", "--checkpoint", str(tmp_path / "empty"), "--synthetic"], capsys)
+    assert "does not exist" in _user_error(
+        ["train", "--amass", str(tmp_path / "nope"), "--out", str(tmp_path / "b")], capsys)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    assert "not a checkpoint" in _user_error(
+        ["train", "--synthetic", "--out", str(tmp_path / "other")], capsys)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "x"
+
+
+def test_console_script_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pose.cli", "egoposer", "predict",
+                           "--checkpoint", str(tmp_path), "--tracking", str(tmp_path / "t.npz")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("pose: error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
