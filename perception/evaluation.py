@@ -75,8 +75,8 @@ def evaluate(
     tokens = split_sample_tokens(nusc, split)
     results = load_results(results_path, tokens, split, config.max_boxes_per_sample)
     with atomic_directory(out_dir) as tmp:
-        # The devkit prints progress with print(); keep our own output readable.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # The devkit reports progress with print() and tqdm; keep our own output readable.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             evaluator = DetectionEval(nusc, config, str(results_path), eval_set=split,
                                       output_dir=str(tmp), verbose=False)
             metrics, metric_data = evaluator.evaluate()

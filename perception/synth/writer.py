@@ -123,6 +123,33 @@ def _pose_record(T: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(v) for v in frames.matrix_to_quat(T[:3, :3])], [float(v) for v in T[:3, 3]]
 
 
+def sweep_timing(spec: SynthSpec) -> tuple[float, int]:
+    """``(seconds between LiDAR sweeps, sweeps per scene)``; keyframe ``m`` of a scene is
+    sweep ``sweeps_per_sample + m * (sweeps_per_sample + 1)`` (every keyframe, the first
+    included, has ``sweeps_per_sample`` sweeps before it)."""
+    dt = KEYFRAME_INTERVAL / (spec.sweeps_per_sample + 1)
+    n_sweeps = spec.sweeps_per_sample + (spec.samples_per_scene - 1) * (
+        spec.sweeps_per_sample + 1) + 1
+    return dt, n_sweeps
+
+
+def keyframe_time(spec: SynthSpec, keyframe: int) -> float:
+    """Scene time (seconds) of keyframe ``keyframe`` (0-based) of every scene."""
+    dt, _ = sweep_timing(spec)
+    return (spec.sweeps_per_sample + keyframe * (spec.sweeps_per_sample + 1)) * dt
+
+
+def build_scene(spec: SynthSpec, scene_index: int
+                ) -> tuple[world.SynthScene, sensors.Appearance, np.random.Generator]:
+    """The world of scene ``scene_index`` exactly as :func:`write_dataset` makes it, its
+    appearance, and the random stream the sensors go on with."""
+    dt, n_sweeps = sweep_timing(spec)
+    rng = np.random.default_rng([spec.seed, scene_index])
+    scene = world.sample_scene(scene_index, rng, (n_sweeps - 1) * dt)
+    appearance = sensors.Appearance(scene, spec.seed * 1000 + scene_index)
+    return scene, appearance, rng
+
+
 @dataclass
 class _SharedTokens:
     """Tokens of the records every scene refers to (made once, in the parent process)."""
@@ -273,15 +300,10 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
     T_ego_cam = {c: cam_specs[c].T_ego_cam() for c in CAMERA_CHANNELS}
 
     sweeps_between = spec.sweeps_per_sample
-    dt = KEYFRAME_INTERVAL / (sweeps_between + 1)
-    n_sweeps = sweeps_between + (spec.samples_per_scene - 1) * (sweeps_between + 1) + 1
-    duration = (n_sweeps - 1) * dt
+    dt, n_sweeps = sweep_timing(spec)
     counts = {"samples": 0, "sweeps": 0, "images": 0, "annotations": 0}
     with_points: dict[str, int] = {}
-
-    rng = np.random.default_rng([spec.seed, scene_index])
-    scene = world.sample_scene(scene_index, rng, duration)
-    appearance = sensors.Appearance(scene, spec.seed * 1000 + scene_index)
+    scene, appearance, rng = build_scene(spec, scene_index)
     location, vehicle, tz = LOCATIONS[scene_index % len(LOCATIONS)]
     base_us = 1531883530_000000 + scene_index * 3_600_000_000 + int(rng.integers(0, 10**6))
     when = datetime.fromtimestamp(base_us / 1e6, tz=timezone.utc)
