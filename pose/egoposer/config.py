@@ -62,10 +62,15 @@ class ModelConfig:
     mlp_layers: int = 3
     """Hidden layers of the per-frame MLP baseline."""
 
-    @property
-    def window_frames(self) -> int:
-        """Frames one window spans (the frame before it is needed for velocities too)."""
-        return self.tokens * self.slow_stride if self.kind == "egoposer" else 2
+    def frame_offsets(self) -> tuple[int, ...]:
+        """Frames the network reads, relative to the current frame (ascending, ending at 0):
+        the union of the slow stream (every ``slow_stride``-th frame) and the fast stream
+        (the last ``tokens`` frames); the per-frame MLP reads the last two frames."""
+        if self.kind == "mlp":
+            return (-1, 0)
+        slow = {-self.slow_stride * k for k in range(self.tokens)}
+        fast = {-k for k in range(self.tokens)}
+        return tuple(sorted(slow | fast))
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Training and evaluation data: motion sequences -> tracker streams, windows and targets.
 
 All frames of all sequences are concatenated; a training window ending at frame ``t``
-reaches back ``window_frames`` frames (plus one, for velocities) and is clamped at the
-start of ``t``'s sequence (the first frame repeats, as an online system would pad).
+reads the frames ``t + offset`` (``ModelConfig.frame_offsets``) and the frame before each
+(for velocities), clamped at the start of ``t``'s sequence (the first frame repeats, as an
+online system would pad).
 """
 
 from __future__ import annotations
@@ -73,58 +74,79 @@ def prepare_sequences(seqs: list[MotionSequence], fov: FovConfig) -> PreparedDat
     return PreparedData(fps=fps, **cat)
 
 
-def _cell_masks(b: int, n: int, cell: int, p_on: Tensor, gen: torch.Generator) -> Tensor:
-    """Random on/off masks made of ``cell``-frame stretches with a random phase. ``[b, n, 2]``."""
-    n_cells = n // cell + 2
-    on = torch.rand(b, n_cells, 2, generator=gen) < p_on[:, None, None]
-    shift = torch.randint(0, cell, (b, 1), generator=gen)
-    ci = (torch.arange(n)[None] + shift) // cell
-    return torch.gather(on, 1, ci[..., None].expand(b, n, 2))
+def _cell_masks(b: int, times: Tensor, cell: int, p_on: float,
+                gen: torch.Generator) -> Tensor:
+    """Random on/off masks made of ``cell``-frame stretches with a random phase.
+
+    Args:
+        times: ``[...]`` non-negative frame times within the window.
+
+    Returns:
+        ``[b, ..., 2]`` bool (one mask per hand).
+    """
+    n_cells = int(times.max()) // cell + 2
+    on = torch.rand(b, n_cells, 2, generator=gen) < p_on
+    shift = torch.randint(0, cell, (b,), generator=gen)
+    ci = (times[None] + shift.reshape(b, *([1] * times.dim()))) // cell  # [b, ...]
+    return on[torch.arange(b).reshape(b, *([1] * times.dim())), ci]
 
 
-def training_visibility(fov_visible: Tensor, mix: VisibilityMix,
+def training_visibility(fov_visible: Tensor, times: Tensor, mix: VisibilityMix,
                         gen: torch.Generator) -> Tensor:
     """Hand visibility of training windows under a random regime per window.
 
     Args:
-        fov_visible: ``[B, W+1, 2]`` frustum visibility.
+        fov_visible: ``[B, K, 2, 2]`` frustum visibility of the window's frames.
+        times: ``[K, 2]`` the frames' times in the window (non-negative frame numbers).
 
     Returns:
-        ``[B, W+1, 2]`` bool.
+        ``[B, K, 2, 2]`` bool.
     """
-    b, n, _ = fov_visible.shape
+    b = fov_visible.shape[0]
     probs = torch.tensor([mix.p_fov, mix.p_all, mix.p_half, mix.p_none], dtype=torch.float64)
     regime = torch.multinomial(probs / probs.sum(), b, replacement=True, generator=gen)
-    dropout_keep = _cell_masks(b, n, 6, torch.full((b,), 0.95), gen)
-    half = _cell_masks(b, n, 15, torch.full((b,), 0.5), gen)
-    r = regime[:, None, None]
+    dropout_keep = _cell_masks(b, times, 6, 0.95, gen)
+    half = _cell_masks(b, times, 15, 0.5, gen)
+    r = regime[:, None, None, None]
     return torch.where(r == 0, fov_visible & dropout_keep,
                        torch.where(r == 1, torch.ones_like(half),
                                    torch.where(r == 2, half, torch.zeros_like(half))))
 
 
-def window_indices(t: Tensor, seq_start: Tensor, window_frames: int) -> Tensor:
-    """Frame indices of windows ending at ``t``: ``[B, W+1]``, clamped at sequence starts."""
-    offs = torch.arange(-window_frames, 1, device=t.device)
-    return torch.maximum(t[:, None] + offs, seq_start[:, None])
+def window_indices(t: Tensor, seq_start: Tensor, offsets: tuple[int, ...]) -> Tensor:
+    """Frame indices of windows ending at ``t``, each frame paired with its predecessor.
+
+    Args:
+        t: ``[B]`` current frames; seq_start: ``[B]`` first frame of their sequences.
+        offsets: frame offsets (ascending, ending at 0), e.g. ``ModelConfig.frame_offsets()``.
+
+    Returns:
+        ``[B, K, 2]`` (previous frame, frame), clamped at the sequence start.
+    """
+    offs = torch.tensor(offsets, device=t.device)
+    cur = t[:, None] + offs
+    idx = torch.stack((cur - 1, cur), -1)
+    return torch.maximum(idx, seq_start[:, None, None])
 
 
-def sample_batch(data: PreparedData, batch_size: int, window_frames: int, mix: VisibilityMix,
-                 gen: torch.Generator) -> dict[str, Tensor]:
+def sample_batch(data: PreparedData, batch_size: int, offsets: tuple[int, ...],
+                 mix: VisibilityMix, gen: torch.Generator) -> dict[str, Tensor]:
     """A random batch of training windows with inputs and canonical-frame targets.
 
     Returns:
-        ``features [B, W, 57]``, ``rots_c [B, 2, 22, 3, 3]``, ``root_c [B, 2, 3]``,
-        ``joints_c [B, 2, 22, 3]`` (metres, canonical frame), ``scale [B]`` for the
-        previous and the current frame of each window.
+        ``features [B, K, 57]``, ``rots_c [B, 2, 22, 3, 3]``, ``root_c [B, 2, 3]``,
+        ``joints_c [B, 2, 22, 3]`` (metres, canonical frame), ``scale [B]``; the targets are
+        for the previous and the current frame of each window.
     """
     t = torch.randint(0, data.num_frames, (batch_size,), generator=gen)
-    idx = window_indices(t, data.seq_start[t], window_frames)
-    vis = training_visibility(data.fov_visible[idx], mix, gen)
+    idx = window_indices(t, data.seq_start[t], offsets)
+    offs = torch.tensor(offsets)
+    times = torch.stack((offs - 1, offs), -1) - (offsets[0] - 1)
+    vis = training_visibility(data.fov_visible[idx], times, mix, gen)
     scale = data.scale[t]
     feats, R_wc, origin = window_features(data.trk_rot[idx], data.trk_pos[idx], vis, scale,
                                           data.fps)
-    last2 = idx[:, -2:]
+    last2 = idx[:, -2:, 1]
     rots_c, root_c = encode_targets(data.local_rots[last2], data.root_pos[last2], R_wc, origin,
                                     scale)
     joints_c = (data.joints[last2] - origin[:, None, None]) @ R_wc[:, None]

@@ -77,37 +77,41 @@ def window_features(trk_rot: Tensor, trk_pos: Tensor, visible: Tensor, scale: Te
                     fps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Input features of windows, in each window's canonical frame.
 
+    A window is ``K`` frames (not necessarily contiguous) ending at the current frame, each
+    paired with the frame just before it (for velocities).
+
     Args:
-        trk_rot: ``[B, W+1, 3, 3, 3]`` world rotations of head, left and right wrist over
-            the window and one frame before it (for velocities).
-        trk_pos: ``[B, W+1, 3, 3]`` world positions (metres).
-        visible: ``[B, W+1, 2]`` bool hand visibility.
+        trk_rot: ``[B, K, 2, 3, 3, 3]`` world rotations of head, left and right wrist; the
+            third axis is (previous frame, frame).
+        trk_pos: ``[B, K, 2, 3, 3]`` world positions (metres).
+        visible: ``[B, K, 2, 2]`` bool hand visibility (previous/frame, left/right).
         scale: ``[B]`` body scale.
         fps: frame rate.
 
     Returns:
-        ``(features [B, W, 57], R_world_C [B, 3, 3], origin_world [B, 3])``.
+        ``(features [B, K, 57], R_world_C [B, 3, 3], origin_world [B, 3])``.
     """
-    R_wc, origin = canonical_frame(trk_rot[:, -1, 0], trk_pos[:, -1, 0])
-    inv_scale = (1.0 / scale)[:, None, None, None]
-    pos_c = (trk_pos - origin[:, None, None, :]) @ R_wc[:, None] * inv_scale  # [B,W+1,3,3]
-    rot_c = R_wc.transpose(-1, -2)[:, None, None] @ trk_rot  # [B,W+1,3,3,3]
-    vel = (pos_c[:, 1:] - pos_c[:, :-1]) * fps
-    dq = trk_rot[:, :-1].transpose(-1, -2) @ trk_rot[:, 1:]
-    feats = torch.cat((matrix_to_rot6d(rot_c[:, 1:]), matrix_to_rot6d(dq), pos_c[:, 1:], vel),
-                      -1)  # [B, W, 3, 18]
-    vis = visible[:, 1:]
-    vis_vel = vis & visible[:, :-1]
+    R_wc, origin = canonical_frame(trk_rot[:, -1, 1, 0], trk_pos[:, -1, 1, 0])
+    inv_scale = (1.0 / scale)[:, None, None, None, None]
+    pos_c = (trk_pos - origin[:, None, None, None, :]) @ R_wc[:, None, None] * inv_scale
+    rot = trk_rot[:, :, 1]
+    rot_c = R_wc.transpose(-1, -2)[:, None, None] @ rot  # [B, K, 3, 3, 3]
+    vel = (pos_c[:, :, 1] - pos_c[:, :, 0]) * fps
+    dq = trk_rot[:, :, 0].transpose(-1, -2) @ rot
+    feats = torch.cat((matrix_to_rot6d(rot_c), matrix_to_rot6d(dq), pos_c[:, :, 1], vel),
+                      -1)  # [B, K, 3, 18]
+    vis = visible[:, :, 1]
+    vis_vel = vis & visible[:, :, 0]
     ones = torch.ones_like(vis[..., :1])
-    tracker_mask = torch.cat((ones, vis), -1).to(feats.dtype)  # [B, W, 3]
+    tracker_mask = torch.cat((ones, vis), -1).to(feats.dtype)  # [B, K, 3]
     vel_mask = torch.cat((ones, vis_vel), -1).to(feats.dtype)
     mask = torch.cat((tracker_mask[..., None].expand(*tracker_mask.shape, 15),
                       vel_mask[..., None].expand(*vel_mask.shape, 3)), -1)
     # Frame-to-frame rotations of a hand need both frames visible too.
     mask[..., 6:12] = vel_mask[..., None]
     feats = (feats * mask).flatten(-2)
-    b, w = feats.shape[:2]
-    extra = torch.cat((vis.to(feats.dtype), scale[:, None, None].expand(b, w, 1).to(feats)), -1)
+    b, k = feats.shape[:2]
+    extra = torch.cat((vis.to(feats.dtype), scale[:, None, None].expand(b, k, 1).to(feats)), -1)
     return torch.cat((feats, extra), -1), R_wc, origin
 
 

@@ -49,7 +49,7 @@ def predict_sequence(model: nn.Module, cfg: ModelConfig, trk_rot: Tensor, trk_po
     zero = torch.zeros(1, dtype=torch.long)
     for t0 in range(0, n, chunk):
         t = torch.arange(t0, min(n, t0 + chunk))
-        idx = window_indices(t, zero.expand_as(t), cfg.window_frames)
+        idx = window_indices(t, zero.expand_as(t), cfg.frame_offsets())
         s = torch.full((len(t),), float(scale))
         feats, R_wc, origin = window_features(trk_rot[idx].float(), trk_pos[idx].float(),
                                               visible[idx], s, cfg.fps)

@@ -35,6 +35,12 @@ class EgoPoserNet(nn.Module):
         if cfg.d_model % 2 or cfg.d_model % cfg.heads:
             raise ValueError("d_model must be even and divisible by heads")
         self.cfg = cfg
+        offsets = cfg.frame_offsets()
+        pos = {o: i for i, o in enumerate(offsets)}
+        slow = [pos[-cfg.slow_stride * k] for k in reversed(range(cfg.tokens))]
+        fast = [pos[-k] for k in reversed(range(cfg.tokens))]
+        self.register_buffer("slow_index", torch.tensor(slow), persistent=False)
+        self.register_buffer("fast_index", torch.tensor(fast), persistent=False)
         half = cfg.d_model // 2
         self.slow_embed = nn.Linear(NUM_FEATURES, half)
         self.fast_embed = nn.Linear(NUM_FEATURES, half)
@@ -63,15 +69,14 @@ class EgoPoserNet(nn.Module):
         """Pose of the last two frames of each window.
 
         Args:
-            features: ``[B, W, 57]`` window features (``W = tokens * slow_stride``).
+            features: ``[B, K, 57]`` features of the frames ``cfg.frame_offsets()``.
 
         Returns:
             ``[B, 2, 135]`` (previous frame, current frame): pelvis 6D in C, 21 local 6D
             rotations, pelvis position in C / scale.
         """
-        cfg = self.cfg
-        slow = features[:, cfg.slow_stride - 1:: cfg.slow_stride]
-        fast = features[:, -cfg.tokens:]
+        slow = features[:, self.slow_index]
+        fast = features[:, self.fast_index]
         x = torch.cat((self.slow_embed(slow), self.fast_embed(fast)), -1) + self.pos_embed
         x = self.encoder(x)[:, -2:]
         root = self.root_head(x)
@@ -98,7 +103,7 @@ class FrameMLP(nn.Module):
             last.bias[: 6 * NUM_JOINTS] = torch.tensor([1.0, 0, 0, 0, 1.0, 0]).repeat(NUM_JOINTS)
 
     def forward(self, features: Tensor) -> Tensor:
-        """``[B, W, 57]`` -> ``[B, 2, 135]`` from the last two frames, each on its own."""
+        """``[B, K, 57]`` -> ``[B, 2, 135]`` from the last two frames, each on its own."""
         return self.net(features[:, -2:])
 
 

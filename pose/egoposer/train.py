@@ -256,7 +256,7 @@ def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: Fov
                 progress = max(step / cfg.steps, elapsed / max_s)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * _lr_factor(step, progress, cfg.warmup_steps)
-                batch = sample_batch(data, cfg.batch_size, model_cfg.window_frames,
+                batch = sample_batch(data, cfg.batch_size, model_cfg.frame_offsets(),
                                      cfg.visibility, gen)
                 out = model(batch["features"])
                 loss, terms = pose_loss(out, batch, cfg.loss, data.fps)

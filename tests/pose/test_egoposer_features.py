@@ -30,12 +30,13 @@ def _rz(angle: float) -> torch.Tensor:
     return axis_angle_to_matrix(torch.tensor([0.0, 0.0, angle], dtype=F64))
 
 
-def _windows(seed: int = 0, n_windows: int = 6, window: int = 80):
+def _windows(seed: int = 0, n_windows: int = 6):
+    """Tracker windows of a synthetic sequence: ``[B, K, 2, ...]`` as the model reads them."""
     seq = synthesize_sequence(np.random.default_rng(seed))
     g, j = seq.fk()
     rot, pos = tracker_trajectories(g.double(), j.double())
     t = torch.linspace(5, seq.num_frames - 1, n_windows).long()
-    idx = window_indices(t, torch.zeros_like(t), window)
+    idx = window_indices(t, torch.zeros_like(t), ModelConfig().frame_offsets())
     vis = torch.rand(seq.num_frames, 2, generator=torch.Generator().manual_seed(seed)) > 0.4
     return rot[idx], pos[idx], vis[idx], seq, idx
 
@@ -65,6 +66,7 @@ def test_features_and_prediction_invariant_to_horizontal_motion_and_yaw() -> Non
     feats, R_wc, origin = window_features(rot, pos, vis, scale, 30.0)
     R_g, t_g = _rz(2.1), torch.tensor([3.5, -7.25, 0.0], dtype=F64)
     feats2, R_wc2, origin2 = window_features(R_g @ rot, pos @ R_g.T + t_g, vis, scale, 30.0)
+    assert not torch.allclose(pos @ R_g.T + t_g, pos)
     np.testing.assert_allclose(feats2.numpy(), feats.numpy(), atol=1e-10)
 
     torch.manual_seed(0)
@@ -106,30 +108,38 @@ def test_scale_normalisation() -> None:
 
 def test_feature_layout_and_masking() -> None:
     rot, pos, vis, _, _ = _windows(2)
-    b, w1 = vis.shape[:2]
+    b, k = vis.shape[:2]
     vis = vis.clone()
-    vis[:, -1, 0] = False  # left hand unseen at the current frame
-    vis[:, -2, 1] = False  # right hand unseen at the previous frame only
-    vis[:, -1, 1] = True
+    vis[:, -1, 1, 0] = False  # left hand unseen at the current frame
+    vis[:, -1, 0, 1] = False  # right hand unseen at the previous frame only
+    vis[:, -1, 1, 1] = True
     scale = torch.ones(b, dtype=F64)
     feats, R_wc, origin = window_features(rot, pos, vis, scale, 30.0)
-    assert feats.shape == (b, w1 - 1, NUM_FEATURES)
+    assert feats.shape == (b, k, NUM_FEATURES)
     last = feats[:, -1]
     assert (last[:, 18:36] == 0).all()  # left hand: everything zero
     assert (last[:, 54] == 0).all() and (last[:, 55] == 1).all()  # visibility flags
     right = last[:, 36:54]
     assert (right[:, 6:12] == 0).all() and (right[:, 15:18] == 0).all()  # no velocities
+
     def to_c(p: torch.Tensor) -> torch.Tensor:  # [B, 3] world -> canonical
         return torch.einsum("bi,bij->bj", p - origin, R_wc)
 
     # The right hand's position in the canonical frame, by hand.
-    np.testing.assert_allclose(right[:, 12:15].numpy(), to_c(pos[:, -1, 2]).numpy(), atol=1e-12)
+    np.testing.assert_allclose(right[:, 12:15].numpy(), to_c(pos[:, -1, 1, 2]).numpy(),
+                               atol=1e-12)
     # The head's current position in C is (0, 0, height).
     np.testing.assert_allclose(last[:, 12:14].numpy(), 0.0, atol=1e-12)
-    np.testing.assert_allclose(last[:, 14].numpy(), pos[:, -1, 0, 2].numpy(), atol=1e-12)
+    np.testing.assert_allclose(last[:, 14].numpy(), pos[:, -1, 1, 0, 2].numpy(), atol=1e-12)
     # Head velocity = finite difference of canonical positions times fps.
-    vel = (to_c(pos[:, -1, 0]) - to_c(pos[:, -2, 0])) * 30
+    vel = (to_c(pos[:, -1, 1, 0]) - to_c(pos[:, -1, 0, 0])) * 30
     np.testing.assert_allclose(last[:, 15:18].numpy(), vel.numpy(), atol=1e-10)
+    # The slow stream's oldest frame is 76 frames back (and its predecessor 77); the
+    # first window (t = 5) is clamped at the sequence start.
+    seq_idx = _windows(2)[4]
+    assert (seq_idx[1:, -1, 1] - seq_idx[1:, 0, 1] == 76).all()
+    assert (seq_idx[1:, 0, 1] - seq_idx[1:, 0, 0] == 1).all()
+    assert seq_idx[0, -1, 1] == 5 and (seq_idx[0, :-6] == 0).all()
 
 
 def test_targets_round_trip() -> None:

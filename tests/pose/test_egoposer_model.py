@@ -22,7 +22,7 @@ def test_output_shape_and_identity_start(kind: str) -> None:
     cfg = ModelConfig(kind=kind)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    x = torch.randn(3, cfg.window_frames, NUM_FEATURES)
+    x = torch.randn(3, len(cfg.frame_offsets()), NUM_FEATURES)
     with torch.no_grad():
         out = model(x)
     assert out.shape == (3, 2, NUM_OUTPUTS)
@@ -34,26 +34,29 @@ def test_output_shape_and_identity_start(kind: str) -> None:
 
 def test_slow_and_fast_streams_sample_the_right_frames() -> None:
     """Slow: every ``slow_stride``-th frame ending at the current one; fast: the last
-    ``tokens`` frames. Checked by feeding frame indices as features."""
+    ``tokens`` frames. Checked by feeding the frame offsets as features."""
     cfg = ModelConfig(tokens=5, slow_stride=4, d_model=16, heads=2, ff_dim=16, head_dim=16)
+    offsets = cfg.frame_offsets()
+    assert offsets == (-16, -12, -8, -4, -3, -2, -1, 0)
     model = build_model(cfg).eval()
     seen = {}
     model.slow_embed.register_forward_hook(lambda m, i, o: seen.__setitem__("slow", i[0]))
     model.fast_embed.register_forward_hook(lambda m, i, o: seen.__setitem__("fast", i[0]))
-    w = cfg.window_frames
-    x = torch.arange(w, dtype=torch.float32)[None, :, None].expand(2, w, NUM_FEATURES)
+    x = torch.tensor(offsets, dtype=torch.float32)[None, :, None].expand(2, -1, NUM_FEATURES)
     with torch.no_grad():
         model(x)
-    assert seen["slow"][0, :, 0].tolist() == [3, 7, 11, 15, 19]
-    assert seen["fast"][0, :, 0].tolist() == [15, 16, 17, 18, 19]
+    assert seen["slow"][0, :, 0].tolist() == [-16, -12, -8, -4, 0]
+    assert seen["fast"][0, :, 0].tolist() == [-4, -3, -2, -1, 0]
+    assert ModelConfig(kind="mlp").frame_offsets() == (-1, 0)
+    assert len(ModelConfig().frame_offsets()) == 35  # 20 slow + 20 fast - 5 shared
 
 
 def test_temporal_model_uses_the_past_mlp_does_not() -> None:
     cfg = ModelConfig(**SMALL)
     torch.manual_seed(0)
-    x = torch.randn(2, cfg.window_frames, NUM_FEATURES)
+    x = torch.randn(2, len(cfg.frame_offsets()), NUM_FEATURES)
     x2 = x.clone()
-    x2[:, :5] += 1.0  # change only old frames
+    x2[:, :3] += 1.0  # change only old frames
     for kind, changes in (("egoposer", True), ("mlp", False)):
         model = build_model(ModelConfig(**{**SMALL, "kind": kind})).eval()
         for p in model.parameters():
@@ -69,7 +72,7 @@ def test_tiny_overfit_loss_falls() -> None:
     data = prepare_sequences(seqs, FovConfig())
     cfg = ModelConfig(**SMALL)
     gen = torch.Generator().manual_seed(0)
-    batch = sample_batch(data, 16, cfg.window_frames, VisibilityMix(), gen)
+    batch = sample_batch(data, 16, cfg.frame_offsets(), VisibilityMix(), gen)
     torch.manual_seed(0)
     model = build_model(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -90,7 +93,8 @@ def test_loss_is_zero_for_the_truth() -> None:
 
     seqs = synthesize_dataset(1, seed=3, cfg=SynthConfig(seconds=3.0, proportion_jitter=0.0))
     data = prepare_sequences(seqs, FovConfig())
-    batch = sample_batch(data, 8, 80, VisibilityMix(), torch.Generator().manual_seed(0))
+    batch = sample_batch(data, 8, ModelConfig().frame_offsets(), VisibilityMix(),
+                         torch.Generator().manual_seed(0))
     d6 = matrix_to_rot6d(batch["rots_c"]).flatten(-2)
     out = torch.cat([d6, batch["root_c"]], -1)
     _, terms = pose_loss(out, batch, LossWeights(), data.fps)
