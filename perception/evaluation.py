@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,10 @@ def evaluate(
                                       output_dir=str(tmp), verbose=False)
             metrics, metric_data = evaluator.evaluate()
             if plots:
-                evaluator.render(metrics, metric_data)
+                with warnings.catch_warnings():
+                    # A perfect score makes the devkit's TP-curve axes degenerate.
+                    warnings.filterwarnings("ignore", message="Attempting to set identical")
+                    evaluator.render(metrics, metric_data)
         summary = metrics.serialize()
         summary["meta"] = dict(results["meta"])
         (tmp / "metrics_summary.json").write_text(json.dumps(summary, indent=2))

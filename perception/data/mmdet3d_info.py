@@ -44,6 +44,8 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 arrays
+    ("numpy._core.numeric", "_frombuffer"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
@@ -58,16 +60,22 @@ _ALLOWED_GLOBALS = {
 _VEHICLES = {"car", "truck", "bus", "trailer", "construction_vehicle"}
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside ``_ALLOWED_GLOBALS``."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that only resolves the numpy/container globals of ``_ALLOWED_GLOBALS``."""
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol 0-2 pickles written by Python 2 (or with fix_imports) say __builtin__.
+        module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise ForbiddenGlobal(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent id")
+        raise ForbiddenGlobal("a persistent id")
 
 
 def restricted_load(path: str | os.PathLike) -> Any:
@@ -83,12 +91,13 @@ def restricted_load(path: str | os.PathLike) -> Any:
     data = path.read_bytes()
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as err:
+    except ForbiddenGlobal as err:
         raise UserError(
             f"{path} refers to {err}, which a data file must not contain; only numpy arrays "
             "and plain containers are loaded (regenerate the info file, or do not trust it)."
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError) as err:
         raise UserError(f"{path} is not a readable info pickle ({err}).") from None
 
 
