@@ -82,19 +82,31 @@ def scene_sphere(points_world: np.ndarray | None, cameras_world: np.ndarray | No
 
 
 def estimate_up(T_world_cam: np.ndarray | None) -> np.ndarray:
-    """The world's up direction ``[3]`` from cameras ``[C, 4, 4]`` (OpenCV): mean of -y.
+    """The world's up direction ``[3]`` from cameras ``[C, 4, 4]`` (OpenCV).
 
-    Photographers hold cameras roughly level, so the cameras' -y axes agree on up. Falls
-    back to :data:`DEFAULT_UP` without cameras or when they disagree completely.
+    Photographers hold cameras without roll but tilt them up or down freely, so each
+    camera's x axis is horizontal while its -y axis is not: up is the direction most
+    perpendicular to all x axes (the smallest eigenvector of ``sum x x^T``), signed to
+    agree with the mean -y. When all x axes are parallel (one camera, or a forward-facing
+    row) that leaves a plane of candidates; then up is the mean -y made perpendicular to
+    x. Falls back to :data:`DEFAULT_UP` without cameras or when they disagree completely.
     """
     if T_world_cam is None or len(T_world_cam) == 0:
         return DEFAULT_UP.copy()
-    ups = -np.asarray(T_world_cam, dtype=np.float64)[:, :3, 1]
-    mean = ups.mean(axis=0)
-    norm = float(np.linalg.norm(mean))
-    if norm < 0.3:
+    T = np.asarray(T_world_cam, dtype=np.float64)
+    xs = T[:, :3, 0]
+    mean_up = -T[:, :3, 1].mean(axis=0)
+    if float(np.linalg.norm(mean_up)) < 0.3:
         return DEFAULT_UP.copy()
-    return mean / norm
+    scatter = xs.T @ xs / len(xs)
+    eigvals, eigvecs = np.linalg.eigh(scatter)  # ascending
+    if eigvals[1] > 1e-3:  # the x axes span a plane: its normal is up
+        up = eigvecs[:, 0]
+    else:
+        x = eigvecs[:, 2]
+        up = mean_up - float(mean_up @ x) * x
+    up = up / np.linalg.norm(up)
+    return up if float(up @ mean_up) >= 0 else -up
 
 
 def _perpendicular(v: np.ndarray) -> np.ndarray:

@@ -69,7 +69,13 @@ def test_estimate_up_recovers_the_up_of_level_cameras_in_a_rotated_world():
         poses.append(T)
     up = estimate_up(np.stack(poses))
     true_up = R_world @ np.array([0.0, -1.0, 0.0])
-    assert float(up @ true_up) > math.cos(math.radians(3))
+    # pitch keeps every camera's x axis horizontal, so up is found exactly
+    np.testing.assert_allclose(up, true_up, atol=1e-9)
+    # a forward-facing row has parallel x axes, which leave up undetermined within a
+    # plane: then it is the cameras' own -y (their common pitch cannot be told apart)
+    row = np.stack([poses[0]] * 3)
+    row[:, :3, 3] = np.arange(3)[:, None] * poses[0][:3, 0]
+    np.testing.assert_allclose(estimate_up(row), -poses[0][:3, 1], atol=1e-9)
     np.testing.assert_allclose(estimate_up(None), DEFAULT_UP)
 
 
