@@ -1,4 +1,4 @@
-"""The ``recon`` command line: ``recon build-ops`` (and, as they land, fit/eval/view/render).
+"""The ``recon`` command line: ``recon fit`` and ``recon build-ops`` (more as they land).
 
 Subcommands are dataclasses turned into a CLI by tyro; heavy modules are imported inside
 ``run`` so that ``recon --help`` stays fast.
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import tyro
 
 from geometry.errors import run_cli
+from reconstruction.instantsplat.config import FitConfig
 
 
 @dataclass
@@ -27,7 +28,22 @@ class BuildOps:
         print(f"native kernels ready: {path}")
 
 
+@dataclass
+class Fit(FitConfig):
+    """Fit Gaussian splats and camera poses to a folder of 2-12 unposed photos (InstantSplat).
+
+    Writes OUT/splats.ply, OUT/cameras/ (COLMAP text), OUT/transforms.json, OUT/images/ and
+    OUT/metrics.json. Ctrl-C keeps the last checkpoint; rerun with --resume to continue.
+    """
+
+    def run(self) -> None:
+        from reconstruction.instantsplat.pipeline import run_fit
+
+        run_fit(self)
+
+
 COMMANDS = {
+    "fit": Fit,
     "build-ops": BuildOps,
 }
 

@@ -129,7 +129,9 @@ class GaussianScene:
             rms = np.sqrt(np.mean(dists**2, axis=1))
             positive = rms[rms > 0]
             floor = float(np.median(positive)) * 1e-2 if positive.size else 1e-3
-            rms = np.maximum(rms, floor)
+            # Isolated outliers would become huge Gaussians that cover (and slow down) the
+            # whole image: cap at ten times the typical spacing.
+            rms = np.clip(rms, floor, float(np.median(positive)) * 10 if positive.size else 1.0)
         else:
             rms = np.full((1,), 1e-2)
         dtype = points_world.dtype if points_world.is_floating_point() else torch.float32

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,9 @@ import numpy as np
 from geometry.errors import UserError
 from reconstruction.images import LoadedImage
 from reconstruction.init.base import InitResult, SparseModel
-from reconstruction.init.sfm import SfmConfig, run_sfm
-from reconstruction.init.stereo import StereoConfig, densify
-
-
-@dataclass
-class InitConfig:
-    """Options of the initialisers (each reads the parts it uses)."""
-
-    sfm: SfmConfig = field(default_factory=SfmConfig)
-    stereo: StereoConfig = field(default_factory=StereoConfig)
+from reconstruction.init.config import InitConfig
+from reconstruction.init.sfm import run_sfm
+from reconstruction.init.stereo import densify
 
 
 def check_registered(model: SparseModel) -> None:

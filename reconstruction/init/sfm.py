@@ -15,41 +15,16 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from reconstruction.images import LoadedImage, save_png, shared_camera
 from reconstruction.init.base import SparseModel
+from reconstruction.init.config import SfmConfig
 
 # TwoViewGeometry.config values (colmap/estimators/two_view_geometry.h) whose matches carry
 # usable epipolar geometry: CALIBRATED, UNCALIBRATED, PLANAR, PANORAMIC, PLANAR_OR_PANORAMIC.
 _USABLE_TWO_VIEW_CONFIGS = (2, 3, 4, 5, 6)
-
-
-@dataclass
-class SfmConfig:
-    """Options of the sparse SfM stage."""
-
-    mapper: Literal["auto", "incremental", "two-view"] = "auto"
-    """Pose solver: COLMAP's incremental mapper, the two-view fallback, or the first then
-    the second where the first registers too few views."""
-    max_features: int = 8192
-    """Most SIFT features per image."""
-    affine_features: bool = True
-    """Affine-adapted SIFT with domain-size pooling: slower, far more robust to wide baselines."""
-    max_ratio: float = 0.85
-    """Lowe's ratio test threshold of the matcher."""
-    shared_intrinsics: Literal["auto", "yes", "no"] = "auto"
-    """One camera for all views: auto = when all images have the same size and EXIF camera."""
-    max_reprojection_error: float = 4.0
-    """Pixels; observations further from their point's projection are dropped."""
-    min_inliers: int = 15
-    """Fewest verified matches that link two views."""
-    threads: int = 2
-    """CPU threads for COLMAP."""
-    verbose: bool = False
-    """Show COLMAP's log."""
 
 
 @contextlib.contextmanager

@@ -21,34 +21,12 @@ convention (centre at integers) is used inside, converted at the boundary.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from reconstruction.images import LoadedImage
 from reconstruction.init.base import SparseModel
-
-
-@dataclass
-class StereoConfig:
-    """Options of the dense stereo stage."""
-
-    neighbours: int = 2
-    """Stereo partners per view (the best-overlapping registered views)."""
-    min_shared_points: int = 10
-    """Fewest sparse points two views must share to be paired."""
-    block_size: int = 5
-    """SGBM matching block (odd, pixels)."""
-    max_disparities: int = 384
-    """Widest disparity search (pixels); the range comes from the sparse points."""
-    lr_tolerance: float = 1.0
-    """Pixels between the left and right disparity of a match."""
-    depth_tolerance: float = 0.01
-    """Relative depth difference under which two views see the same surface."""
-    min_views: int = 2
-    """Views whose depth maps must agree on a point (itself included)."""
-    max_points: int = 60_000
-    """The fused cloud is voxel-averaged down to at most this many points."""
+from reconstruction.init.config import StereoConfig
 
 
 def _to_cv(K: np.ndarray) -> np.ndarray:

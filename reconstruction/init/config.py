@@ -1,0 +1,64 @@
+"""Options of the coarse initialisers (light: imported by the CLI for --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: Names of the initialisers in :data:`reconstruction.init.registry.INITIALISERS`.
+InitName = Literal["sfm", "sfm-sparse"]
+
+
+@dataclass
+class SfmConfig:
+    """Options of the sparse SfM stage."""
+
+    mapper: Literal["auto", "incremental", "two-view"] = "auto"
+    """Pose solver: COLMAP's incremental mapper, the two-view fallback, or the first then
+    the second where the first registers too few views."""
+    max_features: int = 8192
+    """Most SIFT features per image."""
+    affine_features: bool = True
+    """Affine-adapted SIFT with domain-size pooling: slower, far more robust to wide baselines."""
+    max_ratio: float = 0.85
+    """Lowe's ratio test threshold of the matcher."""
+    shared_intrinsics: Literal["auto", "yes", "no"] = "auto"
+    """One camera for all views: auto = when all images have the same size and EXIF camera."""
+    max_reprojection_error: float = 4.0
+    """Pixels; observations further from their point's projection are dropped."""
+    min_inliers: int = 15
+    """Fewest verified matches that link two views."""
+    threads: int = 2
+    """CPU threads for COLMAP."""
+    verbose: bool = False
+    """Show COLMAP's log."""
+
+
+@dataclass
+class StereoConfig:
+    """Options of the dense stereo stage."""
+
+    neighbours: int = 2
+    """Stereo partners per view (the best-overlapping registered views)."""
+    min_shared_points: int = 10
+    """Fewest sparse points two views must share to be paired."""
+    block_size: int = 5
+    """SGBM matching block (odd, pixels)."""
+    max_disparities: int = 384
+    """Widest disparity search (pixels); the range comes from the sparse points."""
+    lr_tolerance: float = 1.0
+    """Pixels between the left and right disparity of a match."""
+    depth_tolerance: float = 0.01
+    """Relative depth difference under which two views see the same surface."""
+    min_views: int = 2
+    """Views whose depth maps must agree on a point (itself included)."""
+    max_points: int = 60_000
+    """The fused cloud is voxel-averaged down to at most this many points."""
+
+
+@dataclass
+class InitConfig:
+    """Options of the initialisers (each reads the parts it uses)."""
+
+    sfm: SfmConfig = field(default_factory=SfmConfig)
+    stereo: StereoConfig = field(default_factory=StereoConfig)

@@ -1,0 +1,28 @@
+"""The registry of coarse initialisers: ``recon fit --init NAME`` runs ``INITIALISERS[NAME]``.
+
+To add one (e.g. a learned point-map model that loads local weights), write a function with
+the :data:`Initialiser` signature, add its name to
+:data:`reconstruction.init.config.InitName` and its entry here, and put its options in
+:class:`reconstruction.init.config.InitConfig`.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reconstruction.images import LoadedImage
+from reconstruction.init.base import InitResult
+from reconstruction.init.cgi import initialise_sfm, initialise_sfm_sparse
+from reconstruction.init.config import InitConfig, InitName
+
+#: ``(images, work_dir, config, seed) -> InitResult``; raises UserError on bad input.
+Initialiser = Callable[[Sequence[LoadedImage], Path, InitConfig, int], InitResult]
+
+INITIALISERS: dict[str, Initialiser] = {
+    "sfm": initialise_sfm,  # SfM poses + sparse points + fused rectified-stereo cloud
+    "sfm-sparse": initialise_sfm_sparse,  # SfM poses + sparse points only
+}
+
+assert tuple(INITIALISERS) == typing.get_args(InitName), "InitName and INITIALISERS differ"

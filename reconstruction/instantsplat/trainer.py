@@ -1,0 +1,393 @@
+"""F-3DGO: joint optimisation of Gaussians and camera poses (InstantSplat, CVPR 2025).
+
+Every view ``v`` has a learnable twist ``xi_v = (rho_v, omega_v)`` that corrects its
+initial pose on the left, ``T_cam_world_v = se3_exp(xi_v) @ T_cam_world_init_v``; view 0
+is fixed (it sets the gauge). The loss is 3DGS's ``0.8 L1 + 0.2 (1 - SSIM)`` plus the
+paper's regulariser that keeps poses near their initialisation,
+``w * mean_v(|rho_v|^2 / s^2 + |omega_v|^2)`` with ``s`` the scene scale.
+
+The schedule is short and CPU-minded: one view per iteration (a seeded permutation per
+epoch), the first ``coarse_fraction`` of iterations at half resolution, the SH degree
+raised in equal steps, and a few rounds of 3DGS densification (clone small / split
+large Gaussians with a high screen-space gradient, prune transparent ones) capped at
+``max_gaussians`` since few views over-fit easily.
+
+Nothing random is drawn from global state: the view order and split samples come from
+generators seeded by ``(seed, epoch)`` and ``(seed, iteration)``, so a run is
+deterministic on CPU and a resumed run continues exactly as an uninterrupted one would.
+A loss or gradient that is not finite rolls the state back to the last good snapshot and
+halves the learning rates; after ``max_rollbacks`` the run stops with a UserError.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from geometry.errors import UserError
+from geometry.se3 import se3_exp
+from reconstruction.gaussians import GaussianScene
+from reconstruction.instantsplat.config import TrainConfig
+from reconstruction.instantsplat.losses import photometric_loss, psnr
+
+GAUSSIAN_FIELDS = ("means", "quats", "log_scales", "logit_opacities", "sh0", "shN")
+POSE_FIELDS = ("pose_rho", "pose_omega")
+
+
+@dataclass
+class TrainData:
+    """The training views: images and initial cameras, in one normalised world frame."""
+
+    images: list[Tensor]  # V x [H_v, W_v, 3] in [0, 1]
+    Ks: Tensor  # [V, 3, 3] pixels (corner-at-0 convention)
+    T_cam_world_init: Tensor  # [V, 4, 4]
+    scene_scale: float  # typical camera distance to the scene centre
+
+    @property
+    def num_views(self) -> int:
+        return len(self.images)
+
+
+def _downsample(image: Tensor, scale: float) -> tuple[Tensor, float, float]:
+    """Area-resampled ``[h, w, 3]`` image and the exact x/y scale factors used."""
+    h, w = image.shape[:2]
+    h2, w2 = max(1, round(h * scale)), max(1, round(w * scale))
+    small = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(h2, w2),
+                                            mode="area")[0].permute(1, 2, 0).contiguous()
+    return small, w2 / w, h2 / h
+
+
+class Trainer:
+    """Holds the optimisation state; :meth:`step` runs one iteration."""
+
+    def __init__(self, data: TrainData, scene: GaussianScene, config: TrainConfig,
+                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+        self.data = data
+        self.config = config
+        self.seed = seed
+        self.device = torch.device(device)
+        self.iteration = 0
+        self.lr_scale = 1.0
+        self.rollbacks = 0
+        v = data.num_views
+        self.T_init = data.T_cam_world_init.to(self.device, torch.float32)
+        self.Ks = data.Ks.to(self.device, torch.float32)
+        self.background = torch.tensor(config.background, dtype=torch.float32,
+                                       device=self.device)
+        self.targets = [im.to(self.device, torch.float32) for im in data.images]
+        self.coarse_targets = [_downsample(im, config.coarse_scale) for im in self.targets]
+        self.params: dict[str, torch.nn.Parameter] = {}
+        tensors = scene.to(self.device, torch.float32).tensors()
+        for name in GAUSSIAN_FIELDS:
+            self.params[name] = torch.nn.Parameter(tensors[name].contiguous().clone())
+        for name in POSE_FIELDS:
+            self.params[name] = torch.nn.Parameter(torch.zeros(v, 3, device=self.device))
+        self.pose_mask = torch.ones(v, 1, device=self.device)
+        self.pose_mask[0] = 0.0  # view 0 fixes the gauge
+        self.optimizer = torch.optim.Adam(
+            [{"params": [self.params[name]], "name": name, "lr": 0.0, "eps": 1e-15}
+             for name in (*GAUSSIAN_FIELDS, *POSE_FIELDS)],
+            fused=True)  # one kernel per tensor: the optimiser step is a sizeable CPU cost
+        self._reset_stats()
+        self._set_learning_rates()
+        self._last_good = self._snapshot()
+
+    # ------------------------------------------------------------------ parameters
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.params["means"].shape[0])
+
+    def scene(self) -> GaussianScene:
+        """The current Gaussians (detached, CPU)."""
+        return GaussianScene(**{n: self.params[n].detach().cpu().clone()
+                                for n in GAUSSIAN_FIELDS})
+
+    def pose_twists(self) -> Tensor:
+        """``[V, 6]`` current pose corrections ``(rho, omega)`` (zero for view 0)."""
+        return torch.cat([self.params["pose_rho"], self.params["pose_omega"]], 1) * self.pose_mask
+
+    def viewmats(self) -> Tensor:
+        """``[V, 4, 4]`` current ``T_cam_world`` of every view."""
+        return se3_exp(self.pose_twists()) @ self.T_init
+
+    def sh_degree_at(self, iteration: int) -> int:
+        degree = self.config.sh_degree
+        if degree == 0:
+            return 0
+        interval = max(1, self.config.iterations // (degree + 1))
+        return min(degree, iteration // interval)
+
+    def _set_learning_rates(self) -> None:
+        c, s = self.config, self.data.scene_scale
+        progress = min(1.0, self.iteration / max(1, c.iterations))
+        lr_means = c.lr_means * s * (c.lr_means_final / c.lr_means) ** progress
+        rates = {
+            "means": lr_means, "quats": c.lr_quats, "log_scales": c.lr_scales,
+            "logit_opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN,
+            "pose_rho": c.lr_pose_translation * s if c.optimise_poses else 0.0,
+            "pose_omega": c.lr_pose_rotation if c.optimise_poses else 0.0,
+        }
+        for group in self.optimizer.param_groups:
+            group["lr"] = rates[group["name"]] * self.lr_scale
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, view: int, scale: float = 1.0, sh_degree: int | None = None,
+               viewmat: Tensor | None = None) -> tuple[Tensor, Tensor, dict, Tensor]:
+        """Render ``view`` at ``scale``; ``(rgb [h, w, 3], alpha [h, w, 1], meta, target)``."""
+        from reconstruction.splatting import rasterization
+
+        if scale == 1.0:
+            target, sx, sy = self.targets[view], 1.0, 1.0
+        else:
+            target, sx, sy = self.coarse_targets[view]
+        h, w = target.shape[:2]
+        K = self.Ks[view].clone()
+        K[0] = K[0] * sx
+        K[1] = K[1] * sy
+        if viewmat is None:
+            viewmat = se3_exp(self.pose_twists()[view]) @ self.T_init[view]
+        p = self.params
+        degree = self.sh_degree_at(self.iteration) if sh_degree is None else sh_degree
+        colors, alphas, meta = rasterization(
+            p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["logit_opacities"]),
+            torch.cat([p["sh0"], p["shN"]], 1), viewmat[None], K[None], w, h,
+            sh_degree=degree, backgrounds=self.background[None])
+        return colors[0], alphas[0], meta, target
+
+    # ------------------------------------------------------------------ one iteration
+
+    def view_at(self, iteration: int) -> int:
+        v = self.data.num_views
+        epoch, offset = divmod(iteration, v)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return int(torch.randperm(v, generator=g)[offset])
+
+    def step(self) -> tuple[float, float]:
+        """One optimisation step; returns ``(loss, psnr)`` of the rendered view."""
+        c = self.config
+        it = self.iteration
+        view = self.view_at(it)
+        scale = c.coarse_scale if it < c.coarse_fraction * c.iterations else 1.0
+        self._set_learning_rates()
+        image, _, meta, target = self.render(view, scale)
+        meta["means2d"].retain_grad()
+        loss = photometric_loss(image, target, c.ssim_weight)
+        if c.optimise_poses and c.pose_reg_weight > 0 and self.data.num_views > 1:
+            twists = self.pose_twists()
+            reg = ((twists[:, :3] / self.data.scene_scale) ** 2).sum(1) \
+                + (twists[:, 3:] ** 2).sum(1)
+            loss = loss + c.pose_reg_weight * reg.sum() / (self.data.num_views - 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self._roll_back(f"the loss became {loss.item()}")
+            return float("nan"), float("nan")
+        loss.backward()
+        # A sum is finite iff every element is (short of an overflow, which is bad too).
+        bad = [n for n, p in self.params.items()
+               if p.grad is not None and not math.isfinite(float(p.grad.sum()))]
+        if bad:
+            self._roll_back(f"the gradient of {', '.join(bad)} is not finite")
+            return float("nan"), float("nan")
+        self._accumulate_stats(meta)
+        self.optimizer.step()
+        self.iteration += 1
+        if self._is_refine_step(self.iteration):
+            self.refine()
+        if self.iteration % 25 == 0:
+            self._last_good = self._snapshot()
+        with torch.no_grad():
+            value = psnr(image.detach(), target).item()
+        return loss.item(), value
+
+    # ------------------------------------------------------------------ NaN/Inf handling
+
+    def _snapshot(self) -> dict:
+        return {
+            "params": {n: p.detach().clone() for n, p in self.params.items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "iteration": self.iteration,
+            "stats": (self.grad_accum.clone(), self.grad_count.clone()),
+        }
+
+    def _roll_back(self, reason: str) -> None:
+        self.rollbacks += 1
+        if self.rollbacks > self.config.max_rollbacks:
+            raise UserError(f"the optimisation diverged at iteration {self.iteration} ({reason}) "
+                            f"{self.config.max_rollbacks} times even after lowering the learning "
+                            "rate; rerun with another --seed or fewer --iterations.")
+        snap = self._last_good
+        self._replace_params({n: t.clone() for n, t in snap["params"].items()})
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.iteration = snap["iteration"]
+        self.grad_accum, self.grad_count = (t.clone() for t in snap["stats"])
+        self.lr_scale *= 0.5
+        from reconstruction.images import warn
+
+        warn(f"{reason}; rolled back to iteration {self.iteration} and halved the learning "
+             "rates")
+
+    # ------------------------------------------------------------------ densification
+
+    def _reset_stats(self) -> None:
+        n = self.num_gaussians
+        self.grad_accum = torch.zeros(n, device=self.device)
+        self.grad_count = torch.zeros(n, device=self.device)
+
+    def _accumulate_stats(self, meta: dict) -> None:
+        grad = meta["means2d"].grad
+        if grad is None:
+            return
+        grad = grad[0] * torch.tensor([meta["width"] / 2.0, meta["height"] / 2.0],
+                                      device=grad.device)
+        visible = (meta["radii"][0] > 0).all(-1)
+        self.grad_accum += torch.where(visible, grad.norm(dim=-1), 0.0)
+        self.grad_count += visible.to(self.grad_count.dtype)
+
+    def _is_refine_step(self, iteration: int) -> bool:
+        c = self.config
+        start, stop = int(c.refine_start * c.iterations), int(c.refine_stop * c.iterations)
+        return c.refine_every > 0 and start < iteration <= stop and \
+            (iteration - start) % c.refine_every == 0
+
+    @torch.no_grad()
+    def refine(self) -> dict[str, int]:
+        """Clone, split and prune (3DGS's adaptive density control); counts of each."""
+        c = self.config
+        p = {n: self.params[n].detach() for n in GAUSSIAN_FIELDS}
+        n = self.num_gaussians
+        avg = self.grad_accum / self.grad_count.clamp_min(1)
+        candidates = avg > c.grad_threshold
+        budget = max(0, c.max_gaussians - n)
+        if int(candidates.sum()) > budget:
+            keep = torch.zeros_like(candidates)
+            if budget > 0:
+                keep[torch.topk(torch.where(candidates, avg, -1.0), budget).indices] = True
+            candidates &= keep
+        large = torch.exp(p["log_scales"]).max(-1).values > c.dense_scale * self.data.scene_scale
+        clone = candidates & ~large
+        split = candidates & large
+
+        g = torch.Generator().manual_seed(self.seed * 7_919 + self.iteration)
+        new: dict[str, list[Tensor]] = {name: [p[name][clone]] for name in GAUSSIAN_FIELDS}
+        if split.any():
+            idx = torch.nonzero(split)[:, 0]
+            scales = torch.exp(p["log_scales"][idx])
+            from geometry.so3 import quat_to_matrix
+
+            R = quat_to_matrix(torch.nn.functional.normalize(p["quats"][idx], dim=-1))
+            for _ in range(2):
+                offset = torch.randn(len(idx), 3, generator=g).to(self.device) * scales
+                new["means"].append(p["means"][idx] + (R @ offset[..., None])[..., 0])
+                new["log_scales"].append(p["log_scales"][idx] - math.log(1.6))
+                for name in ("quats", "logit_opacities", "sh0", "shN"):
+                    new[name].append(p[name][idx])
+        keep = ~split & (torch.sigmoid(p["logit_opacities"]) >= c.prune_opacity)
+        pruned = int((~keep & ~split).sum())
+        n_new = int(sum(t.shape[0] for t in new["means"]))
+        self._remap(keep, n_new, {name: torch.cat(new[name]) for name in GAUSSIAN_FIELDS})
+        self._reset_stats()
+        return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": pruned,
+                "added": n_new}
+
+    def _remap(self, keep: Tensor, n_new: int, appended: dict[str, Tensor]) -> None:
+        """Keep rows ``keep`` of every Gaussian tensor, append ``appended`` (zero Adam state)."""
+        replaced = {}
+        for name in GAUSSIAN_FIELDS:
+            old = self.params[name]
+            replaced[name] = torch.cat([old.detach()[keep], appended[name]])
+            state = self.optimizer.state.pop(old, None)
+            if state:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    pad = torch.zeros(n_new, *state[key].shape[1:], device=self.device)
+                    state[key] = torch.cat([state[key][keep], pad])
+                replaced[name] = (replaced[name], state)
+        self._replace_params(replaced)
+
+    def _replace_params(self, values: dict) -> None:
+        """Swap parameter tensors (optionally with their Adam state) in place of the old ones."""
+        for name, value in values.items():
+            tensor, state = value if isinstance(value, tuple) else (value, None)
+            old = self.params[name]
+            new = torch.nn.Parameter(tensor.contiguous())
+            for group in self.optimizer.param_groups:
+                if group["params"][0] is old:
+                    group["params"][0] = new
+            old_state = self.optimizer.state.pop(old, None)
+            if state is not None:
+                self.optimizer.state[new] = state
+            elif old_state is not None and old_state["exp_avg"].shape == tensor.shape:
+                self.optimizer.state[new] = old_state
+            self.params[name] = new
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """Everything needed to resume, as named tensors (for safetensors)."""
+        out = {f"param.{n}": p.detach().cpu().contiguous() for n, p in self.params.items()}
+        for group in self.optimizer.param_groups:
+            state = self.optimizer.state.get(group["params"][0])
+            if state:
+                for key in ("exp_avg", "exp_avg_sq", "step"):
+                    out[f"adam.{group['name']}.{key}"] = torch.as_tensor(
+                        state[key]).detach().cpu().reshape(state[key].shape).contiguous()
+        out["stats.grad_accum"] = self.grad_accum.cpu().contiguous()
+        out["stats.grad_count"] = self.grad_count.cpu().contiguous()
+        return out
+
+    def state_meta(self) -> dict:
+        return {"iteration": self.iteration, "lr_scale": self.lr_scale,
+                "rollbacks": self.rollbacks, "seed": self.seed}
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        """Restore what :meth:`state_tensors` and :meth:`state_meta` saved."""
+        values = {}
+        for name in (*GAUSSIAN_FIELDS, *POSE_FIELDS):
+            tensor = tensors[f"param.{name}"].to(self.device)
+            state = None
+            if f"adam.{name}.exp_avg" in tensors:
+                state = {key: tensors[f"adam.{name}.{key}"].to(self.device)
+                         for key in ("exp_avg", "exp_avg_sq")}
+                state["step"] = tensors[f"adam.{name}.step"].clone()
+            values[name] = (tensor, state) if state is not None else tensor
+        for name in values:
+            self.optimizer.state.pop(self.params[name], None)
+        self._replace_params(values)
+        self.grad_accum = tensors["stats.grad_accum"].to(self.device)
+        self.grad_count = tensors["stats.grad_count"].to(self.device)
+        self.iteration = int(meta["iteration"])
+        self.lr_scale = float(meta["lr_scale"])
+        self.rollbacks = int(meta["rollbacks"])
+        self._set_learning_rates()
+        self._last_good = self._snapshot()
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, on_step: Callable[[int, float, float], None] | None = None,
+              on_checkpoint: Callable[[Trainer], None] | None = None,
+              stop_at: int | None = None) -> None:
+        """Run steps until ``config.iterations`` (or ``stop_at``)."""
+        end = self.config.iterations if stop_at is None else min(stop_at, self.config.iterations)
+        every = self.config.checkpoint_every
+        while self.iteration < end:
+            loss, value = self.step()
+            if on_step is not None:
+                on_step(self.iteration, loss, value)
+            if on_checkpoint is not None and every > 0 and self.iteration % every == 0 \
+                    and self.iteration < self.config.iterations:
+                on_checkpoint(self)
+
+    @torch.no_grad()
+    def evaluate(self) -> list[float]:
+        """Full-resolution training PSNR (dB) of every view with the final degree."""
+        values = []
+        for view in range(self.data.num_views):
+            image, _, _, target = self.render(view, 1.0, sh_degree=self.config.sh_degree)
+            values.append(psnr(image, target).item())
+        return values
