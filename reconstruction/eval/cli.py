@@ -1,0 +1,46 @@
+"""``recon eval`` (also ``python -m reconstruction.eval.cli``); light to import (for --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from geometry.errors import run_cli
+from reconstruction.eval.config import EvalConfig
+
+
+@dataclass
+class Eval(EvalConfig):
+    """Measure a method on held-out views: fit on k training views (without their poses),
+    align the cameras to ground truth (Sim(3)), optimise the test poses against the frozen
+    scene, render, and report PSNR/SSIM/LPIPS (masked too) and ATE/RPE/rotation errors.
+
+    Writes OUT/eval.json, OUT/report.md + plot.png, OUT/compare/ (ground truth | render |
+    error) and OUT/method/ (the method's own outputs), and prints the summary table.
+    """
+
+    def run(self) -> dict:
+        import os
+
+        import torch
+
+        from reconstruction.eval.protocol import run_eval
+        from reconstruction.eval.report import print_table
+
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        results = run_eval(self)
+        print_table(results)
+        print(f"wrote {self.out}")
+        return results
+
+
+def main() -> None:
+    import tyro
+
+    def _main() -> None:
+        tyro.cli(Eval, prog="recon eval").run()
+
+    run_cli(_main, prog="recon eval")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Options of ``recon eval`` (light: imported for --help)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from reconstruction.init.config import InitName
+
+#: Camera formats eval reads (``dtu`` is the IDR ``cameras.npz`` with the DTU preset).
+DatasetFormat = Literal["auto", "colmap", "transforms", "llff", "dtu", "co3d"]
+
+#: Names of :data:`reconstruction.eval.methods.METHODS`.
+MethodName = Literal["instantsplat"]
+
+
+@dataclass
+class TestPoseConfig:
+    """Options of the test-view pose optimisation."""
+
+    iterations: int = 100
+    """Adam steps per test view (0 disables the optimisation)."""
+    lr_rotation: float = 2e-3
+    """Adam step of the rotation (radians), decayed 10x over the run."""
+    lr_translation: float = 2e-3
+    """Adam step of the translation, times the scene scale, decayed 10x over the run."""
+    coarse_fraction: float = 0.5
+    """Share of the steps rendered at ``coarse_scale`` resolution."""
+    coarse_scale: float = 0.5
+    ssim_weight: float = 0.2
+    """Weight of (1 - SSIM) against L1."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a reconstruction method on held-out views of a scene with ground truth."""
+
+    dataset: Path
+    """Scene folder: transforms.json, a COLMAP model, LLFF poses_bounds.npy or DTU/IDR
+    cameras.npz, with its images."""
+    out: Path
+    """Output folder (eval.json, report.md, plot.png, compare/, renders/, method/);
+    replaced atomically when the run succeeds."""
+    format: DatasetFormat = "auto"
+    """Camera format of the dataset (auto: detect)."""
+    protocol: Literal["auto", "dtu", "llff"] = "auto"
+    """Split: dtu (pixelNeRF/RegNeRF views), llff (every 8th view held out, training views
+    evenly from the rest); auto: dtu for a 49-view DTU scan, llff otherwise."""
+    train_views: int = 3
+    """Number of training views taken by the protocol."""
+    views: str | None = None
+    """Explicit training views, comma-separated indices into the sorted images
+    (e.g. 25,22,28); overrides --train-views."""
+    test_views: str | None = None
+    """Explicit test views (comma-separated); default: the protocol's."""
+    method: MethodName = "instantsplat"
+    """Reconstruction method."""
+    known_poses: bool = False
+    """Give the method the ground-truth training cameras (for methods evaluated that way);
+    the test poses are then used as they are (no alignment, no pose optimisation)."""
+    iterations: int | None = None
+    """Optimisation steps of the method (default: the method's schedule)."""
+    init: InitName | None = None
+    """Coarse initialiser of the method, where it has a choice (default: its own)."""
+    test_pose: Literal["auto", "on", "off"] = "auto"
+    """Optimise each test view's pose against the frozen scene; auto: on unless
+    --known-poses."""
+    test_pose_options: TestPoseConfig = field(default_factory=TestPoseConfig)
+    """Schedule of the test-view pose optimisation."""
+    lpips_weights: Path | None = None
+    """Local LPIPS weights: a full LPIPS state_dict, or the official heads (alex.pth) with
+    --lpips-backbone. Without it the LPIPS column is empty (nothing is downloaded)."""
+    lpips_backbone: Path | None = None
+    """torchvision ImageNet weights of the LPIPS trunk (alexnet-owt-7be5be79.pth), needed
+    when --lpips-weights holds only the linear heads."""
+    masks: Path | None = None
+    """Folder of object masks for the masked metrics (default: the dataset's own, if any)."""
+    factor: int | None = None
+    """LLFF: use images_<factor> (RegNeRF uses 8)."""
+    seed: int = 0
+    """Seed of the method."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """Where the method and the renders run."""
+    save_renders: bool = True
+    """Write compare/ (ground truth | render | error) and renders/ PNGs."""
+    quiet: bool = False
+    """No progress bars."""
+
+
+def parse_views(text: str | None, option: str) -> list[int] | None:
+    """``"25,22,28"`` (or spaces) -> ``[25, 22, 28]``; a UserError names a bad entry."""
+    from geometry.errors import UserError
+
+    if text is None:
+        return None
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise UserError(f"{option} {text!r} is not a list of view indices; write e.g. "
+                        "25,22,28.") from None
+    if not values:
+        raise UserError(f"{option} is empty; give view indices like 25,22,28.")
+    return values

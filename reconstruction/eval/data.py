@@ -1,0 +1,182 @@
+"""A dataset with ground truth for evaluation, read through :mod:`geometry.io`.
+
+Supported: ``transforms`` (nerfstudio / Blender / our synthetic scenes), ``colmap``,
+``llff`` (``poses_bounds.npy``, with ``images_<factor>``), ``dtu`` (IDR ``cameras.npz``
+with the DTU 384px preset) and ``co3d``. Views are in sorted image-name order, the order
+the literature's splits index.
+
+Object masks (for the masked metrics of the DTU literature) come from the format where it
+stores them (IDR ``mask/``, transforms.json ``mask_path``) or from ``--masks DIR``, matched
+per view by image stem (``stem.png``, ``stem_mask.png``) or by index (``NNN.png``, as in
+RegNeRF's DTU masks); views without a mask get no masked metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geometry.cameras import Cameras
+from geometry.errors import UserError
+from reconstruction.eval.config import DatasetFormat
+
+_MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@dataclass
+class EvalDataset:
+    """Ground-truth cameras, images and optional masks of one scene."""
+
+    path: Path
+    format: str
+    """The format read (``dtu`` for IDR files)."""
+    cameras: Cameras  # [N] float64, OpenCV camera-to-world, image_paths set
+    mask_paths: list[Path | None]
+    """Per view, the object mask file or None."""
+
+    @property
+    def num_views(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def image_paths(self) -> list[Path]:
+        return [Path(p) for p in self.cameras.image_paths]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.image_paths]
+
+    @property
+    def has_masks(self) -> bool:
+        return any(m is not None for m in self.mask_paths)
+
+    def load_image(self, index: int) -> Tensor:
+        """View ``index`` as ``[H, W, 3]`` float32 in [0, 1], checked against its camera."""
+        from reconstruction.images import load_image
+
+        image = load_image(self.image_paths[index]).rgb
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        if image.shape[:2] != (h, w):
+            raise UserError(f"image {self.image_paths[index]} is {image.shape[1]}x"
+                            f"{image.shape[0]} but its camera says {w}x{h}; use the image "
+                            "folder that matches the cameras (for LLFF pass --factor).")
+        return image
+
+    def load_mask(self, index: int) -> Tensor | None:
+        """View ``index``'s object mask ``[H, W]`` bool (True on the object), or None."""
+        path = self.mask_paths[index]
+        if path is None:
+            return None
+        from PIL import Image
+
+        with Image.open(path) as image:
+            mask = np.asarray(image.convert("L")) > 127
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        if mask.shape != (h, w):
+            from PIL import Image as PILImage
+
+            resized = PILImage.fromarray(mask.astype(np.uint8) * 255).resize(
+                (w, h), PILImage.NEAREST)
+            mask = np.asarray(resized) > 127
+        return torch.from_numpy(mask)
+
+
+def _masks_from_dir(folder: Path, image_paths: list[Path]) -> list[Path | None]:
+    if not folder.is_dir():
+        raise UserError(f"--masks {folder} is not a folder; give the folder of object masks.")
+    files = {p.name.lower(): p for p in folder.iterdir() if p.suffix.lower() in _MASK_SUFFIXES}
+    out: list[Path | None] = []
+    for index, image in enumerate(image_paths):
+        found = None
+        for candidate in (image.stem, f"{image.stem}_mask", f"{index:03d}", f"{index:06d}",
+                          f"{index}"):
+            for suffix in _MASK_SUFFIXES:
+                if (candidate + suffix).lower() in files:
+                    found = files[(candidate + suffix).lower()]
+                    break
+            if found is not None:
+                break
+        out.append(found)
+    if all(m is None for m in out):
+        raise UserError(f"no file in {folder} matches an image (tried <stem>.png, "
+                        "<stem>_mask.png and <index>.png); check the mask folder.")
+    return out
+
+
+def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
+                 masks: str | os.PathLike | None = None,
+                 llff_factor: int | None = None) -> EvalDataset:
+    """Read a scene's ground truth.
+
+    Args:
+        path: the scene folder (or its camera file).
+        format: the camera format, or ``auto`` to detect it.
+        masks: optional folder of object masks (overrides the dataset's own).
+        llff_factor: LLFF image downsampling (``images_<factor>``).
+
+    Raises:
+        UserError: nothing readable, no images next to the cameras, or too few views.
+    """
+    from geometry.io import detect_camera_format
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"--dataset {path} does not exist; give a scene folder.")
+    fmt = {"dtu": "idr"}.get(format, format)
+    if fmt == "auto":
+        fmt = detect_camera_format(path)
+        if fmt is None:
+            raise UserError(f"found no cameras at {path} (transforms.json, a COLMAP model, "
+                            "poses_bounds.npy, cameras.npz or gt_cameras.npz); give the scene "
+                            "folder or --format.")
+    mask_paths: list[str] | None = None
+    if fmt == "idr":
+        from geometry.io.idr import read_idr
+
+        data = read_idr(path, dtype=torch.float64)
+        cameras, mask_paths = data.cameras, data.mask_paths
+    elif fmt == "transforms":
+        from geometry.io.transforms_json import read_transforms_json
+
+        file = path
+        if path.is_dir():
+            file = path / "transforms.json"
+            if not file.is_file():
+                file = path / "transforms_train.json"
+        data = read_transforms_json(file, dtype=torch.float64)
+        cameras, mask_paths = data.cameras, data.mask_paths
+    elif fmt == "llff":
+        from geometry.io.llff import read_llff
+
+        cameras = read_llff(path, factor=llff_factor, dtype=torch.float64).cameras
+    else:
+        from geometry.io import read_cameras
+
+        cameras = read_cameras(path, format=fmt, dtype=torch.float64)
+    if cameras.image_paths is None:
+        raise UserError(f"the cameras at {path} have no images next to them; put the images "
+                        "where the format expects them (e.g. images/).")
+    if len(cameras.shape) != 1 or len(cameras) < 2:
+        raise UserError(f"{path} has fewer than 2 views; evaluation needs training and test "
+                        "views.")
+    if cameras.has_distortion:
+        raise UserError(f"the cameras at {path} have lens distortion, which the splat renderer "
+                        "does not model; undistort the images first (e.g. colmap "
+                        "image_undistorter).")
+    order = sorted(range(len(cameras)), key=lambda i: Path(cameras.image_paths[i]).name)
+    cameras = cameras[order]
+    masks_list: list[Path | None]
+    if masks is not None:
+        masks_list = _masks_from_dir(Path(masks), [Path(p) for p in cameras.image_paths])
+    elif mask_paths is not None:
+        masks_list = [Path(mask_paths[i]) if Path(mask_paths[i]).is_file() else None
+                      for i in order]
+    else:
+        masks_list = [None] * len(cameras)
+    return EvalDataset(path=path, format="dtu" if fmt == "idr" else fmt,
+                       cameras=cameras.to(dtype=torch.float64), mask_paths=masks_list)
