@@ -14,7 +14,12 @@ from torch import Tensor, nn
 
 from pose.egoposer.config import ModelConfig
 from pose.egoposer.data import EvalSequence, window_indices
-from pose.egoposer.features import decode_outputs, heading_rotation, restore_global, window_features
+from pose.egoposer.features import (
+    decode_outputs,
+    heading_rotation,
+    restore_global,
+    window_features,
+)
 from pose.egoposer.metrics import frame_errors, summarize
 from pose.egoposer.skeleton import (
     HEAD,
@@ -58,6 +63,79 @@ def predict_sequence(model: nn.Module, cfg: ModelConfig, trk_rot: Tensor, trk_po
         rots_out.append(rots)
         root_out.append(root)
     return torch.cat(rots_out), torch.cat(root_out)
+
+
+class _OnlineStep(nn.Module):
+    """features -> network -> world pose for one batch of windows (traceable as a whole)."""
+
+    def __init__(self, model: nn.Module, fps: float) -> None:
+        super().__init__()
+        self.model = model
+        self.fps = fps
+
+    def forward(self, rot: Tensor, pos: Tensor, vis: Tensor, scale: Tensor) -> tuple[
+            Tensor, Tensor]:
+        feats, R_wc, origin = window_features(rot, pos, vis, scale, self.fps)
+        rots_c, root_c = decode_outputs(self.model(feats)[:, -1])
+        return restore_global(rots_c, root_c, R_wc, origin, scale)
+
+
+class StreamingPredictor:
+    """Online prediction, one frame at a time (batch 1), as a headset runtime would call it.
+
+    Keeps the last frames in a ring buffer; each :meth:`push` of the newest tracker poses
+    returns the body pose of that frame. With ``trace=True`` the whole step (features,
+    network, restoring the global pose) is traced and frozen with TorchScript: the same
+    numbers with far less per-operation overhead.
+    """
+
+    def __init__(self, model: nn.Module, cfg: ModelConfig, scale: float = 1.0,
+                 trace: bool = False) -> None:
+        import warnings
+
+        self.cfg = cfg
+        offsets = cfg.frame_offsets()
+        self.size = -offsets[0] + 2
+        offs = torch.tensor(offsets)
+        self.pairs = torch.stack((offs - 1, offs), -1)  # [K, 2]
+        self.rot = torch.zeros(self.size, 3, 3, 3)
+        self.pos = torch.zeros(self.size, 3, 3)
+        self.vis = torch.zeros(self.size, 2, dtype=torch.bool)
+        self.count = 0
+        self.scale = torch.tensor([float(scale)])
+        model.eval()
+        step: nn.Module = _OnlineStep(model, cfg.fps).eval()
+        if trace:
+            k = len(offsets)
+            example = (torch.eye(3).expand(1, k, 2, 3, 3, 3).contiguous(),
+                       torch.zeros(1, k, 2, 3, 3), torch.ones(1, k, 2, 2, dtype=torch.bool),
+                       self.scale)
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                step = torch.jit.freeze(torch.jit.trace(step, example))
+        self.step = step
+
+    @torch.inference_mode()
+    def push(self, trk_rot: Tensor, trk_pos: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
+        """Add the newest frame and predict its pose.
+
+        Args:
+            trk_rot: ``[3, 3, 3]`` head / left wrist / right wrist rotations (world).
+            trk_pos: ``[3, 3]`` positions (world).
+            visible: ``[2]`` bool hand visibility.
+
+        Returns:
+            ``(local_rots [22, 3, 3], root_pos [3])`` in the world.
+        """
+        slot = self.count % self.size
+        self.rot[slot] = trk_rot
+        self.pos[slot] = trk_pos
+        self.vis[slot] = visible
+        idx = (self.pairs + self.count).clamp(min=0) % self.size
+        self.count += 1
+        rots, root = self.step(self.rot[idx][None], self.pos[idx][None], self.vis[idx][None],
+                               self.scale)
+        return rots[0], root[0]
 
 
 # Pelvis orientation facing C's +x with model y up: model x (left) -> +y, y -> +z, z -> +x.

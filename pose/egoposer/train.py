@@ -243,11 +243,11 @@ def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: Fov
             save_checkpoint(out_dir, model, model_cfg, fov, state(), optimizer)
             model.train()
 
+    # The bar shows the fraction of the budget (steps or time, whichever ends first).
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} steps"), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as bar:
-        task = bar.add_task(f"train {model_cfg.kind}", total=cfg.steps, completed=step, info="")
+        task = bar.add_task(f"train {model_cfg.kind}", total=1000, info=f"step {step}")
         try:
             while step < cfg.steps:
                 elapsed = elapsed_before + time.monotonic() - start
@@ -267,8 +267,9 @@ def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: Fov
                 step += 1
                 losses.append(loss.item())
                 if step % 20 == 0 or step == cfg.steps:
-                    bar.update(task, completed=step,
-                               info=f"loss {losses[-1]:.4f} fk {terms['fk'] * 100:.1f} cm")
+                    bar.update(task, completed=int(1000 * min(1.0, progress)),
+                               info=f"step {step} loss {losses[-1]:.4f} "
+                                    f"fk {terms['fk'] * 100:.1f} cm")
                 if out_dir is not None and time.monotonic() - last_ckpt > cfg.checkpoint_every_s:
                     checkpoint()
                     last_ckpt = time.monotonic()

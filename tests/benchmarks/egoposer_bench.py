@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from pose.egoposer.config import FovConfig, ModelConfig, SynthConfig, TrainConfig
+from pose.egoposer.config import FovConfig, LossWeights, ModelConfig, SynthConfig, TrainConfig
 from pose.egoposer.data import make_eval_sequences, prepare_sequences
 from pose.egoposer.infer import evaluate, model_predictor, stand_still_baseline
 from pose.egoposer.synth import synthesize_dataset
@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared 2-core machine 2 threads thrash)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--w-vel", type=float, default=LossWeights().w_vel,
+                        help="weight of the velocity loss")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for checkpoints and results.json")
     args = parser.parse_args()
@@ -65,8 +67,9 @@ def main() -> None:
     for kind, minutes in (("egoposer", args.max_minutes), ("mlp", mlp_minutes)):
         cfg = ModelConfig(kind=kind)
         t = time.monotonic()
-        model, losses = train(data, cfg, TrainConfig(steps=10**9, max_minutes=minutes,
-                                                     seed=args.seed), fov)
+        train_cfg = TrainConfig(steps=10**9, max_minutes=minutes, seed=args.seed,
+                                loss=LossWeights(w_vel=args.w_vel))
+        model, losses = train(data, cfg, train_cfg, fov)
         info[kind] = {"minutes": (time.monotonic() - t) / 60, "steps": len(losses),
                       "final_loss": float(sum(losses[-50:]) / max(1, len(losses[-50:])))}
         console.print(f"{kind}: {len(losses)} steps in {info[kind]['minutes']:.1f} min, "
