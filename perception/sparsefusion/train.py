@@ -1,0 +1,197 @@
+"""Training: one process on the CPU or a GPU, or several GPUs/processes with ``torchrun``
+(DDP: each rank trains on its share of the samples, gradients are averaged).
+
+Samples are prepared once (points, resized images, targets) and cached in memory (and,
+with ``cache_dir``, on disk, so runs of the ablation share the work). The optimiser is
+AdamW with a linear warm-up and a cosine decay; training stops after ``epochs`` or
+``max_minutes``, whichever comes first, and writes the checkpoint (and the resumable
+training state) after every epoch and at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geometry.errors import UserError
+from geometry.io.atomic import atomic_path
+from perception.sparsefusion.checkpoint import STATE, save_checkpoint
+from perception.sparsefusion.config import SparseFusionConfig
+from perception.sparsefusion.data import PreparedSample, collate, prepare_sample
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 20
+    max_minutes: float = 30.0
+    batch_size: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 10.0
+    seed: int = 0
+    threads: int = 0
+    """Torch CPU threads (0: torch's default)."""
+    device: str = "cpu"
+    log_every: int = 10
+
+
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionConfig,
+                 cache_dir: Path | None = None, limit: int = 0, progress=None
+                 ) -> list[PreparedSample]:
+    """Prepared samples of a split (from the on-disk cache when it matches)."""
+    from perception.data import NuScenesDataset
+
+    key_src = json.dumps({"root": str(Path(dataroot).resolve()), "version": version,
+                          "split": split, "voxel": asdict(config.voxel),
+                          "image": list(config.camera.image_size), "limit": limit,
+                          "camera": config.use_camera})
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"samples_{split}_{key}.pt" if cache_dir else None
+    if cache is not None and cache.is_file():
+        data = torch.load(cache, map_location="cpu", weights_only=True)
+        return [PreparedSample(**{**d, "T_global_lidar": np.asarray(d["T_global_lidar"])})
+                for d in data]
+    dataset = NuScenesDataset(dataroot, version, split, sweeps=config.voxel.sweeps,
+                              load_points=config.use_lidar or config.modality == "fusion",
+                              load_images=config.use_camera)
+    n = len(dataset) if limit <= 0 else min(limit, len(dataset))
+    samples = []
+    for i in range(n):
+        samples.append(prepare_sample(dataset[i], config))
+        if progress is not None:
+            progress(i + 1, n)
+    if cache is not None:
+        payload = [{**asdict(s), "T_global_lidar": torch.from_numpy(s.T_global_lidar)}
+                   for s in samples]
+        with atomic_path(cache) as tmp:
+            torch.save(payload, tmp)
+    return samples
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Path,
+          settings: TrainSettings, resume: bool = False, console=None) -> dict:
+    """Train and write ``out_dir/{model.safetensors, config.json, train_state.pt}``.
+
+    Returns:
+        a summary (steps, epochs, minutes, last losses).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from perception.sparsefusion.model import SparseFusion
+
+    rank, world = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if settings.device.startswith("cuda") else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        if settings.device.startswith("cuda"):
+            settings.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(settings.device)
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    if not samples:
+        raise UserError("no training samples; check --dataroot and --split.")
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    device = torch.device(settings.device)
+    model = SparseFusion(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    state_path = Path(out_dir) / STATE
+    start_epoch, step, elapsed = 0, 0, 0.0
+    if resume and state_path.is_file():
+        from safetensors.torch import load_file
+
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(load_file(str(Path(out_dir) / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, elapsed = int(state["epoch"]), int(state["step"]), float(
+            state["elapsed"])
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, find_unused_parameters=True)
+    mine = list(range(rank, len(samples), world))
+    steps_per_epoch = math.ceil(len(mine) / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    t0 = time.monotonic() - elapsed
+    budget = settings.max_minutes * 60.0
+    last: dict[str, float] = {}
+    stopped_early = False
+    epoch = start_epoch
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=console,
+                        disable=rank != 0)
+    with progress:
+        task = progress.add_task(f"train {config.modality}", total=total_steps,
+                                 completed=step, info="")
+        for epoch in range(start_epoch, settings.epochs):
+            order = random.Random(settings.seed * 1000 + epoch).sample(mine, len(mine))
+            model.train()
+            for first in range(0, len(order), settings.batch_size):
+                batch = collate([samples[i] for i in order[first:first + settings.batch_size]],
+                                config).to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.lr * _lr_factor(step, total_steps,
+                                                           settings.warmup_steps)
+                out = net(batch)
+                losses = model.loss(out, batch)
+                optimizer.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
+                step += 1
+                last = {k: float(v) for k, v in losses.items()}
+                if not math.isfinite(last["total"]):
+                    raise RuntimeError(f"the loss became {last['total']} at step {step}")
+                progress.update(task, completed=step, info=f"loss {last['total']:.3f}")
+                if time.monotonic() - t0 > budget:
+                    stopped_early = True
+                    break
+            if rank == 0:
+                _save(out_dir, model, optimizer, config, epoch + 1, step, time.monotonic() - t0,
+                      settings, last)
+            if stopped_early:
+                break
+    minutes = (time.monotonic() - t0) / 60.0
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return {"steps": step, "epochs": epoch + 1, "minutes": minutes, "losses": last,
+            "stopped_by_time": stopped_early}
+
+
+def _save(out_dir: Path, model, optimizer, config, epoch: int, step: int, elapsed: float,
+          settings: TrainSettings, losses: dict) -> None:
+    save_checkpoint(out_dir, model, config, {"train": asdict(settings), "epoch": epoch,
+                                             "step": step, "minutes": elapsed / 60.0,
+                                             "losses": losses})
+    with atomic_path(Path(out_dir) / STATE) as tmp:
+        torch.save({"optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+                    "elapsed": elapsed}, tmp)
