@@ -33,6 +33,7 @@ from reconstruction.instantsplat.losses import ssim
 
 __all__ = [
     "PoseMetrics",
+    "centres_well_spread",
     "composite_on_white",
     "pose_metrics",
     "psnr",
@@ -147,6 +148,21 @@ def _relative_rotation_errors(T_est: Tensor, T_gt: Tensor) -> Tensor:
     return rotation_angle_deg(R_rel_gt, R_rel_est)
 
 
+#: Ratio of the second to the first singular value of the centred camera centres below
+#: which they count as (nearly) collinear: Umeyama's rotation about their line is then
+#: ill-conditioned (a small centre error tilts it by degrees), so the rotation of the
+#: alignment is taken from the camera orientations instead.
+SPREAD_RATIO = 0.1
+
+
+def centres_well_spread(centres: Tensor) -> bool:
+    """Whether ``[M, 3]`` camera centres fix a rotation well (3+, not nearly collinear)."""
+    if centres.shape[0] < 3:
+        return False
+    sv = torch.linalg.svdvals(centres.double() - centres.double().mean(0))
+    return bool(sv[0] > 0 and sv[1] >= SPREAD_RATIO * sv[0])
+
+
 def pose_metrics(T_world_cam_est: Tensor, T_world_cam_gt: Tensor,
                  with_scale: bool = True) -> PoseMetrics:
     """Align estimated poses to ground truth and measure the errors.
@@ -157,17 +173,18 @@ def pose_metrics(T_world_cam_est: Tensor, T_world_cam_gt: Tensor,
         with_scale: estimate the scale of the alignment (pose-free methods have none).
 
     Returns:
-        :class:`PoseMetrics`. With 3 or more cameras whose centres are not collinear the
-        similarity is Umeyama's on the centres; otherwise (2 views, a straight track) the
-        rotation comes from the orientations (:func:`geometry.sim3.align_poses`).
+        :class:`PoseMetrics`. With 3 or more cameras whose true centres are well spread
+        (:func:`centres_well_spread`) the similarity is Umeyama's on the centres (the
+        standard ATE alignment); otherwise (2 views, nearly collinear centres) its rotation
+        comes from the orientations (:func:`geometry.sim3.align_poses`).
     """
     T_est = T_world_cam_est.detach().double().cpu()
     T_gt = T_world_cam_gt.detach().double().cpu()
     m = T_est.shape[0]
-    try:
+    if centres_well_spread(T_gt[:, :3, 3]):
         s, R, t = align_poses(T_est, T_gt, with_scale=with_scale)
         alignment = "centres"
-    except ValueError:
+    else:
         s, R, t = align_poses(T_est, T_gt, with_scale=with_scale, use_orientations=True)
         alignment = "orientations"
     T_aligned = apply_sim3_to_poses(s, R, t, T_est)

@@ -157,7 +157,7 @@ def optimise_pose(scene: GaussianScene, K: Tensor, T_cam_world_init: Tensor, tar
         optimizer.step()
         if step >= n_coarse:
             # The loss just computed belongs to the pose before this step.
-            value = float(loss)
+            value = loss.item()
             if value < best_loss:
                 best_loss, best_T = value, T.detach().clone()
         if on_step is not None:
