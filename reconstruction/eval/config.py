@@ -16,16 +16,16 @@ MethodName = Literal["instantsplat"]
 
 
 @dataclass
-class TestPoseConfig:
+class PoseOptConfig:
     """Options of the test-view pose optimisation."""
 
     iterations: int = 100
     """Adam steps per test view (0 disables the optimisation)."""
-    lr_rotation: float = 2e-3
-    """Adam step of the rotation (radians), decayed 10x over the run."""
-    lr_translation: float = 2e-3
-    """Adam step of the translation, times the scene scale, decayed 10x over the run."""
-    coarse_fraction: float = 0.5
+    lr_rotation: float = 3e-3
+    """Adam step of the rotation (radians); decayed to a tenth over the second half."""
+    lr_translation: float = 3e-3
+    """Adam step of the translation, times the scene scale; decayed like the rotation's."""
+    coarse_fraction: float = 0.3
     """Share of the steps rendered at ``coarse_scale`` resolution."""
     coarse_scale: float = 0.5
     ssim_weight: float = 0.2
@@ -66,7 +66,7 @@ class EvalConfig:
     test_pose: Literal["auto", "on", "off"] = "auto"
     """Optimise each test view's pose against the frozen scene; auto: on unless
     --known-poses."""
-    test_pose_options: TestPoseConfig = field(default_factory=TestPoseConfig)
+    test_pose_options: PoseOptConfig = field(default_factory=PoseOptConfig)
     """Schedule of the test-view pose optimisation."""
     lpips_weights: Path | None = None
     """Local LPIPS weights: a full LPIPS state_dict, or the official heads (alex.pth) with

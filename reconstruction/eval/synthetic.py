@@ -246,7 +246,7 @@ def _intersect_sphere(o: np.ndarray, d: np.ndarray, p: Primitive) -> tuple[np.nd
     t = -b - sq
     t = np.where(t > _EPS, t, -b + sq)
     t = np.where((disc > 0) & (t > _EPS), t, np.inf)
-    hit = o + t[:, None] * d
+    hit = o + np.where(np.isfinite(t), t, 0.0)[:, None] * d
     normal = (hit - c) / r
     return t, normal
 
