@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import tyro
 
 from geometry.errors import UserError, run_cli
+from perception.constants import DetectorName
 
 
 def _progress():
@@ -117,7 +117,7 @@ class Detect:
     """Results file to write."""
     version: str = "v1.0-mini"
     split: str = "mini_val"
-    detector: Literal["oracle", "noisy-oracle"] = "oracle"
+    detector: DetectorName = "oracle"
     """oracle: the ground truth; noisy-oracle: the ground truth with noise."""
     seed: int = 0
     """Seed of the noisy oracle."""

@@ -1,13 +1,14 @@
 """Names shared by the data layer, the generator, the detectors and the evaluation.
 
 The class order is mmdetection3d's for nuScenes (so label indices in mmdet3d info pickles
-map one to one); the names themselves are the devkit's detection names.
+map one to one); the names themselves are the devkit's detection names (a test checks
+them against ``nuscenes.eval.detection.constants``; importing the devkit here would make
+``perception --help`` slow).
 """
 
 from __future__ import annotations
 
-from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES as DEVKIT_ATTRIBUTE_NAMES
-from nuscenes.eval.detection.constants import DETECTION_NAMES as DEVKIT_DETECTION_NAMES
+from typing import Literal
 
 DETECTION_CLASSES: tuple[str, ...] = (
     "car",
@@ -122,6 +123,6 @@ VISIBILITY_LEVELS: tuple[tuple[str, str, str], ...] = (
 )
 """The nuScenes visibility table: token, level, description."""
 
-# Our names must be exactly the devkit's, or evaluation would silently drop classes.
-assert set(DETECTION_CLASSES) == set(DEVKIT_DETECTION_NAMES)
-assert set(ATTRIBUTES) - {""} == set(DEVKIT_ATTRIBUTE_NAMES)
+DetectorName = Literal["oracle", "noisy-oracle"]
+"""Names accepted by ``perception detect --detector`` (a new detector is added here and
+to ``perception.detectors.DETECTORS``)."""

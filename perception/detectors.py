@@ -13,12 +13,12 @@ import math
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 
 from perception.boxes import LidarBoxes
-from perception.constants import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES
+from perception.constants import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES, DetectorName
 from perception.data.sample import NuScenesSample
 from perception.results import ResultsMeta
 
@@ -164,7 +164,7 @@ DETECTORS: dict[str, Callable[..., Detector]] = {
     "oracle": OracleDetector,
     "noisy-oracle": NoisyOracleDetector,
 }
-"""Detector names accepted by ``perception detect --detector``."""
+assert set(DETECTORS) == set(get_args(DetectorName))
 
 
 def run_detector(

@@ -104,7 +104,7 @@ def prepare_sample(sample: NuScenesSample, config: SparseFusionConfig) -> Prepar
     std = torch.tensor(IMAGENET_STD)[:, None, None]
     for view, channel in enumerate(CAMERA_CHANNELS):
         data = sample.cameras.get(channel)
-        if data is None or (config.use_camera and data.image is None):
+        if data is None:
             continue
         w0, h0 = data.image_size
         sx, sy = width / w0, height / h0
@@ -112,7 +112,7 @@ def prepare_sample(sample: NuScenesSample, config: SparseFusionConfig) -> Prepar
         K[view] = torch.from_numpy(scale @ data.K).float()
         T[view] = torch.from_numpy(np.asarray(data.T_cam_lidar)).float()
         mask[view] = True
-        if data.image is not None and config.use_camera:
+        if data.image is not None:
             img = torch.from_numpy(np.ascontiguousarray(data.image)).permute(2, 0, 1)[None]
             img = F.interpolate(img, size=(height, width), mode="bilinear", antialias=True,
                                 align_corners=False)[0]

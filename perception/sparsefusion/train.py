@@ -57,17 +57,15 @@ def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionC
 
     key_src = json.dumps({"root": str(Path(dataroot).resolve()), "version": version,
                           "split": split, "voxel": asdict(config.voxel),
-                          "image": list(config.camera.image_size), "limit": limit,
-                          "camera": config.use_camera})
+                          "image": list(config.camera.image_size), "limit": limit})
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"samples_{split}_{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
         data = torch.load(cache, map_location="cpu", weights_only=True)
         return [PreparedSample(**{**d, "T_global_lidar": np.asarray(d["T_global_lidar"])})
                 for d in data]
-    dataset = NuScenesDataset(dataroot, version, split, sweeps=config.voxel.sweeps,
-                              load_points=config.use_lidar or config.modality == "fusion",
-                              load_images=config.use_camera)
+    # Points and images both, whatever the modality: the cache serves every variant.
+    dataset = NuScenesDataset(dataroot, version, split, sweeps=config.voxel.sweeps)
     n = len(dataset) if limit <= 0 else min(limit, len(dataset))
     samples = []
     for i in range(n):

@@ -42,18 +42,19 @@ class PrimitiveTable:
 
 @dataclass
 class RayHits:
-    """Nearest hit of every ray (flattened grid order).
+    """Nearest hit of every ray (flattened grid order), and the surface at the rays that
+    hit an object (``rows``; compact arrays aligned with it).
 
     ``obj`` is the object hit, ``GROUND`` or ``NOTHING``; ``prim`` the row of the hit
-    primitive in the :class:`PrimitiveTable` (-1 for none); ``local`` the hit point in
-    the hit object's frame (zeros elsewhere).
+    primitive in the :class:`PrimitiveTable` (-1 for none). The ground's normal is +z.
     """
 
-    t: np.ndarray  # [R] distance along the unit ray, inf where nothing was hit
+    t: np.ndarray  # [R] float32 distance along the unit ray, inf where nothing was hit
     obj: np.ndarray  # [R] int64
     prim: np.ndarray  # [R] int64
-    normal: np.ndarray  # [R, 3] unit surface normal, global frame
-    local: np.ndarray  # [R, 3]
+    rows: np.ndarray  # [M] indices of the rays that hit an object
+    local: np.ndarray  # [M, 3] float32 hit point in the hit object's frame
+    normal: np.ndarray  # [M, 3] float32 unit surface normal, global frame
 
 
 def _box_t(ox, oy, oz, dx, dy, dz, ix, iy, iz, center, half):
@@ -193,14 +194,10 @@ def cast(
                 np.copyto(prim[rect], p_obj, where=closer)
 
     t_flat, obj_flat, prim_flat = t_best.ravel(), obj.ravel(), prim.ravel()
-    normal = np.zeros((t_flat.size, 3), np.float32)
-    normal[obj_flat == GROUND, 2] = 1.0
-    local = np.zeros((t_flat.size, 3), np.float32)
-    rows = np.nonzero(obj_flat >= 0)[0]
-    if rows.size:
-        local[rows], normal[rows] = _surface(origin, dirs.reshape(-1, 3)[rows], t_flat[rows],
-                                             obj_flat[rows], prim_flat[rows], table, placements)
-    return RayHits(t_flat, obj_flat, prim_flat, normal, local)
+    rows = np.flatnonzero(obj_flat >= 0)
+    local, normal = _surface(origin, dirs.reshape(-1, 3)[rows], t_flat[rows], obj_flat[rows],
+                             prim_flat[rows], table, placements)
+    return RayHits(t_flat, obj_flat, prim_flat, rows, local, normal)
 
 
 def _surface(origin, dirs, t, obj, prim, table, placements):
@@ -209,6 +206,8 @@ def _surface(origin, dirs, t, obj, prim, table, placements):
     Branch-free on 1D component arrays: every formula is evaluated for every row and the
     right one is picked with ``np.where`` (much faster than boolean-mask indexing).
     """
+    if t.size == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
     xs = np.array([p.xy[0] for p in placements], np.float32)[obj]
     ys = np.array([p.xy[1] for p in placements], np.float32)[obj]
     yaw = np.array([p.yaw for p in placements], np.float32)[obj]

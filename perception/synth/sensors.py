@@ -91,6 +91,22 @@ def placements_at(scene: world.SynthScene, t: float) -> list[Placement]:
 # ----------------------------------------------------------------------------- appearance
 
 
+# Ground bands by distance from the road's centre line: road, bike lane, parking strip,
+# sidewalk, grass (colours, and LiDAR reflectance on the nuScenes 0-255 scale).
+_GROUND_EDGES = np.array([world.BIKE_LANE[0], world.PARKING[0], world.SIDEWALK[0],
+                          world.SIDEWALK[1]], np.float32)
+_GROUND_RGB = np.array([(0.33, 0.33, 0.34), (0.45, 0.3, 0.27), (0.27, 0.27, 0.28),
+                        (0.62, 0.6, 0.57), (0.26, 0.42, 0.17)], np.float32)
+_GROUND_REFLECTANCE = np.array([6.0, 8.0, 6.0, 18.0, 10.0], np.float32)
+_WHITE = np.array([0.88, 0.88, 0.86], np.float32)
+_YELLOW = np.array([0.85, 0.68, 0.1], np.float32)
+
+
+def _frac(x: np.ndarray) -> np.ndarray:
+    """``x - floor(x)`` (``np.mod`` is several times slower on floats)."""
+    return x - np.floor(x)
+
+
 class Appearance:
     """Colours and LiDAR reflectances of a scene's ground and objects."""
 
@@ -106,15 +122,19 @@ class Appearance:
         self.pattern = np.array([m.pattern for m in rows])
         self.p0 = np.array([m.p0 for m in rows])
         self.p1 = np.array([m.p1 for m in rows])
-        self.scale = np.array([m.scale for m in rows])
-        self.reflectance = np.array([m.reflectance for m in rows])
+        self.scale = np.array([m.scale for m in rows], np.float32)
+        self.p0 = self.p0.astype(np.float32)
+        self.p1 = self.p1.astype(np.float32)
+        self.reflectance = np.array([m.reflectance for m in rows], np.float32)
         self.corners_local = np.stack([obj.corners_local for obj in scene.objects])
-        self._pixel_noise = rng.normal(0.0, 0.012, 2 * 1600 * 900 * 3).astype(np.float32)
+        self._noise_rng = rng
+        self._pixel_noise = np.zeros(0, np.float32)
 
     def pixel_noise(self, size: int, rng: np.random.Generator) -> np.ndarray:
-        """``[size]`` Gaussian sensor noise (a random window of a pre-drawn sequence)."""
-        if size > self._pixel_noise.size // 2:
-            return rng.normal(0.0, 0.012, size).astype(np.float32)
+        """``[size]`` Gaussian sensor noise, sigma 0.012: a random window of a sequence
+        drawn once (twice as long as one image) instead of fresh noise per image."""
+        if self._pixel_noise.size < 2 * size:
+            self._pixel_noise = 0.012 * self._noise_rng.standard_normal(2 * size, np.float32)
         start = int(rng.integers(0, self._pixel_noise.size - size))
         return self._pixel_noise[start:start + size]
 
@@ -125,64 +145,51 @@ class Appearance:
                 rx * self.axis_v[0] + ry * self.axis_v[1])
 
     def ground(self, pts_global: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, 3]`` ground points -> ``([N, 3] rgb, [N] reflectance)``."""
+        """``[N, 3]`` ground points -> ``([N, 3] rgb, [N] reflectance)``, float32."""
         u, v = self.road_coords(pts_global)
         av = np.abs(v)
-        grain = self.noise[np.floor(u / 0.07).astype(np.int64) % 256,
-                           np.floor(v / 0.07).astype(np.int64) % 256]
-        rgb = np.empty((u.size, 3), np.float32)
-        refl = np.empty(u.size, np.float32)
-        road = av < world.BIKE_LANE[0]
-        bike = (av >= world.BIKE_LANE[0]) & (av < world.PARKING[0])
-        parking = (av >= world.PARKING[0]) & (av < world.SIDEWALK[0])
-        walk = (av >= world.SIDEWALK[0]) & (av < world.SIDEWALK[1])
-        grass = av >= world.SIDEWALK[1]
-        for mask, color, r in (
-            (road, (0.33, 0.33, 0.34), 6.0), (bike, (0.45, 0.3, 0.27), 8.0),
-            (parking, (0.27, 0.27, 0.28), 6.0), (walk, (0.62, 0.6, 0.57), 18.0),
-            (grass, (0.26, 0.42, 0.17), 10.0),
-        ):
-            rgb[mask] = color
-            refl[mask] = r
-        joints = walk & ((np.mod(u, 1.2) < 0.04) | (np.mod(av - world.SIDEWALK[0], 1.2) < 0.04))
-        rgb[joints] *= 0.7
-        dashed = (np.abs(av - world.LANE_WIDTH) < 0.08) & (np.mod(u, 9.0) < 3.5)
-        solid = np.abs(av - world.BIKE_LANE[0]) < 0.1
-        white = dashed | solid
+        grain = self.noise[np.floor(u / 0.07).astype(np.int64) & 255,
+                           np.floor(v / 0.07).astype(np.int64) & 255]
+        band = np.searchsorted(_GROUND_EDGES, av, side="right")
+        rgb = _GROUND_RGB[band]
+        refl = _GROUND_REFLECTANCE[band]
+        walk = band == 3
+        joints = walk & ((_frac(u / 1.2) < 0.04 / 1.2)
+                         | (_frac((av - world.SIDEWALK[0]) / 1.2) < 0.04 / 1.2))
+        dashed = (np.abs(av - world.LANE_WIDTH) < 0.08) & (_frac(u / 9.0) < 3.5 / 9.0)
+        white = dashed | (np.abs(av - world.BIKE_LANE[0]) < 0.1)
         yellow = (av > 0.05) & (av < 0.17)
-        rgb[white] = (0.88, 0.88, 0.86)
-        rgb[yellow] = (0.85, 0.68, 0.1)
+        shade = (0.8 + 0.35 * grain) * np.where(joints, np.float32(0.7), np.float32(1.0))
+        rgb[white] = _WHITE
+        rgb[yellow] = _YELLOW
         refl[white | yellow] = 45.0
-        rgb *= (0.8 + 0.35 * grain)[:, None]
-        return rgb, refl
+        return rgb * shade[:, None], refl
 
-    def objects(self, hits: RayHits, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Colour and reflectance of the object hits ``rows`` (indices into ``hits``)."""
-        mat = hits.prim[rows]
-        x, y, z = hits.local[rows].T
-        scale = self.scale[mat]
+    def object_colors(self, hits: RayHits) -> np.ndarray:
+        """``[M, 3]`` float32 base colour at the object hits ``hits.rows``."""
+        mat = hits.prim[hits.rows]
+        x, y, z = hits.local.T
         pattern = self.pattern[mat]
-        p0, p1 = self.p0[mat], self.p1[mat]
-        in_band = (z >= p0) & (z <= p1)
-        mix = np.select(
-            [
-                pattern == world.STRIPES,
-                pattern == world.BAND,
-                pattern == world.WINDOWS,
-                pattern == world.PANELS,
-                pattern == world.CHECKER,
-            ],
-            [
-                np.mod((x + y + z) / scale, 1.0) < 0.5,
-                in_band,
-                in_band & (np.mod((x + y) / scale, 1.0) < 0.75),
-                np.mod((x + y) / scale, 1.0) < 0.08,
-                (np.floor(x / scale) + np.floor(y / scale) + np.floor(z / scale)) % 2 == 1,
-            ],
-            default=False,
-        )
-        rgb = np.where(mix[:, None], self.color2[mat], self.color[mat])
-        return rgb, self.reflectance[mat]
+        mix = np.zeros(mat.size, bool)
+        for kind in (world.STRIPES, world.BAND, world.WINDOWS, world.PANELS, world.CHECKER):
+            idx = np.flatnonzero(pattern == kind)
+            if idx.size == 0:
+                continue
+            m = mat[idx]
+            px, py, pz, scale = x[idx], y[idx], z[idx], self.scale[m]
+            if kind == world.STRIPES:
+                mix[idx] = _frac((px + py + pz) / scale) < 0.5
+            elif kind == world.BAND:
+                mix[idx] = (pz >= self.p0[m]) & (pz <= self.p1[m])
+            elif kind == world.WINDOWS:
+                mix[idx] = ((pz >= self.p0[m]) & (pz <= self.p1[m])
+                            & (_frac((px + py) / scale) < 0.75))
+            elif kind == world.PANELS:
+                mix[idx] = _frac((px + py) / scale) < 0.08
+            else:
+                mix[idx] = (np.floor(px / scale) + np.floor(py / scale)
+                            + np.floor(pz / scale)) % 2 == 1
+        return np.where(mix[:, None], self.color2[mat], self.color[mat])
 
 
 # ----------------------------------------------------------------------------- LiDAR
@@ -209,7 +216,7 @@ class LidarSpec:
         return np.radians(np.linspace(self.elevation_min_deg, self.elevation_max_deg, self.beams))
 
     def directions(self) -> np.ndarray:
-        """``[columns * beams, 3]`` unit directions in the LiDAR frame, column-major
+        """``[columns * beams, 3]`` float32 unit directions in the LiDAR frame, column-major
         (ray ``c * beams + b`` is column ``c``, ring ``b``); azimuth from +x towards +y."""
         az = np.arange(self.columns) * (2 * math.pi / self.columns)
         el = self.elevations()
@@ -219,7 +226,7 @@ class LidarSpec:
              np.broadcast_to(np.sin(el)[None], (az.size, el.size))],
             axis=-1,
         )
-        return d.reshape(-1, 3)
+        return d.reshape(-1, 3).astype(np.float32)
 
 
 @dataclass
@@ -247,7 +254,7 @@ def scan_lidar(
     origin = T_global_lidar[:3, 3]
     R = T_global_lidar[:3, :3]
     columns, beams = spec.columns, spec.beams
-    dirs = (directions_lidar @ R.T).reshape(columns, beams, 3)
+    dirs = (directions_lidar @ R.T.astype(np.float32)).reshape(columns, beams, 3)
     lidar_yaw = math.atan2(R[1, 0], R[0, 0])
     elevations = spec.elevations()
     step = 2 * math.pi / columns
@@ -260,18 +267,23 @@ def scan_lidar(
     dirs = dirs.reshape(-1, 3)
     t = hits.t
     keep = np.isfinite(t) & (t <= spec.max_range) & (rng.random(t.size) >= spec.dropout)
-    rows = np.nonzero(keep)[0]
+    rows = np.flatnonzero(keep)
     ranges = t[rows] + rng.normal(0.0, spec.range_noise, rows.size)
     pts_lidar = directions_lidar[rows] * ranges[:, None]
-    reflect = np.empty(rows.size)
+    reflect = np.empty(rows.size, np.float32)
+    cos_incidence = np.abs(dirs[rows, 2])  # ground: normal +z
     on_ground = hits.obj[rows] == GROUND
     if on_ground.any():
-        ground_pts = origin + dirs[rows[on_ground]] * t[rows[on_ground], None]
+        ground_rows = rows[on_ground]
+        ground_pts = origin + dirs[ground_rows] * t[ground_rows, None]
         reflect[on_ground] = appearance.ground(ground_pts)[1]
     on_obj = ~on_ground
     if on_obj.any():
-        reflect[on_obj] = appearance.objects(hits, rows[on_obj])[1]
-    cos_incidence = np.abs(np.einsum("ij,ij->i", hits.normal[rows], dirs[rows]))
+        obj_rows = rows[on_obj]
+        reflect[on_obj] = appearance.reflectance[hits.prim[obj_rows]]
+        # Surface normals are kept for the object hits only, in hits.rows order.
+        where = np.searchsorted(hits.rows, obj_rows)
+        cos_incidence[on_obj] = np.abs(np.einsum("ij,ij->i", hits.normal[where], dirs[obj_rows]))
     intensity = reflect * (0.3 + 0.7 * cos_incidence) * rng.uniform(0.85, 1.15, rows.size)
     ring = rows % beams
     points = np.concatenate(
@@ -315,6 +327,10 @@ def _lidar_rects(obj: world.SynthObject, placement: Placement, origin: np.ndarra
 # ----------------------------------------------------------------------------- cameras
 
 
+_HORIZON = np.array([0.78, 0.82, 0.86], np.float32)
+_ZENITH = np.array([0.42, 0.58, 0.85], np.float32)
+
+
 @dataclass
 class CameraRender:
     """One rendered image with its per-pixel object index (for tests and visibility)."""
@@ -329,7 +345,7 @@ def pixel_directions(K: np.ndarray, width: int, height: int) -> np.ndarray:
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
     pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
     d = pix @ np.linalg.inv(K).T
-    return d / np.linalg.norm(d, axis=1, keepdims=True)
+    return (d / np.linalg.norm(d, axis=1, keepdims=True)).astype(np.float32)
 
 
 def render_camera(
@@ -352,7 +368,7 @@ def render_camera(
         hit_counts: optional ``[n_objects]``; unoccluded pixel counts are added to it.
     """
     origin = T_global_cam[:3, 3]
-    dirs = (directions_cam @ T_global_cam[:3, :3].T).astype(np.float32)
+    dirs = directions_cam @ T_global_cam[:3, :3].T.astype(np.float32)
     dirs = dirs.reshape(height, width, 3)
     T_cam_global = frames.invert_T(T_global_cam)
     xy = np.array([p.xy for p in placements])
@@ -374,20 +390,16 @@ def render_camera(
     dirs = dirs.reshape(-1, 3)
 
     rgb = np.empty((dirs.shape[0], 3), np.float32)
-    sky = hits.obj == NOTHING
+    sky = np.flatnonzero(hits.obj == NOTHING)
     elevation = np.clip(dirs[sky, 2], 0.0, 1.0)[:, None]
-    rgb[sky] = (1 - elevation) * np.array([0.78, 0.82, 0.86]) + elevation * np.array(
-        [0.42, 0.58, 0.85]
-    )
-    sun = scene.sun
-    ground_rows = np.nonzero(hits.obj == GROUND)[0]
+    rgb[sky] = (1 - elevation) * _HORIZON + elevation * _ZENITH
+    sun = scene.sun.astype(np.float32)
+    ground_rows = np.flatnonzero(hits.obj == GROUND)
     ground_pts = origin.astype(np.float32) + dirs[ground_rows] * hits.t[ground_rows, None]
-    rgb[ground_rows] = appearance.ground(ground_pts)[0] * (0.55 + 0.45 * sun[2])
-    obj_rows = np.nonzero(hits.obj >= 0)[0]
-    if obj_rows.size:
-        base, _ = appearance.objects(hits, obj_rows)
-        lambert = np.clip(hits.normal[obj_rows] @ sun, 0.0, 1.0)
-        rgb[obj_rows] = base * (0.45 + 0.55 * lambert)[:, None]
+    rgb[ground_rows] = appearance.ground(ground_pts)[0] * np.float32(0.55 + 0.45 * sun[2])
+    if hits.rows.size:
+        lambert = np.clip(hits.normal @ sun, 0.0, 1.0)
+        rgb[hits.rows] = appearance.object_colors(hits) * (0.45 + 0.55 * lambert)[:, None]
     rgb = rgb.ravel()
     rgb += appearance.pixel_noise(rgb.size, rng)
     np.clip(rgb, 0.0, 1.0, out=rgb)

@@ -286,6 +286,7 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
     Returns:
         ``(tables, summary)``: records per table name, and counts for the summary.
     """
+    _keep_freed_memory()
     root = Path(root_str)
     tables = _Tables((spec.seed + 1) * 1_000_003 + scene_index)
     lidar_spec = sensors.LidarSpec()
@@ -455,6 +456,29 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
     })
     summary = dict(counts, with_points=with_points, location=location, log_token=log["token"])
     return {name: records for name, records in tables.tables.items() if records}, summary
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc to reuse freed memory instead of returning it to the system.
+
+    Ray casting allocates and frees many multi-megabyte temporaries; by default each one
+    is a fresh mmap whose pages fault in again (a fifth of the run time). Only affects
+    the allocator's thresholds; a no-op where glibc's ``mallopt`` is not available.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 256 * 2**20)
+    mallopt(m_trim_threshold, 512 * 2**20)
 
 
 def _write_placeholder_map(path: Path) -> None:

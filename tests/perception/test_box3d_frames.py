@@ -155,3 +155,16 @@ def test_to_camera_clips_boxes_that_straddle_the_camera() -> None:
     assert x1 == pytest.approx(800 + 800 * 3.0 / 7.0)
     assert x2 == 1600
     assert y1 == 0 and y2 == 900
+
+
+def test_class_and_attribute_names_are_the_devkits() -> None:
+    from nuscenes.eval.detection.constants import ATTRIBUTE_NAMES, DETECTION_NAMES
+    from nuscenes.eval.detection.utils import detection_name_to_rel_attributes
+
+    from perception.constants import CLASS_ATTRIBUTES
+
+    assert sorted(DETECTION_CLASSES) == sorted(DETECTION_NAMES)
+    assert sorted(a for a in ATTRIBUTES if a) == sorted(ATTRIBUTE_NAMES)
+    for name in DETECTION_CLASSES:
+        expected = detection_name_to_rel_attributes(name) or [""]
+        assert sorted(CLASS_ATTRIBUTES[name]) == sorted(expected)

@@ -77,3 +77,25 @@ def test_eval_refuses_to_replace_a_folder_that_is_not_its_own(synth_root: Path, 
     assert exit_info.value.code == 2
     assert "is not an earlier evaluation folder" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_custom_split_from_splits_json(synth_root: Path, tmp_path: Path) -> None:
+    """A split that is not the devkit's comes from {dataroot}/{version}/splits.json, in the
+    dataset and in the devkit's evaluation alike."""
+    from perception.data import NuScenesDataset
+
+    splits = synth_root / "v1.0-mini" / "splits.json"
+    splits.write_text(json.dumps({"synth_all": ["scene-0103", "scene-0061"]}))
+    try:
+        dataset = NuScenesDataset(synth_root, "v1.0-mini", "synth_all", load_points=False,
+                                  load_images=False)
+        assert len(dataset) == len(dataset.nusc.sample)
+        results = tmp_path / "oracle.json"
+        main(["detect", "--dataroot", str(synth_root), "--split", "synth_all",
+              "--out", str(results)])
+        main(["eval", "--dataroot", str(synth_root), "--split", "synth_all", "--results",
+              str(results), "--out", str(tmp_path / "metrics"), "--no-plots"])
+        metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+        assert metrics["mean_ap"] == pytest.approx(1.0) and metrics["split"] == "synth_all"
+    finally:
+        splits.unlink()
