@@ -87,7 +87,7 @@ class LossWeights:
     """Joint positions from forward kinematics (metres, L1)."""
     w_track: float = 5.0
     """Head and wrist positions (metres, L1): the hand alignment term."""
-    w_vel: float = 0.5
+    w_vel: float = 2.0
     """Joint velocities between the last two frames (m/s, L1)."""
 
 

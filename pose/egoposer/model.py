@@ -48,6 +48,13 @@ class EgoPoserNet(nn.Module):
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, cfg.ff_dim, dropout=0.0,
                                            activation="gelu", batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        # Causal attention: token k sees only frames up to its own, so the previous-frame
+        # output (token K-2) is a genuine online prediction made without the current frame,
+        # and the velocity loss between the last two outputs penalises the frame-to-frame
+        # jumps an online system shows (e.g. when a hand enters the field of view).
+        self.register_buffer("causal_mask",
+                             nn.Transformer.generate_square_subsequent_mask(cfg.tokens),
+                             persistent=False)
         self.root_head = nn.Sequential(nn.Linear(cfg.d_model, cfg.head_dim), nn.GELU(),
                                        nn.Linear(cfg.head_dim, 6 + 3))
         self.joint_head = nn.Sequential(nn.Linear(cfg.d_model, cfg.head_dim), nn.GELU(),
@@ -78,7 +85,7 @@ class EgoPoserNet(nn.Module):
         slow = features[:, self.slow_index]
         fast = features[:, self.fast_index]
         x = torch.cat((self.slow_embed(slow), self.fast_embed(fast)), -1) + self.pos_embed
-        x = self.encoder(x)[:, -2:]
+        x = self.encoder(x, mask=self.causal_mask, is_causal=True)[:, -2:]
         root = self.root_head(x)
         return torch.cat((root[..., :6], self.joint_head(x), root[..., 6:]), -1)
 

@@ -275,6 +275,9 @@ def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: Fov
                     last_ckpt = time.monotonic()
         except KeyboardInterrupt:
             checkpoint()
+            if out_dir is not None:
+                bar.console.print(f"saved checkpoint {out_dir} at step {step}; continue with "
+                                  "--resume")
             raise
     checkpoint()
     model.eval()

@@ -156,3 +156,29 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("pose: error: ")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    import pose.egoposer.train as train_module
+
+    real, calls = train_module.sample_batch, {"n": 0}
+
+    def interrupted_at_fourth_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_batch", interrupted_at_fourth_batch)
+    ck = tmp_path / "ck"
+    with pytest.raises(SystemExit) as info:
+        _run(["train", "--synthetic", "--out", str(ck), "--steps", "10", *TINY_MODEL,
+              *TINY_DATA, *TRAIN])
+    assert info.value.code == 130
+    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 3
+    assert "--resume" in capsys.readouterr().out
+    monkeypatch.setattr(train_module, "sample_batch", real)
+    _run(["train", "--synthetic", "--out", str(ck), "--steps", "5", "--resume", *TINY_MODEL,
+          *TINY_DATA, *TRAIN])
+    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 5

@@ -66,6 +66,22 @@ def test_temporal_model_uses_the_past_mlp_does_not() -> None:
         assert (diff > 1e-4) == changes, (kind, diff)
 
 
+def test_previous_frame_output_does_not_see_the_current_frame() -> None:
+    """Causal attention: the previous-frame output is an online prediction of that frame."""
+    cfg = ModelConfig(**SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    x = torch.randn(2, len(cfg.frame_offsets()), NUM_FEATURES)
+    x2 = x.clone()
+    x2[:, -1] += 1.0  # the current frame only
+    with torch.no_grad():
+        out, out2 = model(x), model(x2)
+    np.testing.assert_allclose(out2[:, 0].numpy(), out[:, 0].numpy(), atol=1e-6)
+    assert (out2[:, 1] - out[:, 1]).abs().max() > 1e-3
+
+
 def test_tiny_overfit_loss_falls() -> None:
     """Fitting one fixed batch: the loss must fall below a fifth of its start."""
     seqs = synthesize_dataset(2, seed=0, cfg=SynthConfig(seconds=4.0))
