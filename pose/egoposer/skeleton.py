@@ -204,14 +204,11 @@ def root_from_trans(trans: Tensor, rest_joints: Tensor) -> Tensor:
     return trans + rest_joints[..., 0, :]
 
 
-# Model frame -> AMASS world (z up): +90 degrees about x takes y (up) to z.
-R_WORLD_MODEL = ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0))
-
-
 def standing_local_rots(dtype: torch.dtype = torch.float32) -> Tensor:
     """A relaxed standing pose: upright, arms hanging 75 degrees down, elbows bent 15 degrees.
 
-    The pelvis rotation is the model-to-world rotation (facing world -y).
+    The pelvis rotation is the model-to-world rotation (+90 degrees about x, taking the
+    model's y (up) to world z; the body faces world -y).
 
     Returns:
         ``[22, 3, 3]`` local rotations.
