@@ -89,7 +89,8 @@ class Synth:
                                                                                   completed=done))
         print(f"wrote {self.out}: {len(summary.scenes)} scenes ({', '.join(summary.scenes)}), "
               f"{summary.samples} samples, {summary.sweeps} sweeps, {summary.images} images, "
-              f"{summary.annotations} annotations in {summary.seconds:.1f} s")
+              f"{summary.annotations} annotations in {summary.seconds:.1f} s "
+              f"({summary.cpu_seconds:.1f} s CPU in the scene jobs)")
         print("annotations with LiDAR points per class: " + ", ".join(
             f"{k} {v}" for k, v in summary.annotations_with_points.items()))
 

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
-from nuscenes.utils.splits import mini_train, mini_val
 from PIL import Image
 
 from perception import frames
@@ -40,7 +39,12 @@ from perception.constants import (
 from perception.synth import sensors, world
 
 KEYFRAME_INTERVAL = 0.5  # seconds (2 Hz keyframes, as in nuScenes)
-MAX_SCENES = len(mini_train) + len(mini_val)
+# The devkit's nuscenes.utils.splits.mini_val / mini_train (a test checks they are the
+# same; importing the devkit here would cost every worker process seconds).
+MINI_VAL = ("scene-0103", "scene-0916")
+MINI_TRAIN = ("scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796",
+              "scene-1077", "scene-1094", "scene-1100")
+MAX_SCENES = len(MINI_TRAIN) + len(MINI_VAL)
 LOCATIONS = (
     ("singapore-onenorth", "n015", "+0800"),
     ("boston-seaport", "n008", "-0400"),
@@ -81,13 +85,14 @@ class SynthSummary:
     images: int
     annotations: int
     annotations_with_points: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time
+    cpu_seconds: float = 0.0  # CPU time of the scene jobs (in whichever process ran them)
 
 
 def scene_names(n_scenes: int) -> list[str]:
     """Official mini scene names for ``n_scenes`` scenes: ``mini_val`` ones first."""
-    n_val = min(len(mini_val), math.ceil(n_scenes / 2))
-    return list(mini_val[:n_val]) + list(mini_train[: n_scenes - n_val])
+    n_val = min(len(MINI_VAL), math.ceil(n_scenes / 2))
+    return list(MINI_VAL[:n_val]) + list(MINI_TRAIN[: n_scenes - n_val])
 
 
 class _Tables:
@@ -223,7 +228,7 @@ def write_dataset(
     for scene_tables, scene_summary in results:
         for name, records in scene_tables.items():
             tables.tables[name].extend(records)
-        for key in ("samples", "sweeps", "images", "annotations"):
+        for key in ("samples", "sweeps", "images", "annotations", "cpu_seconds"):
             setattr(summary, key, getattr(summary, key) + scene_summary[key])
         for name, count in scene_summary["with_points"].items():
             points_per_class[name] = points_per_class.get(name, 0) + count
@@ -256,13 +261,15 @@ def _worker_job(*job):
 
 
 def _run_parallel(jobs, workers, total, on_sample):
-    """Run the scene jobs in ``workers`` spawned processes, reporting progress."""
+    """Run the scene jobs in ``workers`` processes, reporting progress."""
     import multiprocessing
     import queue as queue_module
     from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: the parent holds torch and its thread pools.
-    context = multiprocessing.get_context("spawn")
+    # forkserver, not fork: the parent may have started torch's thread pools, which do not
+    # survive a fork. The server imports this module once and forks the workers from it.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     progress_queue = context.Queue()
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                              initializer=_init_worker, initargs=(progress_queue,)) as pool:
@@ -287,6 +294,7 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
         ``(tables, summary)``: records per table name, and counts for the summary.
     """
     _keep_freed_memory()
+    cpu_start = time.process_time()
     root = Path(root_str)
     tables = _Tables((spec.seed + 1) * 1_000_003 + scene_index)
     lidar_spec = sensors.LidarSpec()
@@ -454,7 +462,8 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
         "first_sample_token": samples[0]["token"],
         "last_sample_token": samples[-1]["token"],
     })
-    summary = dict(counts, with_points=with_points, location=location, log_token=log["token"])
+    summary = dict(counts, with_points=with_points, location=location, log_token=log["token"],
+                   cpu_seconds=time.process_time() - cpu_start)
     return {name: records for name, records in tables.tables.items() if records}, summary
 
 
