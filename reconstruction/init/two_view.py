@@ -6,8 +6,9 @@
 3. triangulation of every track seen by two posed views (multi-view DLT, cheirality,
    reprojection and angle checks);
 4. each further view: PnP (RANSAC) on its tracks that have a 3D point, then triangulation;
-5. bundle adjustment (``scipy.optimize.least_squares``, Huber loss, sparse Jacobian) of
-   poses, points and one focal length per camera, after each new view and at the end.
+5. bundle adjustment (Levenberg-Marquardt on the sparse normal equations, Huber loss) of
+   poses, points and one focal length per camera (from three views on), after each new
+   view and at the end.
 
 Pixel coordinates are COLMAP's (image corner at 0), as in the match graph.
 """
@@ -249,14 +250,61 @@ def _skew(v: np.ndarray) -> np.ndarray:
                      np.stack([-v[:, 1], v[:, 0], z], 1)], 1)
 
 
+def levenberg_marquardt(residuals, jacobian, x0: np.ndarray, max_iterations: int = 50,
+                        huber: float = 1.0) -> np.ndarray:
+    """Minimise ``sum huber(residuals(x))`` by Levenberg-Marquardt on the sparse normal
+    equations (``scipy.sparse`` direct solve), with IRLS weights for the Huber loss.
+
+    Marquardt's scaling (``lambda * diag(J^T W J)``) makes the step invariant to the units
+    of the parameters (pixels, metres, log-focal), which plain gradient steps are not.
+    """
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import spsolve
+
+    def cost_and_weights(r: np.ndarray) -> tuple[float, np.ndarray]:
+        a = np.abs(r)
+        weights = np.where(a <= huber, 1.0, huber / np.maximum(a, 1e-12))
+        cost = np.where(a <= huber, 0.5 * r * r, huber * (a - 0.5 * huber)).sum()
+        return float(cost), weights
+
+    x = x0.copy()
+    r = residuals(x)
+    cost, weights = cost_and_weights(r)
+    lam = 1e-3
+    for _ in range(max_iterations):
+        J = jacobian(x)
+        JtW = J.T.multiply(weights[None, :]).tocsr()
+        A = (JtW @ J).tocsc()
+        g = JtW @ r
+        diag = A.diagonal()
+        diag = np.where(diag > 0, diag, 1.0)
+        improved = False
+        for _ in range(10):
+            step = spsolve((A + diags(lam * diag)).tocsc(), -g)
+            if not np.all(np.isfinite(step)):
+                lam *= 10
+                continue
+            r_new = residuals(x + step)
+            cost_new, weights_new = cost_and_weights(r_new)
+            if cost_new < cost:
+                x, r, weights = x + step, r_new, weights_new
+                improved = cost - cost_new > 1e-9 * max(cost, 1e-12)
+                cost = cost_new
+                lam = max(lam / 3, 1e-9)
+                break
+            lam *= 10
+        if not improved:
+            break
+    return x
+
+
 def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
     """Refine registered poses (all but the fixed view), focal lengths and points in place.
 
-    Rotations are updated on the left, ``R = exp(delta) @ R0``, with the Jacobian taken at
-    ``delta = 0`` (exact at the start, a close approximation over the small steps of one
-    call); all other derivatives are exact. Residuals are pixels, Huber-weighted at 1 px.
+    Rotations are updated on the left, ``R = exp(delta) @ R0``; the rotation Jacobian is
+    ``-[R p]_x``, exact at ``delta = 0`` and close over the small steps of one call (each
+    step is accepted only if the cost drops). Residuals are pixels, Huber-weighted at 1 px.
     """
-    from scipy.optimize import least_squares
     from scipy.sparse import csr_matrix
 
     t_idx, views, xy = state.observations()
@@ -272,6 +320,9 @@ def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
     n_focal = int(groups.max()) + 1
     n_pose, n_pts = 6 * len(free_views), 3 * len(tracks_used)
     R0 = state.T[:, :3, :3].copy()
+    # Two views leave the focal length all but unobservable (it drifts): fix it until a
+    # third view is registered.
+    refine_focal = int(state.registered.sum()) >= 3
 
     x0 = np.zeros(n_pose + n_focal + n_pts)
     for k, v in enumerate(free_views):
@@ -314,6 +365,8 @@ def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
         blocks_rot = d_proj @ -_skew(rotated)  # [m, 2, 3]
         blocks_t = d_proj  # [m, 2, 3]
         blocks_f = (focal[:, None] * pc[:, :2] / z[:, None])[:, :, None]  # [m, 2, 1]
+        if not refine_focal:
+            blocks_f = np.zeros_like(blocks_f)  # a zero column: LM leaves the focal alone
         blocks_p = d_proj @ R  # [m, 2, 3]
         rows, cols, vals = [], [], []
         r = np.stack([2 * np.arange(m), 2 * np.arange(m) + 1], 1)  # [m, 2]
@@ -333,9 +386,7 @@ def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
         return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
                           shape=(2 * m, x0.size))
 
-    result = least_squares(residuals, x0, jac=jacobian, method="trf", loss="huber",
-                           f_scale=1.0, x_scale="jac", max_nfev=max_nfev, tr_solver="lsmr")
-    x = result.x
+    x = levenberg_marquardt(residuals, jacobian, x0, max_iterations=max_nfev)
     for k, v in enumerate(free_views):
         state.T[v, :3, :3] = _rotvec_to_matrix(x[6 * k:6 * k + 3]) @ R0[v]
         state.T[v, :3, 3] = x[6 * k + 3:6 * k + 6]

@@ -36,6 +36,10 @@ class TrainConfig:
     """Adam step of the pose translations, times the scene scale."""
     lr_pose_rotation: float = 1e-3
     """Adam step of the pose rotations (radians)."""
+    optimise_focal: bool = True
+    """Refine the focal lengths jointly too (one log-scale per camera)."""
+    lr_focal: float = 1e-3
+    """Adam step of the log focal scale."""
     pose_reg_weight: float = 1e-2
     """Weight of the regulariser toward the initial poses."""
     coarse_fraction: float = 0.3
@@ -53,8 +57,10 @@ class TrainConfig:
     """Gaussians larger than this times the scene scale are split, smaller ones cloned."""
     prune_opacity: float = 0.005
     """Gaussians more transparent than this are removed at each refinement."""
-    max_gaussians: int = 150_000
-    """Densification stops growing the scene beyond this count."""
+    max_gaussians: int = 60_000
+    """Densification stops growing the scene beyond this count (CPU time grows with it)."""
+    max_densify_fraction: float = 0.05
+    """At most this share of the Gaussians is cloned or split in one round."""
     initial_opacity: float = 0.1
     """Opacity of the initial Gaussians."""
     checkpoint_every: int = 100
@@ -88,8 +94,11 @@ class FitConfig:
     focal_35mm: float | None = None
     """35 mm-equivalent focal length of the photos, where their EXIF lacks it."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """Optimisation options (--iterations overrides train.iterations)."""
+    """Optimisation options."""
     init_options: InitConfig = field(default_factory=InitConfig)
     """Options of the initialisers."""
+    threads: int | None = None
+    """CPU threads; default: every core while the machine is idle, else 1 (on busy cores,
+    multi-threaded small tensor ops stall on each other; results are the same either way)."""
     quiet: bool = False
     """No progress bar."""

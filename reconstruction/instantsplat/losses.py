@@ -35,6 +35,9 @@ def ssim(image: Tensor, reference: Tensor, window_size: int = 11, sigma: float =
     """
     x = image.reshape(-1, *image.shape[-3:]).permute(0, 3, 1, 2)
     y = reference.reshape(-1, *reference.shape[-3:]).permute(0, 3, 1, 2)
+    # Images smaller than the window (tiny photos at the coarse level) get a smaller one.
+    window_size = min(window_size, x.shape[-1], x.shape[-2])
+    window_size -= 1 - window_size % 2
     window = _gaussian_window(window_size, sigma, x.dtype).to(x.device)
     mu_x, mu_y = _blur(x, window), _blur(y, window)
     var_x = _blur(x * x, window) - mu_x**2

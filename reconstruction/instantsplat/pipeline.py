@@ -55,6 +55,7 @@ def _resume_key(config: FitConfig) -> dict:
     key = {"iterations": config.iterations, "max_size": config.max_size, "init": config.init,
            "seed": config.seed, "focal_35mm": config.focal_35mm, "device": config.device,
            "train": asdict(config.train), "init_options": asdict(config.init_options)}
+    key["init_options"]["sfm"].pop("threads", None)  # speed only, never the result
     return json.loads(json.dumps(key, default=str))  # as it reads back from JSON
 
 
@@ -176,6 +177,9 @@ def fit(config: FitConfig) -> dict:
     t_start = time.perf_counter()
     _check_paths(config)
     config.train.iterations = config.iterations
+    threads = choose_threads(config.threads)
+    torch.set_num_threads(threads)
+    config.init_options.sfm.threads = threads
     timings: dict[str, float] = {}
     checkpoint_path = resume_dir(config.out)
 
@@ -309,8 +313,9 @@ def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Traine
     names = _output_names(images)
     with torch.no_grad():
         T_cam_world = trainer.viewmats().detach().cpu().double()
+        Ks = trainer.intrinsics().detach().cpu().double()
     cameras = Cameras(
-        K=init_state["init.Ks"].double(), T_world_cam=invert_T(T_cam_world),
+        K=Ks, T_world_cam=invert_T(T_cam_world),
         width=torch.tensor([im.width for im in images]),
         height=torch.tensor([im.height for im in images]),
         names=[f"images/{n}" for n in names])
@@ -320,12 +325,14 @@ def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Traine
         "iterations": config.iterations,
         "seed": config.seed,
         "device": config.device,
+        "threads": torch.get_num_threads(),
         "timings_s": {},
         "training_psnr_db": float(np.mean(psnrs)),
         "training_psnr_db_per_view": dict(zip(names, psnrs, strict=True)),
         "num_gaussians": trainer.num_gaussians,
         "initial_gaussians": initial_gaussians,
         "pose_change": _pose_changes(trainer, [im.path.name for im in images]),
+        "focal_change": [float(f) for f in torch.exp(trainer.params["log_focal"]).detach()],
         "init_stats": init_meta["stats"],
         "normalisation": init_meta["normalisation"],
         "nan_rollbacks": trainer.rollbacks,
@@ -364,9 +371,22 @@ def _output_names(images: list[LoadedImage]) -> list[str]:
     return names
 
 
+def choose_threads(requested: int | None) -> int:
+    """``requested``, else all cores when the 1-minute load leaves one free, else 1."""
+    cores = os.cpu_count() or 1
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads {requested} must be at least 1.")
+        return requested
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return cores if load <= cores - 1 else 1
+
+
 def run_fit(config: FitConfig) -> dict:
     """CLI entry: fit, then print where the outputs went."""
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     metrics = fit(config)
     from rich.console import Console
 

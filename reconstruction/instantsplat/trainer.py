@@ -2,8 +2,10 @@
 
 Every view ``v`` has a learnable twist ``xi_v = (rho_v, omega_v)`` that corrects its
 initial pose on the left, ``T_cam_world_v = se3_exp(xi_v) @ T_cam_world_init_v``; view 0
-is fixed (it sets the gauge). The loss is 3DGS's ``0.8 L1 + 0.2 (1 - SSIM)`` plus the
-paper's regulariser that keeps poses near their initialisation,
+is fixed (it sets the gauge). Focal lengths get a learnable log-scale per camera (views
+with equal initial intrinsics share one): few-view SfM without EXIF estimates them to a
+few percent only, and the photometric loss constrains them better. The loss is 3DGS's
+``0.8 L1 + 0.2 (1 - SSIM)`` plus the paper's regulariser that keeps poses near their initialisation,
 ``w * mean_v(|rho_v|^2 / s^2 + |omega_v|^2)`` with ``s`` the scene scale.
 
 The schedule is short and CPU-minded: one view per iteration (a seeded permutation per
@@ -36,7 +38,7 @@ from reconstruction.instantsplat.config import TrainConfig
 from reconstruction.instantsplat.losses import photometric_loss, psnr
 
 GAUSSIAN_FIELDS = ("means", "quats", "log_scales", "logit_opacities", "sh0", "shN")
-POSE_FIELDS = ("pose_rho", "pose_omega")
+POSE_FIELDS = ("pose_rho", "pose_omega", "log_focal")
 
 
 @dataclass
@@ -85,8 +87,12 @@ class Trainer:
         tensors = scene.to(self.device, torch.float32).tensors()
         for name in GAUSSIAN_FIELDS:
             self.params[name] = torch.nn.Parameter(tensors[name].contiguous().clone())
+        # Views with the same initial intrinsics share one focal correction.
+        _, self.focal_group = torch.unique(self.Ks.reshape(v, 9), dim=0, return_inverse=True)
+        num_groups = int(self.focal_group.max()) + 1
         for name in POSE_FIELDS:
-            self.params[name] = torch.nn.Parameter(torch.zeros(v, 3, device=self.device))
+            shape = (num_groups,) if name == "log_focal" else (v, 3)
+            self.params[name] = torch.nn.Parameter(torch.zeros(shape, device=self.device))
         self.pose_mask = torch.ones(v, 1, device=self.device)
         self.pose_mask[0] = 0.0  # view 0 fixes the gauge
         self.optimizer = torch.optim.Adam(
@@ -112,6 +118,14 @@ class Trainer:
         """``[V, 6]`` current pose corrections ``(rho, omega)`` (zero for view 0)."""
         return torch.cat([self.params["pose_rho"], self.params["pose_omega"]], 1) * self.pose_mask
 
+    def intrinsics(self) -> Tensor:
+        """``[V, 3, 3]`` current ``K`` of every view (focal lengths refined)."""
+        scale = torch.exp(self.params["log_focal"])[self.focal_group]
+        K = self.Ks.clone()
+        K[:, 0, 0] = self.Ks[:, 0, 0] * scale
+        K[:, 1, 1] = self.Ks[:, 1, 1] * scale
+        return K
+
     def viewmats(self) -> Tensor:
         """``[V, 4, 4]`` current ``T_cam_world`` of every view."""
         return se3_exp(self.pose_twists()) @ self.T_init
@@ -126,12 +140,15 @@ class Trainer:
     def _set_learning_rates(self) -> None:
         c, s = self.config, self.data.scene_scale
         progress = min(1.0, self.iteration / max(1, c.iterations))
-        lr_means = c.lr_means * s * (c.lr_means_final / c.lr_means) ** progress
+        # Log-linear decay from lr_means to lr_means_final (3DGS's schedule).
+        lr_means = (c.lr_means * s * (c.lr_means_final / c.lr_means) ** progress
+                    if c.lr_means > 0 and c.lr_means_final > 0 else c.lr_means * s)
         rates = {
             "means": lr_means, "quats": c.lr_quats, "log_scales": c.lr_scales,
             "logit_opacities": c.lr_opacities, "sh0": c.lr_sh0, "shN": c.lr_shN,
             "pose_rho": c.lr_pose_translation * s if c.optimise_poses else 0.0,
             "pose_omega": c.lr_pose_rotation if c.optimise_poses else 0.0,
+            "log_focal": c.lr_focal if c.optimise_focal else 0.0,
         }
         for group in self.optimizer.param_groups:
             group["lr"] = rates[group["name"]] * self.lr_scale
@@ -148,9 +165,8 @@ class Trainer:
         else:
             target, sx, sy = self.coarse_targets[view]
         h, w = target.shape[:2]
-        K = self.Ks[view].clone()
-        K[0] = K[0] * sx
-        K[1] = K[1] * sy
+        K = self.intrinsics()[view]
+        K = torch.stack([K[0] * sx, K[1] * sy, K[2]])
         if viewmat is None:
             viewmat = se3_exp(self.pose_twists()[view]) @ self.T_init[view]
         p = self.params
@@ -264,7 +280,9 @@ class Trainer:
         n = self.num_gaussians
         avg = self.grad_accum / self.grad_count.clamp_min(1)
         candidates = avg > c.grad_threshold
-        budget = max(0, c.max_gaussians - n)
+        # Few views over-fit easily and a burst of splits wrecks a converged image: grow by
+        # at most max_densify_fraction per round, highest gradients first.
+        budget = max(0, min(c.max_gaussians - n, int(c.max_densify_fraction * n)))
         if int(candidates.sum()) > budget:
             keep = torch.zeros_like(candidates)
             if budget > 0:
@@ -275,6 +293,14 @@ class Trainer:
         split = candidates & large
 
         g = torch.Generator().manual_seed(self.seed * 7_919 + self.iteration)
+        # Revised opacity (Rota Bulo et al. 2024, gsplat's revised_opacity): a Gaussian that
+        # becomes two gets alpha' = 1 - sqrt(1 - alpha) each, so that the pair covers what
+        # the one did and the image does not jump at every refinement.
+        logits = p["logit_opacities"].clone()
+        grown = clone | split
+        alpha = torch.sigmoid(logits[grown])
+        logits[grown] = torch.logit(1 - torch.sqrt((1 - alpha).clamp_min(1e-12)), eps=1e-6)
+        p = {**p, "logit_opacities": logits}
         new: dict[str, list[Tensor]] = {name: [p[name][clone]] for name in GAUSSIAN_FIELDS}
         if split.any():
             idx = torch.nonzero(split)[:, 0]
@@ -291,6 +317,7 @@ class Trainer:
         keep = ~split & (torch.sigmoid(p["logit_opacities"]) >= c.prune_opacity)
         pruned = int((~keep & ~split).sum())
         n_new = int(sum(t.shape[0] for t in new["means"]))
+        self.params["logit_opacities"].data.copy_(logits)  # the originals of the clones
         self._remap(keep, n_new, {name: torch.cat(new[name]) for name in GAUSSIAN_FIELDS})
         self._reset_stats()
         return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": pruned,
