@@ -164,7 +164,7 @@ def paper_preset(modality: Modality = "fusion") -> SparseFusionConfig:
 
 def small_preset(modality: Modality = "fusion") -> SparseFusionConfig:
     """Every component, small enough to train on two (shared) CPU cores on the synthetic
-    dataset: 0.6 m voxels over +-48 m (a 80x80 BEV map of 1.2 m cells), 3 sweeps,
+    dataset: 0.8 m voxels over +-48 m (a 60x60 BEV map of 1.6 m cells), 3 sweeps,
     a quarter-width ResNet-18 on 256x144 images, 60 + 40 queries, hidden size 64."""
     return SparseFusionConfig(
         modality=modality,
@@ -172,7 +172,7 @@ def small_preset(modality: Modality = "fusion") -> SparseFusionConfig:
         heads=4,
         ffn=128,
         dropout=0.0,
-        voxel=VoxelConfig(voxel_size=(0.6, 0.6, 0.5),
+        voxel=VoxelConfig(voxel_size=(0.8, 0.8, 0.5),
                           point_range=(-48.0, -48.0, -4.0, 48.0, 48.0, 2.0),
                           max_points=5, max_voxels=30000, sweeps=3),
         lidar=LidarConfig(encoder_channels=(16, 32), encoder_blocks=1, encoder_out=32,

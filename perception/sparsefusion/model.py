@@ -109,9 +109,9 @@ class SparseFusion(nn.Module):
         if cfg.use_camera:
             image_feats = self.camera.extract(batch.images)
             if hasattr(self, "geometric"):
-                maps = [GeometricTransfer.depth_maps(batch.points, batch.T_cam_lidar, batch.K,
-                                                     batch.image_size, f.shape[-2:])
-                        for f in image_feats]
+                maps = GeometricTransfer.depth_maps(batch.points, batch.T_cam_lidar, batch.K,
+                                                    batch.image_size,
+                                                    [tuple(f.shape[-2:]) for f in image_feats])
                 image_feats = self.geometric(image_feats, maps)
         candidates, cand_codes, cand_kind = [], [], []
         if cfg.use_lidar:

@@ -55,8 +55,10 @@ def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionC
     """Prepared samples of a split (from the on-disk cache when it matches)."""
     from perception.data import NuScenesDataset
 
+    # Only what prepare_sample uses goes into the key (voxel sizes do not).
     key_src = json.dumps({"root": str(Path(dataroot).resolve()), "version": version,
-                          "split": split, "voxel": asdict(config.voxel),
+                          "split": split, "range": list(config.voxel.point_range),
+                          "sweeps": config.voxel.sweeps,
                           "image": list(config.camera.image_size), "limit": limit})
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"samples_{split}_{key}.pt" if cache_dir else None
@@ -80,10 +82,12 @@ def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionC
     return samples
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
+def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 5 % over the steps or the time budget,
+    whichever runs out first (so a time-limited run still ends at a low rate)."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -155,8 +159,9 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
                 batch = collate([samples[i] for i in order[first:first + settings.batch_size]],
                                 config).to(device)
                 for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * _lr_factor(step, total_steps,
-                                                           settings.warmup_steps)
+                    group["lr"] = settings.lr * _lr_factor(
+                        step, total_steps, settings.warmup_steps,
+                        (time.monotonic() - t0) / budget)
                 out = net(batch)
                 losses = model.loss(out, batch)
                 optimizer.zero_grad(set_to_none=True)

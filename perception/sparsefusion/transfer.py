@@ -103,33 +103,39 @@ class GeometricTransfer(nn.Module):
 
     @staticmethod
     def depth_maps(
-        points: list[Tensor],  # per sample [N_i, 3+] LiDAR frame
+        points: list[Tensor],  # per sample [N_i, 3+] LiDAR frame (column 4: time lag)
         T_cam_lidar: Tensor,  # [B, V, 4, 4]
         K: Tensor,  # [B, V, 3, 3]
         image_size: tuple[int, int],
-        map_size: tuple[int, int],  # (h, w) of the feature map
-    ) -> Tensor:
-        """Nearest LiDAR depth per feature cell, 0 where no point falls: ``[B, V, h, w]``."""
+        map_sizes: list[tuple[int, int]],  # (h, w) of each feature map
+    ) -> list[Tensor]:
+        """Nearest LiDAR depth per feature cell, 0 where no point falls: per map
+        ``[B, V, h, w]``. Only the keyframe sweep (time lag 0) is used when the points
+        carry a time lag: older sweeps would put moving objects at stale places."""
         b, v = K.shape[:2]
-        h, w = map_size
         width, height = image_size
-        out = torch.zeros(b, v, h * w, dtype=K.dtype, device=K.device)
+        outs = [torch.zeros(b, v, h * w, dtype=K.dtype, device=K.device) for h, w in map_sizes]
         for i, pts in enumerate(points):
+            if pts.shape[1] > 4:
+                pts = pts[pts[:, 4] == 0]
             if pts.shape[0] == 0:
                 continue
             uv, depth = project_points(pts[None, :, :3].to(K.dtype), T_cam_lidar[i:i + 1],
                                        K[i:i + 1])
             uv, depth = uv[0], depth[0]  # [V, P, 2], [V, P]
-            col = torch.floor(uv[..., 0] / width * w).long()
-            row = torch.floor(uv[..., 1] / height * h).long()
-            ok = (depth > 0.5) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-            view = torch.arange(v, device=K.device)[:, None].expand_as(col)
-            flat = (view * h * w + row * w + col)[ok]
-            nearest = torch.full((v * h * w,), float("inf"), dtype=K.dtype, device=K.device)
-            nearest = nearest.scatter_reduce(0, flat, depth[ok], reduce="amin")
-            out[i] = torch.where(torch.isinf(nearest), torch.zeros_like(nearest),
-                                 nearest).view(v, h * w)
-        return out.view(b, v, h, w)
+            in_front = depth > 0.5
+            view = torch.arange(v, device=K.device)[:, None].expand_as(depth)
+            for out, (h, w) in zip(outs, map_sizes, strict=True):
+                col = torch.floor(uv[..., 0] / width * w).long()
+                row = torch.floor(uv[..., 1] / height * h).long()
+                ok = in_front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+                flat = (view * h * w + row * w + col)[ok]
+                nearest = torch.full((v * h * w,), float("inf"), dtype=K.dtype,
+                                     device=K.device)
+                nearest = nearest.scatter_reduce(0, flat, depth[ok], reduce="amin")
+                out[i] = torch.where(torch.isinf(nearest), torch.zeros_like(nearest),
+                                     nearest).view(v, h * w)
+        return [out.view(b, v, h, w) for out, (h, w) in zip(outs, map_sizes, strict=True)]
 
     def forward(self, features: list[Tensor], depth_maps: list[Tensor]) -> list[Tensor]:
         """``features``: per level ``[B*V, C, h, w]``; ``depth_maps``: per level

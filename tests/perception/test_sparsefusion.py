@@ -176,7 +176,8 @@ def test_geometric_transfer_depth_map_keeps_nearest_point():
     # Two points on the optical axis (pixel (8, 6)), one off-axis, one behind.
     pts = torch.tensor([[0.0, 5.0, 0.0], [0.0, 3.0, 0.0], [3.0, 6.0, 0.0], [0.0, -4.0, 0.0]],
                        dtype=torch.float64)
-    depth = GeometricTransfer.depth_maps([pts], T[None, None], K[None, None], (16, 12), (6, 8))
+    depth = GeometricTransfer.depth_maps([pts], T[None, None], K[None, None], (16, 12),
+                                         [(6, 8)])[0]
     expected = torch.zeros(6, 8, dtype=torch.float64)
     expected[3, 4] = 3.0  # pixel (8, 6) -> cell (row 6 / 2, col 8 / 2), nearest of 5 and 3 m
     expected[3, 6] = 6.0  # x = 3 at 6 m: u = 8 + 10 * 0.5 = 13 -> col 6

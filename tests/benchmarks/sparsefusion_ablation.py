@@ -1,0 +1,144 @@
+"""SparseFusion ablation on the synthetic nuScenes-format dataset: LiDAR-only, camera-only
+and fusion, each trained the same way (small preset, same epochs and time budget), scored
+by the official devkit on mini_val.
+
+    python tests/benchmarks/sparsefusion_ablation.py [--dataroot D] [--out DIR]
+        [--minutes 30] [--epochs 12] [--sequential] [--threads 1]
+
+Without --dataroot it first writes the dataset (``perception synth``: 10 scenes of 20
+keyframes, seed 0) into OUT/synth. Prints the table (rows lidar, camera, fusion; columns
+mAP, NDS, train minutes) and ends with ``fusion_gain_map=X fusion_gain_nds=Y`` (fusion
+minus the better single modality). The table is also written to OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODALITIES = ("lidar", "camera", "fusion")
+
+
+def ensure_dataset(out: Path, scenes: int, samples: int) -> Path:
+    root = out / "synth"
+    if (root / "v1.0-mini" / "sample.json").is_file():
+        return root
+    subprocess.run([sys.executable, "-m", "perception.cli", "synth", "--out", str(root),
+                    "--scenes", str(scenes), "--samples-per-scene", str(samples),
+                    "--overwrite"], check=True, cwd=ROOT)
+    return root
+
+
+def detect_and_evaluate(dataroot: Path, checkpoint: Path, val_samples, out: Path) -> dict:
+    import torch
+
+    from perception.evaluation import evaluate
+    from perception.results import write_results
+    from perception.sparsefusion.checkpoint import load_model
+    from perception.sparsefusion.data import collate
+
+    model = load_model(checkpoint)
+    config = model.config
+    results = {}
+    with torch.no_grad():
+        for sample in val_samples:
+            boxes = model.predict(model(collate([sample], config)))[0]
+            results[sample.token] = boxes.to_results(sample.token, sample.T_global_lidar)
+    from perception.results import ResultsMeta
+
+    results_path = out / f"results_{config.modality}.json"
+    write_results(results_path, results, ResultsMeta(use_lidar=config.use_lidar,
+                                                     use_camera=config.use_camera))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    summary = evaluate(dataroot, "v1.0-mini", "mini_val", results_path,
+                       out / f"eval_{config.modality}", plots=False)
+    return {"mAP": summary["mean_ap"], "NDS": summary["nd_score"],
+            "per_class_ap": summary["mean_dist_aps"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataroot", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / ".." / "sparsefusion_ablation")
+    parser.add_argument("--minutes", type=float, default=30.0,
+                        help="time budget of each training (minutes)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per training")
+    parser.add_argument("--sequential", action="store_true",
+                        help="train one after the other (default: all three at once)")
+    parser.add_argument("--scenes", type=int, default=10)
+    parser.add_argument("--samples-per-scene", type=int, default=20)
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES))
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="prepared-sample cache (default OUT/cache)")
+    args = parser.parse_args()
+
+    from perception.sparsefusion.config import small_preset
+    from perception.sparsefusion.train import load_samples
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    dataroot = args.dataroot or ensure_dataset(out, args.scenes, args.samples_per_scene)
+    cache = (args.cache_dir or out / "cache").resolve()
+    config = small_preset()
+    t0 = time.monotonic()
+    load_samples(dataroot, "v1.0-mini", "mini_train", config, cache)
+    val = load_samples(dataroot, "v1.0-mini", "mini_val", config, cache)
+    print(f"prepared samples in {time.monotonic() - t0:.0f} s", flush=True)
+
+    def command(modality: str) -> list[str]:
+        return [sys.executable, "-m", "perception.sparsefusion.cli", "train",
+                "--dataroot", str(dataroot), "--out", str(out / modality), "--modality",
+                modality, "--epochs", str(args.epochs), "--max-minutes", str(args.minutes),
+                "--threads", str(args.threads), "--lr", str(args.lr), "--cache-dir", str(cache)]
+
+    minutes: dict[str, float] = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if args.sequential:
+        for modality in args.modalities:
+            start = time.monotonic()
+            subprocess.run(command(modality), check=True, cwd=ROOT, env=env)
+            minutes[modality] = (time.monotonic() - start) / 60.0
+    else:
+        running = {}
+        for modality in args.modalities:
+            log = open(out / f"train_{modality}.log", "w")  # noqa: SIM115
+            running[modality] = (subprocess.Popen(command(modality), cwd=ROOT, env=env,
+                                                  stdout=log, stderr=subprocess.STDOUT),
+                                 time.monotonic(), log)
+        for modality, (proc, start, log) in running.items():
+            code = proc.wait()
+            log.close()
+            minutes[modality] = (time.monotonic() - start) / 60.0
+            if code != 0:
+                raise SystemExit(f"training {modality} failed; see {out}/train_{modality}.log")
+
+    rows = {}
+    for modality in args.modalities:
+        rows[modality] = detect_and_evaluate(dataroot, out / modality, val, out)
+        rows[modality]["minutes"] = minutes[modality]
+        steps = json.loads((out / modality / "config.json").read_text())
+        rows[modality]["steps"] = steps.get("step", 0)
+    lines = ["| model | mAP | NDS | train minutes | steps |", "|---|---|---|---|---|"]
+    for modality, row in rows.items():
+        lines.append(f"| {modality} | {row['mAP']:.4f} | {row['NDS']:.4f} | "
+                     f"{row['minutes']:.1f} | {row['steps']} |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "table.md").write_text(table + "\n")
+    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+    if all(m in rows for m in MODALITIES):
+        gain_map = rows["fusion"]["mAP"] - max(rows["lidar"]["mAP"], rows["camera"]["mAP"])
+        gain_nds = rows["fusion"]["NDS"] - max(rows["lidar"]["NDS"], rows["camera"]["NDS"])
+        print(f"fusion_gain_map={gain_map:.4f} fusion_gain_nds={gain_nds:.4f}")
+
+
+if __name__ == "__main__":
+    main()
