@@ -78,6 +78,9 @@ class EvalConfig:
     """Folder of object masks for the masked metrics (default: the dataset's own, if any)."""
     factor: int | None = None
     """LLFF: use images_<factor> (RegNeRF uses 8)."""
+    max_size: int | None = None
+    """Shrink every image (and its intrinsics) so its longest side is at most this many
+    pixels; the method and the metrics both see the shrunk images (default: keep)."""
     seed: int = 0
     """Seed of the method."""
     device: Literal["cpu", "cuda"] = "cpu"

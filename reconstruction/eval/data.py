@@ -38,6 +38,8 @@ class EvalDataset:
     cameras: Cameras  # [N] float64, OpenCV camera-to-world, image_paths set
     mask_paths: list[Path | None]
     """Per view, the object mask file or None."""
+    max_size: int | None = None
+    """Images are shrunk so that their longest side is at most this (cameras already are)."""
 
     @property
     def num_views(self) -> int:
@@ -59,7 +61,7 @@ class EvalDataset:
         """View ``index`` as ``[H, W, 3]`` float32 in [0, 1], checked against its camera."""
         from reconstruction.images import load_image
 
-        image = load_image(self.image_paths[index]).rgb
+        image = load_image(self.image_paths[index], self.max_size).rgb
         w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
         if image.shape[:2] != (h, w):
             raise UserError(f"image {self.image_paths[index]} is {image.shape[1]}x"
@@ -86,6 +88,14 @@ class EvalDataset:
         return torch.from_numpy(mask)
 
 
+def shrunk_size(width: int, height: int, max_size: int | None) -> tuple[int, int]:
+    """The size :func:`reconstruction.images.load_image` gives a ``width x height`` image."""
+    if max_size is None or max(width, height) <= max_size:
+        return width, height
+    scale = max_size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _masks_from_dir(folder: Path, image_paths: list[Path]) -> list[Path | None]:
     if not folder.is_dir():
         raise UserError(f"--masks {folder} is not a folder; give the folder of object masks.")
@@ -110,7 +120,7 @@ def _masks_from_dir(folder: Path, image_paths: list[Path]) -> list[Path | None]:
 
 def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                  masks: str | os.PathLike | None = None,
-                 llff_factor: int | None = None) -> EvalDataset:
+                 llff_factor: int | None = None, max_size: int | None = None) -> EvalDataset:
     """Read a scene's ground truth.
 
     Args:
@@ -118,6 +128,8 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
         format: the camera format, or ``auto`` to detect it.
         masks: optional folder of object masks (overrides the dataset's own).
         llff_factor: LLFF image downsampling (``images_<factor>``).
+        max_size: shrink images (area resampling) and intrinsics so that the longest side
+            is at most this many pixels.
 
     Raises:
         UserError: nothing readable, no images next to the cameras, or too few views.
@@ -170,6 +182,14 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                         "image_undistorter).")
     order = sorted(range(len(cameras)), key=lambda i: Path(cameras.image_paths[i]).name)
     cameras = cameras[order]
+    if max_size is not None:
+        if max_size < 16:
+            raise UserError(f"--max-size {max_size} is too small; use at least 16 pixels.")
+        views = []
+        for i in range(len(cameras)):
+            w, h = int(cameras.width[i]), int(cameras.height[i])
+            views.append(cameras[i:i + 1].resize(*shrunk_size(w, h, max_size)))
+        cameras = Cameras.cat(views)
     masks_list: list[Path | None]
     if masks is not None:
         masks_list = _masks_from_dir(Path(masks), [Path(p) for p in cameras.image_paths])
@@ -179,4 +199,5 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
     else:
         masks_list = [None] * len(cameras)
     return EvalDataset(path=path, format="dtu" if fmt == "idr" else fmt,
-                       cameras=cameras.to(dtype=torch.float64), mask_paths=masks_list)
+                       cameras=cameras.to(dtype=torch.float64), mask_paths=masks_list,
+                       max_size=max_size)

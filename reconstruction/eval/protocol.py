@@ -108,7 +108,8 @@ def run_eval(config: EvalConfig) -> dict:
         raise UserError(f"--iterations {config.iterations} must be at least 1.")
 
     t0 = time.perf_counter()
-    dataset = load_dataset(config.dataset, config.format, config.masks, config.factor)
+    dataset = load_dataset(config.dataset, config.format, config.masks, config.factor,
+                           config.max_size)
     protocol = config.protocol
     if protocol == "auto":
         protocol = "dtu" if dataset.format == "dtu" and dataset.num_views == 49 else "llff"
@@ -125,8 +126,19 @@ def run_eval(config: EvalConfig) -> dict:
                                                  and not config.known_poses)
     with atomic_directory(config.out) as tmp:
         t0 = time.perf_counter()
+        train_images = [dataset.image_paths[i] for i in split.train]
+        if config.max_size is not None:
+            # The method sees exactly the shrunk images the metrics use.
+            from reconstruction.eval.report import save_png
+
+            staged = []
+            for i in split.train:
+                path = tmp / "inputs" / f"{Path(dataset.names[i]).stem}.png"
+                save_png(path, (dataset.load_image(i).numpy() * 255.0 + 0.5).astype(np.uint8))
+                staged.append(path)
+            train_images = staged
         inputs = MethodInput(
-            images=[dataset.image_paths[i] for i in split.train], out=tmp / "method",
+            images=train_images, out=tmp / "method",
             cameras=gt_train if config.known_poses else None, iterations=config.iterations,
             init=config.init, seed=config.seed, device=config.device, quiet=config.quiet)
         inputs.out.mkdir(parents=True)

@@ -66,6 +66,11 @@ def test_dataset_reads_back(small_scene):
     assert image.shape == (48, 64, 3)
     meta = small_scene.meta
     assert meta["scene_extent"] == pytest.approx(small_scene.scene.extent())
+    # --max-size shrinks images and intrinsics together (64x48 -> 32x24: K halves).
+    small = load_dataset(small_scene.path, max_size=32)
+    assert small.load_image(0).shape == (24, 32, 3) and small.load_mask(0).shape == (24, 32)
+    torch.testing.assert_close(small.cameras.K[:, :2], small_scene.cameras.K[:, :2] / 2,
+                               atol=1e-9, rtol=0)
 
 
 def test_views_agree_with_each_other(small_scene):
