@@ -88,14 +88,13 @@ def split_sample_tokens(nusc, split: str) -> list[str]:
     Raises a :class:`UserError` when none of the split's scenes is in the dataset.
     """
     names = set(split_scene_names(nusc, split))
-    tokens = []
-    for scene in nusc.scene:
-        if scene["name"] not in names:
-            continue
-        token = scene["first_sample_token"]
-        while token:
-            tokens.append(token)
-            token = nusc.get("sample", token)["next"]
+    # Like the devkit's load_gt: every sample whose scene is in the split (rather than
+    # walking the scenes' sample chains, which trimmed tables may leave dangling).
+    scene_order = {scene["token"]: i for i, scene in enumerate(nusc.scene)
+                   if scene["name"] in names}
+    kept = [s for s in nusc.sample if s["scene_token"] in scene_order]
+    kept.sort(key=lambda s: (scene_order[s["scene_token"]], s["timestamp"]))
+    tokens = [s["token"] for s in kept]
     if not tokens:
         raise UserError(f"none of the {len(names)} scenes of split '{split}' is in "
                         f"{nusc.dataroot}/{nusc.version}; pick the split that matches the data.")

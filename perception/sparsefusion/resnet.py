@@ -151,12 +151,16 @@ def load_resnet_weights(model: ResNet, path: str | os.PathLike) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    hint = "pass the torchvision checkpoint of the configured depth and width."
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).strip().splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise UserError(f"{path} does not fit this ResNet ({first}); {hint}") from None
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         raise UserError(f"{path} does not match a ResNet of this depth and width (missing "
-                        f"{missing[:3]}, unexpected {unexpected[:3]}); pass the matching "
-                        "torchvision checkpoint.")
+                        f"{missing[:3]}, unexpected {unexpected[:3]}); {hint}")
 
 
 class FPN(nn.Module):

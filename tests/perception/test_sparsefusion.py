@@ -357,6 +357,7 @@ def test_transfer_switches():
     assert not hasattr(SparseFusion(config), "geometric")
 
 
+@pytest.mark.slow
 def test_overfits_one_sample():
     """The tiny fusion model learns one sample: the best two boxes are the car and the
     pedestrian, within half a metre."""
@@ -373,7 +374,7 @@ def test_overfits_one_sample():
         optimizer.zero_grad()
         losses["total"].backward()
         optimizer.step()
-        first = first if first is not None else float(losses["total"])
+        first = first if first is not None else float(losses["total"].detach())
     assert float(losses["total"]) < 0.25 * first
     boxes = model.eval().predict(model(batch))[0]
     top = boxes.select(slice(0, 2))
@@ -395,8 +396,9 @@ def test_checkpoint_round_trip(tmp_path):
     batch = _tiny_batch(config)
     with torch.no_grad():
         a, b = model(batch), loaded(batch)
-    torch.testing.assert_close(a["logits"], b["logits"])
-    torch.testing.assert_close(a["code"], b["code"])
+    # spconv's CPU scatter-add sums in a thread-dependent order: ~1e-5 float32 noise.
+    torch.testing.assert_close(a["logits"], b["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a["code"], b["code"], rtol=1e-4, atol=1e-4)
 
 
 def test_presets_and_config_json():
