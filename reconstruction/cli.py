@@ -1,7 +1,8 @@
-"""The ``recon`` command line: ``recon fit`` and ``recon build-ops`` (more as they land).
+"""The ``recon`` command line: ``fit``, ``eval``, ``view``, ``render`` and ``build-ops``.
 
 Subcommands are dataclasses turned into a CLI by tyro; heavy modules are imported inside
-``run`` so that ``recon --help`` stays fast.
+``run`` so that ``recon --help`` stays fast. ``view`` and ``render`` live in the viewer
+package (the CLI is the one place that ties the packages together).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 import tyro
 
 from geometry.errors import run_cli
+from reconstruction.eval.cli import Eval
 from reconstruction.instantsplat.config import FitConfig
+from viewer.cli import Render, View
 
 
 @dataclass
@@ -44,6 +47,9 @@ class Fit(FitConfig):
 
 COMMANDS = {
     "fit": Fit,
+    "eval": Eval,
+    "view": View,
+    "render": Render,
     "build-ops": BuildOps,
 }
 
