@@ -254,6 +254,7 @@ _progress_queue = None
 def _init_worker(queue) -> None:
     global _progress_queue
     _progress_queue = queue
+    keep_freed_memory()
 
 
 def _worker_job(*job):
@@ -293,7 +294,6 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
     Returns:
         ``(tables, summary)``: records per table name, and counts for the summary.
     """
-    _keep_freed_memory()
     cpu_start = time.process_time()
     root = Path(root_str)
     tables = _Tables((spec.seed + 1) * 1_000_003 + scene_index)
@@ -467,12 +467,13 @@ def _scene_job(spec: SynthSpec, scene_index: int, scene_name: str, root_str: str
     return {name: records for name, records in tables.tables.items() if records}, summary
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Ask glibc to reuse freed memory instead of returning it to the system.
 
     Ray casting allocates and frees many multi-megabyte temporaries; by default each one
     is a fresh mmap whose pages fault in again (a fifth of the run time). Only affects
-    the allocator's thresholds; a no-op where glibc's ``mallopt`` is not available.
+    the allocator's thresholds, for the whole process, so only the generator's worker
+    processes call it; a no-op where glibc's ``mallopt`` is not available.
     """
     import ctypes
     import ctypes.util
