@@ -195,9 +195,10 @@ def _pick(rng: np.random.Generator, options: tuple) -> tuple:
 def make_car(rng: np.random.Generator) -> list[Primitive]:
     w, length, h = rng.uniform(1.75, 2.0), rng.uniform(4.1, 4.9), rng.uniform(1.45, 1.7)
     paint = _pick(rng, CAR_COLORS)
-    body = Material(paint, reflectance=VEHICLE_REFLECTANCE)
-    cabin = Material(paint, GLASS, WINDOWS, 0.35, 0.95, 1.2, VEHICLE_REFLECTANCE)
     z_belt = 0.58 * h
+    body = Material(paint, reflectance=VEHICLE_REFLECTANCE)
+    # Side windows: a dark band in the cabin (window pillars every 1.2 m).
+    cabin = Material(paint, GLASS, WINDOWS, z_belt + 0.05, h - 0.07, 1.2, VEHICLE_REFLECTANCE)
     return [
         _box(-length / 2, length / 2, -w / 2, w / 2, 0.3, z_belt, body),
         _box(-0.32 * length, 0.18 * length, -0.45 * w, 0.45 * w, z_belt, h, cabin),
@@ -208,8 +209,10 @@ def make_car(rng: np.random.Generator) -> list[Primitive]:
     ]
 
 
-def _truck_shape(rng: np.random.Generator, cabin: Material, cargo: Material) -> list[Primitive]:
+def _truck_shape(rng: np.random.Generator, cabin_color: tuple[float, float, float],
+                 cargo: Material) -> list[Primitive]:
     w, length, h = rng.uniform(2.35, 2.6), rng.uniform(6.2, 8.5), rng.uniform(2.7, 3.3)
+    cabin = Material(cabin_color, GLASS, WINDOWS, 0.5 * h, 0.78 * h, 2.2, VEHICLE_REFLECTANCE)
     front = length / 2
     return [
         _box(front - 2.0, front, -w / 2, w / 2, 0.55, 0.82 * h, cabin),
@@ -221,17 +224,15 @@ def _truck_shape(rng: np.random.Generator, cabin: Material, cargo: Material) -> 
 
 def make_truck(rng: np.random.Generator) -> list[Primitive]:
     cabin_color = _pick(rng, TRUCK_CABINS)
-    cabin = Material(cabin_color, GLASS, WINDOWS, 0.6, 0.95, 2.2, VEHICLE_REFLECTANCE)
     cargo = Material(_pick(rng, TRUCK_CARGO), (0.45, 0.45, 0.45), PANELS, 0.0, 0.0, 1.2,
                      VEHICLE_REFLECTANCE)
-    return _truck_shape(rng, cabin, cargo)
+    return _truck_shape(rng, cabin_color, cargo)
 
 
 def make_construction_vehicle(rng: np.random.Generator) -> list[Primitive]:
     yellow = _pick(rng, ((0.95, 0.75, 0.05), (0.95, 0.5, 0.05)))
-    cabin = Material(yellow, GLASS, WINDOWS, 0.6, 0.95, 2.2, VEHICLE_REFLECTANCE)
     body = Material(yellow, (0.08, 0.08, 0.08), STRIPES, 0.0, 0.0, 0.9, VEHICLE_REFLECTANCE)
-    return _truck_shape(rng, cabin, body)
+    return _truck_shape(rng, yellow, body)
 
 
 def _long_vehicle_shape(rng: np.random.Generator, body: Material) -> list[Primitive]:
