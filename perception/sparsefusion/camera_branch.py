@@ -38,7 +38,7 @@ class CameraBranch(nn.Module):
         cc, dim = config.camera, config.hidden
         self.config = config
         self.backbone = ResNet(cc.resnet_depth, cc.resnet_width, cc.norm_eval,
-                               cc.checkpoint_backbone)
+                               cc.checkpoint_backbone, cc.frozen_stages)
         if cc.backbone_weights:
             load_resnet_weights(self.backbone, cc.backbone_weights)
         self.fpn = FPN(self.backbone.out_channels, dim, cc.num_levels)

@@ -33,6 +33,9 @@ def spconv_module():
         warnings.simplefilter("ignore")
         import spconv.pytorch as spconv
         from spconv.pytorch import ops
+    # spconv's dense() indexes with a list (deprecated in torch 2.9, still correct here).
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence",
+                            category=UserWarning)
 
     original = ops.get_current_stream
     if not getattr(original, "_sparseview_patched", False):

@@ -70,7 +70,7 @@ class ResNet(nn.Module):
     16, 32)."""
 
     def __init__(self, depth: int = 50, width: int = 64, norm_eval: bool = False,
-                 checkpoint_stages: bool = False) -> None:
+                 checkpoint_stages: bool = False, frozen_stages: int = -1) -> None:
         super().__init__()
         if depth not in _LAYERS:
             raise ValueError(f"ResNet depth must be one of {sorted(_LAYERS)}, got {depth}")
@@ -78,6 +78,7 @@ class ResNet(nn.Module):
         block = BasicBlock if kind == "basic" else Bottleneck
         self.norm_eval = norm_eval
         self.checkpoint_stages = checkpoint_stages
+        self.frozen_stages = frozen_stages
         self.inplanes = width
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -107,24 +108,42 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+        self._freeze()
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """mmdet's ``frozen_stages``: 0 freezes the stem, ``k`` also layers 1..k."""
+        if self.frozen_stages < 0:
+            return []
+        return [self.conv1, self.bn1] + [getattr(self, f"layer{i}")
+                                         for i in range(1, self.frozen_stages + 1)]
+
+    def _freeze(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
+        if mode:
+            self._freeze()
         if mode and self.norm_eval:
             for module in self.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     module.eval()
         return self
 
-    def _stage(self, stage: nn.Module, x: Tensor) -> Tensor:
-        if self.checkpoint_stages and self.training and x.requires_grad:
-            return checkpoint(stage, x, use_reentrant=False)
+    def _stage(self, stage: nn.Sequential, x: Tensor) -> Tensor:
+        # Block by block: the backward pass recomputes one block's activations at a time.
+        if self.checkpoint_stages and self.training and torch.is_grad_enabled():
+            for block in stage:
+                x = checkpoint(block, x, use_reentrant=False)
+            return x
         return stage(x)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """``[N, 3, H, W]`` normalised images -> ``[C3 [N, c3, H/8, W/8], C4, C5]``."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(images))))
-        if self.checkpoint_stages and self.training:
-            x = x.requires_grad_(True) if not x.requires_grad else x
         x = self._stage(self.layer1, x)
         c3 = self._stage(self.layer2, x)
         c4 = self._stage(self.layer3, c3)

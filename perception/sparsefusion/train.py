@@ -144,7 +144,7 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
     budget = settings.max_minutes * 60.0
     last: dict[str, float] = {}
     stopped_early = False
-    epoch = start_epoch
+    epochs_done = start_epoch
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                         TextColumn("{task.fields[info]}"), console=console,
@@ -169,16 +169,17 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
                 torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
                 optimizer.step()
                 step += 1
-                last = {k: float(v) for k, v in losses.items()}
+                last = {k: float(v.detach()) for k, v in losses.items()}
                 if not math.isfinite(last["total"]):
                     raise RuntimeError(f"the loss became {last['total']} at step {step}")
                 progress.update(task, completed=step, info=f"loss {last['total']:.3f}")
                 if time.monotonic() - t0 > budget:
                     stopped_early = True
                     break
+            epochs_done = epoch + 1
             if rank == 0:
-                _save(out_dir, model, optimizer, config, epoch + 1, step, time.monotonic() - t0,
-                      settings, last)
+                _save(out_dir, model, optimizer, config, epochs_done, step,
+                      time.monotonic() - t0, settings, last)
             if stopped_early:
                 break
     minutes = (time.monotonic() - t0) / 60.0
@@ -186,7 +187,7 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
         import torch.distributed as dist
 
         dist.barrier()
-    return {"steps": step, "epochs": epoch + 1, "minutes": minutes, "losses": last,
+    return {"steps": step, "epochs": epochs_done, "minutes": minutes, "losses": last,
             "stopped_by_time": stopped_early}
 
 
