@@ -46,15 +46,21 @@ class StereoConfig:
     """SGBM matching block (odd, pixels)."""
     max_disparities: int = 384
     """Widest disparity search (pixels); the range comes from the sparse points."""
+    min_texture: float = 2.0
+    """Grey-level standard deviation (of 255) a matching block needs."""
     lr_tolerance: float = 1.0
     """Pixels between the left and right disparity of a match."""
     depth_tolerance: float = 0.03
     """Relative depth difference under which two views see the same surface (stereo depth
     error grows with depth: a quarter pixel at 10 px disparity is already 2.5 %)."""
+    depth_range_margin: float = 1.5
+    """Depths beyond [z_near / m, z_far * m] of a pair's shared sparse points are dropped."""
     min_views: int = 2
     """Views whose depth maps must agree on a point (itself included)."""
-    max_points: int = 60_000
-    """The fused cloud is voxel-averaged down to at most this many points."""
+    max_points: int = 30_000
+    """The fused cloud is voxel-averaged down to at most this many points ..."""
+    points_per_pixel: float = 0.1
+    """... and to at most this many per input pixel (CPU time grows with the count)."""
 
 
 @dataclass

@@ -161,17 +161,25 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
         rectified.append(cv2.warpPerspective(grey, H, size, flags=cv2.INTER_LINEAR))
         valid.append(cv2.warpPerspective(np.full_like(grey, 255), H, size,
                                          flags=cv2.INTER_NEAREST) > 0)
+    # SGBM needs the search to fit in the image (it fails to allocate otherwise).
+    width = size[0]
+    num_disp = min(num_disp, ((width - config.block_size) // 16) * 16)
+    if num_disp < 16 or abs(min_disp) >= width:
+        return empty
     bs = config.block_size
     sgbm = cv2.StereoSGBM_create(
         minDisparity=min_disp, numDisparities=num_disp, blockSize=bs,
         P1=8 * bs * bs, P2=32 * bs * bs, disp12MaxDiff=-1, uniquenessRatio=10,
         speckleWindowSize=100, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
     left, right = rectified
-    disp_left = sgbm.compute(left, right).astype(np.float32) / 16.0
-    # The right view as reference: mirror both, so that its disparities are positive too
-    # (mirrored x' = w - 1 - x turns x_l - x_r into x'_r - x'_l).
-    disp_right = sgbm.compute(np.ascontiguousarray(right[:, ::-1]),
-                              np.ascontiguousarray(left[:, ::-1])).astype(np.float32) / 16.0
+    try:
+        disp_left = sgbm.compute(left, right).astype(np.float32) / 16.0
+        # The right view as reference: mirror both, so that its disparities are positive
+        # too (mirrored x' = w - 1 - x turns x_l - x_r into x'_r - x'_l).
+        disp_right = sgbm.compute(np.ascontiguousarray(right[:, ::-1]),
+                                  np.ascontiguousarray(left[:, ::-1])).astype(np.float32) / 16.0
+    except cv2.error:  # a degenerate pair geometry: the other pairs still densify
+        return empty
     disp_right = disp_right[:, ::-1]
     h, w = disp_left.shape
     xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
@@ -187,8 +195,16 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
                                   - disp_ref[rows, cols]) <= config.lr_tolerance
         return np.where(good, disp_ref, 0.0)
 
-    disps = (checked(disp_left, disp_right, 1.0, valid[0]),
-             checked(disp_right, disp_left, -1.0, valid[1]))
+    def textured(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Where the block has contrast: on flat areas (sky, walls) SGBM's left-right
+        consistent answers are still guesses."""
+        g = grey.astype(np.float32)
+        k = (config.block_size, config.block_size)
+        std = np.sqrt(np.maximum(cv2.blur(g * g, k) - cv2.blur(g, k) ** 2, 0))
+        return mask & (std >= config.min_texture)
+
+    disps = (checked(disp_left, disp_right, 1.0, textured(left, valid[0])),
+             checked(disp_right, disp_left, -1.0, textured(right, valid[1])))
     depth_maps = []
     for view, disp, H in zip((i, j), disps, homographies, strict=True):
         # Inverse warp: each original pixel looks up the disparity at its rectified position
@@ -211,6 +227,13 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
         ray_rect_z = ray_cam @ R[2]
         depth = np.where((z_rect > 0) & (ray_rect_z > 1e-6),
                          z_rect / np.maximum(ray_rect_z, 1e-6), 0.0)
+        # Keep depths near the range of the shared sparse points: beyond it lie the sky and
+        # other far, flat regions whose consistent matches are near-infinite depths.
+        T = model.T_cam_world[view]
+        z_sparse = (pts @ T[:3, :3].T + T[:3, 3])[:, 2]
+        z_lo, z_hi = np.percentile(z_sparse[z_sparse > 0], [2, 98])
+        depth[(depth < config.depth_range_margin ** -1 * z_lo)
+              | (depth > config.depth_range_margin * z_hi)] = 0.0
         depth_maps.append(depth)
     return depth_maps[0], depth_maps[1]
 
@@ -301,7 +324,9 @@ def densify(model: SparseModel, images: Sequence[LoadedImage],
     depths = {v: _merge_depths(maps, config.depth_tolerance) for v, maps in per_view.items()}
     points, colors = fuse_depth_maps(model, images, depths, config)
     fused = len(points)
-    points, colors = voxel_average(points, colors, config.max_points)
+    pixels = sum(im.width * im.height for im in images)
+    limit = max(1, min(config.max_points, int(config.points_per_pixel * pixels)))
+    points, colors = voxel_average(points, colors, limit)
     stats = {"stereo_pairs": len(pairs), "fused_points": int(fused),
              "dense_points": int(len(points))}
     return points, colors, stats

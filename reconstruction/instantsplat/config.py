@@ -61,8 +61,9 @@ class TrainConfig:
     """Densification stops growing the scene beyond this count (CPU time grows with it)."""
     max_densify_fraction: float = 0.05
     """At most this share of the Gaussians is cloned or split in one round."""
-    initial_opacity: float = 0.1
-    """Opacity of the initial Gaussians."""
+    initial_opacity: float = 0.5
+    """Opacity of the initial Gaussians (the dense init already covers the surfaces, so
+    they start visible rather than at 3DGS's 0.1)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint every this many iterations (0: never)."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)

@@ -23,7 +23,9 @@ from reconstruction.procedural import default_quads, make_scene, write_scene
 def scene_dir(tmp_path_factory):
     scene = make_scene(num_views=3, width=192, height=144, seed=1)
     folder = tmp_path_factory.mktemp("scene")
-    write_scene(scene, folder / "images")
+    write_scene(scene, folder / "images")  # with an EXIF focal length, like a camera's
+    # Without EXIF, SfM must calibrate the focal length itself.
+    write_scene(scene, folder / "no_exif", exif_focal=False)
     return folder, scene
 
 
@@ -70,23 +72,27 @@ def test_registry_matches_the_cli_choices():
     assert all(callable(f) for f in INITIALISERS.values())
 
 
+# Tolerances (centre error / camera spread, relative rotation, focal): at 192 px SfM has
+# ~150 points and is limited by SIFT noise; measured 4-5 % / 1.2-1.7 deg / +6 % with or
+# without the EXIF prior, for both mappers (at 384 px: 0.5 % / 0.4 deg / 0.2 %). A wrong
+# registration is off by tens of % and degrees.
+CENTRE_TOL, ROTATION_TOL_DEG, FOCAL_TOL = 0.08, 3.0, 0.10
+
+
+@pytest.mark.parametrize("exif", [True, False])
 @pytest.mark.parametrize("mapper", ["incremental", "two-view"])
-def test_sfm_recovers_the_cameras(scene_dir, tmp_path, mapper):
+def test_sfm_recovers_the_cameras(scene_dir, tmp_path, mapper, exif):
     folder, scene = scene_dir
-    images = load_images(folder / "images")
+    images = load_images(folder / ("images" if exif else "no_exif"))
     config = InitConfig(sfm=SfmConfig(mapper=mapper))
     result = INITIALISERS["sfm-sparse"](images, tmp_path, config, 0)
     model = result.model
     assert model.registered.all() and model.mapper == mapper
     errors, _ = _aligned_centre_errors(model, scene)
-    # Tolerances: three views over a 30 degree arc pin the focal length down to 5-10 %,
-    # which leaves rotation errors of 2-3 degrees; a wrong registration is off by tens of
-    # % and degrees. Measured: incremental 4.6 % / 2.3 deg / focal -5.7 %, two-view
-    # 4.6 % / 3.3 deg / -11.6 %.
-    assert errors.max() < 0.08, errors
-    assert _rotation_errors_deg(model, scene).max() < 4.5
+    assert errors.max() < CENTRE_TOL, errors
+    assert _rotation_errors_deg(model, scene).max() < ROTATION_TOL_DEG
     focal_gt = float(scene.cameras.K[0, 0, 0])
-    np.testing.assert_allclose(model.Ks[:, 0, 0], focal_gt, rtol=0.15)
+    np.testing.assert_allclose(model.Ks[:, 0, 0], focal_gt, rtol=FOCAL_TOL)
     assert model.stats["mean_reprojection_error_px"] < 1.5
     assert len(model.points_world) >= 30
 
@@ -124,12 +130,16 @@ def test_dense_cloud_lies_on_the_scene_surfaces(scene_dir):
     # Exact cameras isolate the stereo stage from the SfM error (a 5 % focal error
     # stretches the whole reconstruction by about as much).
     points, colors, stats = densify(_ground_truth_model(scene), images, StereoConfig())
-    assert stats["stereo_pairs"] == 3 and stats["dense_points"] > 10_000
+    assert stats["stereo_pairs"] == 3 and stats["fused_points"] > 10_000
+    limit = int(0.1 * 3 * 192 * 144)  # the points_per_pixel cap
+    assert limit / 2 < stats["dense_points"] <= limit
     distances = _distance_to_scene(points)
     # Disparity is good to ~0.25 px at 192 px; at 3-4 m with a ~0.8 m baseline that is
     # ~1-2 cm of depth.
     assert np.median(distances) < 0.02, np.percentile(distances, [50, 90])
-    assert np.mean(distances < 0.1) > 0.95
+    # ~5 % lie off the geometry: sky next to the wall, smooth enough for SGBM to carry
+    # the wall's disparity into it consistently in all views (measured 95.2 % < 10 cm).
+    assert np.mean(distances < 0.1) > 0.9
     assert np.all((colors >= 0) & (colors <= 1))
 
 

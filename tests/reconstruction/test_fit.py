@@ -1,0 +1,215 @@
+"""``recon fit`` end to end on a tiny generated scene, Ctrl-C + --resume, and every bad
+input of the issue (one sentence on stderr, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from plyfile import PlyData
+
+from geometry.io.colmap import read_colmap_model
+from geometry.io.transforms_json import read_transforms_json
+from geometry.sim3 import align_poses, apply_sim3_to_poses
+from reconstruction import cli
+from reconstruction.gaussians import ply_property_names, read_ply
+from reconstruction.procedural import make_scene, write_scene
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fit")
+    generated = make_scene(num_views=3, width=160, height=120, seed=2)
+    write_scene(generated, folder / "images")
+    return folder / "images", generated
+
+
+def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run ``recon`` in-process; (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["recon", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+def _assert_user_error(code: int, err: str, out: Path, pattern: str) -> None:
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines[-1].startswith("recon: error: "), err
+    assert pattern in lines[-1], err
+    assert "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in out.parent.glob(f".{out.name}*")], "temporary output left behind"
+
+
+def test_fit_end_to_end(scene, tmp_path, monkeypatch, capsys):
+    images, generated = scene
+    (images / "notes.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    try:
+        code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                             str(out), "--iterations", "40", *FAST)
+    finally:
+        (images / "notes.txt").unlink()
+    assert code == 0, err
+    assert "skipping 1 non-image file" in err and "notes.txt" in err
+
+    # splats.ply: the standard 3DGS layout, readable by plyfile.
+    ply = PlyData.read(str(out / "splats.ply"))
+    assert [p.name for p in ply["vertex"].properties] == ply_property_names(3)
+    scene_out = read_ply(out / "splats.ply")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert scene_out.num_gaussians == metrics["num_gaussians"] > 3000
+
+    # The cameras read back through our COLMAP and transforms.json readers, and agree.
+    colmap = read_colmap_model(out / "cameras").to_cameras(torch.float64)
+    transforms = read_transforms_json(out / "transforms.json", dtype=torch.float64).cameras
+    assert [Path(n).name for n in colmap.names] == ["view_00.png", "view_01.png", "view_02.png"]
+    assert [Path(p).name for p in transforms.image_paths] == [Path(n).name for n in colmap.names]
+    # Both are text: COLMAP stores a quaternion, transforms.json the matrix; 1e-6 covers
+    # the printed digits (measured 7e-8).
+    torch.testing.assert_close(colmap.K, transforms.K, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(colmap.T_world_cam, transforms.T_world_cam, rtol=1e-6,
+                               atol=1e-6)
+    assert colmap.width.tolist() == [160] * 3 and colmap.height.tolist() == [120] * 3
+
+    # The poses match the generator's cameras up to a similarity.
+    T_gt = generated.cameras.T_world_cam.double()
+    s, R, t = align_poses(colmap.T_world_cam, T_gt)
+    aligned = apply_sim3_to_poses(s, R, t, colmap.T_world_cam)
+    spread = float((T_gt[:, :3, 3] - T_gt[:, :3, 3].mean(0)).norm(dim=1).mean())
+    centre_errors = (aligned[:, :3, 3] - T_gt[:, :3, 3]).norm(dim=1) / spread
+    assert float(centre_errors.max()) < 0.04, centre_errors  # measured 0.5-1 %
+
+    # Metrics: every stage timed, a training PSNR well above the initial blur, pose moves.
+    assert {"load_images", "init_features", "init_matching", "init_mapping", "init_stereo",
+            "train", "write", "total"} <= set(metrics["timings_s"])
+    assert metrics["training_psnr_db"] > 19.0, metrics["training_psnr_db"]  # measured 20.7
+    assert [p["image"] for p in metrics["pose_change"]] == ["view_00.png", "view_01.png",
+                                                            "view_02.png"]
+    assert metrics["pose_change"][0]["rotation_deg"] == 0.0  # the gauge view
+    assert all(np.isfinite(p["centre_shift"]) for p in metrics["pose_change"])
+    assert not (tmp_path / ".out.resume").exists()
+
+
+def _recon(*args: str, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "reconstruction.cli", *args], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(scene, tmp_path):
+    images, _ = scene
+    args = ["fit", "--images", str(images), "--iterations", "24", "--max-size", "160",
+            "--train.checkpoint-every", "6", "--quiet", "--seed", "4"]
+    straight = _recon(*args, "--out", str(tmp_path / "a"))
+    _, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err
+
+    out = tmp_path / "b"
+    interrupted = _recon(*args, "--out", str(out))
+    checkpoint = tmp_path / ".b.resume" / "state.json"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and interrupted.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGINT)
+    _, err = interrupted.communicate(timeout=600)
+    assert interrupted.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert not out.exists() and checkpoint.exists()
+
+    resumed = _recon(*args, "--out", str(out), "--resume")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert (out / "splats.ply").read_bytes() == (tmp_path / "a" / "splats.ply").read_bytes()
+    for name in ("cameras.txt", "images.txt"):
+        assert (out / "cameras" / name).read_text() == (tmp_path / "a" / "cameras" / name
+                                                        ).read_text()
+    assert not checkpoint.parent.exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "single", "corrupt", "no-images"])
+def test_bad_image_folders(case, tmp_path, monkeypatch, capsys, scene):
+    images_src, _ = scene
+    folder = tmp_path / "photos"
+    expected = {
+        "missing": "does not exist",
+        "empty": "is empty",
+        "single": "has 1 image(s)",
+        "corrupt": "cannot read image",
+        "no-images": "has no JPEG/PNG images",
+    }[case]
+    if case != "missing":
+        folder.mkdir()
+    if case == "single":
+        (folder / "a.png").write_bytes((images_src / "view_00.png").read_bytes())
+    if case == "corrupt":
+        for name in ("view_00.png", "view_01.png"):
+            (folder / name).write_bytes((images_src / name).read_bytes())
+        (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    if case == "no-images":
+        (folder / "readme.md").write_text("x")
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(folder), "--out",
+                         str(out), *FAST)
+    _assert_user_error(code, err, out, expected)
+    if case == "corrupt":
+        assert "broken.jpg" in err
+
+
+def test_unregistrable_view_is_an_error(scene, tmp_path, monkeypatch, capsys):
+    images_src, _ = scene
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted(images_src.glob("*.png")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((120, 160, 3)) * 255).astype(np.uint8)).save(
+        folder / "noise.png")
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(folder), "--out",
+                         str(out), *FAST)
+    _assert_user_error(code, err, out, "could not register noise.png")
+
+
+def test_other_bad_arguments(scene, tmp_path, monkeypatch, capsys):
+    images, _ = scene
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--resume", *FAST)
+    _assert_user_error(code, err, out, "no checkpoint to resume")
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(images / "sub"), *FAST)
+    assert code == 2 and "overlaps the image folder" in err
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--iterations", "0", *FAST)
+    _assert_user_error(code, err, out, "--iterations 0")
+
+
+def test_nan_that_does_not_go_away_stops_cleanly(scene, tmp_path, monkeypatch, capsys):
+    from reconstruction.instantsplat import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "photometric_loss",
+                        lambda image, target, weight: (image - target).abs().mean() * np.nan)
+    images, _ = scene
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--iterations", "10", *FAST)
+    _assert_user_error(code, err, out, "diverged")
+    assert err.count("rolled back") == 3  # each roll-back said so, then the stop
