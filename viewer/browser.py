@@ -55,7 +55,8 @@ class HeadlessBrowser:
     """A headless Chromium page (use as a context manager)."""
 
     def __init__(self, width: int = 1024, height: int = 768,
-                 paths: BrowserPaths | None = None) -> None:
+                 paths: BrowserPaths | None = None,
+                 download_dir: str | os.PathLike | None = None) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -71,7 +72,14 @@ class HeadlessBrowser:
         options.add_argument(f"--user-data-dir={self._profile}")
         options.add_argument(f"--window-size={width},{height}")
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        if download_dir is not None:
+            options.add_experimental_option("prefs", {
+                "download.default_directory": str(Path(download_dir).resolve()),
+                "download.prompt_for_download": False})
         self.driver = webdriver.Chrome(service=Service(paths.driver), options=options)
+        if download_dir is not None:
+            self.driver.execute_cdp_cmd("Browser.setDownloadBehavior", {
+                "behavior": "allow", "downloadPath": str(Path(download_dir).resolve())})
         self.driver.set_page_load_timeout(60)
         # --window-size sizes the window, not the page: make the page itself W x H
         inner = self.driver.execute_script("return [window.innerWidth, window.innerHeight];")
@@ -112,6 +120,14 @@ class HeadlessBrowser:
             if time.monotonic() > deadline:
                 return image, False
             time.sleep(interval_s)
+
+    def click_button(self, label: str) -> None:
+        """Click the GUI button whose text is ``label``."""
+        from selenium.webdriver.common.by import By
+
+        button = self.driver.find_element(
+            By.XPATH, f"//button[.//text()[normalize-space()='{label}']]")
+        button.click()
 
     def console_errors(self) -> list[str]:
         """SEVERE console messages, without the ones viser always logs."""

@@ -50,6 +50,8 @@ class View:
     """nuScenes: detection results JSON (meta + results) to show next to the ground truth."""
     score_threshold: float = 0.3
     """nuScenes: hide detections scored below this."""
+    background: tuple[int, int, int] = (255, 255, 255)
+    """Initial background colour, RGB 0-255 (also a control in the page)."""
     seconds: float | None = None
     """Stop after this many seconds (for scripts); default: run until Ctrl-C."""
 
@@ -73,12 +75,14 @@ class View:
         if not self.path.exists():
             raise UserError(f"{self.path} does not exist; give the OUT folder of recon fit, a "
                             "3DGS .ply file or a nuScenes dataroot.")
+        if not all(0 <= c <= 255 for c in self.background):
+            raise UserError("--background takes three numbers in 0-255.")
         check_port_free(self.host, self.port)  # fail fast, before reading big files
         scene = self.load()
         from viewer.server import serve
 
         serve(scene, host=self.host, port=self.port, up=_up_vector(self.up),
-              seconds=self.seconds)
+              seconds=self.seconds, background=tuple(self.background))
 
 
 @dataclass

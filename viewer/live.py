@@ -12,10 +12,10 @@ Usage in a trainer::
     viewer = LiveTrainingViewer(port=8080, every=100) if config.view else None
     for step in range(iterations):
         ...  # optimisation step
-        if viewer is not None:
-            viewer.update(step, scene, cameras)
+        if viewer is not None and viewer.due(step):
+            viewer.update(step, scene, current_cameras())
     if viewer is not None:
-        viewer.close()
+        viewer.keep_open()  # or close()
 """
 
 from __future__ import annotations
@@ -99,6 +99,12 @@ class LiveTrainingViewer:
             Console(stderr=True, highlight=False).print(
                 f"[bold]live viewer[/bold]: http://{url_host}:{self.port}")
 
+    def due(self, step: int) -> bool:
+        """Whether :meth:`update` would take ``step`` (so callers can skip building its
+        arguments, e.g. the current cameras, on the other steps)."""
+        return (not self._closed and step % self.every == 0
+                and time.monotonic() - self._last_submit >= self.min_interval_s)
+
     def update(self, step: int, scene, cameras=None) -> bool:
         """Offer the current state; returns whether it was taken (due and not too soon).
 
@@ -109,12 +115,9 @@ class LiveTrainingViewer:
             cameras: the current :class:`~geometry.cameras.Cameras` (1-D batch) or
                 ``None``; their ``image_paths`` become the frustums' photos.
         """
-        if self._closed or step % self.every != 0:
+        if not self.due(step):
             return False
-        now = time.monotonic()
-        if now - self._last_submit < self.min_interval_s:
-            return False
-        self._last_submit = now
+        self._last_submit = time.monotonic()
         snapshot = (int(step), _snapshot_splats(scene), _snapshot_cameras(cameras))
         with self._cond:
             self._pending = snapshot

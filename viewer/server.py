@@ -107,7 +107,7 @@ def camera_fov_y(K: np.ndarray, height: float) -> float:
     return 2.0 * math.atan(0.5 * float(height) / float(K[1, 1]))
 
 
-# --------------------------------------------------------------------------------- the port
+# ------------------------------------------------------------------------------- the server
 
 
 def start_server(host: str = "127.0.0.1", port: int = 8080, title: str = "sparseview",
@@ -494,12 +494,12 @@ class SceneViewer:
 
 def serve(scene: ViewerScene, host: str = "127.0.0.1", port: int = 8080,
           up: np.ndarray | None = None, seconds: float | None = None,
-          verbose: bool = True) -> None:
+          background: tuple[int, int, int] = (255, 255, 255), verbose: bool = True) -> None:
     """Show ``scene`` at ``http://host:port`` until Ctrl-C (or for ``seconds``)."""
     from rich.console import Console
 
     server = start_server(host, port, title=scene.title, verbose=False)
-    SceneViewer(server, scene, up=up)
+    SceneViewer(server, scene, up=up, background=background)
     url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if verbose:
         Console(stderr=True, highlight=False).print(

@@ -164,3 +164,23 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("recon: error: "), bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+def test_cli_ply_without_3dgs_fields_exits_2(tmp_path, monkeypatch, capsys):
+    """In process (the subprocess path is the same run_cli): one line, status 2."""
+    from plyfile import PlyData, PlyElement
+
+    from viewer.cli import main
+
+    cloud = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"),
+                               ("green", "u1"), ("blue", "u1")])
+    PlyData([PlyElement.describe(cloud, "vertex")]).write(str(tmp_path / "cloud.ply"))
+    for command in ("view", "render"):
+        monkeypatch.setattr(sys, "argv", ["recon", command, str(tmp_path / "cloud.ply"),
+                                          "--port" if command == "view" else "--frames",
+                                          "0" if command == "view" else "2"])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "lacks the 3DGS properties" in lines[0], lines

@@ -169,7 +169,8 @@ def test_live_viewer_rate_limit(helpers):
     live = LiveTrainingViewer(port=0, every=1, min_interval_s=3600.0, verbose=False)
     try:
         splats = helpers.make_splats(10)
-        assert live.update(0, splats) is True
-        assert live.update(1, splats) is False  # due, but too soon after the last one
+        assert live.due(0) and live.update(0, splats) is True
+        # due by the step count, but too soon after the last one
+        assert not live.due(1) and live.update(1, splats) is False
     finally:
         live.close()

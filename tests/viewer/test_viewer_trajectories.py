@@ -110,7 +110,7 @@ def test_orbit_without_cameras_frames_the_scene():
 
 
 def test_spiral_circles_the_average_camera_and_looks_at_the_focus(helpers):
-    cams = helpers.ring_cameras(5, centre=(0.0, 0.0, 0.0), radius=4.0, arc_deg=40.0, start_deg=-20.0)
+    cams = helpers.ring_cameras(5, radius=4.0, arc_deg=40.0, start_deg=-20.0)
     T, K, w, h = _arrays(cams)
     # the content's sphere (the focus is on the content, not between it and the cameras)
     sphere = scene_sphere(np.array([[0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]]))
