@@ -9,7 +9,10 @@ PSNR is the PSNR of the object pixels only; masked SSIM and LPIPS compare both i
 composited on a white background outside the object mask.
 
 Pose metrics compare estimated camera-to-world poses with ground truth after the
-similarity (Umeyama Sim(3) on the camera centres) that best maps one onto the other:
+similarity (Umeyama Sim(3) on the camera centres) that best maps one onto the other; when
+the true centres are nearly collinear (two views, a short arc) Umeyama's rotation about
+their line is ill-conditioned, and the rotation comes from the camera orientations instead
+(:func:`centres_well_spread`):
 
 - ATE: root-mean-square distance between aligned and true camera centres (GT units);
 - RPE: the error of the relative motion between consecutive views (translation RMSE in

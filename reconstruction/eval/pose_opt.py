@@ -6,8 +6,10 @@ frame. As InstantSplat (and CF-3DGS, NoPe-NeRF) do before measuring novel views,
 is refined photometrically: a twist ``xi`` updates it on the left,
 ``T_cam_world = se3_exp(xi) @ T_cam_world_init``, and Adam minimises 3DGS's loss
 ``0.8 L1 + 0.2 (1 - SSIM)`` between the render and the test image; the Gaussians never
-change. The first part of the schedule runs at reduced resolution (a wider basin), and the
-pose with the lowest full-resolution loss is kept (never worse than the initial one).
+change. The first part of the schedule runs at reduced resolution (a wider basin); the
+colours are evaluated once from the initial viewpoint (the view-dependent part barely
+changes over a few degrees); of the final pose and the best one seen, the one with the
+lowest full-resolution loss with full SH colours is kept, never worse than the initial.
 """
 
 from __future__ import annotations
@@ -63,6 +65,40 @@ def render(scene: GaussianScene, K: Tensor, T_cam_world: Tensor, width: int, hei
         T_cam_world.to(device, torch.float32)[None], K.to(device, torch.float32)[None],
         int(width), int(height), sh_degree=s.sh_degree, backgrounds=bg)
     return colors[0], alphas[0]
+
+
+@dataclass
+class _FrozenSplats:
+    """Activated Gaussian parameters with colours fixed for one viewpoint (float32)."""
+
+    means: Tensor  # [N, 3]
+    quats: Tensor  # [N, 4]
+    scales: Tensor  # [N, 3]
+    opacities: Tensor  # [N]
+    colours: Tensor  # [N, 3]
+
+    @staticmethod
+    def from_scene(scene: GaussianScene, T_cam_world: Tensor) -> _FrozenSplats:
+        """SH colours evaluated once from the camera centre of ``T_cam_world``: a pose
+        search moves the camera by a few degrees and centimetres, over which view-dependent
+        colour barely changes, and skipping the SH per step saves a good part of it."""
+        from reconstruction.splatting import sh_to_color
+
+        s = scene.to(dtype=torch.float32)
+        T = T_cam_world.to(s.means)
+        centre = -T[:3, :3].T @ T[:3, 3]
+        colours = sh_to_color(s.sh_degree, s.means - centre, s.sh)
+        return _FrozenSplats(s.means, s.quats, s.scales, s.opacities, colours)
+
+    def render(self, K: Tensor, T_cam_world: Tensor, width: int, height: int,
+               background: tuple[float, float, float]) -> Tensor:
+        from reconstruction.splatting import rasterization
+
+        bg = torch.tensor(background, dtype=torch.float32, device=self.means.device)[None]
+        colors, _, _ = rasterization(self.means, self.quats, self.scales, self.opacities,
+                                     self.colours, T_cam_world[None], K[None], int(width),
+                                     int(height), backgrounds=bg)
+        return colors[0]
 
 
 def cull_to_view(scene: GaussianScene, K: Tensor, T_cam_world: Tensor, width: int, height: int,
@@ -133,6 +169,7 @@ def optimise_pose(scene: GaussianScene, K: Tensor, T_cam_world_init: Tensor, tar
     best_T, best_loss = T_init.clone(), initial
     if local.num_gaussians == 0 or config.iterations <= 0:
         return PoseOptResult(T_init.cpu(), initial, initial, 0.0, 0.0, 0)
+    splats = _FrozenSplats.from_scene(local, T_init)
     rho = torch.zeros(3, device=device, requires_grad=True)
     omega = torch.zeros(3, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([
@@ -150,7 +187,7 @@ def optimise_pose(scene: GaussianScene, K: Tensor, T_cam_world_init: Tensor, tar
             group["lr"] = lr * decay
         K_s, target_s = coarse if step < n_coarse else (K, target)
         T = se3_exp(torch.cat((rho, omega))) @ T_init
-        rgb, _ = render(local, K_s, T, target_s.shape[1], target_s.shape[0], background)
+        rgb = splats.render(K_s, T, target_s.shape[1], target_s.shape[0], background)
         loss = photometric_loss(rgb, target_s, config.ssim_weight)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -160,7 +197,8 @@ def optimise_pose(scene: GaussianScene, K: Tensor, T_cam_world_init: Tensor, tar
             break
         optimizer.step()
         if step >= n_coarse:
-            # The loss just computed belongs to the pose before this step.
+            # The loss just computed belongs to the pose before this step (with colours
+            # fixed at the initial view: a candidate, confirmed with full SH at the end).
             value = loss.item()
             if value < best_loss:
                 best_loss, best_T = value, T.detach().clone()
@@ -168,9 +206,13 @@ def optimise_pose(scene: GaussianScene, K: Tensor, T_cam_world_init: Tensor, tar
             on_step(step)
     with torch.no_grad():
         T_last = se3_exp(torch.cat((rho, omega))) @ T_init
-    last = full_loss(T_last)
-    if last < best_loss:
-        best_loss, best_T = last, T_last
+    candidates = [(full_loss(T_last), T_last)]
+    if not torch.equal(best_T, T_init):
+        candidates.append((full_loss(best_T), best_T))
+    best_loss, best_T = initial, T_init.clone()
+    for value, T in candidates:
+        if value < best_loss:
+            best_loss, best_T = value, T
     R_delta = best_T[:3, :3] @ T_init[:3, :3].T
     cos = float(((torch.trace(R_delta) - 1) / 2).clamp(-1, 1))
     c_init = -T_init[:3, :3].T @ T_init[:3, 3]
