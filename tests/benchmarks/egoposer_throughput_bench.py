@@ -10,7 +10,8 @@ Besides wall-clock rates the table reports rates per CPU second of this process
 (``time.process_time``): on a shared machine other jobs steal the cores, so the wall rate
 understates what an idle machine does; the CPU rate is its upper bound.
 
-    .venv/bin/python tests/benchmarks/egoposer_throughput_bench.py --threads 2
+    .venv/bin/python tests/benchmarks/egoposer_throughput_bench.py [--threads 1] \
+        [--checkpoint CKPT_DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _rate(fn: Callable[[int], None], n: int, repeats: int) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; batch 1 gains nothing from intra-op threads, and "
+                             "on a loaded 2-core machine 2 threads thrash (30x slower)")
     parser.add_argument("--frames", type=int, default=600, help="frames per measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpoint", type=Path, default=None,
