@@ -54,6 +54,9 @@ class Train:
     """Use only the first N samples of the split (0: all)."""
     resume: bool = False
     """Continue from the training state in --out."""
+    init_from: tuple[Path, ...] = ()
+    """Checkpoint folders to initialise matching weights from (later ones win), e.g. the
+    LiDAR-only and camera-only models before fusion training, as in the paper."""
 
     def run(self) -> dict:
         import torch
@@ -78,7 +81,11 @@ class Train:
         settings = TrainSettings(epochs=self.epochs, max_minutes=self.max_minutes,
                                  batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                                  threads=self.threads, device=self.device)
-        summary = train(config, samples, self.out, settings, resume=self.resume)
+        summary = train(config, samples, self.out, settings, resume=self.resume,
+                        init_from=list(self.init_from))
+        if self.init_from:
+            print(f"initialised {summary['initialised_tensors']} tensors from "
+                  f"{', '.join(str(p) for p in self.init_from)}")
         print(f"trained {config.modality} for {summary['steps']} steps "
               f"({summary['epochs']} epochs) in {summary['minutes']:.1f} min; "
               f"checkpoint in {self.out}")

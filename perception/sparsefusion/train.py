@@ -91,8 +91,28 @@ def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -
     return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def init_from_checkpoints(model: torch.nn.Module, folders: list[Path]) -> int:
+    """Copy every weight whose name and shape match from earlier checkpoints (later
+    folders win), e.g. a fusion model from its LiDAR-only and camera-only pretrainings, as
+    SparseFusion is trained. Returns how many tensors were copied."""
+    from safetensors.torch import load_file
+
+    own = model.state_dict()
+    copied: dict[str, torch.Tensor] = {}
+    for folder in folders:
+        path = Path(folder) / "model.safetensors"
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; --init-from takes checkpoint folders.")
+        for name, value in load_file(str(path)).items():
+            if name in own and own[name].shape == value.shape:
+                copied[name] = value
+    model.load_state_dict(copied, strict=False)
+    return len(copied)
+
+
 def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Path,
-          settings: TrainSettings, resume: bool = False, console=None) -> dict:
+          settings: TrainSettings, resume: bool = False, console=None,
+          init_from: list[Path] | None = None) -> dict:
     """Train and write ``out_dir/{model.safetensors, config.json, train_state.pt}``.
 
     Returns:
@@ -119,7 +139,9 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
     torch.manual_seed(settings.seed)
     random.seed(settings.seed)
     device = torch.device(settings.device)
-    model = SparseFusion(config).to(device)
+    model = SparseFusion(config)
+    initialised = init_from_checkpoints(model, init_from) if init_from else 0
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
     state_path = Path(out_dir) / STATE
@@ -188,6 +210,7 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
 
         dist.barrier()
     return {"steps": step, "epochs": epochs_done, "minutes": minutes, "losses": last,
+            "initialised_tensors": initialised,
             "stopped_by_time": stopped_early}
 
 

@@ -44,6 +44,9 @@ class SemanticTransfer(nn.Module):
         self.value = nn.Conv2d(dim, dim, 1)
         self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
+        # Start as the identity (zero BN scale), so a pretrained LiDAR branch is not
+        # disturbed when fusion training begins; the scale learns from there.
+        nn.init.zeros_(self.fuse[1].weight)
         h, w = bev_shape
         x0, y0, _, x1, y1, _ = point_range
         xs = x0 + (torch.arange(w) + 0.5) * (x1 - x0) / w
