@@ -153,8 +153,19 @@ EgoPoserCommand = Union[  # noqa: UP007 (tyro reads the Union of annotated subco
     Annotated[EgoSimulate, tyro.conf.subcommand("simulate")],
 ]
 
+@dataclass
+class EgoPoser:
+    """EgoPoser: full-body pose from head and hand tracking (train, predict, eval,
+    simulate)."""
+
+    command: tyro.conf.OmitSubcommandPrefixes[EgoPoserCommand]
+
+    def run(self) -> None:
+        self.command.run()
+
+
 COMMANDS = {
-    "egoposer": EgoPoserCommand,
+    "egoposer": EgoPoser,
 }
 
 
