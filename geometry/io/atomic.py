@@ -57,6 +57,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    # mkdtemp makes the folder 0700; give the result the permissions of a normal mkdir.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
         if path.exists():
