@@ -292,10 +292,13 @@ def _pose_changes(trainer: Trainer, names: list[str]) -> list[dict]:
     changes = []
     for i, name in enumerate(names):
         R_delta = T_final[i, :3, :3] @ T_init[i, :3, :3].T
-        cos = float(((torch.trace(R_delta) - 1) / 2).clamp(-1, 1))
+        # atan2 of sin and cos: acos alone loses small angles to float32 rounding.
+        skew = R_delta - R_delta.T
+        sin = float(torch.stack([skew[2, 1], skew[0, 2], skew[1, 0]]).norm()) / 2
+        cos = float((torch.trace(R_delta) - 1) / 2)
         c_init = -T_init[i, :3, :3].T @ T_init[i, :3, 3]
         c_final = -T_final[i, :3, :3].T @ T_final[i, :3, 3]
-        changes.append({"image": name, "rotation_deg": math.degrees(math.acos(cos)),
+        changes.append({"image": name, "rotation_deg": math.degrees(math.atan2(sin, cos)),
                         "centre_shift": float((c_final - c_init).norm())})
     return changes
 

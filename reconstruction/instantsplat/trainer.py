@@ -2,11 +2,11 @@
 
 Every view ``v`` has a learnable twist ``xi_v = (rho_v, omega_v)`` that corrects its
 initial pose on the left, ``T_cam_world_v = se3_exp(xi_v) @ T_cam_world_init_v``; view 0
-is fixed (it sets the gauge). Focal lengths get a learnable log-scale per camera (views
-with equal initial intrinsics share one): few-view SfM without EXIF estimates them to a
-few percent only, and the photometric loss constrains them better. The loss is 3DGS's
-``0.8 L1 + 0.2 (1 - SSIM)`` plus the paper's regulariser that keeps poses near their initialisation,
-``w * mean_v(|rho_v|^2 / s^2 + |omega_v|^2)`` with ``s`` the scene scale.
+is fixed (it sets the gauge). Optionally (``optimise_focal``) the focal lengths get a
+learnable log-scale per camera (views with equal initial intrinsics share one). The loss
+is 3DGS's ``0.8 L1 + 0.2 (1 - SSIM)`` plus the paper's regulariser that keeps poses near
+their initialisation, ``w * mean_v(|rho_v|^2 / s^2 + |omega_v|^2)`` with ``s`` the scene
+scale.
 
 The schedule is short and CPU-minded: one view per iteration (a seeded permutation per
 epoch), the first ``coarse_fraction`` of iterations at half resolution, the SH degree
