@@ -121,6 +121,12 @@ class HeadlessBrowser:
                 return image, False
             time.sleep(interval_s)
 
+    def dismiss_notifications(self) -> None:
+        """Close viser's notifications (the software-WebGL warning) on the page."""
+        self.driver.execute_script(
+            "document.querySelectorAll('.mantine-Notification-closeButton')"
+            ".forEach(b => b.click());")
+
     def click_button(self, label: str) -> None:
         """Click the GUI button whose text is ``label``."""
         from selenium.webdriver.common.by import By
@@ -225,6 +231,8 @@ def main() -> None:
             with HeadlessBrowser(args.width, args.height) as browser:
                 browser.open(f"http://127.0.0.1:{server.get_port()}")
                 time.sleep(args.wait)
+                browser.dismiss_notifications()
+                time.sleep(0.5)
                 image = browser.screenshot()
         finally:
             server.stop()

@@ -114,6 +114,37 @@ def run(n: int, steps: int, width: int, height: int, every: int | None) -> tuple
     return steps / seconds, info
 
 
+def update_cost(n: int, width: int, height: int, repeats: int = 10) -> tuple[float, float]:
+    """Median CPU seconds (all threads: copy, conversion, serialisation, sending) and wall
+    seconds of one viewer refresh of ``n`` Gaussians, with a client receiving."""
+    from geometry.cameras import Cameras
+    from viewer.live import LiveTrainingViewer
+
+    params, _, T, K = make_problem(n, width, height)
+    cameras = Cameras(K=K.double(), T_world_cam=T[None].double(), width=width, height=height)
+    live = LiveTrainingViewer(port=0, every=1, min_interval_s=0.0, verbose=False)
+    stop, received = threading.Event(), [0]
+    client = threading.Thread(target=drain, args=(f"ws://127.0.0.1:{live.port}", stop,
+                                                  received), daemon=True)
+    client.start()
+    time.sleep(1.0)
+    live.update(0, scene_of(params), cameras)  # the first one builds the GUI
+    live.wait(30)
+    time.sleep(0.5)
+    cpu, wall = [], []
+    for i in range(1, repeats + 1):
+        t0, c0 = time.perf_counter(), time.process_time()
+        live.update(i, scene_of(params), cameras)
+        live.wait(30)
+        wall.append(time.perf_counter() - t0)
+        time.sleep(0.3)  # viser's own thread sends meanwhile: its CPU time counts
+        cpu.append(time.process_time() - c0)
+    stop.set()
+    client.join(5)
+    live.close()
+    return statistics.median(cpu), statistics.median(wall)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gaussians", type=int, default=20000)
@@ -155,6 +186,12 @@ def main() -> None:
               f"error {info['error']})")
     print("CPU % = extra process CPU time per step (all threads): the slowdown on cores "
           "that are not shared; wall % also carries the machine's other load.")
+    cost, latency = update_cost(args.gaussians, args.width, args.height)
+    print(f"one refresh of {args.gaussians} Gaussians: {1000 * cost:.1f} ms CPU "
+          f"(all threads), {1000 * latency:.1f} ms until handed to viser")
+    for every in sorted({*args.every, 100}):
+        print(f"  => expected CPU overhead at every {every:4d}: "
+              f"{100 * cost / (every * base_cpu):5.2f} % of the training's CPU time")
 
 
 if __name__ == "__main__":
