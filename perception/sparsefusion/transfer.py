@@ -43,10 +43,12 @@ class SemanticTransfer(nn.Module):
         self.weights = nn.Linear(dim, num_views * len(heights))
         self.value = nn.Conv2d(dim, dim, 1)
         self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(dim), nn.ReLU(inplace=True))
-        # Start as the identity (zero BN scale), so a pretrained LiDAR branch is not
-        # disturbed when fusion training begins; the scale learns from there.
-        nn.init.zeros_(self.fuse[1].weight)
+                                  nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+                                  nn.Conv2d(dim, dim, 1))
+        # Start as the identity (a zero last layer, after the ReLU so gradients still flow),
+        # so a pretrained LiDAR branch is not disturbed when fusion training begins.
+        nn.init.zeros_(self.fuse[-1].weight)
+        nn.init.zeros_(self.fuse[-1].bias)
         h, w = bev_shape
         x0, y0, _, x1, y1, _ = point_range
         xs = x0 + (torch.arange(w) + 0.5) * (x1 - x0) / w
