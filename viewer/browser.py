@@ -209,7 +209,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m viewer.browser",
                                      description="Screenshot the viewer in headless Chromium.")
-    parser.add_argument("path", type=Path, help="OUT folder of recon fit or a 3DGS .ply")
+    parser.add_argument("path", type=Path,
+                        help="OUT folder of recon fit, a 3DGS .ply or a nuScenes dataroot")
     parser.add_argument("--out", type=Path, default=Path("docs/viewer.png"))
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=800)
@@ -221,10 +222,10 @@ def main() -> None:
         from PIL import Image
 
         from geometry.io.atomic import atomic_path
-        from viewer.data import load_scene
+        from viewer.cli import View
         from viewer.server import SceneViewer, start_server
 
-        scene = load_scene(args.path)
+        scene = View(args.path).load()  # OUT folder, PLY, or nuScenes dataroot
         server = start_server(port=0, title=scene.title)
         try:
             SceneViewer(server, scene)
