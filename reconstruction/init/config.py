@@ -24,6 +24,9 @@ class SfmConfig:
     """Lowe's ratio test threshold of the matcher."""
     shared_intrinsics: Literal["auto", "yes", "no"] = "auto"
     """One camera for all views: auto = when all images have the same size and EXIF camera."""
+    refine_focal: Literal["auto", "always", "never"] = "auto"
+    """Bundle adjustment refines the focal length: auto = only when some photo has no EXIF
+    focal (a few views at low resolution pull a good EXIF prior off by ~10 %)."""
     max_reprojection_error: float = 4.0
     """Pixels; observations further from their point's projection are dropped."""
     min_inliers: int = 15

@@ -112,8 +112,15 @@ def _set_focal_priors(database: Path, images: Sequence[LoadedImage], shared: boo
     del shared  # one camera per image or one for all: either way the median of its images
 
 
+def refine_focal(images: Sequence[LoadedImage], config: SfmConfig) -> bool:
+    """Whether bundle adjustment refines the focal length (see ``SfmConfig.refine_focal``)."""
+    if config.refine_focal == "auto":
+        return any(im.focal_px is None for im in images)
+    return config.refine_focal == "always"
+
+
 def run_incremental(database: Path, work_dir: Path, num_views: int, config: SfmConfig,
-                    seed: int) -> SparseModel | None:
+                    seed: int, focal: bool = True) -> SparseModel | None:
     """COLMAP's incremental mapper with thresholds relaxed for a handful of views."""
     import pycolmap
 
@@ -123,7 +130,8 @@ def run_incremental(database: Path, work_dir: Path, num_views: int, config: SfmC
     options.min_num_matches = config.min_inliers
     options.random_seed = seed
     options.num_threads = config.threads
-    options.ba_refine_focal_length = True
+    options.ba_refine_focal_length = focal
+    options.mapper.abs_pose_refine_focal_length = focal
     options.ba_refine_principal_point = False
     options.mapper.init_min_num_inliers = max(config.min_inliers, 30)
     options.mapper.init_min_tri_angle = 4.0
@@ -264,7 +272,8 @@ def run_sfm(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
     t0 = time.perf_counter()
     model = None
     if config.mapper in ("auto", "incremental"):
-        model = run_incremental(database, work_dir, len(images), config, seed)
+        model = run_incremental(database, work_dir, len(images), config, seed,
+                                focal=refine_focal(images, config))
     needs_fallback = model is None or not model.registered.all()
     if config.mapper == "two-view" or (config.mapper == "auto" and needs_fallback):
         graph = read_match_graph(database, len(images), config.min_inliers)
@@ -272,7 +281,7 @@ def run_sfm(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
             max_reprojection_error=config.max_reprojection_error,
             min_inliers=config.min_inliers,
             shared_intrinsics=bool(len(set(graph.camera_ids.tolist())) == 1),
-            seed=seed))
+            refine_focal=refine_focal(images, config), seed=seed))
         fallback.colors = _point_colors(fallback, images)
         if model is None or fallback.registered.sum() > model.registered.sum():
             model = fallback

@@ -35,6 +35,8 @@ class TwoViewConfig:
     """Smallest triangulation angle of a kept point."""
     shared_intrinsics: bool = True
     """Refine one focal length for all views (else one per COLMAP camera)."""
+    refine_focal: bool = True
+    """Refine the focal lengths at all (from three registered views on)."""
     seed: int = 0
 
 
@@ -322,7 +324,7 @@ def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
     R0 = state.T[:, :3, :3].copy()
     # Two views leave the focal length all but unobservable (it drifts): fix it until a
     # third view is registered.
-    refine_focal = int(state.registered.sum()) >= 3
+    refine_focal = state.config.refine_focal and int(state.registered.sum()) >= 3
 
     x0 = np.zeros(n_pose + n_focal + n_pts)
     for k, v in enumerate(free_views):

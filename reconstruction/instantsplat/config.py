@@ -46,6 +46,8 @@ class TrainConfig:
     coarse_fraction: float = 0.5
     """Share of the iterations rendered at ``coarse_scale`` resolution."""
     coarse_scale: float = 0.5
+    coarse_min_size: int = 160
+    """No coarse level for photos whose coarse version would be smaller than this (px)."""
     refine_start: float = 0.1
     """Densification runs from this share of the iterations ..."""
     refine_stop: float = 0.6

@@ -247,9 +247,13 @@ def fit(config: FitConfig) -> dict:
     if resumed is not None:
         trainer.load_state(resumed[0], resumed[1]["trainer"])
         initial_gaussians = int(resumed[1]["initial_gaussians"])
+        initial_psnr = float(resumed[1]["initial_psnr_db"])
+    else:
+        initial_psnr = float(np.mean(trainer.evaluate()))  # of the initialisation
 
     meta = {"version": CHECKPOINT_VERSION, "images": fingerprint, "key": key,
-            "init": init_meta, "initial_gaussians": initial_gaussians}
+            "init": init_meta, "initial_gaussians": initial_gaussians,
+            "initial_psnr_db": initial_psnr}
     last_checkpoint = [trainer.iteration if resumed is not None else None]
 
     def save(tr: Trainer) -> None:
@@ -276,7 +280,7 @@ def fit(config: FitConfig) -> dict:
     t0 = time.perf_counter()
     psnrs = trainer.evaluate()
     metrics = _write_outputs(config, images, trainer, init_state, init_meta, timings,
-                             psnrs, initial_gaussians, t_start)
+                             psnrs, initial_gaussians, initial_psnr, t_start)
     if checkpoint_path.exists():
         import shutil
 
@@ -305,7 +309,7 @@ def _pose_changes(trainer: Trainer, names: list[str]) -> list[dict]:
 
 def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Trainer,
                    init_state: dict, init_meta: dict, timings: dict, psnrs: list[float],
-                   initial_gaussians: int, t_start: float) -> dict:
+                   initial_gaussians: int, initial_psnr: float, t_start: float) -> dict:
     from geometry.cameras import Cameras
     from geometry.io.colmap import ColmapModel, write_colmap_model
     from geometry.io.transforms_json import write_transforms_json
@@ -331,6 +335,7 @@ def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Traine
         "threads": torch.get_num_threads(),
         "timings_s": {},
         "training_psnr_db": float(np.mean(psnrs)),
+        "initial_psnr_db": initial_psnr,
         "training_psnr_db_per_view": dict(zip(names, psnrs, strict=True)),
         "num_gaussians": trainer.num_gaussians,
         "initial_gaussians": initial_gaussians,

@@ -191,6 +191,8 @@ class Trainer:
         it = self.iteration
         view = self.view_at(it)
         scale = c.coarse_scale if it < c.coarse_fraction * c.iterations else 1.0
+        if max(self.targets[view].shape[:2]) * c.coarse_scale < c.coarse_min_size:
+            scale = 1.0  # small photos: the coarse level would be too small to align poses
         self._set_learning_rates()
         image, _, meta, target = self.render(view, scale)
         meta["means2d"].retain_grad()

@@ -73,9 +73,9 @@ def test_registry_matches_the_cli_choices():
 
 
 # Tolerances (centre error / camera spread, relative rotation, focal): at 192 px SfM has
-# ~150 points and is limited by SIFT noise; measured 4-5 % / 1.2-1.7 deg / +6 % with or
-# without the EXIF prior, for both mappers (at 384 px: 0.5 % / 0.4 deg / 0.2 %). A wrong
-# registration is off by tens of % and degrees.
+# ~150 points and is limited by SIFT noise. Measured with the EXIF prior (kept fixed):
+# 3 % / 0.9 deg / -0.7 % (the prior's rounding); without EXIF (self-calibrated): 4-5 % /
+# 1.2-1.6 deg / +6 %, both mappers. A wrong registration is off by tens of % and degrees.
 CENTRE_TOL, ROTATION_TOL_DEG, FOCAL_TOL = 0.08, 3.0, 0.10
 
 
