@@ -5,7 +5,7 @@ ATE / scene extent), rotation error and seconds. Every run's full output (eval.j
 report.md, compare/ images) stays under ``--out``.
 
     .venv/bin/python tests/benchmarks/bench_eval.py --out /tmp/bench_eval
-    .venv/bin/python tests/benchmarks/bench_eval.py --only synthetic-orbit --iterations 500
+    .venv/bin/python tests/benchmarks/bench_eval.py --only synthetic-orbit dtu-scan24
 
 Not collected by pytest (tests/benchmarks is excluded); nothing here asserts.
 """
@@ -39,8 +39,8 @@ class Bench:
     """Folder for the scenes and the eval outputs."""
     only: tuple[str, ...] = ()
     """Run only these cases (names as in the table)."""
-    iterations: int | None = None
-    """Method steps (default: the method's schedule)."""
+    iterations: int | None = 1000
+    """Method steps (None: the method's default schedule, 300 for InstantSplat)."""
     test_pose_iterations: int = 100
     """Test-view pose optimisation steps."""
     train_views: int = 5
