@@ -37,9 +37,12 @@ class CameraBranch(nn.Module):
         super().__init__()
         cc, dim = config.camera, config.hidden
         self.config = config
-        self.backbone = ResNet(cc.resnet_depth, cc.resnet_width, cc.norm_eval,
-                               cc.checkpoint_backbone, cc.frozen_stages)
-        if cc.backbone_weights:
+        # Frozen batch norms and stages only make sense for pretrained weights: with a
+        # random init, frozen (identity) statistics would let activations grow unchecked.
+        pretrained = bool(cc.backbone_weights)
+        self.backbone = ResNet(cc.resnet_depth, cc.resnet_width, cc.norm_eval and pretrained,
+                               cc.checkpoint_backbone, cc.frozen_stages if pretrained else -1)
+        if pretrained:
             load_resnet_weights(self.backbone, cc.backbone_weights)
         self.fpn = FPN(self.backbone.out_channels, dim, cc.num_levels)
         self.heatmap = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True),

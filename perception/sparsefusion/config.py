@@ -163,8 +163,9 @@ class SparseFusionConfig:
 
 def paper_preset(modality: Modality = "fusion") -> SparseFusionConfig:
     """The released nuScenes ResNet-50 configuration (sizes as in the paper), with mmdet's
-    usual ResNet-50 training settings (frozen stem and first stage, frozen batch norms)
-    and block-wise recomputation so one six-camera sample trains within 24 GB on a CPU."""
+    usual ResNet-50 training settings (frozen stem and first stage, frozen batch norms:
+    applied when pretrained weights are given) and block-wise recomputation so one
+    six-camera sample trains within 24 GB on a CPU."""
     config = SparseFusionConfig(modality=modality)
     config.camera.norm_eval = True
     config.camera.frozen_stages = 1

@@ -111,10 +111,11 @@ def memory_step(n_points: int, device: str) -> None:
     mid = time.perf_counter()
     losses["total"].backward()
     end = time.perf_counter()
+    total = float(losses["total"].detach())
     grads = sum(1 for p in model.parameters() if p.grad is not None)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"paper preset forward {mid - start:.1f} s, backward {end - mid:.1f} s, "
-          f"loss {float(losses['total']):.3f} (finite: {math.isfinite(float(losses['total']))}), "
+          f"loss {total:.3f} (finite: {math.isfinite(total)}), "
           f"{params / 1e6:.1f} M parameters, {grads} with gradients")
     line = f"peak_rss_gb={peak_gb:.2f}"
     if device.startswith("cuda"):

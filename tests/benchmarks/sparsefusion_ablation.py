@@ -111,8 +111,8 @@ def main() -> None:
                "--dataroot", str(dataroot), "--out", str(folder), "--modality", modality,
                "--epochs", str(epochs), "--max-minutes", str(args.minutes),
                "--threads", str(args.threads), "--lr", str(args.lr), "--cache-dir", str(cache)]
-        for path in init:
-            cmd += ["--init-from", str(path)]
+        if init:
+            cmd += ["--init-from", *(str(path) for path in init)]
         return cmd
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
