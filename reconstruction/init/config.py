@@ -60,6 +60,9 @@ class StereoConfig:
     """Depths beyond [z_near / m, z_far * m] of a pair's shared sparse points are dropped."""
     min_views: int = 2
     """Views whose depth maps must agree on a point (itself included)."""
+    fill_stride: int = 4
+    """Pixels that no fused point covers get a guessed point (the nearest covered depth) on
+    a grid of this stride, so that textureless areas have splats to start from (0: off)."""
     max_points: int = 30_000
     """The fused cloud is voxel-averaged down to at most this many points ..."""
     points_per_pixel: float = 0.1

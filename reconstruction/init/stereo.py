@@ -312,6 +312,55 @@ def voxel_average(points: np.ndarray, colors: np.ndarray,
     return merged / counts[:, None], merged_colors / counts[:, None]
 
 
+def fill_points(model: SparseModel, images: Sequence[LoadedImage],
+                depths: dict[int, np.ndarray], fused: np.ndarray,
+                config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Guessed points ``[F, 3]`` (+ colours) for the pixels no fused point explains.
+
+    Textureless areas (a white table, a plain wall) get no stereo depth, and 3DGS cannot
+    grow Gaussians where there are none nearby; a learned point-map initialiser covers
+    every pixel. Here each uncovered pixel (on a ``fill_stride`` grid) borrows the depth of
+    the nearest pixel with a fused point and is back-projected: a guess, but with the
+    right colour near the right place, which the joint optimisation then refines.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    points, colors = [], []
+    for i, depth in depths.items():
+        K, T = model.Ks[i], model.T_cam_world[i]
+        h, w = depth.shape
+        # Which pixels the fused cloud covers (its points seen from this view).
+        cam = fused @ T[:3, :3].T + T[:3, 3]
+        front = cam[:, 2] > 1e-9
+        uv = cam[front, :2] / cam[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
+        col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        known = np.zeros((h, w))
+        order = np.argsort(-cam[front][inside, 2])  # nearest last: it wins
+        known[row[inside][order], col[inside][order]] = cam[front][inside][order, 2]
+        covered = known > 0
+        if covered.mean() < 0.01:
+            continue
+        # Grow the coverage by a few pixels: splats there are a stride apart anyway.
+        _, (near_r, near_c) = distance_transform_edt(~covered, return_indices=True)
+        grid = np.zeros_like(covered)
+        first, step = config.fill_stride // 2, config.fill_stride
+        grid[first::step, first::step] = True
+        distance = np.hypot(near_r - np.arange(h)[:, None], near_c - np.arange(w)[None, :])
+        v, u = np.nonzero(grid & (distance > config.fill_stride))
+        if len(v) == 0:
+            continue
+        z = known[near_r[v, u], near_c[v, u]]
+        pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
+                            (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
+        T_world_cam = np.linalg.inv(T)
+        points.append(pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3])
+        colors.append(images[i].rgb.numpy()[v, u].astype(np.float64))
+    if not points:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(points), np.concatenate(colors)
+
+
 def densify(model: SparseModel, images: Sequence[LoadedImage],
             config: StereoConfig) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """The fused dense cloud ``[P, 3]`` with colours ``[P, 3]`` and counts for the metrics."""
@@ -328,5 +377,13 @@ def densify(model: SparseModel, images: Sequence[LoadedImage],
     limit = max(1, min(config.max_points, int(config.points_per_pixel * pixels)))
     points, colors = voxel_average(points, colors, limit)
     stats = {"stereo_pairs": len(pairs), "fused_points": int(fused),
-             "dense_points": int(len(points))}
+             "dense_points": int(len(points)), "fill_points": 0}
+    if config.fill_stride > 0 and len(points):
+        filled, filled_colors = fill_points(model, images, depths, points, config)
+        # Guesses get at most half the budget of the measured points (CPU time).
+        keep = max(1, len(filled) // max(1, limit // 2) + (len(filled) > limit // 2))
+        filled, filled_colors = filled[::keep], filled_colors[::keep]
+        stats["fill_points"] = int(len(filled))
+        points = np.concatenate([points, filled])
+        colors = np.concatenate([colors, filled_colors])
     return points, colors, stats

@@ -15,7 +15,7 @@ from reconstruction.init.config import InitConfig, InitName
 class TrainConfig:
     """Options of the joint Gaussian and pose optimisation (F-3DGO)."""
 
-    iterations: tyro.conf.Suppress[int] = 300
+    iterations: tyro.conf.Suppress[int] = 250
     """Optimisation steps (one view each); set by ``recon fit --iterations``."""
     sh_degree: int = 3
     """Highest SH degree, reached in equal steps over the iterations."""
@@ -83,7 +83,7 @@ class FitConfig:
     """Folder of 2-12 overlapping JPEG/PNG photos of one scene."""
     out: Path
     """Output folder (replaced atomically when the run succeeds)."""
-    iterations: int = 300
+    iterations: int = 250
     """Joint optimisation steps."""
     max_size: int | None = 512
     """Shrink photos so their longest side is at most this many pixels (None: keep)."""

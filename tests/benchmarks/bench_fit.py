@@ -70,7 +70,7 @@ def run(images: Path, out: Path, iterations: int, threads: int | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=250)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--dtu", action="store_true", help="fit DTU scan24 views 25, 22, 28")
     parser.add_argument("--focal-35mm", type=float, default=None,

@@ -129,7 +129,9 @@ def test_dense_cloud_lies_on_the_scene_surfaces(scene_dir):
     images = load_images(folder / "images")
     # Exact cameras isolate the stereo stage from the SfM error (a 5 % focal error
     # stretches the whole reconstruction by about as much).
-    points, colors, stats = densify(_ground_truth_model(scene), images, StereoConfig())
+    # The measured cloud only: fill points are guesses by design.
+    points, colors, stats = densify(_ground_truth_model(scene), images,
+                                    StereoConfig(fill_stride=0))
     assert stats["stereo_pairs"] == 3 and stats["fused_points"] > 10_000
     limit = int(0.1 * 3 * 192 * 144)  # the points_per_pixel cap
     assert limit / 2 < stats["dense_points"] <= limit
@@ -141,6 +143,11 @@ def test_dense_cloud_lies_on_the_scene_surfaces(scene_dir):
     # the wall's disparity into it consistently in all views (measured 95.2 % < 10 cm).
     assert np.mean(distances < 0.1) > 0.9
     assert np.all((colors >= 0) & (colors <= 1))
+    # Fill points cover the pixels the measured cloud leaves empty (the sky here), with at
+    # most half as many points as the measured cloud's budget.
+    filled, _, fill_stats = densify(_ground_truth_model(scene), images, StereoConfig())
+    assert 0 < fill_stats["fill_points"] <= limit // 2
+    assert len(filled) == fill_stats["dense_points"] + fill_stats["fill_points"]
 
 
 def test_sfm_initialiser_adds_the_dense_cloud(scene_dir, tmp_path):
@@ -148,8 +155,8 @@ def test_sfm_initialiser_adds_the_dense_cloud(scene_dir, tmp_path):
     images = load_images(folder / "images")
     result = INITIALISERS["sfm"](images, tmp_path, InitConfig(), 0)
     assert result.stats["dense_points"] > 10 * result.stats["sparse_points"]
-    assert len(result.points_world) == result.stats["dense_points"] + len(
-        result.model.points_world)
+    assert len(result.points_world) == result.stats["dense_points"] + result.stats[
+        "fill_points"] + len(result.model.points_world)
     assert {"features", "matching", "mapping", "stereo"} <= set(result.timings)
 
 
