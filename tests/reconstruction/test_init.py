@@ -177,3 +177,17 @@ def test_unregistrable_view_is_named(scene_dir, tmp_path):
     images = load_images(mixed)
     with pytest.raises(UserError, match="could not register zz_unrelated.png"):
         INITIALISERS["sfm-sparse"](images, tmp_path / "work", InitConfig(), 0)
+
+
+def test_auto_mapper_falls_back_when_incremental_mapping_stalls(scene_dir, tmp_path,
+                                                                monkeypatch):
+    import reconstruction.init.sfm as sfm
+
+    folder, scene = scene_dir
+    # COLMAP's mapper finds no initial pair (what happens on 2-3 wide-baseline views).
+    monkeypatch.setattr(sfm, "run_incremental", lambda *args, **kwargs: None)
+    result = INITIALISERS["sfm-sparse"](load_images(folder / "images"), tmp_path,
+                                        InitConfig(), 0)
+    assert result.model.mapper == "two-view" and result.model.registered.all()
+    errors, _ = _aligned_centre_errors(result.model, scene)
+    assert errors.max() < CENTRE_TOL
