@@ -51,8 +51,9 @@ from reconstruction.eval.splits import choose_split
 def scene_extent(dataset: EvalDataset) -> tuple[float, str]:
     """The scale ATE is compared with, and where it came from."""
     if dataset.format == "transforms":
+        file = dataset.path if dataset.path.is_file() else dataset.path / "transforms.json"
         try:
-            meta = json.loads((dataset.path / "transforms.json").read_text(encoding="utf-8"))
+            meta = json.loads(file.read_text(encoding="utf-8"))
             extent = float(meta["sparseview_synthetic"]["scene_extent"])
             return extent, "synthetic scene bounding-sphere diameter"
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
@@ -243,7 +244,9 @@ def run_eval(config: EvalConfig) -> dict:
                              "--masks DIR (DTU: RegNeRF's idrmvs masks)")
         results = {
             "method": config.method,
-            "dataset": {"path": str(dataset.path), "name": dataset.path.resolve().name,
+            "dataset": {"path": str(dataset.path),
+                        "name": (dataset.path.resolve().parent if dataset.path.is_file()
+                                 else dataset.path.resolve()).name,
                         "format": dataset.format, "num_views": dataset.num_views},
             "known_poses": config.known_poses,
             "test_pose_optimised": optimise_test,
