@@ -126,7 +126,8 @@ def memory_step(n_points: int, device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=["small", "paper"])
-    parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument("--frames", type=int, default=5,
+                        help="timed frames per preset (after one warm-up frame)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--points", type=int, default=35000)
     parser.add_argument("--threads", type=int, default=0)
