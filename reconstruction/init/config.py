@@ -63,7 +63,7 @@ class StereoConfig:
     fill_stride: int = 4
     """Pixels that no fused point covers get a guessed point (the nearest covered depth) on
     a grid of this stride, so that textureless areas have splats to start from (0: off)."""
-    max_points: int = 30_000
+    max_points: int = 24_000
     """The fused cloud is voxel-averaged down to at most this many points ..."""
     points_per_pixel: float = 0.1
     """... and to at most this many per input pixel (CPU time grows with the count)."""

@@ -207,9 +207,11 @@ def fit(config: FitConfig) -> dict:
         warn(f"ignoring the checkpoint in {checkpoint_path} (no --resume); starting again")
 
     if resumed is None:
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="sparseview-init-") as work:
             init = INITIALISERS[config.init](images, Path(work), config.init_options, config.seed)
         timings.update({f"init_{k}": v for k, v in init.timings.items()})
+        timings["init_total"] = time.perf_counter() - t0
         centre, scale = _normalisation(init.model.T_cam_world, init.model.points_world)
         T_cam_world, points = _apply_normalisation(init.model.T_cam_world, init.points_world,
                                                    centre, scale)
@@ -233,6 +235,7 @@ def fit(config: FitConfig) -> dict:
 
     from reconstruction.gaussians import GaussianScene
 
+    t_setup = time.perf_counter()
     data = TrainData(
         images=[im.rgb for im in images],
         Ks=init_state["init.Ks"],
@@ -254,6 +257,7 @@ def fit(config: FitConfig) -> dict:
     meta = {"version": CHECKPOINT_VERSION, "images": fingerprint, "key": key,
             "init": init_meta, "initial_gaussians": initial_gaussians,
             "initial_psnr_db": initial_psnr}
+    timings["setup"] = time.perf_counter() - t_setup  # splats from the cloud, first PSNR
     last_checkpoint = [trainer.iteration if resumed is not None else None]
 
     def save(tr: Trainer) -> None:
@@ -279,6 +283,7 @@ def fit(config: FitConfig) -> dict:
 
     t0 = time.perf_counter()
     psnrs = trainer.evaluate()
+    timings["evaluate"] = time.perf_counter() - t0
     metrics = _write_outputs(config, images, trainer, init_state, init_meta, timings,
                              psnrs, initial_gaussians, initial_psnr, t_start)
     if checkpoint_path.exists():
