@@ -10,6 +10,7 @@ the model are imported inside ``run``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,6 +84,8 @@ class Train:
                                  threads=self.threads, device=self.device)
         summary = train(config, samples, self.out, settings, resume=self.resume,
                         init_from=list(self.init_from))
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+            return summary
         if self.init_from:
             print(f"initialised {summary['initialised_tensors']} tensors from "
                   f"{', '.join(str(p) for p in self.init_from)}")
