@@ -102,7 +102,8 @@ class FitConfig:
     init_options: InitConfig = field(default_factory=InitConfig)
     """Options of the initialisers."""
     threads: int | None = None
-    """CPU threads; default: every core while the machine is idle, else 1 (on busy cores,
-    multi-threaded small tensor ops stall on each other; results are the same either way)."""
+    """CPU threads (default: all cores). Results are deterministic for a given seed and
+    thread count (large reductions are summed per thread). On a machine that other jobs
+    keep busy, use 1: multi-threaded small tensor ops stall waiting for each other."""
     quiet: bool = False
     """No progress bar."""

@@ -54,8 +54,9 @@ def _resume_key(config: FitConfig) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     key = {"iterations": config.iterations, "max_size": config.max_size, "init": config.init,
            "seed": config.seed, "focal_35mm": config.focal_35mm, "device": config.device,
+           "threads": choose_threads(config.threads),  # sums depend on the thread count
            "train": asdict(config.train), "init_options": asdict(config.init_options)}
-    key["init_options"]["sfm"].pop("threads", None)  # speed only, never the result
+    key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
     return json.loads(json.dumps(key, default=str))  # as it reads back from JSON
 
 
@@ -385,17 +386,12 @@ def _output_names(images: list[LoadedImage]) -> list[str]:
 
 
 def choose_threads(requested: int | None) -> int:
-    """``requested``, else all cores when the 1-minute load leaves one free, else 1."""
-    cores = os.cpu_count() or 1
+    """``requested``, else every core (a fixed choice: results depend on the count)."""
     if requested is not None:
         if requested < 1:
             raise UserError(f"--threads {requested} must be at least 1.")
         return requested
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = 0.0
-    return cores if load <= cores - 1 else 1
+    return os.cpu_count() or 1
 
 
 def run_fit(config: FitConfig) -> dict:

@@ -27,7 +27,8 @@ from reconstruction.instantsplat.pipeline import fit
 from reconstruction.procedural import make_scene, write_scene
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet"]
+# One thread: the tensors are small, and the test machine's cores are shared.
+FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +121,10 @@ def _recon(*args: str, **kwargs) -> subprocess.Popen:
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(scene, tmp_path):
     images, _ = scene
     args = ["fit", "--images", str(images), "--iterations", "24", "--max-size", "160",
-            "--train.checkpoint-every", "6", "--quiet", "--seed", "4"]
+            "--train.checkpoint-every", "6", "--quiet", "--seed", "4", "--threads", "1"]
     # The uninterrupted reference runs in-process (cheaper), with the same options.
     config = FitConfig(images=images, out=tmp_path / "a", iterations=24, max_size=160,
-                       quiet=True, seed=4)
+                       quiet=True, seed=4, threads=1)
     config.train.checkpoint_every = 6
     fit(config)
 
