@@ -85,6 +85,34 @@ inline scalar_t sigma_cutoff(scalar_t opacity) {
   return static_cast<scalar_t>(std::log(std::max(double(opacity), 1e-30) * 255.0) * 1.001 + 1e-3);
 }
 
+// One projected Gaussian as both passes read it. Forward and backward must take exactly
+// the same per-pixel decisions (which pixels, which alphas), so both go through this.
+template <typename scalar_t>
+struct Splat2D {
+  scalar_t mx, my, ca, cb, cc, op, cutoff;
+  const scalar_t* color;
+  PixelRange pixels;
+
+  Splat2D(const scalar_t* means, const scalar_t* conics, const scalar_t* colors,
+          const scalar_t* opacities, const int32_t* radii, int64_t cg, int64_t D, int64_t px0,
+          int64_t px1, int64_t py0, int64_t py1)
+      : mx(means[cg * 2]), my(means[cg * 2 + 1]), ca(conics[cg * 3]), cb(conics[cg * 3 + 1]),
+        cc(conics[cg * 3 + 2]), op(opacities[cg]), cutoff(sigma_cutoff(op)),
+        color(colors + cg * D),
+        pixels(pixel_range<scalar_t>(mx, my, radii[cg * 2], radii[cg * 2 + 1], px0, px1, py0,
+                                     py1)) {}
+
+  // alpha = min(0.999, op * exp(-sigma)) at offset (dx, dy); false when the pixel is
+  // skipped (sigma < 0 or alpha < 1/255). vis = exp(-sigma) for the backward pass.
+  inline bool alpha_at(scalar_t dx, scalar_t dy, scalar_t* alpha, scalar_t* vis) const {
+    const scalar_t sigma = scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
+    if (sigma < 0 || sigma > cutoff) return false;
+    *vis = std::exp(-sigma);
+    *alpha = std::min(static_cast<scalar_t>(kMaxAlpha), op * *vis);
+    return *alpha >= static_cast<scalar_t>(kAlphaThreshold);
+  }
+};
+
 int num_threads() {
   return std::max(1, at::get_num_threads());
 }
@@ -174,8 +202,6 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
   scalar_t* out_alpha = render_alphas.data_ptr<scalar_t>();
   int32_t* out_last = last_ids.data_ptr<int32_t>();
 
-  const scalar_t alpha_thresh = static_cast<scalar_t>(kAlphaThreshold);
-  const scalar_t max_alpha = static_cast<scalar_t>(kMaxAlpha);
   const scalar_t t_eps = static_cast<scalar_t>(kTransmittanceEps);
 
 #pragma omp parallel num_threads(num_threads())
@@ -199,28 +225,18 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
 
       const int64_t begin = offsets[tile], end = offsets[tile + 1];
       for (int64_t k = begin; k < end && n_done < npix; ++k) {
-        const int64_t g = flat[k];
-        const int64_t cg = c * N + g;
-        const scalar_t mx = means_ptr[cg * 2], my = means_ptr[cg * 2 + 1];
-        const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
-                       cc = conic_ptr[cg * 3 + 2];
-        const scalar_t op = opac_ptr[cg];
-        const scalar_t cutoff = sigma_cutoff(op);
-        const scalar_t* col = color_ptr + cg * D;
-        const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
-                                                    radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
+        const Splat2D<scalar_t> sp(means_ptr, conic_ptr, color_ptr, opac_ptr, radii_ptr,
+                                   c * N + flat[k], D, px0, px1, py0, py1);
+        const PixelRange& pr = sp.pixels;
         for (int64_t y = pr.y0; y < pr.y1; ++y) {
-          const scalar_t dy = my - (static_cast<scalar_t>(y) + scalar_t(0.5));
+          const scalar_t dy = sp.my - (static_cast<scalar_t>(y) + scalar_t(0.5));
           const int64_t row = (y - py0) * tw - px0;
           for (int64_t x = pr.x0; x < pr.x1; ++x) {
             const int64_t p = row + x;
             if (done[p]) continue;
-            const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
-            const scalar_t sigma =
-                scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            if (sigma < 0 || sigma > cutoff) continue;
-            const scalar_t alpha = std::min(max_alpha, op * std::exp(-sigma));
-            if (alpha < alpha_thresh) continue;
+            const scalar_t dx = sp.mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
+            scalar_t alpha, vis;
+            if (!sp.alpha_at(dx, dy, &alpha, &vis)) continue;
             const scalar_t next_t = trans[p] * (scalar_t(1) - alpha);
             if (next_t <= t_eps) {
               done[p] = 1;
@@ -229,7 +245,7 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
             }
             const scalar_t w = alpha * trans[p];
             scalar_t* acc = accum.data() + p * D;
-            for (int64_t d = 0; d < D; ++d) acc[d] += w * col[d];
+            for (int64_t d = 0; d < D; ++d) acc[d] += w * sp.color[d];
             trans[p] = next_t;
             last[p] = static_cast<int32_t>(k - begin + 1);
           }
@@ -275,7 +291,6 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
   const scalar_t* va_ptr = v_render_alphas.data_ptr<scalar_t>();
   scalar_t* v_out = v_isect.data_ptr<scalar_t>();
 
-  const scalar_t alpha_thresh = static_cast<scalar_t>(kAlphaThreshold);
   const scalar_t max_alpha = static_cast<scalar_t>(kMaxAlpha);
 
 #pragma omp parallel num_threads(num_threads())
@@ -312,31 +327,22 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
       const int64_t begin = offsets[tile];
       for (int64_t kl = static_cast<int64_t>(max_last) - 1; kl >= 0; --kl) {
         const int64_t k = begin + kl;
-        const int64_t g = flat[k];
-        const int64_t cg = c * N + g;
-        const scalar_t mx = means_ptr[cg * 2], my = means_ptr[cg * 2 + 1];
-        const scalar_t ca = conic_ptr[cg * 3], cb = conic_ptr[cg * 3 + 1],
-                       cc = conic_ptr[cg * 3 + 2];
-        const scalar_t op = opac_ptr[cg];
-        const scalar_t cutoff = sigma_cutoff(op);
-        const scalar_t* col = color_ptr + cg * D;
-        const PixelRange pr = pixel_range<scalar_t>(mx, my, radii_ptr[cg * 2],
-                                                    radii_ptr[cg * 2 + 1], px0, px1, py0, py1);
+        const Splat2D<scalar_t> sp(means_ptr, conic_ptr, color_ptr, opac_ptr, radii_ptr,
+                                   c * N + flat[k], D, px0, px1, py0, py1);
+        const PixelRange& pr = sp.pixels;
+        const scalar_t ca = sp.ca, cb = sp.cb, cc = sp.cc, op = sp.op;
+        const scalar_t* col = sp.color;
         std::fill(grad.begin(), grad.end(), scalar_t(0));
         bool touched = false;
         for (int64_t y = pr.y0; y < pr.y1; ++y) {
-          const scalar_t dy = my - (static_cast<scalar_t>(y) + scalar_t(0.5));
+          const scalar_t dy = sp.my - (static_cast<scalar_t>(y) + scalar_t(0.5));
           const int64_t row = (y - py0) * tw - px0;
           for (int64_t x = pr.x0; x < pr.x1; ++x) {
             const int64_t p = row + x;
             if (kl >= last[p]) continue;
-            const scalar_t dx = mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
-            const scalar_t sigma =
-                scalar_t(0.5) * (ca * dx * dx + cc * dy * dy) + cb * dx * dy;
-            if (sigma < 0 || sigma > cutoff) continue;
-            const scalar_t vis = std::exp(-sigma);
-            const scalar_t alpha = std::min(max_alpha, op * vis);
-            if (alpha < alpha_thresh) continue;
+            const scalar_t dx = sp.mx - (static_cast<scalar_t>(x) + scalar_t(0.5));
+            scalar_t alpha, vis;
+            if (!sp.alpha_at(dx, dy, &alpha, &vis)) continue;
             touched = true;
             const scalar_t ra = scalar_t(1) / (scalar_t(1) - alpha);
             trans[p] *= ra;  // transmittance in front of this Gaussian
