@@ -12,7 +12,7 @@ from reconstruction.init.config import InitName
 DatasetFormat = Literal["auto", "colmap", "transforms", "llff", "dtu", "co3d"]
 
 #: Names of :data:`reconstruction.eval.methods.METHODS`.
-MethodName = Literal["instantsplat"]
+MethodName = Literal["instantsplat", "rdggs"]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Literal
 import tyro
 
 from reconstruction.init.config import InitConfig, InitName
+from reconstruction.rdggs.config import RDGGSConfig
 
 
 @dataclass
@@ -87,6 +88,12 @@ class FitConfig:
     """Joint optimisation steps."""
     max_size: int | None = 512
     """Shrink photos so their longest side is at most this many pixels (None: keep)."""
+    method: Literal["instantsplat", "rdggs"] = "instantsplat"
+    """instantsplat: F-3DGO (photometric, joint poses); rdggs: RDG-GS (adds relative depth
+    guidance from depth priors and adaptive sampling)."""
+    poses: Path | None = None
+    """Known cameras (COLMAP model or transforms.json naming the photos): poses stay fixed
+    and the outputs are in their frame. None: estimate the poses."""
     init: InitName = "sfm"
     """Coarse initialiser: sfm (SfM poses + stereo cloud) or sfm-sparse (SfM points only)."""
     device: Literal["cpu", "cuda"] = "cpu"
@@ -101,6 +108,8 @@ class FitConfig:
     """Optimisation options."""
     init_options: InitConfig = field(default_factory=InitConfig)
     """Options of the initialisers."""
+    rdggs: RDGGSConfig = field(default_factory=RDGGSConfig)
+    """Options of --method rdggs."""
     threads: int | None = None
     """CPU threads (default: all cores). Results are deterministic for a given seed and
     thread count (large reductions are summed per thread). On a machine that other jobs

@@ -2,7 +2,13 @@
 
 Stages: load the photos; coarse geometric initialisation (``--init``, SfM + stereo by
 default); normalise the world (scene centre at the origin, mean camera distance 1); joint
-optimisation of Gaussians and poses (F-3DGO); write the outputs.
+optimisation of Gaussians and poses (F-3DGO, or RDG-GS's depth-guided variant with
+``--method rdggs``); write the outputs.
+
+With known cameras (``--poses PATH`` or ``fit(config, cameras=...)``) the initial cloud is
+moved into their frame by the similarity between the SfM cameras and the given ones, the
+poses stay fixed, and the outputs are written in the given frame. Without, the outputs are
+in the normalised SfM frame (its centre and scale are in metrics.json).
 
 Outputs (the folder appears complete or not at all)::
 
@@ -24,6 +30,7 @@ import math
 import os
 import tempfile
 import time
+import typing
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,6 +43,9 @@ from reconstruction.images import LoadedImage, load_images, save_png, warn
 from reconstruction.init.registry import INITIALISERS
 from reconstruction.instantsplat.config import FitConfig
 from reconstruction.instantsplat.trainer import TrainData, Trainer
+
+if typing.TYPE_CHECKING:
+    from geometry.cameras import Cameras
 
 CHECKPOINT_VERSION = 1
 
@@ -50,11 +60,15 @@ def _fingerprint(images: list[LoadedImage]) -> list[dict]:
              "sha1": hashlib.sha1(im.path.read_bytes()).hexdigest()} for im in images]
 
 
-def _resume_key(config: FitConfig) -> dict:
+def _resume_key(config: FitConfig, known: Cameras | None) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
     key = {"iterations": config.iterations, "max_size": config.max_size, "init": config.init,
            "seed": config.seed, "focal_35mm": config.focal_35mm, "device": config.device,
            "threads": choose_threads(config.threads),  # sums depend on the thread count
+           "method": config.method, "rdggs": asdict(config.rdggs) if config.method == "rdggs"
+           else None, "known_poses": None if known is None else hashlib.sha1(
+               known.T_cam_world.double().numpy().tobytes()
+               + known.K.double().numpy().tobytes()).hexdigest(),
            "train": asdict(config.train), "init_options": asdict(config.init_options)}
     key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
     return json.loads(json.dumps(key, default=str))  # as it reads back from JSON
@@ -75,6 +89,80 @@ def _check_paths(config: FitConfig) -> None:
                         "35 mm-equivalent focal in millimetres (e.g. 26 for a phone).")
     if config.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda needs a CUDA GPU and PyTorch with CUDA; use --device cpu.")
+
+
+def _known_cameras(config: FitConfig, images: list[LoadedImage],
+                   cameras: Cameras | None) -> Cameras | None:
+    """The given cameras in image order, intrinsics for the loaded (resized) images.
+
+    ``cameras`` (from code) are taken in image order; ``--poses`` files are matched to the
+    photos by file name (then by stem).
+    """
+    import torch
+
+    if cameras is None and config.poses is None:
+        return None
+    if cameras is None:
+        from geometry.io import read_cameras
+
+        cameras = read_cameras(config.poses, dtype=torch.float64)
+        names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
+        if len(names) != len(cameras):
+            raise UserError(f"the cameras in {config.poses} have no image names; use a COLMAP "
+                            "model or transforms.json that names its images.")
+        by_name = {Path(n).name: i for i, n in enumerate(names)}
+        by_stem = {Path(n).stem: i for i, n in enumerate(names)}
+        order = []
+        for im in images:
+            i = by_name.get(im.path.name, by_stem.get(im.path.stem))
+            if i is None:
+                raise UserError(f"{config.poses} has no camera for {im.path.name}; give a "
+                                "camera for every photo in the folder.")
+            order.append(i)
+        cameras = cameras[order]
+    elif len(cameras) != len(images):
+        raise UserError(f"{len(cameras)} cameras were given for {len(images)} photos; give one "
+                        "per photo.")
+    cameras = cameras.to(dtype=torch.float64)
+    K = cameras.K.clone()
+    for k, im in enumerate(images):
+        w, h = float(cameras.width[k]), float(cameras.height[k])
+        if abs(w / h - im.width / im.height) > 0.01 * im.width / im.height:
+            raise UserError(f"the camera of {im.path.name} is {w:.0f}x{h:.0f} but the photo is "
+                            f"{im.width}x{im.height} (another aspect ratio); give its camera.")
+        K[k, 0] *= im.width / w
+        K[k, 1] *= im.height / h
+    from geometry.cameras import Cameras
+
+    return Cameras(K=K, T_world_cam=cameras.T_world_cam,
+                   width=torch.tensor([im.width for im in images]),
+                   height=torch.tensor([im.height for im in images]),
+                   names=[im.path.name for im in images])
+
+
+def _init_in_frame(init, known: Cameras) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Init points (dense, sparse) moved into the given cameras' frame, and their poses.
+
+    The similarity maps the SfM camera centres onto the given ones (orientations too where
+    the centres are collinear, as with two views).
+    """
+    from geometry.sim3 import align_poses, sim3_apply
+
+    T_sfm = torch.from_numpy(np.linalg.inv(init.model.T_cam_world)).double()
+    try:
+        s, R, t = align_poses(T_sfm, known.T_world_cam)
+    except ValueError:
+        try:
+            s, R, t = align_poses(T_sfm, known.T_world_cam, use_orientations=True)
+        except ValueError as err:
+            raise UserError(f"the given cameras cannot be related to the photos ({err}); check "
+                            "that they belong to these photos.") from None
+
+    def move(points: np.ndarray) -> np.ndarray:
+        return sim3_apply(s, R, t, torch.from_numpy(points).double()).numpy()
+
+    return (move(init.points_world), move(init.model.points_world),
+            known.T_cam_world.numpy().copy())
 
 
 def _normalisation(T_cam_world: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -173,8 +261,21 @@ def _apply_focal(images: list[LoadedImage], focal_35mm: float | None) -> None:
             im.focal_px = focal_35mm * math.hypot(im.width, im.height) / FULL_FRAME_DIAGONAL_MM
 
 
-def fit(config: FitConfig) -> dict:
-    """Run the whole pipeline (see the module doc); returns the metrics written."""
+def build_trainer(config: FitConfig, data: TrainData, scene, images: list[LoadedImage],
+                  init_state: dict[str, torch.Tensor]) -> Trainer:
+    """The optimiser of ``config.method`` (F-3DGO's :class:`Trainer`, or RDG-GS's)."""
+    if config.method == "rdggs":
+        from reconstruction.rdggs.method import build_trainer as build_rdggs
+
+        return build_rdggs(config, data, scene, images, init_state)
+    return Trainer(data, scene, config.train, seed=config.seed, device=config.device)
+
+
+def fit(config: FitConfig, cameras: Cameras | None = None) -> dict:
+    """Run the whole pipeline (see the module doc); returns the metrics written.
+
+    ``cameras``: known cameras of the photos, in their name order (as ``--poses``).
+    """
     t_start = time.perf_counter()
     _check_paths(config)
     config.train.iterations = config.iterations
@@ -188,8 +289,12 @@ def fit(config: FitConfig) -> dict:
     images = load_images(config.images, config.max_size, config.train.background)
     _apply_focal(images, config.focal_35mm)
     timings["load_images"] = time.perf_counter() - t0
+    known = _known_cameras(config, images, cameras)
+    if known is not None:
+        config.train.optimise_poses = False
+        config.train.optimise_focal = False
     fingerprint = _fingerprint(images)
-    key = _resume_key(config)
+    key = _resume_key(config, known)
 
     resumed = None
     if config.resume:
@@ -213,13 +318,18 @@ def fit(config: FitConfig) -> dict:
             init = INITIALISERS[config.init](images, Path(work), config.init_options, config.seed)
         timings.update({f"init_{k}": v for k, v in init.timings.items()})
         timings["init_total"] = time.perf_counter() - t0
-        centre, scale = _normalisation(init.model.T_cam_world, init.model.points_world)
-        T_cam_world, points = _apply_normalisation(init.model.T_cam_world, init.points_world,
-                                                   centre, scale)
-        _, sparse_points = _apply_normalisation(init.model.T_cam_world,
-                                                init.model.points_world, centre, scale)
+        if known is None:
+            dense, sparse, T_init = init.points_world, init.model.points_world, \
+                init.model.T_cam_world
+            Ks = torch.from_numpy(init.model.Ks).float()
+        else:
+            dense, sparse, T_init = _init_in_frame(init, known)
+            Ks = known.K.float()
+        centre, scale = _normalisation(T_init, sparse)
+        T_cam_world, points = _apply_normalisation(T_init, dense, centre, scale)
+        _, sparse_points = _apply_normalisation(T_init, sparse, centre, scale)
         init_state = {
-            "init.Ks": torch.from_numpy(init.model.Ks).float(),
+            "init.Ks": Ks,
             "init.T_cam_world": torch.from_numpy(T_cam_world).float(),
             "init.points": torch.from_numpy(points).float(),
             "init.colors": torch.from_numpy(init.colors).float(),
@@ -246,7 +356,7 @@ def fit(config: FitConfig) -> dict:
     scene = GaussianScene.from_points(
         init_state["init.points"], init_state["init.colors"].clamp(0, 1),
         sh_degree=config.train.sh_degree, initial_opacity=config.train.initial_opacity)
-    trainer = Trainer(data, scene, config.train, seed=config.seed, device=config.device)
+    trainer = build_trainer(config, data, scene, images, init_state)
     initial_gaussians = trainer.num_gaussians
     if resumed is not None:
         trainer.load_state(resumed[0], resumed[1]["trainer"])
@@ -286,7 +396,8 @@ def fit(config: FitConfig) -> dict:
     psnrs = trainer.evaluate()
     timings["evaluate"] = time.perf_counter() - t0
     metrics = _write_outputs(config, images, trainer, init_state, init_meta, timings,
-                             psnrs, initial_gaussians, initial_psnr, t_start)
+                             psnrs, initial_gaussians, initial_psnr, t_start,
+                             in_given_frame=known is not None)
     if checkpoint_path.exists():
         import shutil
 
@@ -315,18 +426,31 @@ def _pose_changes(trainer: Trainer, names: list[str]) -> list[dict]:
 
 def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Trainer,
                    init_state: dict, init_meta: dict, timings: dict, psnrs: list[float],
-                   initial_gaussians: int, initial_psnr: float, t_start: float) -> dict:
+                   initial_gaussians: int, initial_psnr: float, t_start: float,
+                   in_given_frame: bool = False) -> dict:
     from geometry.cameras import Cameras
     from geometry.io.colmap import ColmapModel, write_colmap_model
     from geometry.io.transforms_json import write_transforms_json
     from geometry.se3 import invert_T
-    from reconstruction.gaussians import write_ply
+    from reconstruction.gaussians import GaussianScene, write_ply
 
     t0 = time.perf_counter()
     names = _output_names(images)
     with torch.no_grad():
         T_cam_world = trainer.viewmats().detach().cpu().double()
         Ks = trainer.intrinsics().detach().cpu().double()
+    scene = trainer.scene()
+    sparse_points = init_state["init.sparse_points"].double()
+    if in_given_frame:  # undo the normalisation: outputs in the given cameras' frame
+        centre = torch.tensor(init_meta["normalisation"]["centre"], dtype=torch.float64)
+        scale = float(init_meta["normalisation"]["scale"])
+        T_cam_world[:, :3, 3] = T_cam_world[:, :3, 3] / scale \
+            - (T_cam_world[:, :3, :3] @ centre[:, None])[..., 0]
+        sparse_points = sparse_points / scale + centre
+        scene = GaussianScene(
+            means=(scene.means.double() / scale + centre).float(), quats=scene.quats,
+            log_scales=scene.log_scales - math.log(scale),
+            logit_opacities=scene.logit_opacities, sh0=scene.sh0, shN=scene.shN)
     cameras = Cameras(
         K=Ks, T_world_cam=invert_T(T_cam_world),
         width=torch.tensor([im.width for im in images]),
@@ -334,7 +458,9 @@ def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Traine
         names=[f"images/{n}" for n in names])
     metrics = {
         "images": [im.path.name for im in images],
+        "method": config.method,
         "init": config.init,
+        "known_poses": in_given_frame,
         "iterations": config.iterations,
         "seed": config.seed,
         "device": config.device,
@@ -350,16 +476,17 @@ def _write_outputs(config: FitConfig, images: list[LoadedImage], trainer: Traine
         "init_stats": init_meta["stats"],
         "normalisation": init_meta["normalisation"],
         "nan_rollbacks": trainer.rollbacks,
+        **trainer.extra_metrics(),
     }
     with atomic_directory(config.out) as tmp:
         (tmp / "images").mkdir()
         for name, im in zip(names, images, strict=True):
             save_png(tmp / "images" / name, im.rgb)
-        write_ply(tmp / "splats.ply", trainer.scene())
+        write_ply(tmp / "splats.ply", scene)
         colmap = ColmapModel.from_cameras(
             Cameras(K=cameras.K, T_world_cam=cameras.T_world_cam, width=cameras.width,
                     height=cameras.height, names=list(names)),
-            points_xyz=init_state["init.sparse_points"].double().numpy(),
+            points_xyz=sparse_points.numpy(),
             points_rgb=init_state["init.sparse_colors"].clamp(0, 1).numpy())
         write_colmap_model(tmp / "cameras", colmap)
         write_transforms_json(tmp / "transforms.json", cameras,

@@ -65,7 +65,16 @@ def _downsample(image: Tensor, scale: float) -> tuple[Tensor, float, float]:
 
 
 class Trainer:
-    """Holds the optimisation state; :meth:`step` runs one iteration."""
+    """Holds the optimisation state; :meth:`step` runs one iteration.
+
+    Extension points for methods on the same engine: :meth:`loss` (extra terms),
+    :attr:`render_depth`, :meth:`refine` (call ``super().refine()`` and add Gaussians with
+    :meth:`append_gaussians`), :meth:`state_tensors` / :meth:`load_state` (extra state) and
+    :meth:`extra_metrics` (written into metrics.json).
+    """
+
+    render_depth: bool = False
+    """Render expected depth every step (``meta["depth"]`` in :meth:`loss`)."""
 
     def __init__(self, data: TrainData, scene: GaussianScene, config: TrainConfig,
                  seed: int = 0, device: str | torch.device = "cpu") -> None:
@@ -156,8 +165,13 @@ class Trainer:
     # ------------------------------------------------------------------ rendering
 
     def render(self, view: int, scale: float = 1.0, sh_degree: int | None = None,
-               viewmat: Tensor | None = None) -> tuple[Tensor, Tensor, dict, Tensor]:
-        """Render ``view`` at ``scale``; ``(rgb [h, w, 3], alpha [h, w, 1], meta, target)``."""
+               viewmat: Tensor | None = None,
+               depth: bool = False) -> tuple[Tensor, Tensor, dict, Tensor]:
+        """Render ``view`` at ``scale``; ``(rgb [h, w, 3], alpha [h, w, 1], meta, target)``.
+
+        With ``depth``, ``meta["depth"]`` is the expected camera-frame z ``[h, w, 1]``
+        (alpha-weighted mean, differentiable) and ``meta["scale"]`` the resolution scale.
+        """
         from reconstruction.splatting import rasterization
 
         if scale == 1.0:
@@ -174,7 +188,12 @@ class Trainer:
         colors, alphas, meta = rasterization(
             p["means"], p["quats"], torch.exp(p["log_scales"]), torch.sigmoid(p["logit_opacities"]),
             torch.cat([p["sh0"], p["shN"]], 1), viewmat[None], K[None], w, h,
-            sh_degree=degree, backgrounds=self.background[None])
+            sh_degree=degree, backgrounds=self.background[None],
+            render_mode="RGB+ED" if depth else "RGB")
+        meta["scale"] = scale
+        if depth:
+            meta["depth"] = colors[0, ..., 3:]
+            return colors[0, ..., :3], alphas[0], meta, target
         return colors[0], alphas[0], meta, target
 
     # ------------------------------------------------------------------ one iteration
@@ -194,14 +213,9 @@ class Trainer:
         if max(self.targets[view].shape[:2]) * c.coarse_scale < c.coarse_min_size:
             scale = 1.0  # small photos: the coarse level would be too small to align poses
         self._set_learning_rates()
-        image, _, meta, target = self.render(view, scale)
+        image, alpha, meta, target = self.render(view, scale, depth=self.render_depth)
         meta["means2d"].retain_grad()
-        loss = photometric_loss(image, target, c.ssim_weight)
-        if c.optimise_poses and c.pose_reg_weight > 0 and self.data.num_views > 1:
-            twists = self.pose_twists()
-            reg = ((twists[:, :3] / self.data.scene_scale) ** 2).sum(1) \
-                + (twists[:, 3:] ** 2).sum(1)
-            loss = loss + c.pose_reg_weight * reg.sum() / (self.data.num_views - 1)
+        loss = self.loss(view, image, alpha, meta, target)
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self._roll_back(f"the loss became {loss.item()}")
@@ -223,6 +237,23 @@ class Trainer:
         with torch.no_grad():
             value = psnr(image.detach(), target).item()
         return loss.item(), value
+
+    def loss(self, view: int, image: Tensor, alpha: Tensor, meta: dict,
+             target: Tensor) -> Tensor:
+        """The training loss of one rendered view (a scalar).
+
+        F-3DGO's: L1 + D-SSIM, plus the pose regulariser. Methods built on this trainer
+        (RDG-GS) override it, add their terms to ``super().loss(...)`` and set
+        :attr:`render_depth` when they need ``meta["depth"]``.
+        """
+        c = self.config
+        loss = photometric_loss(image, target, c.ssim_weight)
+        if c.optimise_poses and c.pose_reg_weight > 0 and self.data.num_views > 1:
+            twists = self.pose_twists()
+            reg = ((twists[:, :3] / self.data.scene_scale) ** 2).sum(1) \
+                + (twists[:, 3:] ** 2).sum(1)
+            loss = loss + c.pose_reg_weight * reg.sum() / (self.data.num_views - 1)
+        return loss
 
     # ------------------------------------------------------------------ NaN/Inf handling
 
@@ -324,6 +355,20 @@ class Trainer:
         self._reset_stats()
         return {"cloned": int(clone.sum()), "split": int(split.sum()), "pruned": pruned,
                 "added": n_new}
+
+    @torch.no_grad()
+    def append_gaussians(self, values: dict[str, Tensor]) -> None:
+        """Add Gaussians (one tensor per :data:`GAUSSIAN_FIELDS` name, raw parameters as in
+        :class:`GaussianScene`) with zero optimiser state; statistics restart."""
+        n_new = int(values["means"].shape[0])
+        keep = torch.ones(self.num_gaussians, dtype=torch.bool, device=self.device)
+        self._remap(keep, n_new, {name: values[name].to(self.device, torch.float32)
+                                  for name in GAUSSIAN_FIELDS})
+        self._reset_stats()
+
+    def extra_metrics(self) -> dict:
+        """Method-specific figures for metrics.json (none for F-3DGO)."""
+        return {}
 
     def _remap(self, keep: Tensor, n_new: int, appended: dict[str, Tensor]) -> None:
         """Keep rows ``keep`` of every Gaussian tensor, append ``appended`` (zero Adam state)."""

@@ -4,8 +4,8 @@ Prints one table: scene, views, method, PSNR, SSIM (masked where masks exist), A
 ATE / scene extent), rotation error and seconds. Every run's full output (eval.json,
 report.md, compare/ images) stays under ``--out``.
 
-    .venv/bin/python tests/benchmarks/bench_eval.py --out /tmp/bench_eval
-    .venv/bin/python tests/benchmarks/bench_eval.py --only synthetic-orbit dtu-scan24
+    .venv/bin/python tests/benchmarks/recon_bench.py --out /tmp/bench_eval
+    .venv/bin/python tests/benchmarks/recon_bench.py --only synthetic-orbit dtu-scan24
 
 Not collected by pytest (tests/benchmarks is excluded); nothing here asserts.
 """

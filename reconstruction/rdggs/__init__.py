@@ -1,0 +1,1 @@
+"""RDG-GS: relative-depth-guided Gaussian splatting for sparse views (``--method rdggs``)."""
