@@ -1,7 +1,9 @@
-"""The ``perception`` command line: ``synth``, ``detect`` and ``eval``.
+"""The ``perception`` command line: ``synth``, ``train``, ``detect`` and ``eval``.
 
     perception synth --out DIR [--scenes N] [--samples-per-scene M] [--seed S]
+    perception train --dataroot D --out CKPT [--preset small|paper] [--modality fusion]
     perception detect --dataroot D --version V --split S --detector oracle --out results.json
+    perception detect --dataroot D --detector sparsefusion --checkpoint CKPT --out results.json
     perception eval --dataroot D --version V --split S --results results.json --out DIR
 
 Subcommands are dataclasses turned into a CLI by tyro; heavy modules (the devkit,
@@ -119,31 +121,54 @@ class Detect:
     version: str = "v1.0-mini"
     split: str = "mini_val"
     detector: DetectorName = "oracle"
-    """oracle: the ground truth; noisy-oracle: the ground truth with noise."""
+    """oracle: the ground truth; noisy-oracle: the ground truth with noise; sparsefusion: a
+    checkpoint written by ``perception train`` (--checkpoint)."""
+    checkpoint: Path | None = None
+    """Checkpoint folder of a learned detector (config.json + model.safetensors)."""
+    device: str = "cpu"
+    """Device of a learned detector: cpu, cuda or cuda:N."""
     seed: int = 0
     """Seed of the noisy oracle."""
-    sweeps: int = 10
-    """LiDAR sweeps per sample for detectors that read points."""
+    sweeps: int | None = None
+    """LiDAR sweeps per sample for detectors that read points (default: the checkpoint's
+    setting for sparsefusion, 10 otherwise)."""
     noise: NoiseOptions = field(default_factory=NoiseOptions)
 
-    def run(self) -> None:
+    def _detector(self):
         from dataclasses import asdict
 
+        from perception.detectors import DETECTORS, NoiseConfig
+
+        if self.detector == "sparsefusion":
+            if self.checkpoint is None:
+                raise UserError("--detector sparsefusion needs --checkpoint, the folder "
+                                "written by `perception train`.")
+            if self.device.startswith("cuda"):
+                import torch
+
+                if not torch.cuda.is_available():
+                    raise UserError(f"--device {self.device} asked for, but no CUDA device "
+                                    "is available; use --device cpu.")
+            return DETECTORS["sparsefusion"](self.checkpoint, self.device)
+        if self.checkpoint is not None:
+            raise UserError(f"--checkpoint is for learned detectors; --detector {self.detector}"
+                            " takes none.")
+        if self.detector == "noisy-oracle":
+            return DETECTORS["noisy-oracle"](noise=NoiseConfig(**asdict(self.noise)),
+                                             seed=self.seed)
+        return DETECTORS[self.detector]()
+
+    def run(self) -> None:
         from perception.data import NuScenesDataset
-        from perception.detectors import (
-            NoiseConfig,
-            NoisyOracleDetector,
-            OracleDetector,
-            run_detector,
-        )
+        from perception.detectors import run_detector
         from perception.results import write_results
 
-        if self.detector == "oracle":
-            detector = OracleDetector()
-        else:
-            detector = NoisyOracleDetector(noise=NoiseConfig(**asdict(self.noise)),
-                                           seed=self.seed)
-        dataset = NuScenesDataset(self.dataroot, self.version, self.split, sweeps=self.sweeps,
+        detector = self._detector()
+        sweeps = self.sweeps
+        if sweeps is None:
+            config = getattr(detector, "config", None)
+            sweeps = config.voxel.sweeps if config is not None else 10
+        dataset = NuScenesDataset(self.dataroot, self.version, self.split, sweeps=sweeps,
                                   load_points=detector.needs_points,
                                   load_images=detector.needs_images)
         with _progress() as progress:
@@ -182,8 +207,15 @@ class Eval:
         print(f"\nwrote {self.out / 'metrics.json'}")
 
 
+def _train_command():
+    from perception.sparsefusion.cli import Train
+
+    return Train
+
+
 COMMANDS = {
     "synth": Synth,
+    "train": _train_command(),
     "detect": Detect,
     "eval": Eval,
 }

@@ -123,6 +123,6 @@ VISIBILITY_LEVELS: tuple[tuple[str, str, str], ...] = (
 )
 """The nuScenes visibility table: token, level, description."""
 
-DetectorName = Literal["oracle", "noisy-oracle"]
+DetectorName = Literal["oracle", "noisy-oracle", "sparsefusion"]
 """Names accepted by ``perception detect --detector`` (a new detector is added here and
 to ``perception.detectors.DETECTORS``)."""

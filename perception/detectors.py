@@ -160,9 +160,17 @@ def _concat(parts: list[LidarBoxes]) -> LidarBoxes:
     )
 
 
+def _sparsefusion(checkpoint, device: str = "cpu") -> Detector:
+    """A trained SparseFusion checkpoint folder (torch and the model load only here)."""
+    from perception.sparsefusion.infer import SparseFusionDetector
+
+    return SparseFusionDetector(checkpoint, device)
+
+
 DETECTORS: dict[str, Callable[..., Detector]] = {
     "oracle": OracleDetector,
     "noisy-oracle": NoisyOracleDetector,
+    "sparsefusion": _sparsefusion,
 }
 assert set(DETECTORS) == set(get_args(DetectorName))
 

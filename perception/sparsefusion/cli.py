@@ -109,20 +109,11 @@ class Detect:
     device: str = "cpu"
 
     def run(self) -> None:
-        from perception.data import NuScenesDataset
-        from perception.detectors import run_detector
-        from perception.results import write_results
-        from perception.sparsefusion.infer import SparseFusionDetector
+        from perception.cli import Detect as PerceptionDetect
 
-        detector = SparseFusionDetector(self.checkpoint, self.device)
-        dataset = NuScenesDataset(self.dataroot, self.version, self.split,
-                                  sweeps=detector.config.voxel.sweeps,
-                                  load_points=detector.needs_points,
-                                  load_images=detector.needs_images)
-        results = run_detector(detector, (dataset[i] for i in range(len(dataset))))
-        write_results(self.out, results, detector.meta)
-        n_boxes = sum(len(v) for v in results.values())
-        print(f"wrote {self.out}: {n_boxes} boxes for {len(results)} samples of {self.split}")
+        PerceptionDetect(dataroot=self.dataroot, out=self.out, version=self.version,
+                         split=self.split, detector="sparsefusion", checkpoint=self.checkpoint,
+                         device=self.device).run()
 
 
 COMMANDS = {"train": Train, "detect": Detect}

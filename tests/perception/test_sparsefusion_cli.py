@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from perception.cli import main as perception_main
 from perception.sparsefusion.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,10 +36,10 @@ def _tiny_checkpoint(folder: Path, modality: str = "fusion") -> Path:
 
 
 def test_cli_train_detect_and_devkit_score(synth_root: Path, tmp_path: Path):
-    """One training step of the small preset, then detection on mini_val through the CLI;
-    the results file passes the checks and the devkit scores it."""
+    """One training step of the small preset, then detection on mini_val through the
+    ``perception`` CLI; the results file passes the checks and the devkit scores it."""
     ckpt = tmp_path / "ckpt"
-    main(["train", "--dataroot", str(synth_root), "--out", str(ckpt), "--preset", "small",
+    perception_main(["train", "--dataroot", str(synth_root), "--out", str(ckpt), "--preset", "small",
           "--modality", "fusion", "--epochs", "1", "--limit", "1"])
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["model"]["modality"] == "fusion" and saved["step"] == 1
@@ -50,8 +51,8 @@ def test_cli_train_detect_and_devkit_score(synth_root: Path, tmp_path: Path):
     assert json.loads((ckpt / "config.json").read_text())["step"] == 1
 
     results = tmp_path / "results.json"
-    main(["detect", "--dataroot", str(synth_root), "--checkpoint", str(ckpt), "--out",
-          str(results)])
+    perception_main(["detect", "--dataroot", str(synth_root), "--detector", "sparsefusion",
+                     "--checkpoint", str(ckpt), "--out", str(results)])
     from perception.data import open_nuscenes, split_sample_tokens
     from perception.evaluation import evaluate
     from perception.results import load_results
@@ -79,6 +80,26 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
     assert err.value.code == 2
     message = capsys.readouterr().err.strip()
     assert message.count("\n") == 0 and "config.json" in message
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--detector", "sparsefusion"], "needs --checkpoint"),
+    (["--detector", "oracle", "--checkpoint", "ckpt"], "takes none"),
+    (["--detector", "sparsefusion", "--checkpoint", "ckpt", "--device", "cuda:7"],
+     "no CUDA device"),
+])
+def test_perception_detect_checkpoint_errors(tmp_path: Path, capsys, args, expected):
+    if "cuda:7" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    _tiny_checkpoint(tmp_path / "ckpt")
+    args = [str(tmp_path / "ckpt") if a == "ckpt" else a for a in args]
+    with pytest.raises(SystemExit) as err:
+        perception_main(["detect", "--dataroot", str(tmp_path), "--out",
+                         str(tmp_path / "r.json"), *args])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and expected in message
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_runs_on_real_nuscenes_fixture(fixture_root: Path, tmp_path: Path):
