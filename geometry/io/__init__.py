@@ -78,6 +78,7 @@ def read_cameras(
     path: str | os.PathLike,
     format: CameraFormat = "auto",
     dtype: torch.dtype | None = None,
+    require_images: bool = True,
 ) -> Cameras:
     """Read the cameras of a scene in any supported format.
 
@@ -86,6 +87,8 @@ def read_cameras(
         format: one of ``colmap, transforms, llff, idr, co3d``, or ``auto`` to detect it
             (see :func:`detect_camera_format`).
         dtype: float dtype of the tensors (default ``torch.float32``).
+        require_images: transforms.json: skip frames whose image is missing (with a
+            warning); False keeps them all (cameras for photos kept elsewhere).
 
     Returns:
         OpenCV :class:`Cameras`; ``image_paths`` set where the images were found.
@@ -125,7 +128,7 @@ def read_cameras(
 
         if path.is_dir() and not (path / "transforms.json").is_file():
             path = path / "transforms_train.json"
-        return read_transforms_json(path, dtype=dtype).cameras
+        return read_transforms_json(path, dtype=dtype, require_images=require_images).cameras
     if format == "llff":
         from geometry.io.llff import read_llff
 

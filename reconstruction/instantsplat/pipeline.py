@@ -105,7 +105,7 @@ def _known_cameras(config: FitConfig, images: list[LoadedImage],
     if cameras is None:
         from geometry.io import read_cameras
 
-        cameras = read_cameras(config.poses, dtype=torch.float64)
+        cameras = read_cameras(config.poses, dtype=torch.float64, require_images=False)
         names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
         if len(names) != len(cameras):
             raise UserError(f"the cameras in {config.poses} have no image names; use a COLMAP "

@@ -219,3 +219,52 @@ def test_nan_that_does_not_go_away_stops_cleanly(scene, tmp_path, monkeypatch, c
                          str(out), "--iterations", "10", *FAST)
     _assert_user_error(code, err, out, "diverged")
     assert err.count("rolled back") == 3  # each roll-back said so, then the stop
+
+
+def _write_poses(generated, path: Path, names: list[str]) -> None:
+    from geometry.io.transforms_json import write_transforms_json
+
+    write_transforms_json(path, generated.cameras, file_paths=[f"images/{n}" for n in names])
+
+
+def test_known_poses_keep_the_given_frame(scene, tmp_path, monkeypatch, capsys):
+    """--poses: the cameras come out exactly as given (at the photos' resolution) and the
+    splats sit in the given frame, where the cameras look at them."""
+    images, generated = scene
+    poses = tmp_path / "given" / "transforms.json"
+    poses.parent.mkdir()
+    _write_poses(generated, poses, ["view_00.png", "view_01.png", "view_02.png"])
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--poses", str(poses), "--iterations", "30", *FAST)
+    assert code == 0, err
+    given = generated.cameras.to(dtype=torch.float64)
+    written = read_transforms_json(out / "transforms.json", dtype=torch.float64).cameras
+    torch.testing.assert_close(written.T_world_cam, given.T_world_cam, rtol=0, atol=1e-6)
+    torch.testing.assert_close(written.K, given.K, rtol=1e-6, atol=1e-6)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["known_poses"] is True
+    assert all(p["rotation_deg"] == 0.0 and p["centre_shift"] < 1e-5
+               for p in metrics["pose_change"])
+    # The splats project into every view (they would not if left in the normalised frame:
+    # the generator's cameras are ~3 units from the origin, not 1).
+    means = read_ply(out / "splats.ply").means.double()
+    uv, depth = given.project(means.median(0).values[None].expand(len(given), 1, 3))
+    assert bool((depth > 0).all()), depth
+    assert bool(((uv[..., 0] > 0) & (uv[..., 0] < 160) & (uv[..., 1] > 0)
+                 & (uv[..., 1] < 120)).all()), uv
+    assert metrics["training_psnr_db"] > metrics["initial_psnr_db"] + 1.0, metrics
+
+
+def test_known_poses_errors(scene, tmp_path, monkeypatch, capsys):
+    images, generated = scene
+    out = tmp_path / "out"
+    poses = tmp_path / "given" / "transforms.json"
+    poses.parent.mkdir()
+    _write_poses(generated, poses, ["view_00.png", "view_01.png", "other.png"])
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--poses", str(poses), *FAST)
+    _assert_user_error(code, err, out, "has no camera for view_02.png")
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+                         str(out), "--poses", str(tmp_path / "nothing"), *FAST)
+    _assert_user_error(code, err, out, "found no cameras")
