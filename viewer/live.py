@@ -105,8 +105,9 @@ class LiveTrainingViewer:
         return (not self._closed and step % self.every == 0
                 and time.monotonic() - self._last_submit >= self.min_interval_s)
 
-    def update(self, step: int, scene, cameras=None) -> bool:
-        """Offer the current state; returns whether it was taken (due and not too soon).
+    def update(self, step: int, scene, cameras=None, force: bool = False) -> bool:
+        """Offer the current state; returns whether it was taken (due and not too soon,
+        or ``force``: the final state).
 
         Args:
             step: the iteration number.
@@ -115,7 +116,7 @@ class LiveTrainingViewer:
             cameras: the current :class:`~geometry.cameras.Cameras` (1-D batch) or
                 ``None``; their ``image_paths`` become the frustums' photos.
         """
-        if not self.due(step):
+        if self._closed or not (force or self.due(step)):
             return False
         self._last_submit = time.monotonic()
         snapshot = (int(step), _snapshot_splats(scene), _snapshot_cameras(cameras))

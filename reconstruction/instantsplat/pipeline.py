@@ -271,10 +271,17 @@ def build_trainer(config: FitConfig, data: TrainData, scene, images: list[Loaded
     return Trainer(data, scene, config.train, seed=config.seed, device=config.device)
 
 
-def fit(config: FitConfig, cameras: Cameras | None = None) -> dict:
+#: Called after every optimisation step with the trainer and the photos (live viewer).
+Monitor = typing.Callable[[Trainer, list[LoadedImage]], None]
+
+
+def fit(config: FitConfig, cameras: Cameras | None = None,
+        monitor: Monitor | None = None) -> dict:
     """Run the whole pipeline (see the module doc); returns the metrics written.
 
     ``cameras``: known cameras of the photos, in their name order (as ``--poses``).
+    ``monitor``: called after every optimisation step (``recon fit --view`` passes the
+    live viewer's refresh; it must return quickly).
     """
     t_start = time.perf_counter()
     _check_paths(config)
@@ -382,6 +389,8 @@ def fit(config: FitConfig, cameras: Cameras | None = None) -> dict:
         with _Progress(config.iterations, trainer.iteration, config.quiet) as bar:
             def on_step(it: int, loss: float, value: float) -> None:
                 bar.update(it, loss, value, trainer.num_gaussians)
+                if monitor is not None:
+                    monitor(trainer, images)
                 meta["train_seconds"] = train_before + time.perf_counter() - t0
 
             trainer.train(on_step=on_step, on_checkpoint=save)
@@ -521,9 +530,9 @@ def choose_threads(requested: int | None) -> int:
     return os.cpu_count() or 1
 
 
-def run_fit(config: FitConfig) -> dict:
+def run_fit(config: FitConfig, monitor: Monitor | None = None) -> dict:
     """CLI entry: fit, then print where the outputs went."""
-    metrics = fit(config)
+    metrics = fit(config, monitor=monitor)
     from rich.console import Console
 
     Console(stderr=True, highlight=False).print(

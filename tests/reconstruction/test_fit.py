@@ -268,3 +268,54 @@ def test_known_poses_errors(scene, tmp_path, monkeypatch, capsys):
     code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
                          str(out), "--poses", str(tmp_path / "nothing"), *FAST)
     _assert_user_error(code, err, out, "found no cameras")
+
+
+def test_fit_with_live_view(scene, tmp_path, monkeypatch, capsys):
+    """--view: the live viewer gets the state every --view-every steps and the final one,
+    which is what the outputs hold; the server is closed afterwards."""
+    import viewer.live
+
+    created = []
+
+    class Recording(viewer.live.LiveTrainingViewer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs, min_interval_s=0.0)
+            self.shown = []
+            created.append(self)
+
+        def update(self, step, scene, cameras=None, force=False):
+            taken = super().update(step, scene, cameras, force)
+            if taken:
+                self.shown.append((step, scene.means.clone(), cameras))
+            return taken
+
+    monkeypatch.setattr(viewer.live, "LiveTrainingViewer", Recording)
+    out = tmp_path / "out"
+    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(scene[0]),
+                         "--out", str(out), "--iterations", "25", "--view", "--view-port", "0",
+                         "--view-every", "10", "--no-view-keep-open", *FAST)
+    assert code == 0, err
+    assert "live viewer" in err
+    (live,) = created
+    assert [step for step, _, _ in live.shown] == [10, 20, 25]
+    assert live.updates_sent >= 1 and live.error is None
+    final_means = live.shown[-1][1]
+    torch.testing.assert_close(final_means, read_ply(out / "splats.ply").means)
+    written = read_transforms_json(out / "transforms.json", dtype=torch.float64).cameras
+    torch.testing.assert_close(live.shown[-1][2].T_world_cam.double(), written.T_world_cam,
+                               rtol=0, atol=1e-5)
+    assert live.viewer is not None and live.viewer.scene.stats["iteration"] == "25"
+    assert live._closed
+
+
+def test_live_view_on_a_busy_port_writes_nothing(scene, tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        out = tmp_path / "out"
+        code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(scene[0]), "--out",
+                             str(out), "--view", "--view-port", str(port), *FAST)
+    _assert_user_error(code, err, out, str(port))
