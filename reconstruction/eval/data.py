@@ -40,6 +40,37 @@ class EvalDataset:
     """Per view, the object mask file or None."""
     max_size: int | None = None
     """Images are shrunk so that their longest side is at most this (cameras already are)."""
+    depth_paths: list[Path | None] | None = None
+    """Per view, a ground-truth z-depth map (``.npy`` float ``[H, W]`` in the cameras'
+    units, 0 where nothing is hit; transforms.json ``depth_file_path``) or None."""
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth_paths is not None and any(p is not None for p in self.depth_paths)
+
+    def load_depth(self, index: int) -> Tensor | None:
+        """View ``index``'s ground-truth z-depth ``[H, W]`` float32 at the camera's size
+        (nearest resampling when the images were shrunk), or None."""
+        if self.depth_paths is None or self.depth_paths[index] is None:
+            return None
+        path = self.depth_paths[index]
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"the depth map {path} is unreadable ({err}); regenerate it or "
+                            "remove depth_file_path from the dataset.") from None
+        if depth.ndim == 3 and depth.shape[-1] == 1:
+            depth = depth[..., 0]
+        if depth.ndim != 2:
+            raise UserError(f"the depth map {path} has shape {depth.shape}; it must be a 2-D "
+                            "array of z-depths.")
+        out = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
+        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
+        if out.shape != (h, w):
+            import torch.nn.functional as F
+
+            out = F.interpolate(out[None, None], size=(h, w), mode="nearest")[0, 0]
+        return out
 
     @property
     def num_views(self) -> int:
@@ -198,6 +229,34 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                       for i in order]
     else:
         masks_list = [None] * len(cameras)
+    depth_paths = (_transforms_depth_paths(file, [Path(p) for p in cameras.image_paths])
+                   if fmt == "transforms" else None)
     return EvalDataset(path=path, format="dtu" if fmt == "idr" else fmt,
                        cameras=cameras.to(dtype=torch.float64), mask_paths=masks_list,
-                       max_size=max_size)
+                       max_size=max_size, depth_paths=depth_paths)
+
+
+def _transforms_depth_paths(file: Path, image_paths: list[Path]) -> list[Path | None] | None:
+    """The ``depth_file_path`` of each image's frame in a transforms.json (matched by file
+    name, then stem), or None when no frame names one."""
+    import json
+
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    by_name: dict[str, Path] = {}
+    by_stem: dict[str, Path] = {}
+    for frame in meta.get("frames", []) if isinstance(meta, dict) else []:
+        if not isinstance(frame, dict) or "depth_file_path" not in frame \
+                or "file_path" not in frame:
+            continue
+        depth = file.parent / str(frame["depth_file_path"])
+        if not depth.is_file():
+            continue
+        image = Path(str(frame["file_path"]))
+        by_name[image.name] = depth
+        by_stem[image.stem] = depth
+    if not by_name:
+        return None
+    return [by_name.get(p.name, by_stem.get(p.stem)) for p in image_paths]

@@ -38,6 +38,7 @@ __all__ = [
     "PoseMetrics",
     "centres_well_spread",
     "composite_on_white",
+    "depth_absrel",
     "pose_metrics",
     "psnr",
     "psnr_from_mse",
@@ -73,6 +74,28 @@ def psnr(image: Tensor, reference: Tensor, mask: Tensor | None = None) -> float:
     if not bool(mask.any()):
         return math.nan
     return psnr_from_mse(float(diff2[mask].mean()))
+
+
+def depth_absrel(depth: Tensor, reference: Tensor, mask: Tensor | None = None) -> float:
+    """Mean absolute relative depth error ``mean(|d - d*| / d*)`` (AbsRel).
+
+    Args:
+        depth: ``[..., H, W]`` estimated z-depth, already in the reference's units.
+        reference: ``[..., H, W]`` ground-truth z-depth; pixels ``<= 0`` (nothing hit) or not
+            finite are ignored.
+        mask: optional ``[..., H, W]`` bool of pixels to use (e.g. where the render has
+            coverage).
+
+    Returns:
+        AbsRel (a Python float); NaN when no pixel is valid.
+    """
+    d, ref = depth.double(), reference.double()
+    valid = (ref > 0) & torch.isfinite(ref) & torch.isfinite(d)
+    if mask is not None:
+        valid &= mask.to(torch.bool)
+    if not bool(valid.any()):
+        return math.nan
+    return float(((d[valid] - ref[valid]).abs() / ref[valid]).mean())
 
 
 def composite_on_white(image: Tensor, mask: Tensor) -> Tensor:

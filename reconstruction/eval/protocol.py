@@ -19,7 +19,10 @@
 ``psnr_masked`` ...), the pose metrics of the training views (``ate_rmse``, ``ate_rel``
 = ATE / scene extent, ``rpe_trans_rmse``, ``rpe_rot_mean_deg``, ``rot_err_mean_deg``,
 ``rot_err_median_deg``, ``rot_under_5``, ``rot_under_15``, ``rel_rot_under_5``,
-``rel_rot_under_15``), ``seconds`` per stage, ``per_view`` (test views) and
+``rel_rot_under_15``), ``depth_absrel`` where the dataset has ground-truth depth (mean
+``|d - d*| / d*`` over the ground-truth pixels the render covers, the rendered expected
+depth brought to ground-truth units by the alignment's scale) with ``depth_coverage``
+(share of those pixels covered), ``seconds`` per stage, ``per_view`` (test views) and
 ``train_views`` entries. ``scene_extent`` is the diameter of all ground-truth camera
 centres, or the generator's scene extent for our synthetic scenes; the unit is the
 dataset's.
@@ -79,6 +82,28 @@ def _scene_scale(output: MethodOutput) -> float:
     centre = output.scene.means.double().median(0).values
     scale = float((output.cameras.centers.double() - centre).norm(dim=-1).mean())
     return scale if math.isfinite(scale) and scale > 0 else 1.0
+
+
+#: Rendered opacity above which a pixel counts as covered by the render (depth metrics).
+DEPTH_MIN_ALPHA = 0.5
+
+
+def render_depth(scene, K: torch.Tensor, T_cam_world: torch.Tensor, width: int,
+                 height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected z-depth ``[H, W]`` (method units) of ``scene`` in one camera and the pixels
+    the render covers (opacity above :data:`DEPTH_MIN_ALPHA`), ``[H, W]`` bool, on the CPU."""
+    from reconstruction.splatting import rasterization
+
+    s = scene if scene.means.dtype == torch.float32 else scene.to(dtype=torch.float32)
+    device = s.means.device
+    with torch.no_grad():
+        out, alphas, _ = rasterization(
+            s.means, s.quats, s.scales, s.opacities, s.sh,
+            T_cam_world.to(device, torch.float32)[None], K.to(device, torch.float32)[None],
+            int(width), int(height), sh_degree=s.sh_degree, render_mode="ED")
+    depth = out[0, ..., 0].cpu()
+    covered = (alphas[0, ..., 0].cpu() > DEPTH_MIN_ALPHA) & torch.isfinite(depth)
+    return depth, covered
 
 
 def _lpips_model(config: EvalConfig):
@@ -214,7 +239,18 @@ def run_eval(config: EvalConfig) -> dict:
                 entry = {"index": index, "name": name,
                          "psnr": M.psnr(image, target), "ssim": float(M.ssim(image, target)),
                          "lpips": None, "psnr_masked": None, "ssim_masked": None,
-                         "lpips_masked": None, "test_pose": pose_info}
+                         "lpips_masked": None, "depth_absrel": None, "depth_coverage": None,
+                         "test_pose": pose_info}
+                depth_gt = dataset.load_depth(index)
+                if depth_gt is not None:
+                    # Method frame -> ground truth: lengths times the alignment's scale.
+                    to_gt = 1.0 if config.known_poses else poses.scale
+                    depth, covered = render_depth(scene, K_test[k].float(),
+                                                  T_cam_world.float(), w, h)
+                    entry["depth_absrel"] = M.depth_absrel(depth * to_gt, depth_gt, covered)
+                    has_gt = depth_gt > 0
+                    entry["depth_coverage"] = (float((covered & has_gt).sum() / has_gt.sum())
+                                               if bool(has_gt.any()) else None)
                 if lpips_model is not None:
                     with torch.no_grad():
                         entry["lpips"] = float(lpips_model(image, target))
@@ -238,6 +274,7 @@ def run_eval(config: EvalConfig) -> dict:
                 progress.advance(task)
 
         masked_views = [v for v in per_view if v["psnr_masked"] is not None]
+        depth_views = [v for v in per_view if v["depth_absrel"] is not None]
         masks_missing = None
         if not masked_views:
             masks_missing = ("the dataset has no object masks for the test views; pass "
@@ -262,6 +299,11 @@ def run_eval(config: EvalConfig) -> dict:
             "lpips_masked": _mean([v["lpips_masked"] for v in per_view]),
             "masked_views": len(masked_views),
             "masks_missing": masks_missing,
+            "depth_absrel": _mean([v["depth_absrel"] for v in per_view]),
+            "depth_coverage": _mean([v["depth_coverage"] for v in per_view]),
+            "depth_views": len(depth_views),
+            "depth_missing": None if depth_views else
+            "the dataset has no ground-truth depth for the test views",
             **poses.summary(),
             "scene_extent": extent,
             "scene_extent_source": extent_source,

@@ -59,6 +59,7 @@ SUMMARY_ROWS = (
     ("PSNR (dB)", "psnr", 2), ("SSIM", "ssim", 4), ("LPIPS", "lpips", 4),
     ("PSNR masked (dB)", "psnr_masked", 2), ("SSIM masked", "ssim_masked", 4),
     ("LPIPS masked", "lpips_masked", 4),
+    ("depth AbsRel", "depth_absrel", 4), ("depth coverage", "depth_coverage", 3),
     ("ATE RMSE", "ate_rmse", 5), ("ATE / scene extent", "ate_rel", 5),
     ("RPE translation RMSE", "rpe_trans_rmse", 5), ("RPE rotation (deg)", "rpe_rot_mean_deg", 3),
     ("rotation error mean (deg)", "rot_err_mean_deg", 3),
@@ -79,6 +80,8 @@ def summary_rows(results: dict) -> list[tuple[str, str]]:
             text = f"- ({results.get('lpips_missing', 'not computed')})"
         elif value is None and key.endswith("_masked"):
             text = f"- ({results.get('masks_missing', 'no masks')})"
+        elif value is None and key.startswith("depth_"):
+            text = f"- ({results.get('depth_missing') or 'no ground-truth depth'})"
         rows.append((label, text))
     return rows
 
@@ -169,13 +172,14 @@ def write_report(results: dict, folder: Path) -> None:
     lines += ["", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["seconds"].items()]
     lines += ["", "![per-view PSNR and camera centres](plot.png)", "",
-              "| view | PSNR | SSIM | LPIPS | PSNR masked | SSIM masked | pose refinement (deg) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| view | PSNR | SSIM | LPIPS | PSNR masked | SSIM masked | depth AbsRel "
+              "| pose refinement (deg) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for v in results["per_view"]:
         lines.append(
             f"| {v['name']} | {_fmt(v['psnr'], 2)} | {_fmt(v['ssim'], 4)} | "
             f"{_fmt(v.get('lpips'), 4)} | {_fmt(v.get('psnr_masked'), 2)} | "
-            f"{_fmt(v.get('ssim_masked'), 4)} | "
+            f"{_fmt(v.get('ssim_masked'), 4)} | {_fmt(v.get('depth_absrel'), 4)} | "
             f"{_fmt(v['test_pose']['rotation_change_deg'], 3)} |")
     lines += ["", "Images: `compare/<view>.png` is ground truth | render | error "
               f"(mean absolute RGB error, black 0 to yellow {ERROR_MAP_MAX}).", ""]

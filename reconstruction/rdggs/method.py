@@ -1,0 +1,281 @@
+"""RDG-GS on the F-3DGO engine: depth priors, relative depth guidance, adaptive sampling.
+
+:func:`build_trainer` (called by ``recon fit --method rdggs``) builds the per-view depth
+priors (:mod:`.priors`) and returns an :class:`RDGGSTrainer`, a
+:class:`~reconstruction.instantsplat.trainer.Trainer` that
+
+- renders expected depth every step and adds the scale-free patch losses of :mod:`.losses`
+  (local patches, the whole view, depth against image), their weights falling linearly to
+  ``depth_decay`` of their value over the run (``relative_depth``);
+- after each densification round samples new Gaussians where the training views are
+  sparsely covered (low rendered opacity) or converge slowly (tile error high and barely
+  falling since the last round), placed on the refined prior depth (``adaptive_sampling``).
+
+Every random choice (patch offsets) is seeded by ``(seed, iteration)`` and the priors are
+recomputed the same way on ``--resume``; the per-tile errors of the last sampling round are
+checkpointed, so a resumed run continues as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from reconstruction.gaussians import GaussianScene
+from reconstruction.instantsplat.trainer import GAUSSIAN_FIELDS, TrainData, Trainer
+from reconstruction.rdggs.config import RDGGSConfig
+from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss
+from reconstruction.rdggs.priors import DepthPriors
+
+
+def downsample_depth(depth: Tensor, valid: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Valid-weighted area resampling of ``[H, W]`` depth to ``size = (h, w)``; a coarse
+    pixel is valid where at least half of what it covers was."""
+    d = (depth * valid)[None, None].double()
+    m = valid[None, None].double()
+    d2 = F.interpolate(d, size=size, mode="area")[0, 0]
+    m2 = F.interpolate(m, size=size, mode="area")[0, 0]
+    ok = m2 >= 0.5
+    return torch.where(ok, d2 / m2.clamp_min(1e-12), 0.0).float(), ok
+
+
+class RDGGSTrainer(Trainer):
+    """F-3DGO plus RDG-GS's relative depth guidance and adaptive sampling."""
+
+    def __init__(self, data: TrainData, scene: GaussianScene, config, rdggs: RDGGSConfig,
+                 priors: DepthPriors, seed: int = 0, device: str | torch.device = "cpu") -> None:
+        super().__init__(data, scene, config, seed=seed, device=device)
+        self.rdggs = rdggs
+        self.priors = priors
+        self.render_depth = rdggs.relative_depth
+        self.prior_full = [(d.to(self.device), v.to(self.device))
+                           for d, v in zip(priors.depth, priors.valid, strict=True)]
+        self.prior_coarse = []
+        for (d, v), (small, _, _) in zip(self.prior_full, self.coarse_targets, strict=True):
+            self.prior_coarse.append(downsample_depth(d, v, tuple(small.shape[:2])))
+        self.tile_error: dict[int, Tensor] = {}
+        self.sampled = 0
+        self.sampling_rounds = 0
+        self.depth_loss_ema: float | None = None
+        self.sampling_seconds = 0.0
+
+    # ------------------------------------------------------------------ loss
+
+    def depth_weight(self) -> float:
+        """Linear decay from 1 to ``depth_decay`` over the iterations."""
+        progress = min(1.0, self.iteration / max(1, self.config.iterations))
+        return 1.0 - (1.0 - self.rdggs.depth_decay) * progress
+
+    def loss(self, view: int, image: Tensor, alpha: Tensor, meta: dict,
+             target: Tensor) -> Tensor:
+        loss = super().loss(view, image, alpha, meta, target)
+        r = self.rdggs
+        if not r.relative_depth or "depth" not in meta:
+            return loss
+        depth = meta["depth"][..., 0]
+        prior, prior_valid = (self.prior_full if meta["scale"] == 1.0 else self.prior_coarse)[view]
+        if prior.shape != depth.shape:  # a coarse level of another rounding: resample
+            prior, prior_valid = downsample_depth(prior, prior_valid, tuple(depth.shape))
+        covered = alpha[..., 0].detach() > 0.5
+        valid = prior_valid & covered & torch.isfinite(depth.detach())
+        size = max(4, round(r.patch_size * meta["scale"]))
+        g = torch.Generator().manual_seed(self.seed * 104_729 + self.iteration)
+        offset = tuple(int(o) for o in torch.randint(0, size, (2,), generator=g))
+        weight = self.depth_weight()
+        terms = depth.sum() * 0.0
+        if r.local_weight > 0:
+            local, _ = patch_pearson_loss(depth, prior, valid, size, offset,
+                                          r.min_valid_fraction)
+            terms = terms + r.local_weight * local
+        if r.global_weight > 0:
+            whole, _ = patch_pearson_loss(depth, prior, valid, max(depth.shape))
+            terms = terms + r.global_weight * whole
+        if r.image_weight > 0:
+            terms = terms + r.image_weight * depth_image_loss(
+                depth, target, covered, size, r.image_edge_gamma)
+        value = float(terms.detach())
+        self.depth_loss_ema = value if self.depth_loss_ema is None else \
+            0.95 * self.depth_loss_ema + 0.05 * value
+        return loss + weight * terms
+
+    # ------------------------------------------------------------------ adaptive sampling
+
+    @torch.no_grad()
+    def refine(self) -> dict[str, int]:
+        counts = super().refine()
+        if self.rdggs.adaptive_sampling:
+            t0 = time.perf_counter()
+            counts["sampled"] = self.adaptive_sample()
+            self.sampling_seconds += time.perf_counter() - t0
+        return counts
+
+    @torch.no_grad()
+    def select_tiles(self, view: int, rgb: Tensor, alpha: Tensor,
+                     target: Tensor) -> tuple[Tensor, Tensor]:
+        """Tiles of ``view`` to sample: ``(selected [th, tw] bool, score [th, tw])``.
+
+        Sparse: mean rendered opacity under ``sparse_alpha``. Slow: L1 error above
+        ``slow_error_ratio`` times the view's median tile error and above ``slow_progress``
+        times its value at the previous round (no previous round: not slow). Updates the
+        stored tile errors.
+        """
+        r = self.rdggs
+        tile = r.sample_tile
+        err = (rgb - target).abs().mean(-1)
+        tile_err = F.avg_pool2d(err[None, None], tile, ceil_mode=True)[0, 0]
+        tile_alpha = F.avg_pool2d(alpha[..., 0][None, None], tile, ceil_mode=True)[0, 0]
+        sparse = tile_alpha < r.sparse_alpha
+        previous = self.tile_error.get(view)
+        high = tile_err > r.slow_error_ratio * tile_err.median()
+        if previous is not None and previous.shape == tile_err.shape:
+            slow = high & (tile_err > r.slow_progress * previous)
+        else:
+            slow = torch.zeros_like(high)
+        self.tile_error[view] = tile_err.clone()
+        score = tile_err * (2.0 - tile_alpha)
+        return sparse | slow, score
+
+    @torch.no_grad()
+    def adaptive_sample(self) -> int:
+        """Add Gaussians on the prior depth in the selected tiles of every view; the count."""
+        r, c = self.rdggs, self.config
+        n = self.num_gaussians
+        budget = max(0, min(c.max_gaussians - n, int(r.max_sample_fraction * n)))
+        k = max(1, int(math.isqrt(max(1, r.samples_per_tile))))
+        candidates = []  # (score, view, rows, cols)
+        for view in range(self.data.num_views):
+            rgb, alpha, _, target = self.render(view, 1.0)
+            selected, score = self.select_tiles(view, rgb, alpha, target)
+            if budget == 0 or not bool(selected.any()):
+                continue
+            depth, valid = self.prior_full[view]
+            h, w = depth.shape
+            ty, tx = torch.nonzero(selected, as_tuple=True)
+            # A k x k grid of pixels inside each selected tile.
+            step = r.sample_tile / k
+            off = (torch.arange(k, dtype=torch.float64) + 0.5) * step
+            rows = (ty[:, None, None] * r.sample_tile + off[None, :, None]).long()
+            cols = (tx[:, None, None] * r.sample_tile + off[None, None, :]).long()
+            rows, cols = torch.broadcast_tensors(rows, cols)
+            rows = rows.reshape(len(ty), -1).clamp_max(h - 1)
+            cols = cols.reshape(len(ty), -1).clamp_max(w - 1)
+            tile_score = score[ty, tx]
+            for i in range(len(ty)):
+                candidates.append((float(tile_score[i]), view, rows[i], cols[i]))
+        if budget == 0 or not candidates:
+            self.sampling_rounds += 1
+            return 0
+        candidates.sort(key=lambda item: -item[0])
+        per_view: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
+        total = 0
+        for _, view, rows, cols in candidates:
+            depth, valid = self.prior_full[view]
+            ok = valid[rows, cols]
+            rows, cols = rows[ok], cols[ok]
+            if total + len(rows) > budget:
+                rows, cols = rows[:budget - total], cols[:budget - total]
+            if len(rows) == 0:
+                continue
+            per_view.setdefault(view, ([], []))
+            per_view[view][0].append(rows)
+            per_view[view][1].append(cols)
+            total += len(rows)
+            if total >= budget:
+                break
+        values = {name: [] for name in GAUSSIAN_FIELDS}
+        K_all, T_all = self.intrinsics(), self.viewmats()
+        from reconstruction.splatting.sh import rgb_to_sh
+
+        sh_rest = self.params["shN"].shape[1]
+        logit = math.log(r.sample_opacity / (1.0 - r.sample_opacity))
+        for view, (rows_list, cols_list) in per_view.items():
+            rows, cols = torch.cat(rows_list), torch.cat(cols_list)
+            depth, _ = self.prior_full[view]
+            z = depth[rows, cols].double()
+            K, T = K_all[view].double(), T_all[view].double()
+            x = (cols.double() + 0.5 - K[0, 2]) / K[0, 0] * z
+            y = (rows.double() + 0.5 - K[1, 2]) / K[1, 1] * z
+            pts_cam = torch.stack([x, y, z], 1)
+            pts_world = (pts_cam - T[:3, 3]) @ T[:3, :3]  # R^T (p - t), row vectors
+            # Standard deviation: half the spacing of the samples on the image, at depth z.
+            sigma = z / K[0, 0] * (r.sample_tile / k) * 0.5
+            colours = self.targets[view][rows, cols].clamp(0, 1)
+            m = len(rows)
+            values["means"].append(pts_world.float())
+            values["quats"].append(torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(m, 4).clone())
+            values["log_scales"].append(torch.log(sigma.float())[:, None].expand(m, 3).clone())
+            values["logit_opacities"].append(torch.full((m,), logit))
+            values["sh0"].append(rgb_to_sh(colours.float().cpu())[:, None, :])
+            values["shN"].append(torch.zeros(m, sh_rest, 3))
+        self.append_gaussians({name: torch.cat(v).to(self.device) for name, v in values.items()})
+        self.sampled += total
+        self.sampling_rounds += 1
+        return total
+
+    # ------------------------------------------------------------------ state and metrics
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        out = super().state_tensors()
+        for view, errors in self.tile_error.items():
+            out[f"rdggs.tile_error.{view}"] = errors.cpu().contiguous()
+        return out
+
+    def state_meta(self) -> dict:
+        return {**super().state_meta(), "rdggs_sampled": self.sampled,
+                "rdggs_sampling_rounds": self.sampling_rounds,
+                "rdggs_depth_loss_ema": self.depth_loss_ema}
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        super().load_state(tensors, meta)
+        prefix = "rdggs.tile_error."
+        self.tile_error = {int(k[len(prefix):]): v.to(self.device)
+                           for k, v in tensors.items() if k.startswith(prefix)}
+        self.sampled = int(meta.get("rdggs_sampled", 0))
+        self.sampling_rounds = int(meta.get("rdggs_sampling_rounds", 0))
+        self.depth_loss_ema = meta.get("rdggs_depth_loss_ema")
+
+    def extra_metrics(self) -> dict:
+        r, s = self.rdggs, self.priors.stats
+        return {
+            "rdggs_components": {"refine_prior": r.refine_prior,
+                                 "relative_depth": r.relative_depth,
+                                 "adaptive_sampling": r.adaptive_sampling},
+            "rdggs_prior_source": self.priors.source,
+            "rdggs_prior_coverage": s.get("coverage"),
+            "rdggs_prior_scale": s.get("scale"),
+            "rdggs_prior_shift": s.get("shift"),
+            "rdggs_prior_sparse_absrel": s.get("sparse_absrel"),
+            "rdggs_prior_seconds": s.get("seconds"),
+            "rdggs_sampled_gaussians": self.sampled,
+            "rdggs_sampling_rounds": self.sampling_rounds,
+            "rdggs_sampling_seconds": round(self.sampling_seconds, 3),
+            "rdggs_depth_loss": self.depth_loss_ema,
+        }
+
+
+def build_trainer(config, data: TrainData, scene: GaussianScene, images: list,
+                  init_state: dict[str, Tensor]) -> RDGGSTrainer:
+    """The RDG-GS trainer of a ``recon fit`` run (see the module doc).
+
+    Args:
+        config: the run's :class:`~reconstruction.instantsplat.config.FitConfig`.
+        data: training images and normalised initial cameras.
+        scene: the initial Gaussians.
+        images: the ``LoadedImage`` of the views (stereo priors read them).
+        init_state: the pipeline's normalised-frame initialisation tensors.
+
+    Raises:
+        UserError: a missing or unusable monocular checkpoint, conflicting options.
+    """
+    from reconstruction.rdggs.priors import build_priors
+
+    t0 = time.perf_counter()
+    priors = build_priors(images, data.images, init_state, config.rdggs,
+                          config.init_options.stereo, device=config.device)
+    priors.stats["seconds"] = round(time.perf_counter() - t0, 3)
+    return RDGGSTrainer(data, scene, config.train, config.rdggs, priors, seed=config.seed,
+                        device=config.device)
