@@ -407,3 +407,17 @@ def test_half_precision_checkpoint_runs_in_float32(tmp_path: Path) -> None:
     # Weights rounded to float16 (rel. 2^-11 ~ 5e-4), through a 4-block network.
     assert torch.allclose(ours, reference, atol=5e-3 * reference.abs().max().item())
     assert not math.isnan(ours.sum().item())
+
+
+def test_rdggs_mono_prior_runs_a_real_checkpoint(tmp_path: Path) -> None:
+    """The RDG-GS prior path end to end with a real (tiny, random) checkpoint file."""
+    priors = pytest.importorskip("reconstruction.rdggs.priors",
+                                 reason="RDG-GS priors are not in this tree")
+    if not hasattr(priors, "mono_inverse_depths"):
+        pytest.skip("reconstruction.rdggs.priors has no mono_inverse_depths")
+    model = _random_tiny(seed=5)
+    path = save_mono_depth(model, tmp_path / "depth_anything_v2_tiny.pth")
+    image = _image(33, 29, seed=6)
+    (inverse,) = priors.mono_inverse_depths([image], path)
+    # The default 518 px input, as RDG-GS loads it.
+    assert torch.equal(inverse, MonoDepth(model).predict(image))
