@@ -239,6 +239,9 @@ def _resolve_config(path: Path, state_shapes: dict[str, tuple[int, ...]],
                             f"{_describe_mismatch(*mismatch, state_shapes, config)}; "
                             f"{_CHECKPOINT_HINT}.")
         return config
+    if any(key.startswith("backbone.embeddings.") for key in state_shapes):
+        raise UserError(f"{path} is a HuggingFace transformers checkpoint (backbone.*, neck.*, "
+                        f"head.* keys), not the official state_dict; {_CHECKPOINT_HINT}.")
     scored = []
     for name, config in DEPTH_ANYTHING_PRESETS.items():
         mismatch = _mismatch(state_shapes, config)

@@ -370,6 +370,10 @@ def test_bad_files_give_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"is not a Depth-Anything-V2 state_dict \(closest "
                                         r"preset .*unexpected keys \(encoder\.weight\)"):
         load_mono_depth(tmp_path / "other.pth")
+    torch.save({"backbone.embeddings.cls_token": torch.zeros(1, 1, 384),
+                "head.conv1.weight": torch.zeros(32, 64, 3, 3)}, tmp_path / "hf.pth")
+    with pytest.raises(UserError, match="is a HuggingFace transformers checkpoint"):
+        load_mono_depth(tmp_path / "hf.pth")
 
 
 def test_incomplete_or_mismatched_state_dicts_name_the_keys(tmp_path: Path) -> None:
