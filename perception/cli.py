@@ -19,7 +19,7 @@ from pathlib import Path
 import tyro
 
 from geometry.errors import UserError, run_cli
-from perception.constants import DetectorName
+from perception.constants import DetectorName, NoiseConfig
 
 
 def _progress():
@@ -98,19 +98,6 @@ class Synth:
 
 
 @dataclass
-class NoiseOptions:
-    """Noise of the noisy oracle (see perception.detectors.NoiseConfig)."""
-
-    center_std: float = 0.3
-    size_std: float = 0.1
-    yaw_std: float = 0.2
-    velocity_std: float = 0.5
-    drop_rate: float = 0.15
-    false_positives: float = 2.0
-    attribute_flip_rate: float = 0.1
-
-
-@dataclass
 class Detect:
     """Run a detector on a split and write a nuScenes results JSON."""
 
@@ -132,12 +119,13 @@ class Detect:
     sweeps: int | None = None
     """LiDAR sweeps per sample for detectors that read points (default: the checkpoint's
     setting for sparsefusion, 10 otherwise)."""
-    noise: NoiseOptions = field(default_factory=NoiseOptions)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Noise of the noisy oracle."""
 
     def _detector(self):
-        from dataclasses import asdict
+        from dataclasses import replace
 
-        from perception.detectors import DETECTORS, NoiseConfig
+        from perception.detectors import DETECTORS
 
         if self.detector == "sparsefusion":
             if self.checkpoint is None:
@@ -154,7 +142,7 @@ class Detect:
             raise UserError(f"--checkpoint is for learned detectors; --detector {self.detector}"
                             " takes none.")
         if self.detector == "noisy-oracle":
-            return DETECTORS["noisy-oracle"](noise=NoiseConfig(**asdict(self.noise)),
+            return DETECTORS["noisy-oracle"](noise=replace(self.noise),
                                              seed=self.seed)
         return DETECTORS[self.detector]()
 

@@ -8,6 +8,7 @@ them against ``nuscenes.eval.detection.constants``; importing the devkit here wo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 DETECTION_CLASSES: tuple[str, ...] = (
@@ -126,3 +127,23 @@ VISIBILITY_LEVELS: tuple[tuple[str, str, str], ...] = (
 DetectorName = Literal["oracle", "noisy-oracle", "sparsefusion"]
 """Names accepted by ``perception detect --detector`` (a new detector is added here and
 to ``perception.detectors.DETECTORS``)."""
+
+
+@dataclass
+class NoiseConfig:
+    """How the noisy oracle corrupts the ground truth."""
+
+    center_std: float = 0.3
+    """Std of the centre error in x and y, metres (z gets a third of it)."""
+    size_std: float = 0.1
+    """Std of the relative (log) error of each size."""
+    yaw_std: float = 0.2
+    """Std of the heading error, radians."""
+    velocity_std: float = 0.5
+    """Std of the velocity error per axis, m/s."""
+    drop_rate: float = 0.15
+    """Share of ground-truth boxes not detected."""
+    false_positives: float = 2.0
+    """Mean number of false boxes per sample (Poisson), placed near real ones."""
+    attribute_flip_rate: float = 0.1
+    """Share of boxes given another attribute of their class."""

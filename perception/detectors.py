@@ -18,7 +18,13 @@ from typing import Protocol, get_args
 import numpy as np
 
 from perception.boxes import LidarBoxes
-from perception.constants import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES, DetectorName
+from perception.constants import (
+    ATTRIBUTES,
+    CLASS_ATTRIBUTES,
+    DETECTION_CLASSES,
+    DetectorName,
+    NoiseConfig,
+)
 from perception.data.sample import NuScenesSample
 from perception.results import ResultsMeta
 
@@ -59,26 +65,6 @@ class OracleDetector:
 
     def __call__(self, sample: NuScenesSample) -> LidarBoxes:
         return _visible_ground_truth(sample)
-
-
-@dataclass
-class NoiseConfig:
-    """How the noisy oracle corrupts the ground truth."""
-
-    center_std: float = 0.3
-    """Std of the centre error in x and y, metres (z gets a third of it)."""
-    size_std: float = 0.1
-    """Std of the relative (log) error of each size."""
-    yaw_std: float = 0.2
-    """Std of the heading error, radians."""
-    velocity_std: float = 0.5
-    """Std of the velocity error per axis, m/s."""
-    drop_rate: float = 0.15
-    """Share of ground-truth boxes not detected."""
-    false_positives: float = 2.0
-    """Mean number of false boxes per sample (Poisson), placed near real ones."""
-    attribute_flip_rate: float = 0.1
-    """Share of boxes given another attribute of their class."""
 
 
 @dataclass
