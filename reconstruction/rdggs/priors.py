@@ -6,6 +6,7 @@ normalised training frame of ``recon fit``:
 - ``init``: the dense initial cloud projected into each view with a z-buffer;
 - ``stereo``: two-view stereo between neighbouring training views (the SGBM pairs of
   :mod:`reconstruction.init.stereo`, re-run on the training cameras);
+- ``fused``: stereo where it measured, the projected cloud elsewhere;
 - ``mono``: a monocular network's relative inverse depth (:mod:`reconstruction.depth`),
   brought to metric depth by a scale/shift fit in inverse depth to the sparse SfM depths.
 
@@ -52,13 +53,16 @@ class DepthPriors:
 
 
 def project_points(points: Tensor, K: Tensor, T_cam_world: Tensor, width: int,
-                   height: int) -> tuple[Tensor, Tensor, Tensor]:
+                   height: int, radius: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Pixels hit by world points, nearest point per pixel (a z-buffer).
 
     Args:
         points: ``[P, 3]`` world points.
         K: ``[3, 3]`` intrinsics (pixels, corner at 0).
         T_cam_world: ``[4, 4]`` world-to-camera (OpenCV).
+        radius: each point covers the ``(2 radius + 1)^2`` pixels around its own, so that
+            points of a surface close the gaps through which farther, occluded points
+            would show.
 
     Returns:
         ``rows [S]``, ``cols [S]`` (long) and ``z [S]`` of the nearest point in each hit pixel.
@@ -72,9 +76,12 @@ def project_points(points: Tensor, K: Tensor, T_cam_world: Tensor, width: int,
     cols, rows = torch.floor(u).long(), torch.floor(v).long()
     inside = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
     rows, cols, z = rows[inside], cols[inside], z[inside]
-    flat = rows * width + cols
     zbuf = torch.full((height * width,), math.inf, dtype=torch.float64)
-    zbuf.scatter_reduce_(0, flat, z, reduce="amin")
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            r, c = rows + dr, cols + dc
+            ok = (c >= 0) & (c < width) & (r >= 0) & (r < height)
+            zbuf.scatter_reduce_(0, r[ok] * width + c[ok], z[ok], reduce="amin")
     hit = torch.nonzero(torch.isfinite(zbuf))[:, 0]
     return hit // width, hit % width, zbuf[hit].float()
 
@@ -169,7 +176,8 @@ def refine_prior(prior: Tensor, samples: DepthSamples,
     """Refine one coarse prior ``[H, W]`` (0 = unknown) with sparse metric depths.
 
     Returns the refined depth ``[H, W]`` (every pixel filled when the prior had any valid
-    pixel), its validity ``[H, W]`` bool and the fit ``{"scale", "shift", "samples"}``.
+    pixel), the pixels the depth guidance may use ``[H, W]`` bool (measured, or filled
+    within ``fill_radius`` of a measurement) and the fit ``{"scale", "shift", "samples"}``.
     """
     h, w = prior.shape
     valid = prior > 0
@@ -187,8 +195,15 @@ def refine_prior(prior: Tensor, samples: DepthSamples,
         depth = torch.where(valid, depth * local_correction(
             depth, samples, sigma, config.max_local_correction), 0.0)
     if bool(valid.any()):
+        measured = valid
         depth = fill_holes(depth, valid)
         valid = depth > 0
+        if config.fill_radius >= 0:
+            # Guidance only near measured depths: far into a hole the fill is a guess.
+            k = 2 * config.fill_radius + 1
+            near = F.max_pool2d(measured[None, None].float(), k, stride=1,
+                                padding=config.fill_radius)[0, 0] > 0
+            valid = valid & near
     return depth, valid, info
 
 
@@ -295,11 +310,11 @@ def resolve_source(config: RDGGSConfig) -> str:
     if config.depth_prior == "mono" and config.mono_checkpoint is None:
         raise UserError("--rdggs.depth-prior mono needs --rdggs.mono-checkpoint PATH (a local "
                         "Depth-Anything/DPT state_dict).")
-    if config.mono_checkpoint is not None and config.depth_prior in ("init", "stereo"):
+    if config.mono_checkpoint is not None and config.depth_prior in ("init", "stereo", "fused"):
         raise UserError(f"--rdggs.mono-checkpoint is unused with --rdggs.depth-prior "
                         f"{config.depth_prior}; drop it or use --rdggs.depth-prior mono.")
     if config.depth_prior == "auto":
-        return "mono" if config.mono_checkpoint is not None else "fused"
+        return "mono" if config.mono_checkpoint is not None else "stereo"
     return config.depth_prior
 
 
@@ -316,17 +331,21 @@ def build_priors(images: Sequence, rgbs: Sequence[Tensor], init_state: dict[str,
     source = resolve_source(config)
     Ks, T = init_state["init.Ks"].float(), init_state["init.T_cam_world"].float()
     sizes = [(int(im.shape[1]), int(im.shape[0])) for im in rgbs]
+    cloud = []
+    for v, (w, h) in enumerate(sizes):
+        rows, cols, z = project_points(init_state["init.points"], Ks[v], T[v], w, h,
+                                       radius=config.splat_radius)
+        cloud.append(depth_map(DepthSamples(rows, cols, z), w, h))
     samples = []
     for v, (w, h) in enumerate(sizes):
         rows, cols, z = project_points(init_state["init.sparse_points"], Ks[v], T[v], w, h)
-        samples.append(DepthSamples(rows, cols, z))
+        # Sparse points hidden behind the dense cloud's surfaces are not seen by the view.
+        front = cloud[v][rows, cols]
+        seen = (front <= 0) | (z <= front * (1.0 + config.visibility_tolerance))
+        samples.append(DepthSamples(rows[seen], cols[seen], z[seen]))
 
     def cloud_depths() -> list[Tensor]:
-        out = []
-        for v, (w, h) in enumerate(sizes):
-            rows, cols, z = project_points(init_state["init.points"], Ks[v], T[v], w, h)
-            out.append(depth_map(DepthSamples(rows, cols, z), w, h))
-        return out
+        return [c.clone() for c in cloud]
 
     if source == "mono":
         inverse = mono_inverse_depths(rgbs, config.mono_checkpoint, device)
@@ -338,7 +357,6 @@ def build_priors(images: Sequence, rgbs: Sequence[Tensor], init_state: dict[str,
         coarse = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config)
     else:  # fused: stereo where it measured, the init cloud elsewhere
         stereo = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config)
-        cloud = cloud_depths()
         coarse = [torch.where(s > 0, s, c) for s, c in zip(stereo, cloud, strict=True)]
     coverage = [float((c > 0).float().mean()) for c in coarse]
     depth, valid, fits = [], [], []

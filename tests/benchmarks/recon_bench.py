@@ -39,7 +39,7 @@ ABLATIONS: dict[str, dict] = {
     "no-relative": {"relative_depth": False},
     "no-sampling": {"adaptive_sampling": False},
     "prior-init": {"depth_prior": "init"},
-    "prior-stereo": {"depth_prior": "stereo"},
+    "prior-fused": {"depth_prior": "fused"},
 }
 
 
@@ -62,7 +62,7 @@ class Bench:
     """Methods compared on every scene (recon eval --method)."""
     ablations: tuple[str, ...] = ("no-refine", "no-relative", "no-sampling")
     """RDG-GS variants with one component off (from: no-refine, no-relative, no-sampling,
-    prior-init, prior-stereo); empty for none."""
+    prior-init, prior-fused); empty for none."""
     ablation_scenes: tuple[str, ...] = ("synthetic-orbit", "synthetic-forward")
     """Scenes the ablations run on."""
     iterations: int | None = 1000

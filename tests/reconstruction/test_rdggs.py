@@ -123,7 +123,8 @@ def test_refinement_recovers_a_known_scale_and_shift_and_fills_holes():
     depth, valid, info = refine_prior(coarse, samples, RDGGSConfig())
     assert info["scale"] == pytest.approx(a, rel=1e-4)
     assert info["shift"] == pytest.approx(b, abs=1e-4)
-    assert bool(valid.all())
+    assert torch.equal(valid, ~holes)  # the losses use measured pixels only
+    assert bool((depth > 0).all())
     known = ~holes
     # Exact affine prior: the local correction has nothing left to correct.
     assert float(((depth - truth).abs() / truth)[known].max()) < 1e-4
@@ -186,13 +187,19 @@ def _plane_state(depth: float = 2.0) -> dict[str, torch.Tensor]:
 def test_refine_switch_changes_the_init_prior():
     state = _plane_state()
     rgbs = [torch.rand(H, W, 3)]
-    raw = build_priors([], rgbs, state, RDGGSConfig(depth_prior="init", refine_prior=False),
-                       None)
-    refined = build_priors([], rgbs, state, RDGGSConfig(depth_prior="init"), None)
+    # Points one pixel wide (radius 0): the projected cloud has holes between them.
+    raw = build_priors([], rgbs, state, RDGGSConfig(depth_prior="init", refine_prior=False,
+                                                    splat_radius=0), None)
+    refined = build_priors([], rgbs, state, RDGGSConfig(depth_prior="init", splat_radius=0),
+                           None)
     assert raw.source == refined.source == "init"
     assert 0.2 < float(raw.valid[0].float().mean()) < 0.95  # the projected cloud has holes
-    assert bool(refined.valid[0].all())
+    # Filled everywhere (for sampling); the losses use the measured pixels only.
     assert torch.allclose(refined.depth[0], torch.full((H, W), 2.0), rtol=1e-3)
+    assert torch.equal(refined.valid[0], raw.valid[0])
+    wider = build_priors([], rgbs, state, RDGGSConfig(depth_prior="init", fill_radius=-1,
+                                                      splat_radius=0), None)
+    assert bool(wider.valid[0].all())
 
 
 def test_mono_prior_through_a_fake_network(monkeypatch, tmp_path):
