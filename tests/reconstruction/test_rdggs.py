@@ -321,3 +321,23 @@ def test_checkpoint_state_round_trips_the_sampling_history():
     other.load_state(tensors, meta)
     assert other.sampled == trainer.sampled and other.num_gaussians == trainer.num_gaussians
     assert torch.equal(other.tile_error[0], trainer.tile_error[0])
+
+
+def test_mono_prior_with_the_real_tiny_network(tmp_path):
+    """The Depth-Anything-V2 architecture of reconstruction.depth with tiny random weights:
+    the prior path loads it, runs it and aligns its output to the sparse depths."""
+    from reconstruction.depth.depth_anything import DepthAnythingV2, preset_config
+    from reconstruction.depth.mono import save_mono_depth
+
+    torch.manual_seed(0)
+    path = save_mono_depth(DepthAnythingV2(preset_config("tiny")), tmp_path / "tiny.safetensors")
+    state = _plane_state()
+    priors = build_priors([], [torch.rand(H, W, 3)], state,
+                          RDGGSConfig(mono_checkpoint=path, refine_prior=False), None)
+    assert priors.source == "mono"
+    depth, valid = priors.depth[0], priors.valid[0]
+    assert depth.shape == (H, W) and bool(torch.isfinite(depth).all())
+    assert bool(valid.any()) and bool((depth[valid] > 0).all())
+    # Aligned to the wall's sparse depths: the median depth is the wall's (z = 2) within the
+    # spread a random network's output leaves after a scale/shift fit.
+    assert 1.0 < float(depth[valid].median()) < 4.0
