@@ -152,8 +152,7 @@ class RDGGSTrainer(Trainer):
             selected, score = self.select_tiles(view, rgb, alpha, target)
             if budget == 0 or not bool(selected.any()):
                 continue
-            depth, valid = self.prior_full[view]
-            h, w = depth.shape
+            h, w = self.prior_full[view][0].shape
             ty, tx = torch.nonzero(selected, as_tuple=True)
             # A k x k grid of pixels inside each selected tile.
             step = r.sample_tile / k
@@ -173,8 +172,8 @@ class RDGGSTrainer(Trainer):
         per_view: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
         total = 0
         for _, view, rows, cols in candidates:
-            depth, valid = self.prior_full[view]
-            ok = valid[rows, cols]
+            depth, _ = self.prior_full[view]
+            ok = depth[rows, cols] > 0  # the filled prior: sparse regions are its holes
             rows, cols = rows[ok], cols[ok]
             if total + len(rows) > budget:
                 rows, cols = rows[:budget - total], cols[:budget - total]
@@ -186,6 +185,9 @@ class RDGGSTrainer(Trainer):
             total += len(rows)
             if total >= budget:
                 break
+        if total == 0:  # no prior depth where sampling was asked for
+            self.sampling_rounds += 1
+            return 0
         values = {name: [] for name in GAUSSIAN_FIELDS}
         K_all, T_all = self.intrinsics(), self.viewmats()
         from reconstruction.splatting.sh import rgb_to_sh

@@ -281,6 +281,18 @@ def test_adaptive_sampling_adds_gaussians_where_coverage_is_sparse():
     assert float(alpha.mean()) > 0.9 and not bool(selected.any())
 
 
+def test_adaptive_sampling_uses_the_filled_prior_and_skips_views_without_depth():
+    trainer = _trainer(RDGGSConfig())
+    depth, _ = trainer.prior_full[0]
+    # The losses may use no pixel (all filled, none measured): sampling still places.
+    trainer.prior_full = [(depth, torch.zeros(H, W, dtype=torch.bool))]
+    assert trainer.adaptive_sample() > 0
+    empty = _trainer(RDGGSConfig())
+    empty.prior_full = [(torch.zeros(H, W), torch.zeros(H, W, dtype=torch.bool))]
+    n0 = empty.num_gaussians
+    assert empty.adaptive_sample() == 0 and empty.num_gaussians == n0
+
+
 def test_slow_tiles_need_a_previous_round_that_did_not_improve():
     trainer = _trainer(RDGGSConfig(sparse_alpha=0.0))  # only the slow criterion
     rgb, alpha, _, target = trainer.render(0, 1.0)
