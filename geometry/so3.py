@@ -245,6 +245,34 @@ def quat_rotate(q: Tensor, v: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- axis-angle
 
 
+def quat_slerp(q0: Tensor, q1: Tensor, alpha: Tensor) -> Tensor:
+    """Spherical linear interpolation of unit quaternions (shortest arc).
+
+    ``alpha = 0`` gives ``q0``, ``1`` gives ``q1`` (up to sign); in between, the rotation
+    moves at constant angular speed about one axis. Nearly equal inputs fall back to a
+    normalised linear blend.
+
+    Args:
+        q0, q1: ``[..., 4]`` wxyz.
+        alpha: ``[...]`` in ``[0, 1]``.
+
+    Returns:
+        ``[..., 4]`` unit quaternions.
+    """
+    dot = (q0 * q1).sum(-1, keepdim=True)
+    q1 = torch.where(dot < 0, -q1, q1)
+    dot = dot.abs().clamp(max=1.0)
+    alpha = alpha[..., None]
+    theta = torch.acos(dot)
+    sin_theta = torch.sin(theta)
+    near = sin_theta < 1e-6
+    safe = torch.where(near, torch.ones_like(sin_theta), sin_theta)
+    w0 = torch.where(near, 1 - alpha, torch.sin((1 - alpha) * theta) / safe)
+    w1 = torch.where(near, alpha, torch.sin(alpha * theta) / safe)
+    q = w0 * q0 + w1 * q1
+    return q / q.norm(dim=-1, keepdim=True)
+
+
 def axis_angle_to_matrix(aa: Tensor) -> Tensor:
     """Rodrigues' formula: rotation by ``|aa|`` radians about ``aa / |aa|``.
 

@@ -178,16 +178,6 @@ def spiral(sphere: SceneSphere, frames: int, T_world_cam: np.ndarray, K: np.ndar
     return Trajectory(np.stack(poses), focal, principal, np.zeros(0, dtype=np.int64))
 
 
-def _slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    """Spherical linear interpolation of unit quaternions (``q1`` already on q0's side)."""
-    dot = float(np.clip(q0 @ q1, -1.0, 1.0))
-    if dot > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(dot)
-    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
-
-
 def _catmull_rom(p0: np.ndarray, p1: np.ndarray, p2: np.ndarray, p3: np.ndarray,
                  t: float) -> np.ndarray:
     """Uniform Catmull-Rom between ``p1`` (t=0) and ``p2`` (t=1)."""
@@ -213,7 +203,7 @@ def interpolate(frames: int, T_world_cam: np.ndarray, K: np.ndarray, width: np.n
     """
     import torch
 
-    from geometry.so3 import matrix_to_quat, quat_to_matrix
+    from geometry.so3 import matrix_to_quat, quat_slerp, quat_to_matrix
 
     if T_world_cam is None or len(T_world_cam) < 2:
         raise UserError("the interpolate trajectory needs at least two cameras; use "
@@ -245,8 +235,9 @@ def interpolate(frames: int, T_world_cam: np.ndarray, K: np.ndarray, width: np.n
                 R, c, fo, pr = T_world_cam[seg + 1, :3, :3], centres[seg + 1], \
                     focal_keys[seg + 1], principal_keys[seg + 1]
             else:
-                q = _slerp(quats[seg], quats[seg + 1], t)
-                R = quat_to_matrix(torch.from_numpy(q)).numpy()
+                q = quat_slerp(torch.from_numpy(quats[seg]), torch.from_numpy(quats[seg + 1]),
+                               torch.tensor(t, dtype=torch.float64))
+                R = quat_to_matrix(q).numpy()
                 c = _catmull_rom(*padded[seg:seg + 4], t)
                 fo = (1 - t) * focal_keys[seg] + t * focal_keys[seg + 1]
                 pr = (1 - t) * principal_keys[seg] + t * principal_keys[seg + 1]

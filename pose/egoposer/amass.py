@@ -30,6 +30,7 @@ from geometry.so3 import (
     axis_angle_to_matrix,
     matrix_to_axis_angle,
     matrix_to_quat,
+    quat_slerp,
     quat_to_matrix,
 )
 from pose.egoposer.skeleton import (
@@ -65,30 +66,6 @@ class MotionSequence:
     def fk(self) -> tuple[Tensor, Tensor]:
         """``(global_rots [T, 22, 3, 3], joints [T, 22, 3])`` in the world."""
         return forward_kinematics(self.local_rots, self.root_pos, self.rest_joints)
-
-
-def quat_slerp(q0: Tensor, q1: Tensor, alpha: Tensor) -> Tensor:
-    """Spherical linear interpolation of unit quaternions (shortest arc).
-
-    Args:
-        q0, q1: ``[..., 4]`` wxyz.
-        alpha: ``[...]`` in ``[0, 1]``.
-
-    Returns:
-        ``[..., 4]`` unit quaternions.
-    """
-    dot = (q0 * q1).sum(-1, keepdim=True)
-    q1 = torch.where(dot < 0, -q1, q1)
-    dot = dot.abs().clamp(max=1.0)
-    alpha = alpha[..., None]
-    theta = torch.acos(dot)
-    sin_theta = torch.sin(theta)
-    near = sin_theta < 1e-6
-    safe = torch.where(near, torch.ones_like(sin_theta), sin_theta)
-    w0 = torch.where(near, 1 - alpha, torch.sin((1 - alpha) * theta) / safe)
-    w1 = torch.where(near, alpha, torch.sin(alpha * theta) / safe)
-    q = w0 * q0 + w1 * q1
-    return q / q.norm(dim=-1, keepdim=True)
 
 
 def resample_frames(times_src: int, fps_src: float, fps_dst: float) -> tuple[Tensor, Tensor,

@@ -194,3 +194,29 @@ def test_gradcheck_generic_points() -> None:
     assert torch.autograd.gradcheck(so3.rot6d_to_matrix, (d6,))
     q = torch.randn(2, 4, generator=_gen(17), dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(so3.quat_to_matrix, (q,))
+
+
+def test_quat_slerp_is_constant_speed_about_one_axis():
+    """slerp(q0, q1, a) = q0 * exp(a * log(q0^-1 q1)), checked through matrices; endpoints
+    exact, shortest arc for a sign-flipped q1, and the near-identical fallback stays unit."""
+    from geometry.so3 import (
+        axis_angle_to_matrix,
+        matrix_to_axis_angle,
+        matrix_to_quat,
+        quat_slerp,
+        quat_to_matrix,
+    )
+
+    g = torch.Generator().manual_seed(3)
+    R0 = axis_angle_to_matrix(torch.randn(5, 3, generator=g, dtype=torch.float64))
+    R1 = axis_angle_to_matrix(torch.randn(5, 3, generator=g, dtype=torch.float64))
+    q0, q1 = matrix_to_quat(R0), matrix_to_quat(R1)
+    delta = matrix_to_axis_angle(R0.transpose(-1, -2) @ R1)
+    for a in (0.0, 0.25, 0.5, 0.9, 1.0):
+        alpha = torch.full((5,), a, dtype=torch.float64)
+        expected = R0 @ axis_angle_to_matrix(a * delta)
+        for q_end in (q1, -q1):
+            got = quat_to_matrix(quat_slerp(q0, q_end, alpha))
+            torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
+    near = quat_slerp(q0, q0 + 1e-9, torch.full((5,), 0.3, dtype=torch.float64))
+    torch.testing.assert_close(near.norm(dim=-1), torch.ones(5, dtype=torch.float64))
