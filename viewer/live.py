@@ -171,12 +171,10 @@ class LiveTrainingViewer:
         Console(stderr=True, highlight=False).print(
             f"[bold]live viewer[/bold]: training done; still serving on port {self.port} "
             "(Ctrl-C to quit)")
-        deadline = None if seconds is None else time.monotonic() + seconds
+        from viewer.server import wait_for_ctrl_c
+
         try:
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
+            wait_for_ctrl_c(seconds)
         finally:
             self.close()
 

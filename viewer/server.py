@@ -492,6 +492,16 @@ class SceneViewer:
             self.gui_render.disabled = self.scene.splats is None
 
 
+def wait_for_ctrl_c(seconds: float | None = None) -> None:
+    """Block until Ctrl-C (or for ``seconds``); the interrupt is swallowed."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+
+
 def serve(scene: ViewerScene, host: str = "127.0.0.1", port: int = 8080,
           up: np.ndarray | None = None, seconds: float | None = None,
           background: tuple[int, int, int] = (255, 255, 255), verbose: bool = True) -> None:
@@ -505,11 +515,7 @@ def serve(scene: ViewerScene, host: str = "127.0.0.1", port: int = 8080,
         Console(stderr=True, highlight=False).print(
             f"[bold]sparseview viewer[/bold]: open http://{url_host}:{server.get_port()} in a "
             "browser (Ctrl-C stops)")
-    deadline = None if seconds is None else time.monotonic() + seconds
     try:
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
+        wait_for_ctrl_c(seconds)
     finally:
         server.stop()
