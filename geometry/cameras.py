@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from geometry.se3 import invert_T, transform_points
+from geometry.shapes import broadcast_shapes
 
 NUM_DIST = 5  # (k1, k2, p1, p2, k3)
 
@@ -193,7 +194,7 @@ class Cameras:
                 raise ValueError(f"Cameras.dist must be [..., k] with k in 1, 2, 4, 5, "
                                  f"got {tuple(dist.shape)}")
             shapes.append(dist.shape[:-1])
-        batch = torch.broadcast_shapes(*shapes)
+        batch = broadcast_shapes(*shapes)
         self.K = K.to(dtype).expand(*batch, 3, 3).contiguous()
         self.T_world_cam = T.to(T.device, dtype).expand(*batch, 4, 4).contiguous()
         self.K = self.K.to(self.T_world_cam.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geometry.shapes import broadcast_shapes
 from geometry.so3 import _series, _split_small, hat, rotation_coefficients, so3_log
 
 
@@ -30,7 +31,7 @@ def make_T(R: Tensor, t: Tensor) -> Tensor:
     Returns:
         ``[..., 4, 4]`` with last row ``(0, 0, 0, 1)``.
     """
-    batch = torch.broadcast_shapes(R.shape[:-2], t.shape[:-1])
+    batch = broadcast_shapes(R.shape[:-2], t.shape[:-1])
     dtype = torch.promote_types(R.dtype, t.dtype)
     top = torch.cat((R.expand(*batch, 3, 3), t.expand(*batch, 3)[..., None]), -1).to(dtype)
     bottom = torch.zeros((*batch, 1, 4), dtype=dtype, device=R.device)

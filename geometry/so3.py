@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from geometry.shapes import broadcast_shapes
+
 # Below this theta^2 the trigonometric ratios use their Taylor series. With terms up to
 # theta^8 the truncation error at theta^2 = 0.05 is < 1e-16 relative, and the closed forms
 # above it lose at most ~1e-13 (float64) / ~1e-5 (float32) to cancellation.
@@ -234,7 +236,7 @@ def quat_rotate(q: Tensor, v: Tensor) -> Tensor:
     Returns:
         ``[..., 3]`` rotated vectors ``q v q*``.
     """
-    batch = torch.broadcast_shapes(q.shape[:-1], v.shape[:-1])
+    batch = broadcast_shapes(q.shape[:-1], v.shape[:-1])
     q = quat_normalize(q).expand(*batch, 4)
     v = v.expand(*batch, 3)
     w, u = q[..., :1], q[..., 1:]

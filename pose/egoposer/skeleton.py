@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from geometry.errors import UserError
+from geometry.shapes import broadcast_shapes
 from geometry.so3 import axis_angle_to_matrix
 
 JOINT_NAMES: tuple[str, ...] = (
@@ -178,7 +179,7 @@ def forward_kinematics(local_rots: Tensor, root_pos: Tensor, rest_joints: Tensor
         ``(global_rots [..., 22, 3, 3], joints [..., 22, 3])``, world frame.
     """
     offsets = rest_offsets(rest_joints)
-    batch = torch.broadcast_shapes(local_rots.shape[:-3], root_pos.shape[:-1],
+    batch = broadcast_shapes(local_rots.shape[:-3], root_pos.shape[:-1],
                                    offsets.shape[:-2])
     local_rots = local_rots.expand(*batch, NUM_JOINTS, 3, 3)
     offsets = offsets.expand(*batch, NUM_JOINTS, 3)

@@ -180,3 +180,13 @@ def test_projection_is_differentiable_in_pose() -> None:
 
     delta = torch.zeros(6, dtype=F64, requires_grad=True)
     assert torch.autograd.gradcheck(uv_of, (delta,))
+
+
+def test_broadcast_shapes_matches_torch():
+    from geometry.shapes import broadcast_shapes
+
+    cases = [((2, 1), (3,)), ((), (4,)), ((5, 1, 3), (1, 2, 1), (3,)), ((0,), (1,))]
+    for shapes in cases:
+        assert broadcast_shapes(*shapes) == torch.broadcast_shapes(*shapes)
+    with pytest.raises(RuntimeError):
+        broadcast_shapes((2,), (3,))
