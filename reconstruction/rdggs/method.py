@@ -8,8 +8,9 @@ priors (:mod:`.priors`) and returns an :class:`RDGGSTrainer`, a
   (local patches, the whole view, depth against image), their weights falling linearly to
   ``depth_decay`` of their value over the run (``relative_depth``);
 - after each densification round samples new Gaussians where the training views are
-  sparsely covered (low rendered opacity) or converge slowly (tile error high and barely
-  falling since the last round), placed on the refined prior depth (``adaptive_sampling``).
+  sparsely covered (low rendered opacity) and, with ``slow_tiles``, where they converge
+  slowly (tile error high and barely falling since the last round), placed on the refined
+  (filled) prior depth (``adaptive_sampling``).
 
 Every random choice (patch offsets) is seeded by ``(seed, iteration)`` and the priors are
 recomputed the same way on ``--resume``; the per-tile errors of the last sampling round are
@@ -118,10 +119,10 @@ class RDGGSTrainer(Trainer):
                      target: Tensor) -> tuple[Tensor, Tensor]:
         """Tiles of ``view`` to sample: ``(selected [th, tw] bool, score [th, tw])``.
 
-        Sparse: mean rendered opacity under ``sparse_alpha``. Slow: L1 error above
-        ``slow_error_ratio`` times the view's median tile error and above ``slow_progress``
-        times its value at the previous round (no previous round: not slow). Updates the
-        stored tile errors.
+        Sparse: mean rendered opacity under ``sparse_alpha``. Slow (with ``slow_tiles``): L1
+        error above ``slow_error_ratio`` times the view's median tile error and above
+        ``slow_progress`` times its value at the previous round (no previous round: not
+        slow). Updates the stored tile errors.
         """
         r = self.rdggs
         tile = r.sample_tile
@@ -131,7 +132,7 @@ class RDGGSTrainer(Trainer):
         sparse = tile_alpha < r.sparse_alpha
         previous = self.tile_error.get(view)
         high = tile_err > r.slow_error_ratio * tile_err.median()
-        if previous is not None and previous.shape == tile_err.shape:
+        if r.slow_tiles and previous is not None and previous.shape == tile_err.shape:
             slow = high & (tile_err > r.slow_progress * previous)
         else:
             slow = torch.zeros_like(high)

@@ -294,7 +294,7 @@ def test_adaptive_sampling_uses_the_filled_prior_and_skips_views_without_depth()
 
 
 def test_slow_tiles_need_a_previous_round_that_did_not_improve():
-    trainer = _trainer(RDGGSConfig(sparse_alpha=0.0))  # only the slow criterion
+    trainer = _trainer(RDGGSConfig(sparse_alpha=0.0, slow_tiles=True))  # only "slow"
     rgb, alpha, _, target = trainer.render(0, 1.0)
     bad = rgb.clone()  # a target the render matches but for one tile
     bad[:16, :16] = 1.0 - bad[:16, :16]
@@ -302,6 +302,9 @@ def test_slow_tiles_need_a_previous_round_that_did_not_improve():
     assert not bool(first.any())  # no history yet
     again, _ = trainer.select_tiles(0, rgb, alpha, bad)
     assert bool(again[0, 0]) and int(again.sum()) == 1
+    off = _trainer(RDGGSConfig(sparse_alpha=0.0))  # the default: no slow criterion
+    off.select_tiles(0, rgb, alpha, bad)
+    assert not bool(off.select_tiles(0, rgb, alpha, bad)[0].any())
 
 
 def test_each_switch_changes_the_training_behaviour():
