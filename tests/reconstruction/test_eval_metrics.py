@@ -172,3 +172,19 @@ def test_nearly_collinear_centres_align_by_orientation():
     assert result.alignment == "orientations"
     assert result.ate_rmse < 1e-12 and result.rot_err_mean_deg < 1e-6
     assert result.scale == pytest.approx(s, rel=1e-12)
+
+
+def test_depth_absrel_known_values_and_masks():
+    reference = torch.full((4, 5), 2.0, dtype=torch.float64)
+    reference[0, 0] = 0.0  # nothing hit: ignored
+    depth = torch.full((4, 5), 2.2, dtype=torch.float64)  # 10 % too far everywhere
+    # Float64 rounding of 2.2 / 2: exact to ~1e-15.
+    assert M.depth_absrel(depth, reference) == pytest.approx(0.1, abs=1e-12)
+    depth[1, 1] = 3.0  # one pixel 50 % off, then masked out
+    assert M.depth_absrel(depth, reference) == pytest.approx((0.1 * 18 + 0.5) / 19, abs=1e-12)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[1, 1] = False
+    assert M.depth_absrel(depth, reference, mask) == pytest.approx(0.1, abs=1e-12)
+    assert math.isnan(M.depth_absrel(depth, reference, torch.zeros(4, 5, dtype=torch.bool)))
+    depth[2, 2] = float("nan")  # a render without coverage there
+    assert M.depth_absrel(depth, reference, mask) == pytest.approx(0.1, abs=1e-12)
