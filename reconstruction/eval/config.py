@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from reconstruction.init.config import InitName
+from reconstruction.rdggs.config import RDGGSConfig
 
 #: Camera formats eval reads (``dtu`` is the IDR ``cameras.npz`` with the DTU preset).
 DatasetFormat = Literal["auto", "colmap", "transforms", "llff", "dtu", "co3d"]
@@ -84,6 +85,11 @@ class EvalConfig:
     pixels; the method and the metrics both see the shrunk images (default: keep)."""
     seed: int = 0
     """Seed of the method."""
+    threads: int | None = None
+    """CPU threads of the method's fit (default: all cores; results differ slightly
+    between thread counts)."""
+    rdggs: RDGGSConfig = field(default_factory=RDGGSConfig)
+    """Options of --method rdggs (ablation switches, depth priors)."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the method and the renders run."""
     save_renders: bool = True

@@ -11,12 +11,13 @@ from __future__ import annotations
 import shutil
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from geometry.cameras import Cameras
 from reconstruction.eval.config import MethodName
 from reconstruction.gaussians import GaussianScene
+from reconstruction.rdggs.config import RDGGSConfig
 
 
 @dataclass
@@ -36,6 +37,10 @@ class MethodInput:
     """Coarse initialiser, for methods that offer several (InstantSplat: ``sfm``,
     ``sfm-sparse``); None: the method's default."""
     seed: int = 0
+    threads: int | None = None
+    """CPU threads (None: all cores)."""
+    rdggs: RDGGSConfig | None = None
+    """RDG-GS options (None: its defaults)."""
     device: str = "cpu"
     quiet: bool = False
 
@@ -82,7 +87,9 @@ def _run_fit(inputs: MethodInput, method: str) -> MethodOutput:
 
     config = FitConfig(images=inputs.out / "_images", out=inputs.out / "fit", max_size=None,
                        method=method, seed=inputs.seed, device=inputs.device,
-                       quiet=inputs.quiet)
+                       threads=inputs.threads, quiet=inputs.quiet)
+    if inputs.rdggs is not None:
+        config.rdggs = replace(inputs.rdggs)
     if inputs.init is not None:
         config.init = inputs.init
     if inputs.iterations is not None:

@@ -166,7 +166,8 @@ def run_eval(config: EvalConfig) -> dict:
         inputs = MethodInput(
             images=train_images, out=tmp / "method",
             cameras=gt_train if config.known_poses else None, iterations=config.iterations,
-            init=config.init, seed=config.seed, device=config.device, quiet=config.quiet)
+            init=config.init, seed=config.seed, threads=config.threads, rdggs=config.rdggs,
+            device=config.device, quiet=config.quiet)
         inputs.out.mkdir(parents=True)
         output = METHODS[config.method](inputs)
         seconds["fit"] = time.perf_counter() - t0

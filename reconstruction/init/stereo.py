@@ -238,7 +238,7 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
     return depth_maps[0], depth_maps[1]
 
 
-def _merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:
+def merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:
     """One depth map from several of the same view: mean where they agree, 0 where not."""
     stack = np.stack(maps)
     valid = stack > 0
@@ -370,7 +370,7 @@ def densify(model: SparseModel, images: Sequence[LoadedImage],
         depth_i, depth_j = stereo_pair(model, images, i, j, config)
         per_view.setdefault(i, []).append(depth_i)
         per_view.setdefault(j, []).append(depth_j)
-    depths = {v: _merge_depths(maps, config.depth_tolerance) for v, maps in per_view.items()}
+    depths = {v: merge_depths(maps, config.depth_tolerance) for v, maps in per_view.items()}
     points, colors = fuse_depth_maps(model, images, depths, config)
     fused = len(points)
     pixels = sum(im.width * im.height for im in images)

@@ -239,7 +239,7 @@ def stereo_depths(images: Sequence, Ks: Tensor, T_cam_world: Tensor,
     nearest per pixel).
     """
     from reconstruction.init.base import SparseModel
-    from reconstruction.init.stereo import _merge_depths, pair_views, stereo_pair
+    from reconstruction.init.stereo import merge_depths, pair_views, stereo_pair
 
     v = len(images)
     obs_point, obs_view, obs_xy = [], [], []
@@ -274,7 +274,7 @@ def stereo_depths(images: Sequence, Ks: Tensor, T_cam_world: Tensor,
         if not maps:
             out.append(torch.zeros(im.height, im.width))
             continue
-        merged = _merge_depths(maps, stereo_config.depth_tolerance)
+        merged = merge_depths(maps, stereo_config.depth_tolerance)
         out.append(torch.from_numpy(merged).float())
     return out
 
