@@ -18,13 +18,11 @@ excluded); nothing here asserts.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,32 +105,12 @@ def real_cases() -> list[Case]:
     return cases
 
 
-@contextlib.contextmanager
-def fit_options(changes: dict, threads: int | None) -> Iterator[None]:
-    """Run ``recon fit`` with these RDGGSConfig fields changed and this thread count (the
-    eval adapter builds its FitConfig itself and has neither option, so the benchmark wraps
-    ``fit``; every method gets the same thread count)."""
-    from reconstruction.instantsplat import pipeline
-
-    original = pipeline.fit
-
-    def fit(config, cameras=None):
-        config.rdggs = dataclasses.replace(config.rdggs, **changes)
-        config.threads = threads
-        return original(config, cameras=cameras)
-
-    pipeline.fit = fit
-    try:
-        yield
-    finally:
-        pipeline.fit = original
-
-
 def main() -> None:
     bench = tyro.cli(Bench)
     from geometry.errors import UserError
     from reconstruction.eval.cli import Eval
     from reconstruction.eval.config import PoseOptConfig
+    from reconstruction.rdggs.config import RDGGSConfig
 
     unknown = [a for a in bench.ablations if a not in ABLATIONS]
     if unknown:
@@ -152,12 +130,12 @@ def main() -> None:
                              None))
                 continue
             config = Eval(dataset=case.dataset, out=out, method=method,
-                          iterations=bench.iterations, quiet=True,
+                          iterations=bench.iterations, quiet=True, threads=bench.threads,
+                          rdggs=dataclasses.replace(RDGGSConfig(), **changes),
                           test_pose_options=PoseOptConfig(iterations=bench.test_pose_iterations),
                           **case.options)
             try:
-                with fit_options(changes, bench.threads):
-                    results = config.run()
+                results = config.run()
                 rows.append((case.name, label, results, None))
             except (UserError, RuntimeError, ValueError) as err:
                 traceback.print_exc()
