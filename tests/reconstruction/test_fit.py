@@ -20,7 +20,6 @@ from plyfile import PlyData
 from geometry.io.colmap import read_colmap_model
 from geometry.io.transforms_json import read_transforms_json
 from geometry.sim3 import align_poses, apply_sim3_to_poses
-from reconstruction import cli
 from reconstruction.gaussians import ply_property_names, read_ply
 from reconstruction.instantsplat.config import FitConfig
 from reconstruction.instantsplat.pipeline import fit
@@ -39,17 +38,6 @@ def scene(tmp_path_factory):
     return folder / "images", generated
 
 
-def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """Run ``recon`` in-process; (exit code, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["recon", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
-
-
 def _assert_user_error(code: int, err: str, out: Path, pattern: str) -> None:
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
@@ -60,12 +48,12 @@ def _assert_user_error(code: int, err: str, out: Path, pattern: str) -> None:
     assert not [p for p in out.parent.glob(f".{out.name}*")], "temporary output left behind"
 
 
-def test_fit_end_to_end(scene, tmp_path, monkeypatch, capsys):
+def test_fit_end_to_end(scene, tmp_path, run_recon):
     images, generated = scene
     (images / "notes.txt").write_text("not a photo")
     out = tmp_path / "out"
     try:
-        code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+        code, err = run_recon("fit", "--images", str(images), "--out",
                              str(out), "--iterations", "40", *FAST)
     finally:
         (images / "notes.txt").unlink()
@@ -151,7 +139,7 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(scene, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "single", "corrupt", "no-images"])
-def test_bad_image_folders(case, tmp_path, monkeypatch, capsys, scene):
+def test_bad_image_folders(case, tmp_path, run_recon, scene):
     images_src, _ = scene
     folder = tmp_path / "photos"
     expected = {
@@ -172,14 +160,14 @@ def test_bad_image_folders(case, tmp_path, monkeypatch, capsys, scene):
     if case == "no-images":
         (folder / "readme.md").write_text("x")
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(folder), "--out",
+    code, err = run_recon("fit", "--images", str(folder), "--out",
                          str(out), *FAST)
     _assert_user_error(code, err, out, expected)
     if case == "corrupt":
         assert "broken.jpg" in err
 
 
-def test_unregistrable_view_is_an_error(scene, tmp_path, monkeypatch, capsys):
+def test_unregistrable_view_is_an_error(scene, tmp_path, run_recon):
     images_src, _ = scene
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -189,33 +177,33 @@ def test_unregistrable_view_is_an_error(scene, tmp_path, monkeypatch, capsys):
     Image.fromarray((rng.random((120, 160, 3)) * 255).astype(np.uint8)).save(
         folder / "noise.png")
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(folder), "--out",
+    code, err = run_recon("fit", "--images", str(folder), "--out",
                          str(out), *FAST)
     _assert_user_error(code, err, out, "could not register noise.png")
 
 
-def test_other_bad_arguments(scene, tmp_path, monkeypatch, capsys):
+def test_other_bad_arguments(scene, tmp_path, run_recon):
     images, _ = scene
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--resume", *FAST)
     _assert_user_error(code, err, out, "no checkpoint to resume")
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(images / "sub"), *FAST)
     assert code == 2 and "overlaps the image folder" in err
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--iterations", "0", *FAST)
     _assert_user_error(code, err, out, "--iterations 0")
 
 
-def test_nan_that_does_not_go_away_stops_cleanly(scene, tmp_path, monkeypatch, capsys):
+def test_nan_that_does_not_go_away_stops_cleanly(scene, tmp_path, monkeypatch, run_recon):
     from reconstruction.instantsplat import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "photometric_loss",
                         lambda image, target, weight: (image - target).abs().mean() * np.nan)
     images, _ = scene
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--iterations", "10", *FAST)
     _assert_user_error(code, err, out, "diverged")
     assert err.count("rolled back") == 3  # each roll-back said so, then the stop
@@ -227,7 +215,7 @@ def _write_poses(generated, path: Path, names: list[str]) -> None:
     write_transforms_json(path, generated.cameras, file_paths=[f"images/{n}" for n in names])
 
 
-def test_known_poses_keep_the_given_frame(scene, tmp_path, monkeypatch, capsys):
+def test_known_poses_keep_the_given_frame(scene, tmp_path, run_recon):
     """--poses: the cameras come out exactly as given (at the photos' resolution) and the
     splats sit in the given frame, where the cameras look at them."""
     images, generated = scene
@@ -235,7 +223,7 @@ def test_known_poses_keep_the_given_frame(scene, tmp_path, monkeypatch, capsys):
     poses.parent.mkdir()
     _write_poses(generated, poses, ["view_00.png", "view_01.png", "view_02.png"])
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--poses", str(poses), "--iterations", "30", *FAST)
     assert code == 0, err
     given = generated.cameras.to(dtype=torch.float64)
@@ -256,21 +244,21 @@ def test_known_poses_keep_the_given_frame(scene, tmp_path, monkeypatch, capsys):
     assert metrics["training_psnr_db"] > metrics["initial_psnr_db"] + 1.0, metrics
 
 
-def test_known_poses_errors(scene, tmp_path, monkeypatch, capsys):
+def test_known_poses_errors(scene, tmp_path, run_recon):
     images, generated = scene
     out = tmp_path / "out"
     poses = tmp_path / "given" / "transforms.json"
     poses.parent.mkdir()
     _write_poses(generated, poses, ["view_00.png", "view_01.png", "other.png"])
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--poses", str(poses), *FAST)
     _assert_user_error(code, err, out, "has no camera for view_02.png")
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), "--poses", str(tmp_path / "nothing"), *FAST)
     _assert_user_error(code, err, out, "found no cameras")
 
 
-def test_fit_with_live_view(scene, tmp_path, monkeypatch, capsys):
+def test_fit_with_live_view(scene, tmp_path, monkeypatch, run_recon):
     """--view: the live viewer gets the state every --view-every steps and the final one,
     which is what the outputs hold; the server is closed afterwards."""
     import viewer.live
@@ -291,7 +279,7 @@ def test_fit_with_live_view(scene, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(viewer.live, "LiveTrainingViewer", Recording)
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(scene[0]),
+    code, err = run_recon("fit", "--images", str(scene[0]),
                          "--out", str(out), "--iterations", "25", "--view", "--view-port", "0",
                          "--view-every", "10", "--no-view-keep-open", *FAST)
     assert code == 0, err
@@ -308,7 +296,7 @@ def test_fit_with_live_view(scene, tmp_path, monkeypatch, capsys):
     assert live._closed
 
 
-def test_live_view_on_a_busy_port_writes_nothing(scene, tmp_path, monkeypatch, capsys):
+def test_live_view_on_a_busy_port_writes_nothing(scene, tmp_path, run_recon):
     import socket
 
     with socket.socket() as busy:
@@ -316,6 +304,6 @@ def test_live_view_on_a_busy_port_writes_nothing(scene, tmp_path, monkeypatch, c
         busy.listen(1)
         port = busy.getsockname()[1]
         out = tmp_path / "out"
-        code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(scene[0]), "--out",
+        code, err = run_recon("fit", "--images", str(scene[0]), "--out",
                              str(out), "--view", "--view-port", str(port), *FAST)
     _assert_user_error(code, err, out, str(port))

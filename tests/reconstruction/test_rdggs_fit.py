@@ -5,13 +5,11 @@ on a tiny synthetic scene with ground-truth depth."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from reconstruction import cli
 from reconstruction.procedural import make_scene, write_scene
 
 FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--threads", "1",
@@ -25,19 +23,9 @@ def images(tmp_path_factory):
     return folder / "images"
 
 
-def _run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["recon", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
-
-
-def test_fit_rdggs_end_to_end_and_switches(images, tmp_path, monkeypatch, capsys):
+def test_fit_rdggs_end_to_end_and_switches(images, tmp_path, run_recon):
     out = tmp_path / "out"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(out), *FAST)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -54,7 +42,7 @@ def test_fit_rdggs_end_to_end_and_switches(images, tmp_path, monkeypatch, capsys
 
     # Ablations: each switch is seen by the run.
     off = tmp_path / "off"
-    code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+    code, err = run_recon("fit", "--images", str(images), "--out",
                          str(off), *FAST, "--rdggs.no-relative-depth",
                          "--rdggs.no-adaptive-sampling", "--rdggs.no-refine-prior",
                          "--rdggs.depth-prior", "init")
@@ -69,13 +57,13 @@ def test_fit_rdggs_end_to_end_and_switches(images, tmp_path, monkeypatch, capsys
     assert m_off["rdggs_prior_coverage"] != metrics["rdggs_prior_coverage"]
 
 
-def test_fit_rdggs_bad_inputs(images, tmp_path, monkeypatch, capsys):
+def test_fit_rdggs_bad_inputs(images, tmp_path, run_recon):
     out = tmp_path / "bad"
     for extra, text in (
         (["--rdggs.mono-checkpoint", str(tmp_path / "missing.safetensors")], "is not a file"),
         (["--rdggs.depth-prior", "mono"], "needs --rdggs.mono-checkpoint"),
     ):
-        code, err = _run_cli(monkeypatch, capsys, "fit", "--images", str(images), "--out",
+        code, err = run_recon("fit", "--images", str(images), "--out",
                              str(out), *FAST, *extra)
         assert code == 2, err
         lines = [line for line in err.strip().splitlines() if line.strip()]
