@@ -6,7 +6,9 @@ as ``torch.ops.sparseview.*`` through one ``TORCH_LIBRARY`` (``cuda/registry.cpp
 Importing this module never compiles; ``recon build-ops`` prebuilds.
 
 The cache key covers the sources, the compiler flags, the torch version and the CPU, so a
-stale or foreign build is never loaded. Set ``SPARSEVIEW_CACHE_DIR`` to move the cache.
+stale or foreign build is never loaded, and the checkout's location: ninja's build file
+names the sources by absolute path, so two checkouts sharing one build folder would each
+rebuild (~30 s) every time the other had run. Set ``SPARSEVIEW_CACHE_DIR`` to move the cache.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def cache_dir() -> Path:
 
 def _build_key(sources: list[Path]) -> str:
     digest = hashlib.sha256()
+    digest.update(str(sources_dir().resolve()).encode())
     for src in sources:
         digest.update(src.name.encode())
         digest.update(src.read_bytes())
