@@ -9,16 +9,26 @@ the :data:`Initialiser` signature, add its name to
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from reconstruction.images import LoadedImage
 from reconstruction.init.base import InitResult
 from reconstruction.init.cgi import initialise_sfm, initialise_sfm_sparse
 from reconstruction.init.config import InitConfig, InitName
 
-#: ``(images, work_dir, config, seed) -> InitResult``; raises UserError on bad input.
-Initialiser = Callable[[Sequence[LoadedImage], Path, InitConfig, int], InitResult]
+
+class Initialiser(Protocol):
+    """``(images, work_dir, config, seed, cameras=None) -> InitResult``; raises UserError on
+    bad input. ``cameras``: known ``(Ks [V, 3, 3], T_cam_world [V, 4, 4])`` (numpy float64)
+    that the returned model must carry, its cloud built with them."""
+
+    def __call__(self, images: Sequence[LoadedImage], work_dir: Path, config: InitConfig,
+                 seed: int, cameras: tuple[np.ndarray, np.ndarray] | None = None
+                 ) -> InitResult: ...
 
 INITIALISERS: dict[str, Initialiser] = {
     "sfm": initialise_sfm,  # SfM poses + sparse points + fused rectified-stereo cloud

@@ -6,8 +6,8 @@ optimisation of Gaussians and poses (F-3DGO, or RDG-GS's depth-guided variant wi
 ``--method rdggs``); write the outputs.
 
 With known cameras (``--poses PATH`` or ``fit(config, cameras=...)``) the initial cloud is
-moved into their frame by the similarity between the SfM cameras and the given ones, the
-poses stay fixed, and the outputs are written in the given frame. Without, the outputs are
+triangulated with them (SfM only matches the photos; see :mod:`reconstruction.init.cgi`),
+the poses stay fixed, and the outputs are written in the given frame. Without, the outputs are
 in the normalised SfM frame (its centre and scale are in metrics.json).
 
 Outputs (the folder appears complete or not at all)::
@@ -138,31 +138,6 @@ def _known_cameras(config: FitConfig, images: list[LoadedImage],
                    width=torch.tensor([im.width for im in images]),
                    height=torch.tensor([im.height for im in images]),
                    names=[im.path.name for im in images])
-
-
-def _init_in_frame(init, known: Cameras) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Init points (dense, sparse) moved into the given cameras' frame, and their poses.
-
-    The similarity maps the SfM camera centres onto the given ones (orientations too where
-    the centres are collinear, as with two views).
-    """
-    from geometry.sim3 import align_poses, sim3_apply
-
-    T_sfm = torch.from_numpy(np.linalg.inv(init.model.T_cam_world)).double()
-    try:
-        s, R, t = align_poses(T_sfm, known.T_world_cam)
-    except ValueError:
-        try:
-            s, R, t = align_poses(T_sfm, known.T_world_cam, use_orientations=True)
-        except ValueError as err:
-            raise UserError(f"the given cameras cannot be related to the photos ({err}); check "
-                            "that they belong to these photos.") from None
-
-    def move(points: np.ndarray) -> np.ndarray:
-        return sim3_apply(s, R, t, torch.from_numpy(points).double()).numpy()
-
-    return (move(init.points_world), move(init.model.points_world),
-            known.T_cam_world.numpy().copy())
 
 
 def _normalisation(T_cam_world: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float]:
@@ -322,16 +297,14 @@ def fit(config: FitConfig, cameras: Cameras | None = None,
     if resumed is None:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="sparseview-init-") as work:
-            init = INITIALISERS[config.init](images, Path(work), config.init_options, config.seed)
+            given = None if known is None else (known.K.numpy(), known.T_cam_world.numpy())
+            init = INITIALISERS[config.init](images, Path(work), config.init_options,
+                                             config.seed, cameras=given)
         timings.update({f"init_{k}": v for k, v in init.timings.items()})
         timings["init_total"] = time.perf_counter() - t0
-        if known is None:
-            dense, sparse, T_init = init.points_world, init.model.points_world, \
-                init.model.T_cam_world
-            Ks = torch.from_numpy(init.model.Ks).float()
-        else:
-            dense, sparse, T_init = _init_in_frame(init, known)
-            Ks = known.K.float()
+        dense, sparse, T_init = init.points_world, init.model.points_world, \
+            init.model.T_cam_world
+        Ks = torch.from_numpy(init.model.Ks).float()
         centre, scale = _normalisation(T_init, sparse)
         T_cam_world, points = _apply_normalisation(T_init, dense, centre, scale)
         _, sparse_points = _apply_normalisation(T_init, sparse, centre, scale)

@@ -39,8 +39,9 @@ def test_cli_train_detect_and_devkit_score(synth_root: Path, tmp_path: Path):
     """One training step of the small preset, then detection on mini_val through the
     ``perception`` CLI; the results file passes the checks and the devkit scores it."""
     ckpt = tmp_path / "ckpt"
-    perception_main(["train", "--dataroot", str(synth_root), "--out", str(ckpt), "--preset", "small",
-          "--modality", "fusion", "--epochs", "1", "--limit", "1"])
+    perception_main(["train", "--dataroot", str(synth_root), "--out", str(ckpt),
+                     "--preset", "small", "--modality", "fusion", "--epochs", "1",
+                     "--limit", "1"])
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["model"]["modality"] == "fusion" and saved["step"] == 1
     assert saved["model"]["voxel"]["voxel_size"] == [0.8, 0.8, 0.5]

@@ -191,3 +191,39 @@ def test_auto_mapper_falls_back_when_incremental_mapping_stalls(scene_dir, tmp_p
     assert result.model.mapper == "two-view" and result.model.registered.all()
     errors, _ = _aligned_centre_errors(result.model, scene)
     assert errors.max() < CENTRE_TOL
+
+
+def test_known_cameras_triangulate_the_cloud_where_they_see_it(scene_dir, tmp_path):
+    """Given the exact cameras, the tracks and the stereo cloud are built with them: the
+    model carries the given cameras and its points lie on the scene's surfaces, even from
+    photos without EXIF, where SfM's own focal length is off and a cloud moved by the
+    SfM-to-given similarity keeps that error in its depths."""
+    folder, scene = scene_dir
+    images = load_images(folder / "no_exif")
+    Ks = scene.cameras.K.double().numpy()
+    T = scene.cameras.T_cam_world.double().numpy()
+    result = INITIALISERS["sfm"](images, tmp_path / "known", InitConfig(), 0, cameras=(Ks, T))
+    np.testing.assert_array_equal(result.model.T_cam_world, T)
+    np.testing.assert_array_equal(result.model.Ks, Ks)
+    assert result.model.registered.all()
+    assert result.model.stats["retriangulated_points"] >= 0.5 * result.model.stats["sfm_tracks"]
+    extent = float(np.linalg.norm(scene.cameras.centers.double().numpy(), axis=1).mean())
+    sparse = _distance_to_scene(result.model.points_world) / extent
+    dense = _distance_to_scene(result.points_world) / extent
+    assert np.median(sparse) < 2e-3 and np.median(dense) < 5e-3, (np.median(sparse),
+                                                                  np.median(dense))
+    assert result.model.reprojection_errors().max() <= 4.0
+    # The SfM focal length here is off: the old way (its cloud moved by a similarity onto
+    # the given cameras) would not put the points on the surfaces.
+    plain = INITIALISERS["sfm-sparse"](images, tmp_path / "plain", InitConfig(), 0)
+    assert abs(plain.model.Ks[0, 0, 0] / Ks[0, 0, 0] - 1.0) > 0.01
+
+
+def test_cameras_of_other_photos_are_refused(scene_dir, tmp_path):
+    folder, scene = scene_dir
+    images = load_images(folder / "images")
+    order = [1, 2, 0]  # every photo given another view's pose
+    Ks = scene.cameras.K.double().numpy()[order]
+    T = scene.cameras.T_cam_world.double().numpy()[order]
+    with pytest.raises(UserError, match="the given cameras do not fit the photos"):
+        INITIALISERS["sfm-sparse"](images, tmp_path, InitConfig(), 0, cameras=(Ks, T))
