@@ -74,9 +74,9 @@ def _run_fit(inputs: MethodInput, method: str) -> MethodOutput:
     """``recon fit --method METHOD`` on a folder holding only the training images.
 
     Pose-free: the whole pipeline (SfM initialisation, joint optimisation of Gaussians and
-    poses) at the images' full resolution. With known cameras: the same initialisation
-    supplies the point cloud, moved into the ground-truth frame; the poses stay fixed and
-    the scene comes back in that frame.
+    poses) at the images' full resolution. With known cameras: the initialisation
+    triangulates its cloud with the ground-truth cameras; the poses stay fixed and the scene
+    comes back in that frame.
     """
     import torch
 

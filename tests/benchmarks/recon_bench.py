@@ -10,6 +10,7 @@ stays under ``--out``.
     .venv/bin/python tests/benchmarks/recon_bench.py --out /tmp/bench_eval
     .venv/bin/python tests/benchmarks/recon_bench.py --only synthetic-orbit dtu-scan24 \\
         --methods instantsplat rdggs --ablations no-refine no-relative no-sampling
+    .venv/bin/python tests/benchmarks/recon_bench.py --known-poses --out /tmp/bench_known
 
 Ablations run on ``--ablation-scenes`` only (the synthetic ones by default: a DTU eval takes
 about 15 minutes per method on two CPU cores). Not collected by pytest (tests/benchmarks is
@@ -75,6 +76,9 @@ class Bench:
     """CPU threads of every fit (None: all cores); 1 lets two benchmarks share two cores."""
     reuse: bool = False
     """Read eval.json of runs that already finished under --out instead of running again."""
+    known_poses: bool = False
+    """Give every method the ground-truth training cameras (as the RDG-GS literature does on
+    LLFF and DTU); test views are then rendered from their true poses."""
 
 
 def synthetic_cases(bench: Bench) -> list[Case]:
@@ -131,6 +135,7 @@ def main() -> None:
                 continue
             config = Eval(dataset=case.dataset, out=out, method=method,
                           iterations=bench.iterations, quiet=True, threads=bench.threads,
+                          known_poses=bench.known_poses,
                           rdggs=dataclasses.replace(RDGGSConfig(), **changes),
                           test_pose_options=PoseOptConfig(iterations=bench.test_pose_iterations),
                           **case.options)
@@ -172,6 +177,8 @@ def main() -> None:
               f"{f(r['ate_rmse'], 4):>8} {f(r['ate_rel'], 4):>8} "
               f"{f(r['rot_err_mean_deg'], 2):>6} {f(seconds, 0):>7} {f(ratio, 2):>5}")
     print("\nx IS: the fit's total seconds over InstantSplat's on the same scene (target <= 1.5)")
+    print("poses: " + ("ground-truth training cameras given to every method (--known-poses)"
+                       if bench.known_poses else "pose-free (cameras estimated, then aligned)"))
 
 
 if __name__ == "__main__":
