@@ -70,6 +70,25 @@ def _stage_images(images: list[Path], folder: Path) -> None:
         shutil.copyfile(path, folder / f"{k:03d}_{path.name}")
 
 
+def _stage_priors(images: list[Path], folder: Path, staged: Path) -> Path:
+    """The depth maps ``folder/<stem>.npy`` of the training images, under the staged image
+    names (:func:`_stage_images`), in ``staged``."""
+    from geometry.errors import UserError
+
+    if not Path(folder).is_dir():
+        raise UserError(f"--rdggs.prior-dir {folder} is not a folder; give the folder of "
+                        "<photo stem>.npy depth maps.")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    for k, path in enumerate(images):
+        source = Path(folder) / f"{path.stem}.npy"
+        if not source.is_file():
+            raise UserError(f"{folder} has no depth map for {path.name} (expected "
+                            f"{source.name}); give one per training view.")
+        shutil.copyfile(source, staged / f"{k:03d}_{path.stem}.npy")
+    return staged
+
+
 def _run_fit(inputs: MethodInput, method: str) -> MethodOutput:
     """``recon fit --method METHOD`` on a folder holding only the training images.
 
@@ -90,6 +109,9 @@ def _run_fit(inputs: MethodInput, method: str) -> MethodOutput:
                        threads=inputs.threads, quiet=inputs.quiet)
     if inputs.rdggs is not None:
         config.rdggs = replace(inputs.rdggs)
+        if config.rdggs.prior_dir is not None:
+            config.rdggs.prior_dir = _stage_priors(inputs.images, config.rdggs.prior_dir,
+                                                   inputs.out / "_priors")
     if inputs.init is not None:
         config.init = inputs.init
     if inputs.iterations is not None:
@@ -99,6 +121,7 @@ def _run_fit(inputs: MethodInput, method: str) -> MethodOutput:
         metrics = fit(config, cameras=inputs.cameras)
     finally:
         shutil.rmtree(config.images, ignore_errors=True)
+        shutil.rmtree(inputs.out / "_priors", ignore_errors=True)
     scene = read_ply(config.out / "splats.ply")
     cameras = read_transforms_json(config.out / "transforms.json", dtype=torch.float64).cameras
     order = sorted(range(len(cameras)), key=lambda i: Path(cameras.names[i]).name)

@@ -250,22 +250,34 @@ def merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:
     return np.where(agree, mean, 0.0)
 
 
-def fuse_depth_maps(model: SparseModel, images: Sequence[LoadedImage],
-                    depths: dict[int, np.ndarray],
-                    config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
-    """World points ``[P, 3]`` and colours ``[P, 3]`` confirmed by ``min_views`` depth maps."""
-    points, colors = [], []
+def _pixels_to_world(model: SparseModel, view: int, depth: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, cols and world points ``[P, 3]`` of the pixels of ``depth`` that have one."""
+    v, u = np.nonzero(depth > 0)
+    z = depth[v, u]
+    K = model.Ks[view]
+    pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
+                        (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
+    T_world_cam = np.linalg.inv(model.T_cam_world[view])
+    return v, u, pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+
+
+def consistency_counts(model: SparseModel, depths: dict[int, np.ndarray],
+                       tolerance: float) -> dict[int, np.ndarray]:
+    """Per view, ``[H, W]`` how many depth maps (its own included) agree with each pixel.
+
+    A pixel's point counts as seen by view ``k`` when it projects inside ``k`` in front of
+    it and ``k``'s depth there is within ``tolerance`` (relative) of the point's depth in
+    ``k``; 0 where the view has no depth.
+    """
+    counts = {}
     for i, depth in depths.items():
-        v, u = np.nonzero(depth > 0)
+        count = np.zeros(depth.shape, np.int64)
+        v, u, pts_world = _pixels_to_world(model, i, depth)
         if len(v) == 0:
+            counts[i] = count
             continue
-        z = depth[v, u]
-        K = model.Ks[i]
-        pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
-                            (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
-        T_world_cam = np.linalg.inv(model.T_cam_world[i])
-        pts_world = pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
-        agree = np.ones(len(z), dtype=np.int64)
+        agree = np.ones(len(v), dtype=np.int64)
         for k, depth_k in depths.items():
             if k == i:
                 continue
@@ -279,10 +291,25 @@ def fuse_depth_maps(model: SparseModel, images: Sequence[LoadedImage],
             row = np.floor(uv[:, 1]).astype(np.int64)
             h, w = depth_k.shape
             inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
-            seen = np.zeros(len(z))
+            seen = np.zeros(len(v))
             seen[inside] = depth_k[row[inside], col[inside]]
-            agree += (seen > 0) & (np.abs(seen - zk) <= config.depth_tolerance * zk)
-        keep = agree >= config.min_views
+            agree += (seen > 0) & (np.abs(seen - zk) <= tolerance * zk)
+        count[v, u] = agree
+        counts[i] = count
+    return counts
+
+
+def fuse_depth_maps(model: SparseModel, images: Sequence[LoadedImage],
+                    depths: dict[int, np.ndarray],
+                    config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """World points ``[P, 3]`` and colours ``[P, 3]`` confirmed by ``min_views`` depth maps."""
+    points, colors = [], []
+    counts = consistency_counts(model, depths, config.depth_tolerance)
+    for i, depth in depths.items():
+        v, u, pts_world = _pixels_to_world(model, i, depth)
+        if len(v) == 0:
+            continue
+        keep = counts[i][v, u] >= config.min_views
         points.append(pts_world[keep])
         colors.append(images[i].rgb.numpy()[v[keep], u[keep]].astype(np.float64))
     if not points:

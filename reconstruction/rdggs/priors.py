@@ -8,7 +8,9 @@ normalised training frame of ``recon fit``:
   :mod:`reconstruction.init.stereo`, re-run on the training cameras);
 - ``fused``: stereo where it measured, the projected cloud elsewhere;
 - ``mono``: a monocular network's relative inverse depth (:mod:`reconstruction.depth`),
-  brought to metric depth by a scale/shift fit in inverse depth to the sparse SfM depths.
+  brought to metric depth by a scale/shift fit in inverse depth to the sparse SfM depths;
+- ``files``: depth maps given per photo (a sensor's, or a network's run elsewhere), any
+  scale and shift per view (the refinement's fit removes them).
 
 Refinement (the paper's "refined depth priors"): a robust scale/shift fit of the prior to
 the sparse metric depths of the SfM points seen in the view (global scene information),
@@ -230,16 +232,23 @@ def align_inverse_depth(inverse: Tensor, samples: DepthSamples,
 
 
 def stereo_depths(images: Sequence, Ks: Tensor, T_cam_world: Tensor,
-                  sparse_points: Tensor, stereo_config) -> list[Tensor]:
+                  sparse_points: Tensor, stereo_config, min_views: int = 1) -> list[Tensor]:
     """Two-view stereo depth ``[H, W]`` of every view (0 where unknown), from the SGBM pairs
-    of :mod:`reconstruction.init.stereo` on the given cameras.
+    of :mod:`reconstruction.init.stereo` on the given cameras, kept where at least
+    ``min_views`` views' depths agree (:func:`~reconstruction.init.stereo.consistency_counts`;
+    1 keeps every two-view depth).
 
     ``images`` are :class:`reconstruction.images.LoadedImage`; the SfM observations that
     choose the pairs and disparity ranges are the sparse points visible in each view (the
     nearest per pixel).
     """
     from reconstruction.init.base import SparseModel
-    from reconstruction.init.stereo import merge_depths, pair_views, stereo_pair
+    from reconstruction.init.stereo import (
+        consistency_counts,
+        merge_depths,
+        pair_views,
+        stereo_pair,
+    )
 
     v = len(images)
     obs_point, obs_view, obs_xy = [], [], []
@@ -268,15 +277,14 @@ def stereo_depths(images: Sequence, Ks: Tensor, T_cam_world: Tensor,
         depth_i, depth_j = stereo_pair(model, images, i, j, stereo_config)
         per_view.setdefault(i, []).append(depth_i)
         per_view.setdefault(j, []).append(depth_j)
-    out = []
-    for view, im in enumerate(images):
-        maps = per_view.get(view)
-        if not maps:
-            out.append(torch.zeros(im.height, im.width))
-            continue
-        merged = merge_depths(maps, stereo_config.depth_tolerance)
-        out.append(torch.from_numpy(merged).float())
-    return out
+    merged = {view: merge_depths(maps, stereo_config.depth_tolerance)
+              for view, maps in per_view.items()}
+    if min_views > 1:
+        counts = consistency_counts(model, merged, stereo_config.depth_tolerance)
+        merged = {view: np.where(counts[view] >= min_views, depth, 0.0)
+                  for view, depth in merged.items()}
+    return [torch.from_numpy(merged[view]).float() if view in merged
+            else torch.zeros(im.height, im.width) for view, im in enumerate(images)]
 
 
 def mono_inverse_depths(rgbs: Sequence[Tensor], checkpoint: Path,
@@ -305,12 +313,48 @@ def mono_inverse_depths(rgbs: Sequence[Tensor], checkpoint: Path,
     return out
 
 
+def file_depths(images: Sequence, folder: Path) -> list[Tensor]:
+    """The depth map of every photo from ``folder/<stem>.npy`` (see ``RDGGSConfig.prior_dir``),
+    at the photo's size (nearest resampling), 0 where unknown."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--rdggs.prior-dir {folder} is not a folder; give the folder of "
+                        "<photo stem>.npy depth maps.")
+    out = []
+    for im in images:
+        path = folder / f"{im.path.stem}.npy"
+        if not path.is_file():
+            raise UserError(f"{folder} has no depth map for {im.path.name} (expected "
+                            f"{path.name}); give one per photo.")
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"the depth map {path} is unreadable ({err}); write it with "
+                            "numpy.save.") from None
+        if depth.ndim == 3 and depth.shape[-1] == 1:
+            depth = depth[..., 0]
+        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
+            raise UserError(f"the depth map {path} has shape {depth.shape} ({depth.dtype}); "
+                            "it must be a 2-D array of depths.")
+        d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
+        d = torch.where(torch.isfinite(d) & (d > 0), d, 0.0)
+        if d.shape != (im.height, im.width):
+            d = F.interpolate(d[None, None], size=(im.height, im.width), mode="nearest")[0, 0]
+        out.append(d)
+    return out
+
+
 def resolve_source(config: RDGGSConfig) -> str:
-    """The prior source ``config`` asks for: ``mono``, ``init``, ``stereo`` or ``fused``."""
+    """The prior source ``config`` asks for: ``mono``, ``init``, ``stereo``, ``fused`` or
+    ``files``."""
+    if (config.depth_prior == "files") != (config.prior_dir is not None):
+        raise UserError("--rdggs.depth-prior files and --rdggs.prior-dir go together; give "
+                        "both or neither.")
     if config.depth_prior == "mono" and config.mono_checkpoint is None:
         raise UserError("--rdggs.depth-prior mono needs --rdggs.mono-checkpoint PATH (a local "
                         "Depth-Anything/DPT state_dict).")
-    if config.mono_checkpoint is not None and config.depth_prior in ("init", "stereo", "fused"):
+    if config.mono_checkpoint is not None and config.depth_prior in ("init", "stereo", "fused",
+                                                                     "files"):
         raise UserError(f"--rdggs.mono-checkpoint is unused with --rdggs.depth-prior "
                         f"{config.depth_prior}; drop it or use --rdggs.depth-prior mono.")
     if config.depth_prior == "auto":
@@ -351,12 +395,16 @@ def build_priors(images: Sequence, rgbs: Sequence[Tensor], init_state: dict[str,
         inverse = mono_inverse_depths(rgbs, config.mono_checkpoint, device)
         coarse = [align_inverse_depth(inv, s, config.min_sparse_points)
                   for inv, s in zip(inverse, samples, strict=True)]
+    elif source == "files":
+        coarse = file_depths(images, config.prior_dir)
     elif source == "init":
         coarse = cloud_depths()
     elif source == "stereo":
-        coarse = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config)
+        coarse = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config,
+                               config.prior_min_views)
     else:  # fused: stereo where it measured, the init cloud elsewhere
-        stereo = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config)
+        stereo = stereo_depths(images, Ks, T, init_state["init.sparse_points"], stereo_config,
+                               config.prior_min_views)
         coarse = [torch.where(s > 0, s, c) for s, c in zip(stereo, cloud, strict=True)]
     coverage = [float((c > 0).float().mean()) for c in coarse]
     depth, valid, fits = [], [], []

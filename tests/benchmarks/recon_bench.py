@@ -76,6 +76,18 @@ class Bench:
     """CPU threads of every fit (None: all cores); 1 lets two benchmarks share two cores."""
     reuse: bool = False
     """Read eval.json of runs that already finished under --out instead of running again."""
+    gt_prior_row: bool = True
+    """Add ``rdggs-gt-prior`` on the synthetic scenes: RDG-GS given the ground-truth depth as
+    a relative prior (``--rdggs.depth-prior files``), each view's map under a random scale
+    and shift like a monocular network's. An oracle: what the method does with a dense,
+    accurate relative depth prior, which no weight-free prior here gives."""
+    mono_checkpoint: Path | None = None
+    """A local Depth-Anything-V2 state_dict: adds ``rdggs-mono`` (RDG-GS with the monocular
+    prior, as in the paper) on every scene."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of every fit (SfM, patch offsets, ...). With several, each row is the mean over
+    them and the table adds the standard deviation and the mean difference to
+    InstantSplat's run with the same seed (one seed's held-out PSNR can move 0.4 dB)."""
     known_poses: bool = False
     """Give every method the ground-truth training cameras (as the RDG-GS literature does on
     LLFF and DTU); test views are then rendered from their true poses."""
@@ -96,6 +108,24 @@ def synthetic_cases(bench: Bench) -> list[Case]:
             print(f"generated {path} in {time.perf_counter() - t0:.1f} s")
         cases.append(Case(name, path, {"train_views": bench.train_views}))
     return cases
+
+
+def relative_gt_priors(scene: Path, folder: Path) -> Path:
+    """``folder/<stem>.npy`` for every image of a synthetic scene: its ground-truth depth
+    times a random scale in [0.5, 2] plus a random shift in [0, 1] of its median (seeded by
+    the view), 0 where nothing is hit."""
+    import numpy as np
+
+    meta = json.loads((scene / "transforms.json").read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, frame in enumerate(meta["frames"]):
+        depth = np.load(scene / frame["depth_file_path"])
+        rng = np.random.default_rng(k)
+        hit = depth > 0
+        shift = rng.uniform(0.0, 1.0) * float(np.median(depth[hit])) if hit.any() else 0.0
+        relative = np.where(hit, rng.uniform(0.5, 2.0) * depth + shift, 0.0)
+        np.save(folder / f"{Path(frame['file_path']).stem}.npy", relative.astype(np.float32))
+    return folder
 
 
 def real_cases() -> list[Case]:
@@ -121,31 +151,43 @@ def main() -> None:
         raise SystemExit(f"unknown ablation(s) {unknown}; choose from {list(ABLATIONS)}")
     cases = synthetic_cases(bench) + [c for c in real_cases()
                                       if not bench.only or c.name in bench.only]
-    rows = []
+    rows = []  # (scene, label, [results per seed], error)
     for case in cases:
         variants = [(m, m, {}) for m in bench.methods]
         if case.name in bench.ablation_scenes:
             variants += [(f"rdggs-{a}", "rdggs", ABLATIONS[a]) for a in bench.ablations]
+        if bench.mono_checkpoint is not None:
+            variants.append(("rdggs-mono", "rdggs", {"depth_prior": "mono",
+                                                     "mono_checkpoint": bench.mono_checkpoint}))
+        if bench.gt_prior_row and case.name.startswith("synthetic-"):
+            priors = relative_gt_priors(case.dataset, bench.out / "gt_priors" / case.name)
+            variants.append(("rdggs-gt-prior", "rdggs",
+                             {"depth_prior": "files", "prior_dir": priors}))
         for label, method, changes in variants:
-            out = bench.out / "eval" / case.name / label
-            t0 = time.perf_counter()
-            if bench.reuse and (out / "eval.json").is_file():
-                rows.append((case.name, label, json.loads((out / "eval.json").read_text()),
-                             None))
-                continue
-            config = Eval(dataset=case.dataset, out=out, method=method,
-                          iterations=bench.iterations, quiet=True, threads=bench.threads,
-                          known_poses=bench.known_poses,
-                          rdggs=dataclasses.replace(RDGGSConfig(), **changes),
-                          test_pose_options=PoseOptConfig(iterations=bench.test_pose_iterations),
-                          **case.options)
-            try:
-                results = config.run()
-                rows.append((case.name, label, results, None))
-            except (UserError, RuntimeError, ValueError) as err:
-                traceback.print_exc()
-                rows.append((case.name, label, None, f"{type(err).__name__}: {err}"))
-            print(f"{case.name} {label}: {time.perf_counter() - t0:.1f} s", flush=True)
+            per_seed, error = [], None
+            for seed in bench.seeds:
+                out = bench.out / "eval" / case.name / (label if seed == 0 else
+                                                         f"{label}-seed{seed}")
+                t0 = time.perf_counter()
+                if bench.reuse and (out / "eval.json").is_file():
+                    per_seed.append(json.loads((out / "eval.json").read_text()))
+                    continue
+                config = Eval(dataset=case.dataset, out=out, method=method, seed=seed,
+                              iterations=bench.iterations, quiet=True, threads=bench.threads,
+                              known_poses=bench.known_poses,
+                              rdggs=dataclasses.replace(RDGGSConfig(), **changes),
+                              test_pose_options=PoseOptConfig(
+                                  iterations=bench.test_pose_iterations),
+                              **case.options)
+                try:
+                    per_seed.append(config.run())
+                except (UserError, RuntimeError, ValueError) as err:
+                    traceback.print_exc()
+                    error = f"{type(err).__name__}: {err}"
+                    break
+                print(f"{case.name} {label} seed {seed}: {time.perf_counter() - t0:.1f} s",
+                      flush=True)
+            rows.append((case.name, label, None if error else per_seed, error))
 
     def f(value, digits):
         if value is None or (isinstance(value, float) and math.isnan(value)) or \
@@ -156,27 +198,63 @@ def main() -> None:
     def fit_seconds(r: dict) -> float | None:
         return r.get("method_timings", {}).get("total")
 
-    baseline = {name: fit_seconds(r) for name, label, r, _ in rows
-                if r is not None and label == "instantsplat"}
+    def mean(runs: list[dict], key) -> float | None:
+        values = [key(r) if callable(key) else r.get(key) for r in runs]
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        return sum(values) / len(values) if values else None
+
+    def std(runs: list[dict], key: str) -> float | None:
+        values = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
+        if len(values) < 2:
+            return None
+        m = sum(values) / len(values)
+        return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+    def paired_difference(runs: list[dict], base_runs: list[dict] | None,
+                          key: str) -> float | None:
+        """Mean of ``run[key] - baseline[key]`` over the seeds (same seed paired)."""
+        if not base_runs or len(base_runs) != len(runs):
+            return None
+        pairs = [(r.get(key), b.get(key)) for r, b in zip(runs, base_runs, strict=True)]
+        if any(a is None or b is None for a, b in pairs):
+            return None
+        return sum(a - b for a, b in pairs) / len(pairs)
+
+    baseline = {name: runs for name, label, runs, _ in rows
+                if runs is not None and label == "instantsplat"}
+    several = len(bench.seeds) > 1
     header = (f"{'scene':<18} {'views':>5} {'method':<20} {'PSNR':>6} {'SSIM':>6} "
               f"{'PSNR-m':>6} {'SSIM-m':>6} {'AbsRel':>7} {'ATE':>8} {'ATE/ext':>8} "
               f"{'rot':>6} {'fit s':>7} {'x IS':>5}")
+    if several:
+        header += f" {'sd PSNR':>7} {'sd AbsRel':>9} {'dPSNR':>6} {'dSSIM':>6} {'dAbsRel':>8}"
     print()
     print(header)
     print("-" * len(header))
-    for name, label, r, error in rows:
-        if r is None:
+    for name, label, runs, error in rows:
+        if runs is None:
             print(f"{name:<18} {'':>5} {label:<20} failed: {error}")
             continue
-        seconds = fit_seconds(r)
-        base = baseline.get(name)
+        seconds = mean(runs, fit_seconds)
+        base_runs = baseline.get(name)
+        base = mean(base_runs, fit_seconds) if base_runs else None
         ratio = seconds / base if seconds is not None and base else None
-        print(f"{name:<18} {len(r['views']['train']):>5} {label:<20} "
-              f"{f(r['psnr'], 2):>6} {f(r['ssim'], 3):>6} {f(r['psnr_masked'], 2):>6} "
-              f"{f(r['ssim_masked'], 3):>6} {f(r.get('depth_absrel'), 4):>7} "
-              f"{f(r['ate_rmse'], 4):>8} {f(r['ate_rel'], 4):>8} "
-              f"{f(r['rot_err_mean_deg'], 2):>6} {f(seconds, 0):>7} {f(ratio, 2):>5}")
+        line = (f"{name:<18} {len(runs[0]['views']['train']):>5} {label:<20} "
+                f"{f(mean(runs, 'psnr'), 2):>6} {f(mean(runs, 'ssim'), 3):>6} "
+                f"{f(mean(runs, 'psnr_masked'), 2):>6} {f(mean(runs, 'ssim_masked'), 3):>6} "
+                f"{f(mean(runs, 'depth_absrel'), 4):>7} {f(mean(runs, 'ate_rmse'), 4):>8} "
+                f"{f(mean(runs, 'ate_rel'), 4):>8} {f(mean(runs, 'rot_err_mean_deg'), 2):>6} "
+                f"{f(seconds, 0):>7} {f(ratio, 2):>5}")
+        if several:
+            line += (f" {f(std(runs, 'psnr'), 2):>7} {f(std(runs, 'depth_absrel'), 4):>9} "
+                     f"{f(paired_difference(runs, base_runs, 'psnr'), 2):>6} "
+                     f"{f(paired_difference(runs, base_runs, 'ssim'), 3):>6} "
+                     f"{f(paired_difference(runs, base_runs, 'depth_absrel'), 4):>8}")
+        print(line)
     print("\nx IS: the fit's total seconds over InstantSplat's on the same scene (target <= 1.5)")
+    if several:
+        print(f"means over seeds {list(bench.seeds)}; sd: standard deviation over them; d*: mean "
+              "difference to InstantSplat with the same seed")
     print("poses: " + ("ground-truth training cameras given to every method (--known-poses)"
                        if bench.known_poses else "pose-free (cameras estimated, then aligned)"))
 

@@ -227,3 +227,30 @@ def test_cameras_of_other_photos_are_refused(scene_dir, tmp_path):
     T = scene.cameras.T_cam_world.double().numpy()[order]
     with pytest.raises(UserError, match="the given cameras do not fit the photos"):
         INITIALISERS["sfm-sparse"](images, tmp_path, InitConfig(), 0, cameras=(Ks, T))
+
+
+def test_consistency_counts_confirm_agreeing_depths_only():
+    """Two cameras 0.5 apart see the plane z = 5: every depth the other view can see agrees
+    (count 2), a patch made 10 % too far in one view is confirmed by nobody else (count 1),
+    and pixels the other view does not see keep count 1."""
+    from reconstruction.init.stereo import consistency_counts
+
+    w, h = 64, 48
+    K = np.array([[50.0, 0, w / 2], [0, 50.0, h / 2], [0, 0, 1]])
+    T = np.tile(np.eye(4), (2, 1, 1))
+    T[1, 0, 3] = -0.5  # camera 1 sits at x = +0.5
+    model = SparseModel(names=["a", "b"], sizes=np.array([[w, h], [w, h]]),
+                        Ks=np.stack([K, K]), T_cam_world=T, registered=np.ones(2, bool),
+                        points_world=np.zeros((0, 3)), colors=np.zeros((0, 3)),
+                        obs_point=np.zeros(0, np.int64), obs_view=np.zeros(0, np.int64),
+                        obs_xy=np.zeros((0, 2)))
+    depth0 = np.full((h, w), 5.0)
+    depth1 = np.full((h, w), 5.0)
+    depth0[20:28, 30:38] = 5.5
+    depth1[:5] = 0.0  # no depth in view 1's top rows
+    counts = consistency_counts(model, {0: depth0, 1: depth1}, tolerance=0.03)
+    # Camera 1 sees x in [0.5 - 3.2, 0.5 + 3.2] at z = 5: view 0's columns >= 5 (u = 50 x / 5 + 32).
+    assert (counts[0][10:40, 10:28] == 2).all() and (counts[0][20:28, 30:38] == 1).all()
+    assert (counts[0][10:40, :4] == 1).all()  # outside view 1
+    assert (counts[0][:4, 10:60] == 1).all()  # view 1 has no depth there
+    assert (counts[1][depth1 == 0] == 0).all()

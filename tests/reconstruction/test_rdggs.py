@@ -356,3 +356,55 @@ def test_mono_prior_with_the_real_tiny_network(tmp_path):
     # Aligned to the wall's sparse depths: the median depth is the wall's (z = 2) within the
     # spread a random network's output leaves after a scale/shift fit.
     assert 1.0 < float(depth[valid].median()) < 4.0
+
+
+def _photo(name: str) -> types.SimpleNamespace:
+    from pathlib import Path
+
+    return types.SimpleNamespace(path=Path("/photos") / name, width=W, height=H)
+
+
+def test_file_priors_are_read_per_photo_resized_and_aligned(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    # Twice the photo's size, another scale and shift than the scene's (the wall is at
+    # z = 2), a hole in the top-left corner and a NaN.
+    depth = np.full((2 * H, 2 * W), 3.0 * 2.0 + 0.5, np.float32)
+    depth[:20, :20] = 0.0
+    depth[30, 30] = np.nan
+    np.save(folder / "view_a.npy", depth)
+    priors = build_priors([_photo("view_a.png")], [torch.rand(H, W, 3)], _plane_state(),
+                          RDGGSConfig(depth_prior="files", prior_dir=folder), None)
+    assert priors.source == "files"
+    assert torch.allclose(priors.depth[0], torch.full((H, W), 2.0), rtol=1e-4)
+    assert not bool(priors.valid[0][:10, :10].any()) and bool(priors.valid[0][20:, 20:].all())
+    raw = build_priors([_photo("view_a.png")], [torch.rand(H, W, 3)], _plane_state(),
+                       RDGGSConfig(depth_prior="files", prior_dir=folder, refine_prior=False),
+                       None)
+    assert torch.allclose(raw.depth[0][20:, 20:], torch.full((H - 20, W - 20), 6.5))
+
+
+def test_bad_file_priors_are_one_sentence_user_errors(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    np.save(folder / "flat.npy", np.ones(5, np.float32))
+    (folder / "junk.npy").write_bytes(b"not numpy")
+    rgbs = [torch.rand(H, W, 3)]
+    cases = [
+        ("view.png", RDGGSConfig(depth_prior="files"), "go together"),
+        ("view.png", RDGGSConfig(prior_dir=folder), "go together"),
+        ("view.png", RDGGSConfig(depth_prior="files", prior_dir=tmp_path / "nope"),
+         "is not a folder"),
+        ("view.png", RDGGSConfig(depth_prior="files", prior_dir=folder), "no depth map for"),
+        ("flat.png", RDGGSConfig(depth_prior="files", prior_dir=folder), "2-D array"),
+        ("junk.png", RDGGSConfig(depth_prior="files", prior_dir=folder), "unreadable"),
+    ]
+    for name, config, text in cases:
+        with pytest.raises(UserError) as err:
+            build_priors([_photo(name)], rgbs, _plane_state(), config, None)
+        message = str(err.value)
+        assert text in message and message.endswith("."), message
