@@ -272,6 +272,10 @@ def fit(config: FitConfig, cameras: Cameras | None = None,
     _apply_focal(images, config.focal_35mm)
     timings["load_images"] = time.perf_counter() - t0
     known = _known_cameras(config, images, cameras)
+    if config.method == "rdggs":  # option and file errors before the minutes of SfM
+        from reconstruction.rdggs.priors import check_prior_inputs
+
+        check_prior_inputs(config.rdggs, images)
     if known is not None:
         config.train.optimise_poses = False
         config.train.optimise_focal = False

@@ -287,13 +287,27 @@ def stereo_depths(images: Sequence, Ks: Tensor, T_cam_world: Tensor,
             else torch.zeros(im.height, im.width) for view, im in enumerate(images)]
 
 
+def _check_checkpoint(checkpoint: Path) -> None:
+    if not Path(checkpoint).is_file():
+        raise UserError(f"--rdggs.mono-checkpoint {checkpoint} is not a file; give the path "
+                        "of a local Depth-Anything/DPT state_dict (nothing is downloaded).")
+
+
+def check_prior_inputs(config: RDGGSConfig, images: Sequence) -> None:
+    """The option and file errors :func:`build_priors` would raise, without the work:
+    ``recon fit`` calls it before the initialisation."""
+    source = resolve_source(config)
+    if source == "files":
+        file_depths(images, config.prior_dir)
+    elif source == "mono":
+        _check_checkpoint(config.mono_checkpoint)
+
+
 def mono_inverse_depths(rgbs: Sequence[Tensor], checkpoint: Path,
                         device: str = "cpu") -> list[Tensor]:
     """Relative inverse depth ``[H, W]`` of every image ``[H, W, 3]`` from a local
     monocular checkpoint (:func:`reconstruction.depth.load_mono_depth`)."""
-    if not Path(checkpoint).is_file():
-        raise UserError(f"--rdggs.mono-checkpoint {checkpoint} is not a file; give the path "
-                        "of a local Depth-Anything/DPT state_dict (nothing is downloaded).")
+    _check_checkpoint(checkpoint)
     try:
         from reconstruction.depth import load_mono_depth
     except ImportError:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reconstruction.procedural import make_scene, write_scene
+from reconstruction.rdggs.config import RDGGSConfig
 
 FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--threads", "1",
         "--iterations", "40", "--method", "rdggs"]
@@ -57,11 +58,20 @@ def test_fit_rdggs_end_to_end_and_switches(images, tmp_path, run_recon):
     assert m_off["rdggs_prior_coverage"] != metrics["rdggs_prior_coverage"]
 
 
-def test_fit_rdggs_bad_inputs(images, tmp_path, run_recon):
+def test_fit_rdggs_bad_inputs(images, tmp_path, run_recon, monkeypatch):
+    from reconstruction.init.registry import INITIALISERS
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("the prior options must be checked before the initialisation")
+
+    monkeypatch.setitem(INITIALISERS, "sfm", no_init)
     out = tmp_path / "bad"
     for extra, text in (
         (["--rdggs.mono-checkpoint", str(tmp_path / "missing.safetensors")], "is not a file"),
         (["--rdggs.depth-prior", "mono"], "needs --rdggs.mono-checkpoint"),
+        (["--rdggs.depth-prior", "files", "--rdggs.prior-dir", str(tmp_path)],
+         "no depth map for"),
+        (["--rdggs.prior-dir", str(tmp_path)], "go together"),
     ):
         code, err = run_recon("fit", "--images", str(images), "--out",
                              str(out), *FAST, *extra)
@@ -102,6 +112,13 @@ def test_eval_reports_depth_absrel_in_ground_truth_units(tmp_path):
     assert 0.3 < results["depth_coverage"] <= 1.0
     assert "| depth AbsRel |" in (out / "report.md").read_text()
     assert results["method_info"]["rdggs_prior_source"] == "stereo"
+    # The scene's own depth maps as a file prior, through recon eval and the fit.
+    Eval(dataset=scene.path, out=tmp_path / "eval_files", views="2,3,4", test_views="1,5",
+         iterations=5, init="sfm-sparse", method="rdggs", quiet=True, test_pose="off",
+         rdggs=RDGGSConfig(depth_prior="files", prior_dir=scene.path / "depth")).run()
+    info = json.loads((tmp_path / "eval_files" / "eval.json").read_text())["method_info"]
+    assert info["rdggs_prior_source"] == "files"
+    assert max(info["rdggs_prior_sparse_absrel"]) < 0.05, info["rdggs_prior_sparse_absrel"]
 
 
 def test_eval_depth_absrel_of_a_rendered_wall():
@@ -133,3 +150,22 @@ def test_eval_without_depth_says_why(tmp_path):
                                                "the test views"}))
     assert rows["depth AbsRel"].startswith("- (the dataset has no ground-truth depth")
     assert Path(__file__).name.startswith("test_rdggs")
+
+
+def test_eval_stages_each_training_view_its_own_prior(tmp_path):
+    import numpy as np
+
+    from geometry.errors import UserError
+    from reconstruction.eval.methods import _stage_priors
+
+    folder = tmp_path / "priors"
+    folder.mkdir()
+    for k, name in enumerate(("b", "a", "c")):
+        np.save(folder / f"{name}.npy", np.full((2, 2), float(k), np.float32))
+    images = [tmp_path / "photos" / n for n in ("c.png", "a.png")]  # the training order
+    staged = _stage_priors(images, folder, tmp_path / "staged")
+    assert sorted(p.name for p in staged.iterdir()) == ["000_c.npy", "001_a.npy"]
+    assert float(np.load(staged / "000_c.npy")[0, 0]) == 2.0
+    assert float(np.load(staged / "001_a.npy")[0, 0]) == 1.0
+    with pytest.raises(UserError, match="no depth map for d.png"):
+        _stage_priors([tmp_path / "d.png"], folder, tmp_path / "staged2")
