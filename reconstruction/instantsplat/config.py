@@ -92,8 +92,9 @@ class FitConfig:
     """instantsplat: F-3DGO (photometric, joint poses); rdggs: RDG-GS (adds relative depth
     guidance from depth priors and adaptive sampling)."""
     poses: Path | None = None
-    """Known cameras (COLMAP model or transforms.json naming the photos): poses stay fixed
-    and the outputs are in their frame. None: estimate the poses."""
+    """Known cameras (COLMAP model or transforms.json naming the photos): the initial cloud
+    is triangulated with them, poses stay fixed and the outputs are in their frame. None:
+    estimate the poses."""
     init: InitName = "sfm"
     """Coarse initialiser: sfm (SfM poses + stereo cloud) or sfm-sparse (SfM points only)."""
     device: Literal["cpu", "cuda"] = "cpu"
