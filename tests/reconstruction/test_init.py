@@ -210,7 +210,8 @@ def test_known_cameras_triangulate_the_cloud_where_they_see_it(scene_dir, tmp_pa
     extent = float(np.linalg.norm(scene.cameras.centers.double().numpy(), axis=1).mean())
     sparse = _distance_to_scene(result.model.points_world) / extent
     dense = _distance_to_scene(result.points_world) / extent
-    assert np.median(sparse) < 2e-3 and np.median(dense) < 5e-3, (np.median(sparse),
+    # Here: 0.0017 and 0.0048; the old way (SfM's cloud moved by a similarity) gives 0.088.
+    assert np.median(sparse) < 1e-2 and np.median(dense) < 1e-2, (np.median(sparse),
                                                                   np.median(dense))
     assert result.model.reprojection_errors().max() <= 4.0
     # (SfM's own focal length on these photos is 5.5 % off for seeds 0-2: a cloud moved onto
