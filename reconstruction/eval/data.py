@@ -53,24 +53,11 @@ class EvalDataset:
         (nearest resampling when the images were shrunk), or None."""
         if self.depth_paths is None or self.depth_paths[index] is None:
             return None
-        path = self.depth_paths[index]
-        try:
-            depth = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"the depth map {path} is unreadable ({err}); regenerate it or "
-                            "remove depth_file_path from the dataset.") from None
-        if depth.ndim == 3 and depth.shape[-1] == 1:
-            depth = depth[..., 0]
-        if depth.ndim != 2:
-            raise UserError(f"the depth map {path} has shape {depth.shape}; it must be a 2-D "
-                            "array of z-depths.")
-        out = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
-        w, h = int(self.cameras.width[index]), int(self.cameras.height[index])
-        if out.shape != (h, w):
-            import torch.nn.functional as F
+        from geometry.io.depth import read_depth_npy
 
-            out = F.interpolate(out[None, None], size=(h, w), mode="nearest")[0, 0]
-        return out
+        return read_depth_npy(self.depth_paths[index], int(self.cameras.width[index]),
+                              int(self.cameras.height[index]),
+                              "regenerate it or remove depth_file_path from the dataset")
 
     @property
     def num_views(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +98,6 @@ def retriangulate(model: SparseModel, Ks: np.ndarray, T_cam_world: np.ndarray,
     kept = np.asarray(kept)
     remap = np.full(len(model.points_world), -1)
     remap[kept] = np.arange(len(kept))
-    from dataclasses import replace
-
     return replace(model, Ks=np.asarray(Ks, np.float64).copy(),
                    T_cam_world=np.asarray(T_cam_world, np.float64).copy(),
                    registered=np.ones(model.num_views, dtype=bool),

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from geometry.errors import UserError
+from geometry.io.depth import read_depth_npy
 from reconstruction.rdggs.config import RDGGSConfig
 
 
@@ -340,20 +341,8 @@ def file_depths(images: Sequence, folder: Path) -> list[Tensor]:
         if not path.is_file():
             raise UserError(f"{folder} has no depth map for {im.path.name} (expected "
                             f"{path.name}); give one per photo.")
-        try:
-            depth = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"the depth map {path} is unreadable ({err}); write it with "
-                            "numpy.save.") from None
-        if depth.ndim == 3 and depth.shape[-1] == 1:
-            depth = depth[..., 0]
-        if depth.ndim != 2 or not np.issubdtype(depth.dtype, np.number):
-            raise UserError(f"the depth map {path} has shape {depth.shape} ({depth.dtype}); "
-                            "it must be a 2-D array of depths.")
-        d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
+        d = read_depth_npy(path, im.width, im.height, "write it with numpy.save")
         d = torch.where(torch.isfinite(d) & (d > 0), d, 0.0)
-        if d.shape != (im.height, im.width):
-            d = F.interpolate(d[None, None], size=(im.height, im.width), mode="nearest")[0, 0]
         out.append(d)
     return out
 
