@@ -14,6 +14,7 @@ All functions are batched over leading dimensions ``...`` and differentiable.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -153,3 +154,37 @@ def se3_log(T: Tensor) -> Tensor:
     V_inv = eye - 0.5 * W + d[..., None, None] * (W @ W)
     rho = (V_inv @ T[..., :3, 3:4])[..., 0]
     return torch.cat((rho, omega), -1)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray,
+            up: np.ndarray | tuple[float, float, float] = (0.0, 0.0, 1.0)) -> np.ndarray:
+    """``T_world_cam [4, 4]`` (OpenCV: x right, y down, z forward) of a camera at ``eye``
+    looking at ``target``, float64 numpy.
+
+    The image's up (``-y``) is as close to ``up`` as possible (default world z up: the
+    camera's x axis is level with the ground). When the view is parallel to ``up``,
+    another perpendicular is used, so the result is always a rotation.
+
+    Args:
+        eye: ``[3]`` camera centre in the world frame.
+        target: ``[3]`` point the optical axis passes through.
+        up: ``[3]`` world direction that should appear up in the image.
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - eye
+    norm = float(np.linalg.norm(forward))
+    if norm == 0.0:
+        raise ValueError("look_at: eye and target coincide")
+    z = forward / norm
+    up = np.asarray(up, dtype=np.float64)
+    y = -(up - float(up @ z) * z)
+    if float(np.linalg.norm(y)) < 1e-9 * max(1.0, float(np.linalg.norm(up))):
+        # Looking along ``up``: any perpendicular will do; take the axis least aligned.
+        axis = np.zeros(3)
+        axis[int(np.argmin(np.abs(z)))] = 1.0
+        y = axis - float(axis @ z) * z
+    y = y / np.linalg.norm(y)
+    x = np.cross(y, z)
+    T = np.eye(4)
+    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
+    return T

@@ -447,3 +447,24 @@ def random_rotation(
         ``[*shape, 3, 3]``.
     """
     return quat_to_matrix(random_quat(shape, generator=generator, dtype=dtype, device=device))
+
+
+def rotation_angle(R_a: Tensor, R_b: Tensor) -> Tensor:
+    """Angle (radians) of the relative rotation ``R_a^T R_b``, ``[...]``, in ``[0, pi]``.
+
+    ``atan2(|sin|, cos)`` from the skew and trace parts: accurate near 0 and near pi, where
+    ``acos`` of the trace loses small angles to rounding (in float32 ``acos`` returns 0 for
+    anything under ~0.03 deg). Computed in float64 when the input is float32 or float64,
+    returned in that dtype.
+
+    Args:
+        R_a: ``[..., 3, 3]`` rotation matrices.
+        R_b: ``[..., 3, 3]`` rotation matrices (batch dims broadcast against ``R_a``'s).
+    """
+    dtype = torch.promote_types(R_a.dtype, R_b.dtype)
+    R = R_a.transpose(-1, -2).double() @ R_b.double()
+    cos = (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0
+    skew = torch.stack((R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0],
+                        R[..., 1, 0] - R[..., 0, 1]), -1)
+    sin = skew.norm(dim=-1) / 2.0
+    return torch.atan2(sin, cos).to(dtype)
