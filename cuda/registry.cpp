@@ -1,7 +1,7 @@
 // The one registry of sparseview's native ops. Schemas are declared here once; each op's
 // backends (cuda/<op>/<op>_cpu.cpp, cuda/<op>/<op>_cuda.cu) register implementations with
 // TORCH_LIBRARY_IMPL, and the Python side attaches autograd with
-// torch.library.register_autograd (reconstruction/splatting/_wrapper.py).
+// torch.library.register_autograd (geometry/ops/<op>/_wrapper.py).
 
 #include <torch/library.h>
 

@@ -2,10 +2,14 @@
 
 A similarity is kept as the triple ``(s, R, t)`` acting as ``x -> s * R @ x + t``. Aligning
 an estimated trajectory to ground truth (pose evaluation, putting a reconstruction into
-a reference frame) is :func:`align_poses` followed by :func:`apply_sim3_to_poses`.
+a reference frame) is :func:`align_poses` followed by :func:`apply_sim3_to_poses`; the one
+rule for when camera centres are too close to a line to fix the rotation is
+:func:`centres_well_spread` (``align_poses(mode="auto")``).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -100,6 +104,23 @@ def sim3_apply(s: Tensor, R: Tensor, t: Tensor, pts: Tensor) -> Tensor:
     return s[..., None, None] * (pts @ R.transpose(-1, -2)) + t[..., None, :]
 
 
+def sim3_inverse(s: Tensor | float, R: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The inverse similarity ``x -> (1/s) R^T x - (1/s) R^T t`` of ``x -> s R x + t``.
+
+    Args:
+        s: ``[...]`` scale (a float or a tensor).
+        R: ``[..., 3, 3]`` rotation.
+        t: ``[..., 3]`` translation.
+
+    Returns:
+        ``s_inv [...]``, ``R_inv [..., 3, 3]``, ``t_inv [..., 3]`` (R's dtype and device).
+    """
+    s = torch.as_tensor(s, dtype=R.dtype, device=R.device)
+    R_inv = R.transpose(-1, -2)
+    t_inv = -(R_inv @ t.to(R.dtype)[..., None])[..., 0] / s[..., None]
+    return 1.0 / s, R_inv, t_inv
+
+
 def sim3_to_matrix(s: Tensor, R: Tensor, t: Tensor) -> Tensor:
     """The 4x4 matrix ``[[s R, t], [0, 1]]`` of a similarity.
 
@@ -146,26 +167,59 @@ def _chordal_mean_rotation(R_rel: Tensor) -> Tensor:
     return U @ (S[:, None] * Vh)
 
 
+#: How :func:`align_poses` finds the rotation of the similarity: ``centres`` (Umeyama on the
+#: camera centres, the standard ATE alignment), ``orientations`` (from the camera orientations)
+#: or ``auto`` (``centres`` when the reference centres are well spread, see
+#: :func:`centres_well_spread`, ``orientations`` otherwise).
+AlignMode = Literal["auto", "centres", "orientations"]
+
+#: Ratio of the second to the first singular value of the centred camera centres below
+#: which they count as (nearly) collinear: Umeyama's rotation about their line is then
+#: ill-conditioned (a small centre error tilts it by degrees), so ``mode="auto"`` takes the
+#: rotation of the alignment from the camera orientations instead.
+SPREAD_RATIO = 0.1
+
+
+def centres_well_spread(centres: Tensor) -> bool:
+    """Whether ``[M, 3]`` camera centres fix a rotation well (3+, not nearly collinear)."""
+    if centres.shape[0] < 3:
+        return False
+    sv = torch.linalg.svdvals(centres.double() - centres.double().mean(0))
+    return bool(sv[0] > 0 and sv[1] >= SPREAD_RATIO * sv[0])
+
+
+def alignment_mode(T_world_cam_ref: Tensor, mode: AlignMode = "auto") -> str:
+    """The alignment :func:`align_poses` uses for reference poses ``[M, 4, 4]``:
+    ``mode`` itself, or for ``auto`` ``centres`` when the reference centres are well
+    spread (:func:`centres_well_spread`) and ``orientations`` otherwise."""
+    if mode not in ("auto", "centres", "orientations"):
+        raise ValueError(f"unknown alignment mode {mode!r}; use auto, centres or orientations")
+    if mode != "auto":
+        return mode
+    return "centres" if centres_well_spread(T_world_cam_ref[:, :3, 3]) else "orientations"
+
+
 def align_poses(
     T_world_cam_est: Tensor,
     T_world_cam_gt: Tensor,
     with_scale: bool = True,
-    use_orientations: bool = False,
+    mode: AlignMode = "centres",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Similarity that best maps estimated camera centres onto ground-truth ones.
 
-    With ``use_orientations=False`` (the standard ATE alignment) this is :func:`umeyama` on
-    the camera centres, which needs at least 3 cameras with non-collinear centres.
-    With ``use_orientations=True`` the rotation comes from the camera orientations instead
+    With ``mode="centres"`` (the standard ATE alignment) this is :func:`umeyama` on the
+    camera centres, which needs at least 3 cameras with non-collinear centres.
+    With ``mode="orientations"`` the rotation comes from the camera orientations instead
     (chordal mean of ``R_gt R_est^T``), the scale from the centres' spread about their
     mean and the translation from the means: this works for 2 cameras (1 without scale)
     and for collinear centres, as in a forward-moving or two-view setup.
+    ``mode="auto"`` picks one of the two by :func:`alignment_mode` (pose metrics use it).
 
     Args:
         T_world_cam_est: ``[M, 4, 4]`` estimated poses (camera-to-world, OpenCV).
         T_world_cam_gt: ``[M, 4, 4]`` reference poses.
         with_scale: estimate the scale (monocular/sparse-view estimates have none).
-        use_orientations: see above.
+        mode: see above.
 
     Returns:
         ``s []``, ``R [3, 3]``, ``t [3]`` with ``c_gt ~ s R c_est + t``; use
@@ -179,21 +233,22 @@ def align_poses(
             "align_poses needs two [M, 4, 4] pose stacks of the same length, got "
             f"{tuple(T_world_cam_est.shape)} and {tuple(T_world_cam_gt.shape)}"
         )
+    mode = alignment_mode(T_world_cam_gt, mode)
     m = T_world_cam_est.shape[0]
     c_est = T_world_cam_est[:, :3, 3]
     c_gt = T_world_cam_gt[:, :3, 3]
-    if not use_orientations:
+    if mode == "centres":
         if m < 3:
             raise ValueError(
                 f"align_poses needs at least 3 cameras to align by centres, got {m}; "
-                "pass use_orientations=True to take the rotation from the camera orientations"
+                "pass mode='orientations' to take the rotation from the camera orientations"
             )
         try:
             return umeyama(c_est, c_gt, with_scale=with_scale)
         except ValueError as err:
             raise ValueError(
                 "align_poses: the camera centres are collinear or coincident, so the "
-                "rotation about their line is undetermined; pass use_orientations=True"
+                "rotation about their line is undetermined; pass mode='orientations'"
             ) from err
     min_cams = 2 if with_scale else 1
     if m < min_cams:

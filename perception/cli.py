@@ -13,27 +13,14 @@ matplotlib, the generator) are imported inside ``run`` so that ``--help`` stays 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import tyro
 
 from geometry.errors import UserError, run_cli
-from perception.constants import DetectorName, NoiseConfig
-
-
-def _progress():
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+from perception.cli_common import Detect
+from perception.sparsefusion.cli import Train
 
 
 @dataclass
@@ -62,6 +49,7 @@ class Synth:
 
     def run(self) -> None:
         from geometry.io.atomic import atomic_directory
+        from geometry.progress import progress_bar
         from perception.synth import SynthSpec, write_dataset
         from perception.synth.writer import MAX_SCENES
 
@@ -84,7 +72,7 @@ class Synth:
         spec = SynthSpec(scenes=self.scenes, samples_per_scene=self.samples_per_scene,
                          sweeps_per_sample=self.sweeps_per_sample, seed=self.seed,
                          image_width=self.image_width, image_height=self.image_height)
-        with atomic_directory(self.out) as tmp, _progress() as progress:
+        with atomic_directory(self.out) as tmp, progress_bar("synth") as progress:
             task = progress.add_task("synth", total=self.scenes * self.samples_per_scene)
             summary = write_dataset(spec, tmp, workers=self.workers,
                                     on_sample=lambda done, total: progress.update(task,
@@ -95,77 +83,6 @@ class Synth:
               f"({summary.cpu_seconds:.1f} s CPU in the scene jobs)")
         print("annotations with LiDAR points per class: " + ", ".join(
             f"{k} {v}" for k, v in summary.annotations_with_points.items()))
-
-
-@dataclass
-class Detect:
-    """Run a detector on a split and write a nuScenes results JSON."""
-
-    dataroot: Path
-    """Folder with the version's tables, samples/ and sweeps/."""
-    out: Path
-    """Results file to write."""
-    version: str = "v1.0-mini"
-    split: str = "mini_val"
-    detector: DetectorName = "oracle"
-    """oracle: the ground truth; noisy-oracle: the ground truth with noise; sparsefusion: a
-    checkpoint written by ``perception train`` (--checkpoint)."""
-    checkpoint: Path | None = None
-    """Checkpoint folder of a learned detector (config.json + model.safetensors)."""
-    device: str = "cpu"
-    """Device of a learned detector: cpu, cuda or cuda:N."""
-    seed: int = 0
-    """Seed of the noisy oracle."""
-    sweeps: int | None = None
-    """LiDAR sweeps per sample for detectors that read points (default: the checkpoint's
-    setting for sparsefusion, 10 otherwise)."""
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    """Noise of the noisy oracle."""
-
-    def _detector(self):
-        from dataclasses import replace
-
-        from perception.detectors import DETECTORS
-
-        if self.detector == "sparsefusion":
-            if self.checkpoint is None:
-                raise UserError("--detector sparsefusion needs --checkpoint, the folder "
-                                "written by `perception train`.")
-            if self.device.startswith("cuda"):
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise UserError(f"--device {self.device} asked for, but no CUDA device "
-                                    "is available; use --device cpu.")
-            return DETECTORS["sparsefusion"](self.checkpoint, self.device)
-        if self.checkpoint is not None:
-            raise UserError(f"--checkpoint is for learned detectors; --detector {self.detector}"
-                            " takes none.")
-        if self.detector == "noisy-oracle":
-            return DETECTORS["noisy-oracle"](noise=replace(self.noise),
-                                             seed=self.seed)
-        return DETECTORS[self.detector]()
-
-    def run(self) -> None:
-        from perception.data import NuScenesDataset
-        from perception.detectors import run_detector
-        from perception.results import write_results
-
-        detector = self._detector()
-        sweeps = self.sweeps
-        if sweeps is None:
-            config = getattr(detector, "config", None)
-            sweeps = config.voxel.sweeps if config is not None else 10
-        dataset = NuScenesDataset(self.dataroot, self.version, self.split, sweeps=sweeps,
-                                  load_points=detector.needs_points,
-                                  load_images=detector.needs_images)
-        with _progress() as progress:
-            task = progress.add_task(self.detector, total=len(dataset))
-            results = run_detector(detector, (dataset[i] for i in range(len(dataset))),
-                                   on_sample=lambda: progress.advance(task))
-        write_results(self.out, results, detector.meta)
-        n_boxes = sum(len(v) for v in results.values())
-        print(f"wrote {self.out}: {n_boxes} boxes for {len(results)} samples of {self.split}")
 
 
 @dataclass
@@ -195,15 +112,9 @@ class Eval:
         print(f"\nwrote {self.out / 'metrics.json'}")
 
 
-def _train_command():
-    from perception.sparsefusion.cli import Train
-
-    return Train
-
-
 COMMANDS = {
     "synth": Synth,
-    "train": _train_command(),
+    "train": Train,
     "detect": Detect,
     "eval": Eval,
 }

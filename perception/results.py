@@ -184,6 +184,25 @@ def validate_results(data: Any, sample_tokens: Iterable[str], split: str,
     return problems
 
 
+def read_results_json(path: str | os.PathLike) -> Any:
+    """The parsed JSON of a results file, not yet validated (see :func:`load_results`).
+
+    Raises:
+        UserError: the file is missing, not UTF-8 or not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results file {path} does not exist; write one with "
+                        "'perception detect' or pass the right --results.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file; pass the results JSON.") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: "
+                        f"{err.msg}); fix the file.") from None
+
+
 def load_results(path: str | os.PathLike, sample_tokens: Iterable[str], split: str,
                  max_boxes: int = MAX_BOXES_PER_SAMPLE) -> dict:
     """Read and validate a results file.
@@ -192,17 +211,7 @@ def load_results(path: str | os.PathLike, sample_tokens: Iterable[str], split: s
         ResultsError: with one line per problem.
         UserError: the file is missing or not JSON.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"results file {path} does not exist; write one with "
-                        "'perception detect' or pass the right --results.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not a UTF-8 text file; pass the results JSON.") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: "
-                        f"{err.msg}); fix the file.") from None
+    data = read_results_json(path)
     problems = validate_results(data, sample_tokens, split, max_boxes)
     if problems:
         raise ResultsError(str(path), problems)

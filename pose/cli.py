@@ -13,17 +13,15 @@ from typing import Annotated, Union
 
 import tyro
 
-from geometry.errors import UserError, run_cli
-from pose.egoposer.config import FovConfig, ModelConfig, SynthConfig, TrainConfig, VisibilityMode
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            raise UserError("--threads must be at least 1.")
-        torch.set_num_threads(threads)
+from geometry.errors import run_cli
+from geometry.threads import set_threads
+from pose.body.egoposer.config import (
+    FovConfig,
+    ModelConfig,
+    SynthConfig,
+    TrainConfig,
+    VisibilityMode,
+)
 
 
 @dataclass
@@ -45,7 +43,7 @@ class EgoTrain:
     overwrite: bool = False
     """Replace an existing checkpoint in --out."""
     threads: int | None = None
-    """torch CPU threads (default: torch's choice)."""
+    """CPU threads (default: all cores)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=TrainConfig)
@@ -53,9 +51,9 @@ class EgoTrain:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def run(self) -> None:
-        from pose.egoposer.commands import run_train
+        from pose.body.egoposer.commands import run_train
 
-        _set_threads(self.threads)
+        set_threads(self.threads)
         run_train(self.out, self.amass, self.synthetic, self.model, self.train, self.fov,
                   self.synth, num_synthetic=self.synthetic_sequences, smplh_dir=self.smplh_dir,
                   resume=self.resume, overwrite=self.overwrite)
@@ -74,12 +72,12 @@ class EgoPredict:
     height_m: float | None = None
     """The user's stature in metres (default: the file's height_m, else 1.70 m)."""
     threads: int | None = None
-    """torch CPU threads."""
+    """CPU threads (default: all cores)."""
 
     def run(self) -> None:
-        from pose.egoposer.commands import run_predict
+        from pose.body.egoposer.commands import run_predict
 
-        _set_threads(self.threads)
+        set_threads(self.threads)
         run_predict(self.checkpoint, self.tracking, self.out, self.height_m)
 
 
@@ -106,13 +104,13 @@ class EgoEval:
     smplh_dir: Path | None = None
     """Folder of SMPL-H model.npz files (exact SMPL-H joints)."""
     threads: int | None = None
-    """torch CPU threads."""
+    """CPU threads (default: all cores)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def run(self) -> None:
-        from pose.egoposer.commands import run_eval
+        from pose.body.egoposer.commands import run_eval
 
-        _set_threads(self.threads)
+        set_threads(self.threads)
         run_eval(self.checkpoint, self.amass, self.synthetic, self.out, self.visibility,
                  self.baselines, self.synth, self.synthetic_sequences, self.seed,
                  self.smplh_dir)
@@ -140,7 +138,7 @@ class EgoSimulate:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def run(self) -> None:
-        from pose.egoposer.commands import run_simulate
+        from pose.body.egoposer.commands import run_simulate
 
         run_simulate(self.out, self.amass, self.synthetic, self.visibility, self.fov,
                      self.synth, self.seed, self.gt_out, self.smplh_dir)

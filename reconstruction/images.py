@@ -218,10 +218,3 @@ def shared_camera(images: Sequence[LoadedImage]) -> bool:
     """Whether all images seem to come from one camera (same EXIF camera and original size)."""
     return len({im.camera_key for im in images}) == 1
 
-
-def save_png(path: str | os.PathLike, rgb: Tensor) -> None:
-    """Write ``rgb`` (``[H, W, 3]`` in [0, 1]) as an 8-bit PNG (not atomic: for work files)."""
-    from PIL import Image
-
-    arr = (rgb.detach().clamp(0, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    Image.fromarray(arr).save(path)

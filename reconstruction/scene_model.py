@@ -93,6 +93,20 @@ class SceneModel(ABC):
         """A model equivalent to this one for renders near ``cameras`` (default: itself)."""
         return self
 
+    def centre(self) -> Tensor:
+        """``[3]`` a robust centre of the scene's content (sets pose-search step sizes).
+
+        Default: the point closest, in the least-squares sense, to the training cameras'
+        optical axes (where the photos look)."""
+        T = self.cameras.T_world_cam.double().cpu()
+        centres, axes = T[:, :3, 3], T[:, :3, 2]
+        eye = torch.eye(3, dtype=torch.float64)
+        P = eye - axes[:, :, None] * axes[:, None, :]  # projectors orthogonal to each axis
+        A, b = P.sum(0), (P @ centres[:, :, None]).sum(0)[:, 0]
+        if len(T) < 2 or float(torch.linalg.det(A)) < 1e-9:
+            return centres.mean(0) + axes.mean(0)
+        return torch.linalg.solve(A, b)
+
     @property
     def device(self) -> torch.device:
         return self.cameras.device
@@ -128,6 +142,10 @@ class GaussianSceneModel(SceneModel):
 
     def info(self) -> dict:
         return {"num_gaussians": self.scene.num_gaussians}
+
+    def centre(self) -> Tensor:
+        """The median Gaussian centre (float64)."""
+        return self.scene.means.double().median(0).values
 
     def render(self, cameras: Cameras,
                outputs: Sequence[str] = OUTPUTS) -> RenderOutput:
@@ -211,7 +229,8 @@ class GaussianSceneModel(SceneModel):
                 raise UserError(f"{folder} has no {name}; give the output folder of a "
                                 "Gaussian-splat method (recon fit --out).")
         scene = read_ply(folder / "splats.ply").to(device, torch.float32)
-        cameras = read_transforms_json(folder / "transforms.json", dtype=torch.float64).cameras
+        cameras = read_transforms_json(folder / "transforms.json", dtype=torch.float64,
+                                       require_images=False).cameras
         order = sorted(range(len(cameras)), key=lambda i: Path(cameras.names[i]).name)
         background = (0.0, 0.0, 0.0)
         meta_file = folder / "scene_model.json"

@@ -162,16 +162,8 @@ class Render:
 
         import numpy as np
         import torch
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
+        from geometry.progress import log_stage, progress_bar
         from viewer.data import load_scene
         from viewer.framing import estimate_up, scene_sphere
         from viewer.render import render_rgb, write_video
@@ -205,18 +197,13 @@ class Render:
             return render_rgb(splats, path.T_world_cam[i], Ks[i], width, height,
                               self.background)
 
-        progress = Progress(
-            TextColumn(f"[bold]render {self.trajectory}[/bold]"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("frames"), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True), disable=self.quiet)
+        progress = progress_bar(f"render {self.trajectory}", ["frames"], quiet=self.quiet)
         with progress:
             task = progress.add_task("render", total=self.frames)
             write_video(out, frame, self.frames, width, height, fps=self.fps,
                         progress=lambda i: progress.update(task, completed=i + 1))
-        if not self.quiet:
-            Console(stderr=True, highlight=False).print(
-                f"wrote {out} ({self.frames} frames, {width}x{height}, {self.fps:g} fps)")
+        log_stage(f"wrote {out} ({self.frames} frames, {width}x{height}, {self.fps:g} fps)",
+                  self.quiet)
         return out
 
 

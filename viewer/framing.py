@@ -1,4 +1,4 @@
-"""Where to put the viewer's camera: robust scene bounds, the up direction, look-at poses.
+"""Where to put the viewer's camera: robust scene bounds, the up direction, the first view.
 
 All poses are ``T_world_cam`` in the OpenCV camera frame (x right, y down, z forward),
 the frame of :class:`geometry.cameras.Cameras` and of viser's cameras::
@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from geometry.se3 import look_at
 
 DEFAULT_UP = np.array([0.0, -1.0, 0.0])
 """Up when nothing says otherwise: -y, the convention of COLMAP/OpenCV scenes and of the
@@ -115,29 +117,6 @@ def _perpendicular(v: np.ndarray) -> np.ndarray:
     axis[int(np.argmin(np.abs(v)))] = 1.0
     p = axis - float(axis @ v) * v
     return p / np.linalg.norm(p)
-
-
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """``T_world_cam [4, 4]`` (OpenCV) of a camera at ``eye`` looking at ``target``.
-
-    The image's up (-y) is as close to ``up`` as possible; when the view is parallel to
-    ``up`` another perpendicular is used, so the result is always a rotation.
-    """
-    eye = np.asarray(eye, dtype=np.float64)
-    forward = np.asarray(target, dtype=np.float64) - eye
-    norm = float(np.linalg.norm(forward))
-    if norm == 0.0:
-        raise ValueError("look_at: eye and target coincide")
-    z = forward / norm
-    up = np.asarray(up, dtype=np.float64)
-    y = -(up - float(up @ z) * z)
-    if float(np.linalg.norm(y)) < 1e-9 * max(1.0, float(np.linalg.norm(up))):
-        y = _perpendicular(z)
-    y = y / np.linalg.norm(y)
-    x = np.cross(y, z)
-    T = np.eye(4)
-    T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
-    return T
 
 
 def view_direction(sphere: SceneSphere, up: np.ndarray,

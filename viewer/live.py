@@ -4,7 +4,7 @@ The trainer calls :meth:`LiveTrainingViewer.update` every iteration. Only every 
 iterations (and at most once per ``min_interval_s``) it copies the splats and cameras,
 which takes milliseconds; converting them and sending them to the browsers happens in a
 background thread, which always takes the newest copy and drops older ones, so a slow
-browser never holds the optimisation back. ``tests/benchmarks/bm_viewer_live.py``
+browser never holds the optimisation back. ``tests/benchmarks/bench_viewer_live.py``
 measures the slowdown of a training loop that calls ``rasterization``.
 
 Usage in a trainer::

@@ -7,7 +7,6 @@ on the CPU or, for CUDA tensors, through gsplat.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,8 @@ import numpy as np
 import torch
 
 from geometry.errors import UserError
-from geometry.io.atomic import atomic_path, atomic_write_bytes
+from geometry.io.atomic import atomic_path
+from geometry.io.images import to_uint8
 
 
 def render_rgb(
@@ -57,22 +57,7 @@ def render_rgb(
             sh_degree=degree,
             backgrounds=torch.tensor([background], device=device, dtype=dtype),
         )
-    rgb = colors[0].clamp(0.0, 1.0).cpu().float().numpy()
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def encode_png(rgb: np.ndarray) -> bytes:
-    """PNG bytes of ``[H, W, 3]`` uint8."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def save_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write ``[H, W, 3]`` uint8 as a PNG, atomically."""
-    atomic_write_bytes(path, encode_png(rgb))
+    return to_uint8(colors[0].float())
 
 
 def even_size(width: int, height: int) -> tuple[int, int]:

@@ -467,7 +467,7 @@ class SceneViewer:
         return rgb
 
     def _on_render_click(self, event) -> None:
-        from viewer.render import encode_png
+        from geometry.io.images import encode_png
 
         client = event.client
         if client is None:

@@ -22,7 +22,8 @@ from typing import Literal
 import numpy as np
 
 from geometry.errors import UserError
-from viewer.framing import SceneSphere, framing_distance, look_at
+from geometry.se3 import look_at
+from viewer.framing import SceneSphere, framing_distance
 
 TrajectoryKind = Literal["orbit", "spiral", "interpolate"]
 DEFAULT_FOV_Y = math.radians(50.0)

@@ -6,7 +6,7 @@
 //   alpha = min(0.999, opacity * exp(-sigma)),     skipped when sigma < 0 or alpha < 1/255
 //   C     = sum_i c_i alpha_i T_i,  T_i = prod_{j<i} (1 - alpha_j)
 //   a pixel stops (without the Gaussian that would do it) once T would drop to <= 1e-4.
-// The pure-PyTorch oracle is reconstruction/splatting/_torch_impl.py.
+// The pure-PyTorch oracle is geometry/ops/rasterize/_torch_impl.py.
 //
 // Work is split by tiles (OpenMP, dynamic schedule: tiles differ a lot in cost). Inside a
 // tile the loop runs Gaussian-outer / pixel-inner over the Gaussian's pixel bounding box,

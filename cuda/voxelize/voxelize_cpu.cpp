@@ -6,7 +6,7 @@
 //   voxels are numbered in the order of their first point; once max_voxels voxels exist,
 //   points of new voxels are dropped; a voxel keeps its first max_points points.
 //
-// The pure-PyTorch oracle is perception/sparsefusion/_voxelize_torch.py (same float
+// The pure-PyTorch oracle is geometry/ops/voxelize/_torch_impl.py (same float
 // expression for the coordinates, so both keep and bin the same points).
 //
 // Coordinates are computed in parallel (OpenMP through at::parallel_for); the assignment

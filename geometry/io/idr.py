@@ -26,7 +26,7 @@ import torch
 
 from geometry.cameras import Cameras
 from geometry.errors import UserError
-from geometry.sim3 import apply_sim3_to_poses
+from geometry.sim3 import apply_sim3_to_poses, sim3_inverse
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -89,7 +89,7 @@ def cameras_to_normalized_frame(cameras: Cameras, scale_mat: torch.Tensor) -> Ca
     if not torch.allclose(R @ R.T, torch.eye(3, dtype=torch.float64), atol=1e-6):
         raise ValueError("scale_mat is not a similarity (uniform scale, rotation, translation)")
     c = S[:3, 3]
-    T = apply_sim3_to_poses(1.0 / s, R.T, -(R.T @ c) / s, cameras.T_world_cam.double())
+    T = apply_sim3_to_poses(*sim3_inverse(s, R, c), cameras.T_world_cam.double())
     return Cameras(K=cameras.K, T_world_cam=T.to(cameras.dtype), width=cameras.width,
                    height=cameras.height, dist=cameras.dist, image_paths=cameras.image_paths,
                    names=cameras.names)
@@ -176,6 +176,23 @@ def read_idr(
     path = Path(path)
     file = path if path.suffix == ".npz" else path / "cameras.npz"
     folder = file.parent
+    Ks, poses, scale_mats = _decode_cameras_npz(file)
+    n = len(Ks)
+    images = _find_images(folder) if folder.is_dir() else []
+    if images and len(images) != n:
+        raise UserError(f"{folder} holds {len(images)} images for {n} cameras in {file}; "
+                        "remove extra images or use the matching cameras.npz")
+    cameras = _calibrated_cameras(file, images, torch.from_numpy(np.stack(Ks)),
+                                  torch.from_numpy(np.stack(poses)), image_transform, image_size)
+    mask_paths, masks = _read_masks(folder, n, cameras)
+    return IdrData(cameras=cameras.to(dtype=dtype),
+                   scale_mats=torch.from_numpy(np.stack(scale_mats)).to(dtype),
+                   mask_paths=mask_paths, masks=masks)
+
+
+def _decode_cameras_npz(file: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """``K [3, 3]``, ``T_world_cam [4, 4]`` and ``scale_mat [4, 4]`` of every camera of an
+    IDR ``cameras.npz`` (float64, in ``world_mat_i`` order); a missing scale is identity."""
     try:
         with np.load(file, allow_pickle=False) as npz:
             arrays = {k: np.asarray(npz[k], dtype=np.float64) for k in npz.files}
@@ -204,18 +221,21 @@ def read_idr(
         Ks.append(K)
         poses.append(T)
         scale_mats.append(S)
-    n = len(indices)
-    images = _find_images(folder) if folder.is_dir() else []
-    if images and len(images) != n:
-        raise UserError(f"{folder} holds {len(images)} images for {n} cameras in {file}; "
-                        "remove extra images or use the matching cameras.npz")
+    return Ks, poses, scale_mats
+
+
+def _calibrated_cameras(file: Path, images: list[Path], K: torch.Tensor,
+                        T_world_cam: torch.Tensor,
+                        image_transform: ImageTransform | Literal["auto"] | None,
+                        image_size: tuple[int, int] | None) -> Cameras:
+    """The cameras ``K [N, 3, 3]``, ``T_world_cam [N, 4, 4]`` of ``file`` at the size of the
+    stored ``images`` (see :func:`read_idr` for ``image_transform`` and ``image_size``)."""
     from PIL import Image
 
     stored_size = None
     if images:
         with Image.open(images[0]) as first:
             stored_size = first.size
-    K = torch.from_numpy(np.stack(Ks))
     if image_transform == "auto":
         image_transform = None
         if stored_size == (384, 384) and bool((K[:, 0, 2] > 384).all()):
@@ -228,33 +248,38 @@ def read_idr(
     if source is None:
         raise UserError(f"no images next to {file} to read the image size from; pass "
                         "image_size=(width, height)")
-    cameras = Cameras(K=K, T_world_cam=torch.from_numpy(np.stack(poses)), width=source[0],
-                      height=source[1],
+    cameras = Cameras(K=K, T_world_cam=T_world_cam, width=source[0], height=source[1],
                       image_paths=[str(p) for p in images] if images else None,
                       names=[p.name for p in images] if images else None)
     if image_transform is not None:
         cameras = image_transform.apply(cameras)
     if stored_size is not None and stored_size != (int(cameras.width[0]), int(cameras.height[0])):
-        raise UserError(f"the images in {folder} are {stored_size[0]}x{stored_size[1]} but the "
-                        f"cameras describe {int(cameras.width[0])}x{int(cameras.height[0])}; "
-                        "pass the image_transform that produced the images")
+        raise UserError(f"the images in {file.parent} are {stored_size[0]}x{stored_size[1]} "
+                        f"but the cameras describe {int(cameras.width[0])}x"
+                        f"{int(cameras.height[0])}; pass the image_transform that produced "
+                        "the images")
+    return cameras
+
+
+def _read_masks(folder: Path, n: int, cameras: Cameras
+                ) -> tuple[list[str] | None, torch.Tensor | None]:
+    """Paths of the ``n`` masks in ``folder`` and the masks (bool ``[N, H, W]``) when they
+    have the cameras' size; ``(None, None)`` without masks."""
     mask_files = _find_masks(folder) if folder.is_dir() else []
-    mask_paths, masks = None, None
-    if mask_files:
-        if len(mask_files) != n:
-            raise UserError(f"{folder} holds {len(mask_files)} masks for {n} cameras; remove "
-                            "extra masks or add the missing ones")
-        mask_paths = [str(p) for p in mask_files]
-        loaded = [_load_mask(p) for p in mask_files]
-        expected = (int(cameras.height[0]), int(cameras.width[0]))
-        if all(m.shape == expected for m in loaded):
-            masks = torch.from_numpy(np.stack(loaded))
-        else:
-            warnings.warn(f"masks in {folder} are not {expected[1]}x{expected[0]} like the "
-                          "cameras: returning their paths only", stacklevel=2)
-    return IdrData(cameras=cameras.to(dtype=dtype),
-                   scale_mats=torch.from_numpy(np.stack(scale_mats)).to(dtype),
-                   mask_paths=mask_paths, masks=masks)
+    if not mask_files:
+        return None, None
+    if len(mask_files) != n:
+        raise UserError(f"{folder} holds {len(mask_files)} masks for {n} cameras; remove "
+                        "extra masks or add the missing ones")
+    mask_paths = [str(p) for p in mask_files]
+    loaded = [_load_mask(p) for p in mask_files]
+    expected = (int(cameras.height[0]), int(cameras.width[0]))
+    if all(m.shape == expected for m in loaded):
+        return mask_paths, torch.from_numpy(np.stack(loaded))
+    # stacklevel 3: the warning points at read_idr's caller.
+    warnings.warn(f"masks in {folder} are not {expected[1]}x{expected[0]} like the "
+                  "cameras: returning their paths only", stacklevel=3)
+    return mask_paths, None
 
 
 def write_idr(path: str | os.PathLike, cameras: Cameras,

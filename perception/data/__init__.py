@@ -4,6 +4,7 @@ from perception.data.io import load_image, load_lidar_points
 from perception.data.mmdet3d_info import InfoDataset, read_info_file, restricted_load
 from perception.data.nuscenes import (
     NuScenesDataset,
+    find_versions,
     open_nuscenes,
     split_sample_tokens,
     split_scene_names,
@@ -16,6 +17,7 @@ __all__ = [
     "InfoDataset",
     "NuScenesDataset",
     "NuScenesSample",
+    "find_versions",
     "load_image",
     "load_lidar_points",
     "open_nuscenes",

@@ -27,6 +27,15 @@ TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", 
           "sample", "sample_annotation", "sample_data", "scene", "sensor", "visibility")
 
 
+def find_versions(dataroot: str | os.PathLike) -> list[str]:
+    """Names of the table folders of a dataroot (subfolders holding ``sample.json``), sorted;
+    empty when ``dataroot`` is not a folder."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "sample.json").is_file())
+
+
 def open_nuscenes(dataroot: str | os.PathLike, version: str, verbose: bool = False):
     """``NuScenes(version, dataroot)`` with the user errors a wrong path deserves.
 
@@ -41,7 +50,7 @@ def open_nuscenes(dataroot: str | os.PathLike, version: str, verbose: bool = Fal
                         f"{version}/, samples/ and sweeps/.")
     table_root = root / version
     if not table_root.is_dir():
-        found = sorted(p.name for p in root.iterdir() if (p / "sample.json").is_file())
+        found = find_versions(root)
         hint = f" (found: {', '.join(found)})" if found else ""
         raise UserError(f"no table folder {table_root}{hint}; pass --version with one of the "
                         "versions in the dataroot.")

@@ -4,8 +4,8 @@ the model are imported inside ``run``).
     python -m perception.sparsefusion.cli train --dataroot D --out ckpt/ --preset small
     python -m perception.sparsefusion.cli detect --dataroot D --checkpoint ckpt/ --out r.json
 
-``Train`` and ``Detect`` are the dataclasses that ``perception train`` and
-``perception detect --detector sparsefusion`` use.
+``Train`` is the dataclass that ``perception train`` uses; ``Detect`` is the shared
+:class:`perception.cli_common.Detect` (``perception detect``) with ``--detector sparsefusion``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Literal
 import tyro
 
 from geometry.errors import UserError, run_cli
+from perception.cli_common import Detect as PerceptionDetect
 
 
 @dataclass
@@ -45,8 +46,8 @@ class Train:
     batch_size: int = 1
     lr: float = 1e-3
     seed: int = 0
-    threads: int = 0
-    """Torch CPU threads (0: default)."""
+    threads: int | None = None
+    """CPU threads (default: all cores)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N (under torchrun each rank takes its LOCAL_RANK GPU)."""
     cache_dir: Path | None = None
@@ -62,6 +63,7 @@ class Train:
     def run(self) -> dict:
         import torch
 
+        from geometry.threads import set_threads
         from perception.sparsefusion.config import PRESETS
         from perception.sparsefusion.train import TrainSettings, load_samples, train
 
@@ -75,13 +77,12 @@ class Train:
         config.transfer.geometric = self.geometric_transfer
         if self.image_backbone_weights is not None:
             config.camera.backbone_weights = str(self.image_backbone_weights)
-        if self.threads > 0:
-            torch.set_num_threads(self.threads)
+        threads = set_threads(self.threads)
         samples = load_samples(self.dataroot, self.version, self.split, config, self.cache_dir,
                                self.limit)
         settings = TrainSettings(epochs=self.epochs, max_minutes=self.max_minutes,
                                  batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                                 threads=self.threads, device=self.device)
+                                 threads=threads, device=self.device)
         summary = train(config, samples, self.out, settings, resume=self.resume,
                         init_from=list(self.init_from))
         if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
@@ -109,8 +110,6 @@ class Detect:
     device: str = "cpu"
 
     def run(self) -> None:
-        from perception.cli import Detect as PerceptionDetect
-
         PerceptionDetect(dataroot=self.dataroot, out=self.out, version=self.version,
                          split=self.split, detector="sparsefusion", checkpoint=self.checkpoint,
                          device=self.device).run()

@@ -154,7 +154,7 @@ class SparseFusionConfig:
     @property
     def bev_shape(self) -> tuple[int, int]:
         """``(H, W)`` = cells along (y, x) of the BEV map."""
-        from perception.sparsefusion._voxelize_torch import grid_size
+        from geometry.ops.voxelize import grid_size
 
         gx, gy, _ = grid_size(self.voxel.voxel_size, self.voxel.point_range)
         stride = self.bev_stride

@@ -15,8 +15,8 @@ import functools
 import torch
 from torch import Tensor, nn
 
+from geometry.ops.voxelize import grid_size, voxelize
 from perception.sparsefusion.config import SparseFusionConfig
-from perception.sparsefusion.voxelize import grid_size, voxelize
 
 
 @functools.cache

@@ -24,6 +24,8 @@ import torch
 
 from geometry.errors import UserError
 from geometry.io.atomic import atomic_path
+from geometry.progress import progress_bar
+from geometry.threads import set_threads
 from perception.sparsefusion.checkpoint import STATE, save_checkpoint
 from perception.sparsefusion.config import SparseFusionConfig
 from perception.sparsefusion.data import PreparedSample, collate, prepare_sample
@@ -39,8 +41,8 @@ class TrainSettings:
     warmup_steps: int = 50
     grad_clip: float = 10.0
     seed: int = 0
-    threads: int = 0
-    """Torch CPU threads (0: torch's default)."""
+    threads: int | None = None
+    """CPU threads (default: all cores); :func:`train` sets it to the count it used."""
     device: str = "cpu"
     log_every: int = 10
 
@@ -111,29 +113,17 @@ def init_from_checkpoints(model: torch.nn.Module, folders: list[Path]) -> int:
 
 
 def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Path,
-          settings: TrainSettings, resume: bool = False, console=None,
+          settings: TrainSettings, resume: bool = False,
           init_from: list[Path] | None = None) -> dict:
     """Train and write ``out_dir/{model.safetensors, config.json, train_state.pt}``.
 
     Returns:
         a summary (steps, epochs, minutes, last losses).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from perception.sparsefusion.model import SparseFusion
 
-    rank, world = _dist_info()
-    if world > 1:
-        import torch.distributed as dist
-
-        backend = "nccl" if settings.device.startswith("cuda") else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(backend)
-        if settings.device.startswith("cuda"):
-            settings.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            torch.cuda.set_device(settings.device)
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
+    rank, world = _start_distributed(settings)
+    settings.threads = set_threads(settings.threads)
     if not samples:
         raise UserError("no training samples; check --dataroot and --split.")
     torch.manual_seed(settings.seed)
@@ -144,34 +134,22 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
     model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr,
                                   weight_decay=settings.weight_decay)
-    state_path = Path(out_dir) / STATE
     start_epoch, step, elapsed = 0, 0, 0.0
-    if resume and state_path.is_file():
-        from safetensors.torch import load_file
-
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(load_file(str(Path(out_dir) / "model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, elapsed = int(state["epoch"]), int(state["step"]), float(
-            state["elapsed"])
+    if resume and (Path(out_dir) / STATE).is_file():
+        start_epoch, step, elapsed = _load_train_state(out_dir, model, optimizer)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, find_unused_parameters=True)
     mine = list(range(rank, len(samples), world))
-    steps_per_epoch = math.ceil(len(mine) / settings.batch_size)
-    total_steps = steps_per_epoch * settings.epochs
+    total_steps = math.ceil(len(mine) / settings.batch_size) * settings.epochs
     t0 = time.monotonic() - elapsed
     budget = settings.max_minutes * 60.0
     last: dict[str, float] = {}
     stopped_early = False
     epochs_done = start_epoch
-    progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=console,
-                        disable=rank != 0)
-    with progress:
+    with progress_bar(None, ["{task.fields[info]}"], quiet=rank != 0) as progress:
         task = progress.add_task(f"train {config.modality}", total=total_steps,
                                  completed=step, info="")
         for epoch in range(start_epoch, settings.epochs):
@@ -184,14 +162,8 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
                     group["lr"] = settings.lr * _lr_factor(
                         step, total_steps, settings.warmup_steps,
                         (time.monotonic() - t0) / budget)
-                out = net(batch)
-                losses = model.loss(out, batch)
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
+                last = _optimiser_step(net, model, optimizer, batch, settings.grad_clip)
                 step += 1
-                last = {k: float(v.detach()) for k, v in losses.items()}
                 if not math.isfinite(last["total"]):
                     raise RuntimeError(f"the loss became {last['total']} at step {step}")
                 progress.update(task, completed=step, info=f"loss {last['total']:.3f}")
@@ -212,6 +184,48 @@ def train(config: SparseFusionConfig, samples: list[PreparedSample], out_dir: Pa
     return {"steps": step, "epochs": epochs_done, "minutes": minutes, "losses": last,
             "initialised_tensors": initialised,
             "stopped_by_time": stopped_early}
+
+
+def _start_distributed(settings: TrainSettings) -> tuple[int, int]:
+    """``(rank, world size)``; under ``torchrun``, joins the process group and moves a CUDA
+    ``settings.device`` to the rank's ``LOCAL_RANK`` GPU."""
+    rank, world = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if settings.device.startswith("cuda") else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(backend)
+        if settings.device.startswith("cuda"):
+            settings.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(settings.device)
+    return rank, world
+
+
+def _load_train_state(out_dir: Path, model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer) -> tuple[int, int, float]:
+    """Load the weights and optimiser state written by :func:`_save` into ``model`` and
+    ``optimizer``; returns ``(epochs done, steps done, seconds trained)``."""
+    from safetensors.torch import load_file
+
+    state = torch.load(Path(out_dir) / STATE, map_location="cpu", weights_only=True)
+    model.load_state_dict(load_file(str(Path(out_dir) / "model.safetensors")))
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+
+
+def _optimiser_step(net: torch.nn.Module, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, batch, grad_clip: float
+                    ) -> dict[str, float]:
+    """One forward/backward/update on ``batch`` (``net`` is ``model`` or its DDP wrapper);
+    the losses by name."""
+    out = net(batch)
+    losses = model.loss(out, batch)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return {k: float(v.detach()) for k, v in losses.items()}
 
 
 def _save(out_dir: Path, model, optimizer, config, epoch: int, step: int, elapsed: float,

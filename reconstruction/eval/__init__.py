@@ -9,12 +9,11 @@ Modules (import the one you need; this package imports nothing heavy):
 
 - :mod:`.splits`     training/test views: DTU (pixelNeRF/RegNeRF), LLFF (every 8th held out)
 - :mod:`.data`       a dataset with ground truth read through :mod:`geometry.io`
-- :mod:`.metrics`    PSNR, SSIM, masked variants, pose errors after alignment
+- :mod:`.metrics`    PSNR, SSIM, masked variants, depth AbsRel (pose metrics:
+  :mod:`geometry.pose_metrics`; test-view pose optimisation: :mod:`reconstruction.pose_opt`)
 - :mod:`.lpips`      the LPIPS network (official key names), loaded from a local file only
-- :mod:`.pose_opt`   photometric test-view pose optimisation against a frozen splat scene
 - :mod:`.methods`    the reconstruction methods eval can run (``METHODS``)
 - :mod:`.protocol`   the whole protocol (:func:`~.protocol.run_eval`)
 - :mod:`.report`     eval.json, side-by-side PNGs, the markdown report and its plot
-- :mod:`.synthetic`  synthetic scenes with ground-truth poses, depth and masks
 - :mod:`.cli`        the ``Eval`` command (``python -m reconstruction.eval.cli``)
 """

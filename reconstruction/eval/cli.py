@@ -1,10 +1,10 @@
-"""``recon eval`` (also ``python -m reconstruction.eval.cli``); light to import (for --help)."""
+"""``recon eval`` (the ``recon`` CLI, :mod:`sparseview.cli.recon`, builds it per method);
+light to import (for --help)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from geometry.errors import run_cli
 from reconstruction.eval.config import EvalConfig
 
 
@@ -19,29 +19,17 @@ class Eval(EvalConfig):
     """
 
     def run(self) -> dict:
-        import torch
-
+        from geometry.threads import set_threads
         from reconstruction.eval.protocol import run_eval
         from reconstruction.eval.report import print_table
-        from reconstruction.instantsplat.pipeline import choose_threads
 
         # All cores on an idle machine, one on a busy one (recon fit's rule: on busy cores
         # multi-threaded small tensor ops stall on each other, 5x slower here).
-        torch.set_num_threads(choose_threads(None))
+        set_threads(None)
+        if self.options is None:  # the option group of the method's own command
+            self.options = getattr(self, self.method, None)
         results = run_eval(self)
         print_table(results)
         print(f"wrote {self.out}")
         return results
 
-
-def main() -> None:
-    import tyro
-
-    def _main() -> None:
-        tyro.cli(Eval, prog="recon eval").run()
-
-    run_cli(_main, prog="recon eval")
-
-
-if __name__ == "__main__":
-    main()

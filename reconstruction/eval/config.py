@@ -4,34 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import tyro
 
 from reconstruction.init.config import InitName
-from reconstruction.rdggs.config import RDGGSConfig
+from reconstruction.pose_opt import PoseOptConfig
 
 #: Camera formats eval reads (``dtu`` is the IDR ``cameras.npz`` with the DTU preset).
 DatasetFormat = Literal["auto", "colmap", "transforms", "llff", "dtu", "co3d"]
-
-#: Names of :data:`reconstruction.eval.methods.METHODS`.
-MethodName = Literal["instantsplat", "rdggs"]
-
-
-@dataclass
-class PoseOptConfig:
-    """Options of the test-view pose optimisation."""
-
-    iterations: int = 50
-    """Adam steps per test view (0 disables the optimisation). On the CPU a 384x384 step
-    with 50k Gaussians takes about a second, mostly the compositing backward."""
-    lr_rotation: float = 3e-3
-    """Adam step of the rotation (radians); decayed to a tenth over the second half."""
-    lr_translation: float = 3e-3
-    """Adam step of the translation, times the scene scale; decayed like the rotation's."""
-    coarse_fraction: float = 0.5
-    """Share of the steps rendered at ``coarse_scale`` resolution (about half the cost)."""
-    coarse_scale: float = 0.5
-    ssim_weight: float = 0.2
-    """Weight of (1 - SSIM) against L1."""
 
 
 @dataclass
@@ -56,8 +37,8 @@ class EvalConfig:
     (e.g. 25,22,28); overrides --train-views."""
     test_views: str | None = None
     """Explicit test views (comma-separated); default: the protocol's."""
-    method: MethodName = "instantsplat"
-    """Reconstruction method."""
+    method: str = "instantsplat"
+    """Reconstruction method (a name in :mod:`reconstruction.methods`)."""
     known_poses: bool = False
     """Give the method the ground-truth training cameras (for methods evaluated that way);
     the test poses are then used as they are (no alignment, no pose optimisation)."""
@@ -88,14 +69,14 @@ class EvalConfig:
     threads: int | None = None
     """CPU threads of the method's fit (default: all cores; results differ slightly
     between thread counts)."""
-    rdggs: RDGGSConfig = field(default_factory=RDGGSConfig)
-    """Options of --method rdggs (ablation switches, depth priors)."""
     device: Literal["cpu", "cuda"] = "cpu"
     """Where the method and the renders run."""
     save_renders: bool = True
     """Write compare/ (ground truth | render | error) and renders/ PNGs."""
     quiet: bool = False
     """No progress bars."""
+    options: tyro.conf.Suppress[Any] = None
+    """The method's own options (an instance of its ``options`` class; None: its defaults)."""
 
 
 def parse_views(text: str | None, option: str) -> list[int] | None:

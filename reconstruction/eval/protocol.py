@@ -1,15 +1,19 @@
 """The sparse-view evaluation protocol (``recon eval``).
 
 1. Read the dataset's ground truth and choose the split (:mod:`.splits`).
-2. Run the method on the training images only: without their poses (pose-free), or with
-   them (``--known-poses``).
+2. Run the method (from the registry, :mod:`reconstruction.methods`) on the training images
+   only: without their poses (pose-free), or with them (``--known-poses``); read its result
+   as a :class:`~reconstruction.scene_model.SceneModel`, so every method is measured the
+   same way.
 3. Align the estimated training cameras to ground truth (Umeyama Sim(3) on the centres)
    and measure ATE, RPE and rotation errors (:mod:`.metrics`).
 4. Put each test view into the method's frame: its ground-truth pose through the inverse
    alignment, its intrinsics through the correction the method applied to the training
    intrinsics (``K_test = mean(K_est) mean(K_gt)^-1 K_gt_test``); then optimise its pose
-   photometrically against the frozen scene (:mod:`.pose_opt`), as InstantSplat does.
-   With known poses the method's frame is the ground truth's: nothing is moved.
+   photometrically against the frozen scene (:mod:`reconstruction.pose_opt`), as
+   InstantSplat does, where the scene model is differentiable w.r.t. cameras (otherwise the
+   aligned pose is used and eval.json says so). With known poses the method's frame is the
+   ground truth's: nothing is moved.
 5. Render the test views; PSNR, SSIM, LPIPS, and their masked versions where object masks
    exist (RegNeRF's DTU definitions).
 6. Write ``eval.json``, ``report.md`` + ``plot.png``, ``compare/`` and ``renders/`` PNGs
@@ -32,7 +36,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +47,15 @@ import torch
 from geometry.cameras import Cameras
 from geometry.errors import UserError
 from geometry.io.atomic import atomic_directory, atomic_write_text
-from geometry.sim3 import apply_sim3_to_poses
+from geometry.io.images import write_png
+from geometry.pose_metrics import PoseMetrics, pose_metrics
+from geometry.sim3 import apply_sim3_to_poses, sim3_inverse
 from reconstruction.eval import metrics as M
 from reconstruction.eval.config import EvalConfig, parse_views
 from reconstruction.eval.data import EvalDataset, load_dataset
-from reconstruction.eval.methods import METHODS, MethodInput, MethodOutput
-from reconstruction.eval.pose_opt import optimise_pose, render
 from reconstruction.eval.report import tensor_list
-from reconstruction.eval.splits import choose_split
+from reconstruction.eval.splits import Split, choose_split
+from reconstruction.scene_model import SceneModel
 
 
 def scene_extent(dataset: EvalDataset) -> tuple[float, str]:
@@ -77,10 +84,10 @@ def _intrinsics_map(est: Cameras, gt: Cameras) -> torch.Tensor:
     return K_est.mean(0) @ torch.linalg.inv(gt.K.double().mean(0))
 
 
-def _scene_scale(output: MethodOutput) -> float:
-    """Mean distance of the method's training cameras to the median Gaussian centre."""
-    centre = output.scene.means.double().median(0).values
-    scale = float((output.cameras.centers.double() - centre).norm(dim=-1).mean())
+def _scene_scale(model: SceneModel) -> float:
+    """Mean distance of the method's training cameras to the scene's centre."""
+    centre = model.centre().double().cpu()
+    scale = float((model.cameras.centers.double().cpu() - centre).norm(dim=-1).mean())
     return scale if math.isfinite(scale) and scale > 0 else 1.0
 
 
@@ -88,21 +95,13 @@ def _scene_scale(output: MethodOutput) -> float:
 DEPTH_MIN_ALPHA = 0.5
 
 
-def render_depth(scene, K: torch.Tensor, T_cam_world: torch.Tensor, width: int,
-                 height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Expected z-depth ``[H, W]`` (method units) of ``scene`` in one camera and the pixels
+def render_depth(model: SceneModel, camera: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """Expected z-depth ``[H, W]`` (method units) of ``model`` in one camera and the pixels
     the render covers (opacity above :data:`DEPTH_MIN_ALPHA`), ``[H, W]`` bool, on the CPU."""
-    from reconstruction.splatting import rasterization
-
-    s = scene if scene.means.dtype == torch.float32 else scene.to(dtype=torch.float32)
-    device = s.means.device
     with torch.no_grad():
-        out, alphas, _ = rasterization(
-            s.means, s.quats, s.scales, s.opacities, s.sh,
-            T_cam_world.to(device, torch.float32)[None], K.to(device, torch.float32)[None],
-            int(width), int(height), sh_degree=s.sh_degree, render_mode="ED")
-    depth = out[0, ..., 0].cpu()
-    covered = (alphas[0, ..., 0].cpu() > DEPTH_MIN_ALPHA) & torch.isfinite(depth)
+        out = model.render(camera, outputs=("depth", "alpha"))
+    depth = out.depth[0].cpu()
+    covered = (out.alpha[0].cpu() > DEPTH_MIN_ALPHA) & torch.isfinite(depth)
     return depth, covered
 
 
@@ -119,10 +118,61 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+@dataclass
+class _Eval:
+    """What the stages of one evaluation share."""
+
+    config: EvalConfig
+    dataset: EvalDataset
+    split: Split
+    extent: float
+    extent_source: str
+    lpips: object | None
+    lpips_missing: str | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def gt_train(self) -> Cameras:
+        return self.dataset.cameras[self.split.train]
+
+    @property
+    def gt_test(self) -> Cameras:
+        return self.dataset.cameras[self.split.test]
+
+
+@dataclass
+class _Frame:
+    """The test cameras in the method's frame, and how the training cameras compare."""
+
+    poses: PoseMetrics
+    T_world_cam_test: torch.Tensor  # [T, 4, 4] float64
+    K_test: torch.Tensor  # [T, 3, 3] float64
+    to_gt: float
+    """Method lengths -> ground-truth lengths."""
+    scene_scale: float
+
+
 def run_eval(config: EvalConfig) -> dict:
     """Run the protocol (see the module doc); returns what eval.json holds."""
     t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
+    ev = _load(config)
+    with atomic_directory(config.out) as tmp:
+        model, fit_metrics = _fit_method(ev, tmp)
+        optimise_test = _test_pose_mode(ev, model)
+        frame = _align(ev, model)
+        per_view = _evaluate_views(ev, model, frame, optimise_test, tmp)
+        results = _results(ev, model, fit_metrics, frame, per_view, optimise_test)
+        from reconstruction.eval.report import write_report
+
+        ev.seconds["total"] = time.perf_counter() - t_start
+        results["seconds"] = {k: round(v, 3) for k, v in ev.seconds.items()}
+        write_report(results, tmp)
+        # inf (identical images) and nan are not JSON numbers: written as strings.
+        atomic_write_text(tmp / "eval.json", json.dumps(_jsonable(results), indent=2) + "\n")
+    return results
+
+
+def _check_options(config: EvalConfig) -> None:
     if config.out.exists() and not config.out.is_dir():
         raise UserError(f"--out {config.out} is a file; give a folder for the results.")
     if config.out.resolve() == Path(config.dataset).resolve() or \
@@ -133,6 +183,13 @@ def run_eval(config: EvalConfig) -> dict:
     if config.iterations is not None and config.iterations < 1:
         raise UserError(f"--iterations {config.iterations} must be at least 1.")
 
+
+def _load(config: EvalConfig) -> _Eval:
+    """Options checked, the dataset read, the split chosen, LPIPS loaded."""
+    from reconstruction.methods import get_method
+
+    _check_options(config)
+    get_method(config.method)  # an unknown name fails before the dataset is read
     t0 = time.perf_counter()
     dataset = load_dataset(config.dataset, config.format, config.masks, config.factor,
                            config.max_size)
@@ -143,194 +200,268 @@ def run_eval(config: EvalConfig) -> dict:
                          parse_views(config.views, "--views"),
                          parse_views(config.test_views, "--test-views"))
     lpips_model, lpips_missing = _lpips_model(config)
-    gt = dataset.cameras
-    gt_train, gt_test = gt[split.train], gt[split.test]
     extent, extent_source = scene_extent(dataset)
-    seconds["load"] = time.perf_counter() - t0
+    ev = _Eval(config=config, dataset=dataset, split=split, extent=extent,
+               extent_source=extent_source, lpips=lpips_model, lpips_missing=lpips_missing)
+    ev.seconds["load"] = time.perf_counter() - t0
+    return ev
 
-    optimise_test = config.test_pose == "on" or (config.test_pose == "auto"
-                                                 and not config.known_poses)
-    with atomic_directory(config.out) as tmp:
-        t0 = time.perf_counter()
-        train_images = [dataset.image_paths[i] for i in split.train]
-        if config.max_size is not None:
-            # The method sees exactly the shrunk images the metrics use.
-            from reconstruction.eval.report import save_png
 
-            staged = []
-            for i in split.train:
-                path = tmp / "inputs" / f"{Path(dataset.names[i]).stem}.png"
-                save_png(path, (dataset.load_image(i).numpy() * 255.0 + 0.5).astype(np.uint8))
-                staged.append(path)
-            train_images = staged
-        inputs = MethodInput(
-            images=train_images, out=tmp / "method",
-            cameras=gt_train if config.known_poses else None, iterations=config.iterations,
-            init=config.init, seed=config.seed, threads=config.threads, rdggs=config.rdggs,
-            device=config.device, quiet=config.quiet)
-        inputs.out.mkdir(parents=True)
-        output = METHODS[config.method](inputs)
-        seconds["fit"] = time.perf_counter() - t0
-        if output.cameras.shape != torch.Size([len(split.train)]):
-            raise RuntimeError(f"method {config.method} returned cameras of shape "
-                               f"{tuple(output.cameras.shape)} for {len(split.train)} views")
+def _training_images(ev: _Eval, tmp: Path) -> list[Path]:
+    """The training photos; with ``--max-size`` the shrunk images the metrics use."""
+    train_images = [ev.dataset.image_paths[i] for i in ev.split.train]
+    if ev.config.max_size is None:
+        return train_images
+    staged = []
+    for i in ev.split.train:
+        path = tmp / "inputs" / f"{Path(ev.dataset.names[i]).stem}.png"
+        write_png(path, ev.dataset.load_image(i))
+        staged.append(path)
+    return staged
 
-        t0 = time.perf_counter()
-        poses = M.pose_metrics(output.cameras.T_world_cam, gt_train.T_world_cam)
-        if config.known_poses:
-            T_world_cam_test = gt_test.T_world_cam.double()
-            K_map = torch.eye(3, dtype=torch.float64)
-        else:
-            # Ground truth -> method frame: the inverse of c_gt = s R c_est + t.
-            s, R, t = poses.scale, poses.R, poses.t
-            T_world_cam_test = apply_sim3_to_poses(1.0 / s, R.T, -(R.T @ t) / s,
-                                                   gt_test.T_world_cam.double())
-            K_map = _intrinsics_map(output.cameras, gt_train)
-        K_test = K_map @ gt_test.K.double()
-        scale = _scene_scale(output)
-        seconds["align"] = time.perf_counter() - t0
 
-        device = torch.device(config.device)
-        scene = output.scene.to(device, torch.float32)
-        per_view = []
-        seconds["test_pose"] = 0.0
-        seconds["render_metrics"] = 0.0
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
+    """Run the method on a folder holding only the training photos (named ``NNN_<name>``,
+    so that their name order is the training order) into ``tmp/method/fit``; its result as a
+    scene model (with known poses: exactly the given training cameras) and its metrics.
 
-        progress = Progress(TextColumn("[bold]test views[/bold]"), BarColumn(),
-                            MofNCompleteColumn(), TextColumn("{task.fields[view]}"),
-                            TimeRemainingColumn(), disable=config.quiet, transient=True)
-        with progress:
-            task = progress.add_task("eval", total=len(split.test), view="")
-            for k, index in enumerate(split.test):
-                name = dataset.names[index]
-                progress.update(task, view=name)
-                target = dataset.load_image(index)
-                mask = dataset.load_mask(index)
-                w, h = int(gt_test.width[k]), int(gt_test.height[k])
-                T_init = torch.linalg.inv(T_world_cam_test[k])
-                t0 = time.perf_counter()
-                if optimise_test:
-                    result = optimise_pose(scene, K_test[k].float(), T_init.float(), target,
-                                           config.test_pose_options, scale, output.background)
-                    T_cam_world = result.T_cam_world.double()
-                    pose_info = {"initial_loss": result.initial_loss,
-                                 "final_loss": result.final_loss,
-                                 "rotation_change_deg": result.rotation_change_deg,
-                                 "translation_change": result.translation_change
-                                 * (poses.scale if not config.known_poses else 1.0),
-                                 "iterations": result.iterations}
-                else:
-                    T_cam_world = T_init
-                    pose_info = {"initial_loss": None, "final_loss": None,
-                                 "rotation_change_deg": 0.0, "translation_change": 0.0,
-                                 "iterations": 0}
-                seconds["test_pose"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    image, _ = render(scene, K_test[k].float(), T_cam_world.float(), w, h,
-                                      output.background)
-                image = image.cpu().clamp(0, 1)
-                entry = {"index": index, "name": name,
-                         "psnr": M.psnr(image, target), "ssim": float(M.ssim(image, target)),
-                         "lpips": None, "psnr_masked": None, "ssim_masked": None,
-                         "lpips_masked": None, "depth_absrel": None, "depth_coverage": None,
-                         "test_pose": pose_info}
-                depth_gt = dataset.load_depth(index)
-                if depth_gt is not None:
-                    # Method frame -> ground truth: lengths times the alignment's scale.
-                    to_gt = 1.0 if config.known_poses else poses.scale
-                    depth, covered = render_depth(scene, K_test[k].float(),
-                                                  T_cam_world.float(), w, h)
-                    entry["depth_absrel"] = M.depth_absrel(depth * to_gt, depth_gt, covered)
-                    has_gt = depth_gt > 0
-                    entry["depth_coverage"] = (float((covered & has_gt).sum() / has_gt.sum())
-                                               if bool(has_gt.any()) else None)
-                if lpips_model is not None:
-                    with torch.no_grad():
-                        entry["lpips"] = float(lpips_model(image, target))
-                if mask is not None and bool(mask.any()):
-                    entry["psnr_masked"] = M.psnr(image, target, mask)
-                    entry["ssim_masked"] = M.ssim_masked(image, target, mask)
-                    if lpips_model is not None:
-                        with torch.no_grad():
-                            entry["lpips_masked"] = float(lpips_model(
-                                M.composite_on_white(image, mask),
-                                M.composite_on_white(target, mask)))
-                per_view.append(entry)
-                if config.save_renders:
-                    from reconstruction.eval.report import save_png, side_by_side
+    Pose-free, the method runs whole (InstantSplat: SfM initialisation, joint optimisation of
+    Gaussians and poses) at the images' full resolution. With known cameras it keeps them."""
+    from reconstruction.engine.config import FitConfig
+    from reconstruction.methods import get_method
 
-                    stem = Path(name).stem
-                    save_png(tmp / "compare" / f"{stem}.png", side_by_side(target, image))
-                    save_png(tmp / "renders" / f"{stem}.png",
-                             (image.numpy() * 255.0 + 0.5).astype(np.uint8))
-                seconds["render_metrics"] += time.perf_counter() - t0
-                progress.advance(task)
+    config = ev.config
+    method = get_method(config.method)
+    t0 = time.perf_counter()
+    images = _training_images(ev, tmp)
+    work = tmp / "method"
+    staged = work / "_images"
+    staged.mkdir(parents=True)
+    for k, path in enumerate(images):
+        shutil.copyfile(path, staged / f"{k:03d}_{path.name}")
+    options = config.options if config.options is not None else method.default_options()
+    fit_config = FitConfig(images=staged, out=work / "fit", max_size=None, method=method.name,
+                           seed=config.seed, device=config.device, threads=config.threads,
+                           quiet=config.quiet)
+    if config.init is not None:
+        fit_config.init = config.init
+    if config.iterations is not None:
+        fit_config.iterations = config.iterations
+    try:
+        if method.stage_eval_inputs is not None and options is not None:
+            options = method.stage_eval_inputs(options, images, work / "_staged")
+        fit_config.options = options
+        known = ev.gt_train if config.known_poses else None
+        fit_metrics = method.fit(fit_config, known, [])
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(work / "_staged", ignore_errors=True)
+    model = method.load(fit_config.out, config.device)
+    if config.known_poses:
+        model.cameras = ev.gt_train.to(dtype=torch.float64)  # exactly the given ones
+    ev.seconds["fit"] = time.perf_counter() - t0
+    if model.cameras.shape != torch.Size([len(ev.split.train)]):
+        raise RuntimeError(f"method {config.method} returned cameras of shape "
+                           f"{tuple(model.cameras.shape)} for {len(ev.split.train)} views")
+    fit_metrics = {**fit_metrics, "iterations": fit_config.iterations, "init": fit_config.init}
+    return model, fit_metrics
 
-        masked_views = [v for v in per_view if v["psnr_masked"] is not None]
-        depth_views = [v for v in per_view if v["depth_absrel"] is not None]
-        masks_missing = None
-        if not masked_views:
-            masks_missing = ("the dataset has no object masks for the test views; pass "
-                             "--masks DIR (DTU: RegNeRF's idrmvs masks)")
-        results = {
-            "method": config.method,
-            "dataset": {"path": str(dataset.path),
-                        "name": (dataset.path.resolve().parent if dataset.path.is_file()
-                                 else dataset.path.resolve()).name,
-                        "format": dataset.format, "num_views": dataset.num_views},
-            "known_poses": config.known_poses,
-            "test_pose_optimised": optimise_test,
-            "views": {"protocol": split.protocol, "train": split.train, "test": split.test,
-                      "train_names": [dataset.names[i] for i in split.train],
-                      "test_names": [dataset.names[i] for i in split.test]},
-            "psnr": _mean([v["psnr"] for v in per_view]),
-            "ssim": _mean([v["ssim"] for v in per_view]),
-            "lpips": _mean([v["lpips"] for v in per_view]),
-            "lpips_missing": lpips_missing,
-            "psnr_masked": _mean([v["psnr_masked"] for v in per_view]),
-            "ssim_masked": _mean([v["ssim_masked"] for v in per_view]),
-            "lpips_masked": _mean([v["lpips_masked"] for v in per_view]),
-            "masked_views": len(masked_views),
-            "masks_missing": masks_missing,
-            "depth_absrel": _mean([v["depth_absrel"] for v in per_view]),
-            "depth_coverage": _mean([v["depth_coverage"] for v in per_view]),
-            "depth_views": len(depth_views),
-            "depth_missing": None if depth_views else
-            "the dataset has no ground-truth depth for the test views",
-            **poses.summary(),
-            "scene_extent": extent,
-            "scene_extent_source": extent_source,
-            "ate_rel": poses.ate_rmse / extent if extent > 0 else None,
-            "seconds": {},
-            "method_info": output.info,
-            "method_timings": output.timings,
-            "train_views": [
-                {"index": i, "name": dataset.names[i], "trans_err": float(poses.trans_err[j]),
-                 "rot_err_deg": float(poses.rot_err_deg[j])}
-                for j, i in enumerate(split.train)],
-            "per_view": per_view,
-            "cameras": {
-                "gt_centres": tensor_list(gt_train.centers),
-                "aligned_centres": tensor_list(poses.T_world_cam_aligned[:, :3, 3]),
-                "test_gt_centres": tensor_list(gt_test.centers),
-            },
-        }
-        from reconstruction.eval.report import write_report
 
-        seconds["total"] = time.perf_counter() - t_start
-        results["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
-        write_report(results, tmp)
-        # inf (identical images) and nan are not JSON numbers: written as strings.
-        atomic_write_text(tmp / "eval.json", json.dumps(_jsonable(results), indent=2) + "\n")
-    return results
+def _align(ev: _Eval, model: SceneModel) -> _Frame:
+    """Pose metrics of the training cameras, and the test cameras in the method's frame."""
+    t0 = time.perf_counter()
+    gt_train, gt_test = ev.gt_train, ev.gt_test
+    try:
+        poses = pose_metrics(model.cameras.T_world_cam, gt_train.T_world_cam)
+    except ValueError as err:  # degenerate estimates (e.g. all centres in one point)
+        raise UserError(f"the training cameras of {ev.config.method} cannot be aligned to the "
+                        f"ground truth ({err}); check the method's poses in "
+                        f"{ev.config.out}/method.") from None
+    if ev.config.known_poses:
+        T_world_cam_test = gt_test.T_world_cam.double()
+        K_map = torch.eye(3, dtype=torch.float64)
+        to_gt = 1.0
+    else:
+        # Ground truth -> method frame: the inverse of c_gt = s R c_est + t.
+        T_world_cam_test = apply_sim3_to_poses(*sim3_inverse(poses.scale, poses.R, poses.t),
+                                               gt_test.T_world_cam.double())
+        K_map = _intrinsics_map(model.cameras, gt_train)
+        to_gt = poses.scale
+    frame = _Frame(poses=poses, T_world_cam_test=T_world_cam_test,
+                   K_test=K_map @ gt_test.K.double(), to_gt=to_gt,
+                   scene_scale=_scene_scale(model))
+    ev.seconds["align"] = time.perf_counter() - t0
+    return frame
+
+
+def _test_pose_mode(ev: _Eval, model: SceneModel) -> bool:
+    """Whether the test poses are optimised (``--test-pose``, and only for a scene model
+    that is differentiable w.r.t. cameras)."""
+    config = ev.config
+    wanted = config.test_pose == "on" or (config.test_pose == "auto" and not config.known_poses)
+    if wanted and not model.differentiable_cameras:
+        if config.test_pose == "on":
+            raise UserError(f"--test-pose on needs a method whose renders are differentiable "
+                            f"w.r.t. the cameras, which {config.method} is not; use "
+                            "--test-pose off.")
+        return False
+    return wanted
+
+
+def _test_camera(ev: _Eval, frame: _Frame, k: int, T_world_cam: torch.Tensor) -> Cameras:
+    gt_test = ev.gt_test
+    return Cameras(K=frame.K_test[k][None].float(), T_world_cam=T_world_cam[None].float(),
+                   width=gt_test.width[k:k + 1], height=gt_test.height[k:k + 1])
+
+
+def _optimise_test_pose(ev: _Eval, model: SceneModel, frame: _Frame, k: int,
+                        target: torch.Tensor, optimise: bool) -> tuple[torch.Tensor, dict]:
+    """The test view's ``T_world_cam`` to render from, and how its optimisation went."""
+    T_init = frame.T_world_cam_test[k]
+    if not optimise:
+        return T_init, {"initial_loss": None, "final_loss": None, "rotation_change_deg": 0.0,
+                        "translation_change": 0.0, "iterations": 0}
+    from reconstruction.pose_opt import optimise_poses
+
+    result = optimise_poses(model, _test_camera(ev, frame, k, T_init), target[None],
+                            ev.config.test_pose_options, frame.scene_scale)
+    return result.T_world_cam[0].double(), {
+        "initial_loss": float(result.initial_loss[0]),
+        "final_loss": float(result.final_loss[0]),
+        "rotation_change_deg": float(result.rotation_change_deg[0]),
+        "translation_change": float(result.translation_change[0]) * frame.to_gt,
+        "iterations": int(result.iterations)}
+
+
+def _view_metrics(ev: _Eval, model: SceneModel, camera: Cameras, index: int,
+                  image: torch.Tensor, target: torch.Tensor, to_gt: float) -> dict:
+    """PSNR/SSIM/LPIPS, their masked versions and depth AbsRel of one rendered test view."""
+    entry = {"psnr": M.psnr(image, target), "ssim": float(M.ssim(image, target)),
+             "lpips": None, "psnr_masked": None, "ssim_masked": None, "lpips_masked": None,
+             "depth_absrel": None, "depth_coverage": None}
+    depth_gt = ev.dataset.load_depth(index)
+    if depth_gt is not None:
+        # Method frame -> ground truth: lengths times the alignment's scale.
+        depth, covered = render_depth(model, camera)
+        entry["depth_absrel"] = M.depth_absrel(depth * to_gt, depth_gt, covered)
+        has_gt = depth_gt > 0
+        entry["depth_coverage"] = (float((covered & has_gt).sum() / has_gt.sum())
+                                   if bool(has_gt.any()) else None)
+    lpips = ev.lpips
+    if lpips is not None:
+        with torch.no_grad():
+            entry["lpips"] = float(lpips(image, target))
+    mask = ev.dataset.load_mask(index)
+    if mask is not None and bool(mask.any()):
+        entry["psnr_masked"] = M.psnr(image, target, mask)
+        entry["ssim_masked"] = M.ssim_masked(image, target, mask)
+        if lpips is not None:
+            with torch.no_grad():
+                entry["lpips_masked"] = float(lpips(M.composite_on_white(image, mask),
+                                                    M.composite_on_white(target, mask)))
+    return entry
+
+
+def _evaluate_views(ev: _Eval, model: SceneModel, frame: _Frame, optimise: bool,
+                    tmp: Path) -> list[dict]:
+    """Every test view: its pose (optimised or aligned), render, metrics and PNGs."""
+    from geometry.progress import progress_bar
+
+    ev.seconds["test_pose"] = 0.0
+    ev.seconds["render_metrics"] = 0.0
+    per_view = []
+    progress = progress_bar("test views", ("{task.fields[view]}",), quiet=ev.config.quiet,
+                            transient=True)
+    with progress:
+        task = progress.add_task("eval", total=len(ev.split.test), view="")
+        for k, index in enumerate(ev.split.test):
+            name = ev.dataset.names[index]
+            progress.update(task, view=name)
+            target = ev.dataset.load_image(index)
+            t0 = time.perf_counter()
+            T_world_cam, pose_info = _optimise_test_pose(ev, model, frame, k, target, optimise)
+            ev.seconds["test_pose"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            camera = _test_camera(ev, frame, k, T_world_cam)
+            with torch.no_grad():
+                image = model.render(camera, outputs=("rgb",)).rgb[0]
+            image = image.cpu().clamp(0, 1)
+            entry = {"index": index, "name": name,
+                     **_view_metrics(ev, model, camera, index, image, target, frame.to_gt),
+                     "test_pose": pose_info}
+            per_view.append(entry)
+            if ev.config.save_renders:
+                from reconstruction.eval.report import side_by_side
+
+                stem = Path(name).stem
+                write_png(tmp / "compare" / f"{stem}.png", side_by_side(target, image))
+                write_png(tmp / "renders" / f"{stem}.png", image)
+            ev.seconds["render_metrics"] += time.perf_counter() - t0
+            progress.advance(task)
+    return per_view
+
+
+def _results(ev: _Eval, model: SceneModel, fit_metrics: dict, frame: _Frame,
+             per_view: list[dict], optimise_test: bool) -> dict:
+    """What eval.json holds (``seconds`` filled in by the caller)."""
+    config, dataset, split, poses = ev.config, ev.dataset, ev.split, frame.poses
+    masked_views = [v for v in per_view if v["psnr_masked"] is not None]
+    depth_views = [v for v in per_view if v["depth_absrel"] is not None]
+    masks_missing = None
+    if not masked_views:
+        masks_missing = ("the dataset has no object masks for the test views; pass "
+                         "--masks DIR (DTU: RegNeRF's idrmvs masks)")
+    test_pose_note = None
+    if not model.differentiable_cameras and not config.known_poses:
+        test_pose_note = (f"{config.method} renders are not differentiable w.r.t. the cameras: "
+                          "test views are rendered at the aligned ground-truth poses")
+    info = {"training_psnr_db": fit_metrics.get("training_psnr_db"),
+            "num_gaussians": fit_metrics.get("num_gaussians"),
+            "iterations": fit_metrics["iterations"], "init": fit_metrics["init"],
+            "known_poses": config.known_poses, **model.info()}
+    info.update({k: v for k, v in fit_metrics.items() if k.startswith(config.method + "_")})
+    return {
+        "method": config.method,
+        "dataset": {"path": str(dataset.path),
+                    "name": (dataset.path.resolve().parent if dataset.path.is_file()
+                             else dataset.path.resolve()).name,
+                    "format": dataset.format, "num_views": dataset.num_views},
+        "known_poses": config.known_poses,
+        "test_pose_optimised": optimise_test,
+        "test_pose_note": test_pose_note,
+        "views": {"protocol": split.protocol, "train": split.train, "test": split.test,
+                  "train_names": [dataset.names[i] for i in split.train],
+                  "test_names": [dataset.names[i] for i in split.test]},
+        **{key: _mean([v[key] for v in per_view])
+           for key in ("psnr", "ssim", "lpips")},
+        "lpips_missing": ev.lpips_missing,
+        **{key: _mean([v[key] for v in per_view])
+           for key in ("psnr_masked", "ssim_masked", "lpips_masked")},
+        "masked_views": len(masked_views),
+        "masks_missing": masks_missing,
+        "depth_absrel": _mean([v["depth_absrel"] for v in per_view]),
+        "depth_coverage": _mean([v["depth_coverage"] for v in per_view]),
+        "depth_views": len(depth_views),
+        "depth_missing": None if depth_views else
+        "the dataset has no ground-truth depth for the test views",
+        **poses.summary(),
+        "scene_extent": ev.extent,
+        "scene_extent_source": ev.extent_source,
+        "ate_rel": poses.ate_rmse / ev.extent if ev.extent > 0 else None,
+        "seconds": {},
+        "method_info": info,
+        "method_timings": dict(fit_metrics.get("timings_s", {})),
+        "train_views": [
+            {"index": i, "name": dataset.names[i], "trans_err": float(poses.trans_err[j]),
+             "rot_err_deg": float(poses.rot_err_deg[j])}
+            for j, i in enumerate(split.train)],
+        "per_view": per_view,
+        "cameras": {
+            "gt_centres": tensor_list(ev.gt_train.centers),
+            "aligned_centres": tensor_list(poses.T_world_cam_aligned[:, :3, 3]),
+            "test_gt_centres": tensor_list(ev.gt_test.centers),
+        },
+    }
 
 
 def _jsonable(value):

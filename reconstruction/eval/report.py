@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
+from geometry.io.images import to_uint8
+
 #: Absolute error (mean over RGB) shown at the top of the error map's colour scale.
 ERROR_MAP_MAX = 0.25
-
-
-def _to_uint8(rgb: np.ndarray) -> np.ndarray:
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def error_map(render: Tensor, reference: Tensor) -> np.ndarray:
@@ -23,24 +21,15 @@ def error_map(render: Tensor, reference: Tensor) -> np.ndarray:
     from matplotlib import colormaps
 
     err = (render.clamp(0, 1) - reference).abs().mean(-1).cpu().numpy() / ERROR_MAP_MAX
-    return _to_uint8(colormaps["inferno"](np.clip(err, 0.0, 1.0))[..., :3])
+    return to_uint8(colormaps["inferno"](np.clip(err, 0.0, 1.0))[..., :3])
 
 
 def side_by_side(reference: Tensor, render: Tensor) -> np.ndarray:
     """``[H, 3W + 8, 3]`` uint8: ground truth | render | error map, 4-pixel white gaps."""
     h = reference.shape[0]
     gap = np.full((h, 4, 3), 255, np.uint8)
-    return np.concatenate([_to_uint8(reference.cpu().numpy()), gap,
-                           _to_uint8(render.detach().cpu().numpy()), gap,
+    return np.concatenate([to_uint8(reference), gap, to_uint8(render), gap,
                            error_map(render, reference)], 1)
-
-
-def save_png(path: Path, image: np.ndarray) -> None:
-    """Write a uint8 ``[H, W, 3]`` array (inside an atomically written output folder)."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -191,5 +180,5 @@ def tensor_list(t: Tensor) -> list:
     return t.detach().cpu().double().tolist()
 
 
-__all__ = ["error_map", "print_table", "save_png", "side_by_side", "summary_rows",
+__all__ = ["error_map", "print_table", "side_by_side", "summary_rows",
            "tensor_list", "write_report"]

@@ -13,18 +13,16 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from reconstruction.images import LoadedImage, save_png, shared_camera
+from geometry.io.images import write_png
+from reconstruction.images import LoadedImage, shared_camera
 from reconstruction.init.base import SparseModel
 from reconstruction.init.config import SfmConfig
-
-# TwoViewGeometry.config values (colmap/estimators/two_view_geometry.h) whose matches carry
-# usable epipolar geometry: CALIBRATED, UNCALIBRATED, PLANAR, PANORAMIC, PLANAR_OR_PANORAMIC.
-_USABLE_TWO_VIEW_CONFIGS = (2, 3, 4, 5, 6)
+from reconstruction.init.match_graph import image_file_name, read_match_graph
+from reconstruction.init.two_view import TwoViewConfig, run_two_view
 
 
 @contextlib.contextmanager
@@ -39,11 +37,6 @@ def _colmap_logging(verbose: bool) -> Iterator[None]:
         pycolmap.logging.minloglevel = previous
 
 
-def image_file_name(index: int) -> str:
-    """The work-folder file name of view ``index`` (ASCII, unique, sorts in input order)."""
-    return f"{index:04d}.png"
-
-
 def extract_and_match(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
                       seed: int, timings: dict[str, float]) -> Path:
     """Write the views to ``work_dir/images``, extract SIFT and match all pairs; the database."""
@@ -52,7 +45,7 @@ def extract_and_match(images: Sequence[LoadedImage], work_dir: Path, config: Sfm
     image_dir = work_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
-        save_png(image_dir / image_file_name(i), im.rgb)
+        write_png(image_dir / image_file_name(i), im.rgb)
     database = work_dir / "database.db"
     database.unlink(missing_ok=True)
     shared = (shared_camera(images) if config.shared_intrinsics == "auto"
@@ -190,53 +183,6 @@ def model_from_reconstruction(rec, num_views: int) -> SparseModel:
     )
 
 
-@dataclass
-class MatchGraph:
-    """Keypoints and verified matches of all views, read back from the COLMAP database."""
-
-    keypoints: list[np.ndarray]  # per view [K_i, 2] pixels
-    matches: dict[tuple[int, int], np.ndarray]  # (i, j), i < j -> [M, 2] keypoint indices
-    Ks: np.ndarray  # [V, 3, 3] initial intrinsics (EXIF prior or COLMAP's default)
-    camera_ids: np.ndarray  # [V] COLMAP camera of each view (equal ids share intrinsics)
-    sizes: np.ndarray  # [V, 2]
-
-
-def read_match_graph(database: Path, num_views: int, min_inliers: int) -> MatchGraph:
-    import pycolmap
-
-    db = pycolmap.Database.open(database)
-    try:
-        cameras = {c.camera_id: c for c in db.read_all_cameras()}
-        view_of_image, keypoints = {}, [np.zeros((0, 2))] * num_views
-        Ks = np.tile(np.eye(3), (num_views, 1, 1))
-        camera_ids = np.zeros(num_views, dtype=np.int64)
-        sizes = np.zeros((num_views, 2), dtype=np.int64)
-        for image in db.read_all_images():
-            view = int(Path(image.name).stem)
-            view_of_image[image.image_id] = view
-            keypoints[view] = np.asarray(db.read_keypoints(image.image_id))[:, :2].astype(
-                np.float64)
-            camera = cameras[image.camera_id]
-            Ks[view] = camera.calibration_matrix()
-            camera_ids[view] = image.camera_id
-            sizes[view] = (camera.width, camera.height)
-        matches = {}
-        ids = sorted(view_of_image)
-        for a_index, a in enumerate(ids):
-            for b in ids[a_index + 1:]:
-                geometry = db.read_two_view_geometry(a, b)
-                inliers = np.asarray(geometry.inlier_matches, dtype=np.int64).reshape(-1, 2)
-                if int(geometry.config) not in _USABLE_TWO_VIEW_CONFIGS:
-                    continue
-                if len(inliers) < min_inliers:
-                    continue
-                i, j = view_of_image[a], view_of_image[b]
-                matches[(i, j) if i < j else (j, i)] = inliers if i < j else inliers[:, ::-1]
-    finally:
-        db.close()
-    return MatchGraph(keypoints, matches, Ks, camera_ids, sizes)
-
-
 def sample_colors(images: Sequence[LoadedImage], views: np.ndarray,
                   xy: np.ndarray) -> np.ndarray:
     """Bilinear colours ``[M, 3]`` at pixel positions ``xy [M, 2]`` (corner-at-0) of ``views``."""
@@ -263,8 +209,6 @@ def run_sfm(images: Sequence[LoadedImage], work_dir: Path, config: SfmConfig,
     Returns the model (check ``registered``) and the seconds spent per stage.
     """
     import pycolmap
-
-    from reconstruction.init.two_view import TwoViewConfig, run_two_view
 
     pycolmap.set_random_seed(seed)
     timings: dict[str, float] = {}

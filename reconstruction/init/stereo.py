@@ -21,6 +21,7 @@ convention (centre at integers) is used inside, converted at the boundary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -121,6 +122,16 @@ def _rectification(model: SparseModel, images: Sequence[LoadedImage], i: int, j:
     return R_rect_world, f, cy, tuple(cxs), tuple(homographies), (width, height)
 
 
+@dataclass(frozen=True)
+class _PairGeometry:
+    """The rectified frame of a view pair, as :func:`stereo_pair` uses it."""
+
+    R_rect_world: np.ndarray  # [3, 3] world -> rectified rotation
+    f: float  # shared focal length of the rectified images, pixels
+    baseline: float  # distance between the two camera centres, world units
+    shift: float  # cx_i - cx_j: measured disparity = f * baseline / z_rect + shift
+
+
 def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: int,
                 config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
     """Left-right-checked depth maps of views ``i`` and ``j`` from one rectified pair.
@@ -128,50 +139,88 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
     Returns ``depth_i [H_i, W_i]`` and ``depth_j [H_j, W_j]`` (z in each camera, in the
     model's world units; 0 where unknown).
     """
-    import cv2
-
     empty = (np.zeros((images[i].height, images[i].width)),
              np.zeros((images[j].height, images[j].width)))
     rect = _rectification(model, images, i, j)
     pts = _shared_points(model, i, j)
     if rect is None or len(pts) < 3:
         return empty
-    R_rect_world, f, cy, cxs, homographies, size = rect
+    R_rect_world, f, _cy, cxs, homographies, size = rect
     T_i, T_j = model.T_cam_world[i], model.T_cam_world[j]
     c_i = -T_i[:3, :3].T @ T_i[:3, 3]
     c_j = -T_j[:3, :3].T @ T_j[:3, 3]
-    baseline = float(np.linalg.norm(c_j - c_i))
-    shift = cxs[0] - cxs[1]  # measured disparity = f * B / Z + shift
+    geometry = _PairGeometry(R_rect_world, f, float(np.linalg.norm(c_j - c_i)), cxs[0] - cxs[1])
+    search = _disparity_search(geometry, pts, c_i, size[0], config)
+    if search is None:
+        return empty
+    min_disp, num_disp = search
+    (left, right), (valid_left, valid_right) = _rectify(images, (i, j), homographies, size)
+    disparities = _sgbm_both_ways(left, right, min_disp, num_disp, config.block_size)
+    if disparities is None:
+        return empty
+    disp_left, disp_right = disparities
+    disps = (
+        _left_right_checked(disp_left, disp_right, 1.0, _textured(left, valid_left, config),
+                            min_disp, config.lr_tolerance),
+        _left_right_checked(disp_right, disp_left, -1.0, _textured(right, valid_right, config),
+                            min_disp, config.lr_tolerance),
+    )
+    depth_i, depth_j = (
+        _depth_from_disparity(model, view, images[view], disp, H, geometry, pts, config)
+        for view, disp, H in zip((i, j), disps, homographies, strict=True)
+    )
+    return depth_i, depth_j
 
-    # Disparity range spanned by the shared sparse points (with a margin).
-    z_rect = (pts - c_i) @ R_rect_world[2]
+
+def _disparity_search(geometry: _PairGeometry, pts: np.ndarray, c_i: np.ndarray, width: int,
+                      config: StereoConfig) -> tuple[int, int] | None:
+    """SGBM's ``(min_disp, num_disp)``: the disparity range spanned by the shared sparse
+    points ``pts [P, 3]`` (world) with a margin, seen from the left camera centre ``c_i``;
+    None when too few points lie in front or the search does not fit in ``width`` pixels."""
+    z_rect = (pts - c_i) @ geometry.R_rect_world[2]
     ok = z_rect > 0
     if ok.sum() < 3:
-        return empty
-    d_sparse = f * baseline / z_rect[ok] + shift
+        return None
+    d_sparse = geometry.f * geometry.baseline / z_rect[ok] + geometry.shift
     lo, hi = np.percentile(d_sparse, [2, 98])
     margin = max(8.0, 0.25 * (hi - lo))
     min_disp = int(np.floor(lo - margin))
     num_disp = int(np.clip(np.ceil((hi + margin - min_disp) / 16.0) * 16, 16,
                            config.max_disparities))
+    # SGBM needs the search to fit in the image (it fails to allocate otherwise).
+    num_disp = min(num_disp, ((width - config.block_size) // 16) * 16)
+    if num_disp < 16 or abs(min_disp) >= width:
+        return None
+    return min_disp, num_disp
+
+
+def _rectify(images: Sequence[LoadedImage], views: tuple[int, int],
+             homographies: tuple[np.ndarray, np.ndarray], size: tuple[int, int]
+             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The two views warped to the rectified frame (uint8 grey ``[h, w]``), and where each
+    has image content (bool ``[h, w]``); ``size`` is ``(w, h)``."""
+    import cv2
 
     rectified, valid = [], []
-    for view, H in zip((i, j), homographies, strict=True):
+    for view, H in zip(views, homographies, strict=True):
         grey = _grey(images[view].rgb.numpy())
         rectified.append(cv2.warpPerspective(grey, H, size, flags=cv2.INTER_LINEAR))
         valid.append(cv2.warpPerspective(np.full_like(grey, 255), H, size,
                                          flags=cv2.INTER_NEAREST) > 0)
-    # SGBM needs the search to fit in the image (it fails to allocate otherwise).
-    width = size[0]
-    num_disp = min(num_disp, ((width - config.block_size) // 16) * 16)
-    if num_disp < 16 or abs(min_disp) >= width:
-        return empty
-    bs = config.block_size
+    return rectified, valid
+
+
+def _sgbm_both_ways(left: np.ndarray, right: np.ndarray, min_disp: int, num_disp: int,
+                    block_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """SGBM disparities ``[h, w]`` (pixels) with the left and with the right image as the
+    reference, both positive; None when OpenCV rejects the pair."""
+    import cv2
+
+    bs = block_size
     sgbm = cv2.StereoSGBM_create(
         minDisparity=min_disp, numDisparities=num_disp, blockSize=bs,
         P1=8 * bs * bs, P2=32 * bs * bs, disp12MaxDiff=-1, uniquenessRatio=10,
         speckleWindowSize=100, speckleRange=2, mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY)
-    left, right = rectified
     try:
         disp_left = sgbm.compute(left, right).astype(np.float32) / 16.0
         # The right view as reference: mirror both, so that its disparities are positive
@@ -179,63 +228,73 @@ def stereo_pair(model: SparseModel, images: Sequence[LoadedImage], i: int, j: in
         disp_right = sgbm.compute(np.ascontiguousarray(right[:, ::-1]),
                                   np.ascontiguousarray(left[:, ::-1])).astype(np.float32) / 16.0
     except cv2.error:  # a degenerate pair geometry: the other pairs still densify
-        return empty
-    disp_right = disp_right[:, ::-1]
-    h, w = disp_left.shape
+        return None
+    return disp_left, disp_right[:, ::-1]
+
+
+def _left_right_checked(disp_ref: np.ndarray, disp_other: np.ndarray, direction: float,
+                        mask: np.ndarray, min_disp: int, tolerance: float) -> np.ndarray:
+    """``disp_ref [h, w]`` where the other view's disparity at the matched pixel agrees
+    within ``tolerance`` pixels (``direction``: +1 left reference, -1 right), else 0."""
+    h, w = disp_ref.shape
     xs = np.arange(w, dtype=np.float32)[None, :].repeat(h, 0)
+    ok = (disp_ref >= min_disp) & mask
+    target = np.round(xs - direction * disp_ref).astype(np.int64)
+    ok &= (target >= 0) & (target < w)
+    rows, cols = np.nonzero(ok)
+    good = np.zeros_like(ok)
+    good[rows, cols] = np.abs(disp_other[rows, target[rows, cols]]
+                              - disp_ref[rows, cols]) <= tolerance
+    return np.where(good, disp_ref, 0.0)
 
-    def checked(disp_ref: np.ndarray, disp_other: np.ndarray, direction: float,
-                mask: np.ndarray) -> np.ndarray:
-        ok = (disp_ref >= min_disp) & mask
-        target = np.round(xs - direction * disp_ref).astype(np.int64)
-        ok &= (target >= 0) & (target < w)
-        rows, cols = np.nonzero(ok)
-        good = np.zeros_like(ok)
-        good[rows, cols] = np.abs(disp_other[rows, target[rows, cols]]
-                                  - disp_ref[rows, cols]) <= config.lr_tolerance
-        return np.where(good, disp_ref, 0.0)
 
-    def textured(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Where the block has contrast: on flat areas (sky, walls) SGBM's left-right
-        consistent answers are still guesses."""
-        g = grey.astype(np.float32)
-        k = (config.block_size, config.block_size)
-        std = np.sqrt(np.maximum(cv2.blur(g * g, k) - cv2.blur(g, k) ** 2, 0))
-        return mask & (std >= config.min_texture)
+def _textured(grey: np.ndarray, mask: np.ndarray, config: StereoConfig) -> np.ndarray:
+    """Where the block has contrast: on flat areas (sky, walls) SGBM's left-right
+    consistent answers are still guesses."""
+    import cv2
 
-    disps = (checked(disp_left, disp_right, 1.0, textured(left, valid[0])),
-             checked(disp_right, disp_left, -1.0, textured(right, valid[1])))
-    depth_maps = []
-    for view, disp, H in zip((i, j), disps, homographies, strict=True):
-        # Inverse warp: each original pixel looks up the disparity at its rectified position
-        # (nearest, so that depth edges are not blurred), which leaves no holes.
-        w_view, h_view = images[view].width, images[view].height
-        us, vs = np.meshgrid(np.arange(w_view, dtype=np.float64),
-                             np.arange(h_view, dtype=np.float64))
-        pix = np.stack([us, vs, np.ones_like(us)], -1) @ H.T
-        map_x = (pix[..., 0] / pix[..., 2]).astype(np.float32)
-        map_y = (pix[..., 1] / pix[..., 2]).astype(np.float32)
-        d = cv2.remap(disp.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
-                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        d_true = np.where(d != 0, d - shift, 0.0)
-        z_rect = np.where(d_true > 1e-3, f * baseline / np.maximum(d_true, 1e-3), 0.0)
-        # Rectified z -> camera z along the same ray: z_cam = z_rect * (ray_cam_z / ray_rect_z).
-        K = _to_cv(model.Ks[view])
-        ray_cam = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1],
-                            np.ones_like(us)], -1)
-        R = R_rect_world @ model.T_cam_world[view, :3, :3].T  # camera -> rectified
-        ray_rect_z = ray_cam @ R[2]
-        depth = np.where((z_rect > 0) & (ray_rect_z > 1e-6),
-                         z_rect / np.maximum(ray_rect_z, 1e-6), 0.0)
-        # Keep depths near the range of the shared sparse points: beyond it lie the sky and
-        # other far, flat regions whose consistent matches are near-infinite depths.
-        T = model.T_cam_world[view]
-        z_sparse = (pts @ T[:3, :3].T + T[:3, 3])[:, 2]
-        z_lo, z_hi = np.percentile(z_sparse[z_sparse > 0], [2, 98])
-        depth[(depth < config.depth_range_margin ** -1 * z_lo)
-              | (depth > config.depth_range_margin * z_hi)] = 0.0
-        depth_maps.append(depth)
-    return depth_maps[0], depth_maps[1]
+    g = grey.astype(np.float32)
+    k = (config.block_size, config.block_size)
+    std = np.sqrt(np.maximum(cv2.blur(g * g, k) - cv2.blur(g, k) ** 2, 0))
+    return mask & (std >= config.min_texture)
+
+
+def _depth_from_disparity(model: SparseModel, view: int, image: LoadedImage, disp: np.ndarray,
+                          H: np.ndarray, geometry: _PairGeometry, pts: np.ndarray,
+                          config: StereoConfig) -> np.ndarray:
+    """Camera-z depth ``[H_view, W_view]`` of ``view`` from its rectified disparity
+    ``disp`` (``H``: original -> rectified pixels); 0 where unknown or out of the range of
+    the shared sparse points ``pts [P, 3]``."""
+    import cv2
+
+    # Inverse warp: each original pixel looks up the disparity at its rectified position
+    # (nearest, so that depth edges are not blurred), which leaves no holes.
+    us, vs = np.meshgrid(np.arange(image.width, dtype=np.float64),
+                         np.arange(image.height, dtype=np.float64))
+    pix = np.stack([us, vs, np.ones_like(us)], -1) @ H.T
+    map_x = (pix[..., 0] / pix[..., 2]).astype(np.float32)
+    map_y = (pix[..., 1] / pix[..., 2]).astype(np.float32)
+    d = cv2.remap(disp.astype(np.float32), map_x, map_y, cv2.INTER_NEAREST,
+                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    d_true = np.where(d != 0, d - geometry.shift, 0.0)
+    z_rect = np.where(d_true > 1e-3,
+                      geometry.f * geometry.baseline / np.maximum(d_true, 1e-3), 0.0)
+    # Rectified z -> camera z along the same ray: z_cam = z_rect * (ray_cam_z / ray_rect_z).
+    K = _to_cv(model.Ks[view])
+    ray_cam = np.stack([(us - K[0, 2]) / K[0, 0], (vs - K[1, 2]) / K[1, 1],
+                        np.ones_like(us)], -1)
+    R = geometry.R_rect_world @ model.T_cam_world[view, :3, :3].T  # camera -> rectified
+    ray_rect_z = ray_cam @ R[2]
+    depth = np.where((z_rect > 0) & (ray_rect_z > 1e-6),
+                     z_rect / np.maximum(ray_rect_z, 1e-6), 0.0)
+    # Keep depths near the range of the shared sparse points: beyond it lie the sky and
+    # other far, flat regions whose consistent matches are near-infinite depths.
+    T = model.T_cam_world[view]
+    z_sparse = (pts @ T[:3, :3].T + T[:3, 3])[:, 2]
+    z_lo, z_hi = np.percentile(z_sparse[z_sparse > 0], [2, 98])
+    depth[(depth < config.depth_range_margin ** -1 * z_lo)
+          | (depth > config.depth_range_margin * z_hi)] = 0.0
+    return depth
 
 
 def merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:

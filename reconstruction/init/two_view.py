@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reconstruction.init.base import SparseModel
-from reconstruction.init.sfm import MatchGraph, image_file_name
+from reconstruction.init.match_graph import MatchGraph, image_file_name
 
 
 @dataclass
@@ -307,95 +307,131 @@ def bundle_adjust(state: _State, max_nfev: int = 50) -> None:
     ``-[R p]_x``, exact at ``delta = 0`` and close over the small steps of one call (each
     step is accepted only if the cost drops). Residuals are pixels, Huber-weighted at 1 px.
     """
-    from scipy.sparse import csr_matrix
-
     t_idx, views, xy = state.observations()
     if len(t_idx) == 0:
         return
-    tracks_used, p_idx = np.unique(t_idx, return_inverse=True)
-    free_views = [int(v) for v in np.flatnonzero(state.registered) if v != state.fixed_view]
-    view_slot = np.full(len(state.registered), -1)
-    view_slot[free_views] = np.arange(len(free_views))
-    cam_ids = state.graph.camera_ids
-    groups = (np.zeros(len(cam_ids), np.int64) if state.config.shared_intrinsics
-              else np.unique(cam_ids, return_inverse=True)[1])
-    n_focal = int(groups.max()) + 1
-    n_pose, n_pts = 6 * len(free_views), 3 * len(tracks_used)
-    R0 = state.T[:, :3, :3].copy()
-    # Two views leave the focal length all but unobservable (it drifts): fix it until a
-    # third view is registered.
-    refine_focal = state.config.refine_focal and int(state.registered.sum()) >= 3
+    problem = _BundleProblem(state, t_idx, views, xy)
+    x = levenberg_marquardt(problem.residuals, problem.jacobian, problem.x0,
+                            max_iterations=max_nfev)
+    problem.write_back(x)
 
-    x0 = np.zeros(n_pose + n_focal + n_pts)
-    for k, v in enumerate(free_views):
-        x0[6 * k + 3:6 * k + 6] = state.T[v, :3, 3]
-    focal0 = np.array([np.mean([state.Ks[v][0, 0] for v in np.flatnonzero(groups == g)])
-                       for g in range(n_focal)])
-    x0[n_pose:n_pose + n_focal] = np.log(focal0)  # log: positive and well scaled
-    x0[n_pose + n_focal:] = state.points[tracks_used].ravel()
-    obs_slot = view_slot[views]
-    has_pose = obs_slot >= 0
-    pp = state.Ks[views][:, :2, 2]
-    obs_group = groups[views]
-    m = len(t_idx)
 
-    def unpack(x: np.ndarray):
+class _BundleProblem:
+    """Bundle adjustment of a :class:`_State` as a least-squares problem in a flat vector.
+
+    Layout of ``x``: per free view ``(rotvec delta [3], translation [3])``, then the log
+    focal length of each intrinsics group, then the points ``[P, 3]`` (world).
+    """
+
+    def __init__(self, state: _State, t_idx: np.ndarray, views: np.ndarray,
+                 xy: np.ndarray) -> None:
+        self.state, self.views, self.xy = state, views, xy  # observations [M], [M], [M, 2]
+        self.tracks_used, self.p_idx = np.unique(t_idx, return_inverse=True)
+        self.free_views = [int(v) for v in np.flatnonzero(state.registered)
+                           if v != state.fixed_view]
+        view_slot = np.full(len(state.registered), -1)
+        view_slot[self.free_views] = np.arange(len(self.free_views))
+        cam_ids = state.graph.camera_ids
+        self.groups = (np.zeros(len(cam_ids), np.int64) if state.config.shared_intrinsics
+                       else np.unique(cam_ids, return_inverse=True)[1])
+        self.n_focal = int(self.groups.max()) + 1
+        self.n_pose = 6 * len(self.free_views)
+        self.R0 = state.T[:, :3, :3].copy()
+        # Two views leave the focal length all but unobservable (it drifts): fix it until a
+        # third view is registered.
+        self.refine_focal = state.config.refine_focal and int(state.registered.sum()) >= 3
+        self.x0 = self._initial_vector()
+        self.obs_slot = view_slot[views]
+        self.has_pose = self.obs_slot >= 0
+        self.pp = state.Ks[views][:, :2, 2]
+        self.obs_group = self.groups[views]
+        self.m = len(t_idx)
+
+    def _initial_vector(self) -> np.ndarray:
+        state, n_pose, n_focal = self.state, self.n_pose, self.n_focal
+        x0 = np.zeros(n_pose + n_focal + 3 * len(self.tracks_used))
+        for k, v in enumerate(self.free_views):
+            x0[6 * k + 3:6 * k + 6] = state.T[v, :3, 3]
+        focal0 = np.array([np.mean([state.Ks[v][0, 0] for v in np.flatnonzero(self.groups == g)])
+                           for g in range(n_focal)])
+        x0[n_pose:n_pose + n_focal] = np.log(focal0)  # log: positive and well scaled
+        x0[n_pose + n_focal:] = state.points[self.tracks_used].ravel()
+        return x0
+
+    def unpack(self, x: np.ndarray):
+        """Per observation: the rotated point ``[M, 3]``, the point in the camera ``[M, 3]``,
+        the focal length ``[M]`` and the rotation delta ``[M, 3]``."""
+        n_pose, n_focal, has_pose = self.n_pose, self.n_focal, self.has_pose
         poses = x[:n_pose].reshape(-1, 6)
-        delta = np.where(has_pose[:, None], poses[obs_slot, :3], 0.0)
-        trans = np.where(has_pose[:, None], poses[obs_slot, 3:], state.T[views, :3, 3])
-        focal = np.exp(x[n_pose:n_pose + n_focal])[obs_group]
-        pts = x[n_pose + n_focal:].reshape(-1, 3)[p_idx]
-        rotated = _rotate(delta, np.einsum("mij,mj->mi", R0[views], pts))
+        delta = np.where(has_pose[:, None], poses[self.obs_slot, :3], 0.0)
+        trans = np.where(has_pose[:, None], poses[self.obs_slot, 3:],
+                         self.state.T[self.views, :3, 3])
+        focal = np.exp(x[n_pose:n_pose + n_focal])[self.obs_group]
+        pts = x[n_pose + n_focal:].reshape(-1, 3)[self.p_idx]
+        rotated = _rotate(delta, np.einsum("mij,mj->mi", self.R0[self.views], pts))
         return rotated, rotated + trans, focal, delta
 
-    def residuals(x: np.ndarray) -> np.ndarray:
-        _, pc, focal, _ = unpack(x)
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        """Reprojection errors ``[2 M]`` in pixels (u, v per observation)."""
+        _, pc, focal, _ = self.unpack(x)
         z = np.maximum(pc[:, 2], 1e-9)
-        return (focal[:, None] * pc[:, :2] / z[:, None] + pp - xy).ravel()
+        return (focal[:, None] * pc[:, :2] / z[:, None] + self.pp - self.xy).ravel()
 
-    def jacobian(x: np.ndarray) -> csr_matrix:
-        rotated, pc, focal, _ = unpack(x)
+    def jacobian(self, x: np.ndarray):
+        """``d residuals / d x``, a sparse ``[2 M, len(x)]`` matrix."""
+        from scipy.sparse import csr_matrix
+
+        m, n_pose, n_focal = self.m, self.n_pose, self.n_focal
+        rotated, pc, focal, _ = self.unpack(x)
         z = np.maximum(pc[:, 2], 1e-9)
         d_proj = np.zeros((m, 2, 3))  # d uv / d pc
         d_proj[:, 0, 0] = d_proj[:, 1, 1] = focal / z
         d_proj[:, :, 2] = -focal[:, None] * pc[:, :2] / (z * z)[:, None]
-        R_views = R0.copy()
+        R_views = self.R0.copy()
         poses = x[:n_pose].reshape(-1, 6)
-        for k, v in enumerate(free_views):
-            R_views[v] = _rotvec_to_matrix(poses[k, :3]) @ R0[v]
-        R = R_views[views]
+        for k, v in enumerate(self.free_views):
+            R_views[v] = _rotvec_to_matrix(poses[k, :3]) @ self.R0[v]
+        R = R_views[self.views]
         blocks_rot = d_proj @ -_skew(rotated)  # [m, 2, 3]
         blocks_t = d_proj  # [m, 2, 3]
         blocks_f = (focal[:, None] * pc[:, :2] / z[:, None])[:, :, None]  # [m, 2, 1]
-        if not refine_focal:
+        if not self.refine_focal:
             blocks_f = np.zeros_like(blocks_f)  # a zero column: LM leaves the focal alone
         blocks_p = d_proj @ R  # [m, 2, 3]
-        rows, cols, vals = [], [], []
-        r = np.stack([2 * np.arange(m), 2 * np.arange(m) + 1], 1)  # [m, 2]
-
-        def add(block: np.ndarray, col0: np.ndarray, sel: np.ndarray) -> None:
-            k = block.shape[2]
-            rows.append(np.repeat(r[sel][:, :, None], k, 2).ravel())
-            cols.append(np.broadcast_to(col0[sel][:, None, None] + np.arange(k),
-                                        (int(sel.sum()), 2, k)).ravel())
-            vals.append(block[sel].ravel())
-
         everyone = np.ones(m, dtype=bool)
-        add(blocks_rot, 6 * obs_slot, has_pose)
-        add(blocks_t, 6 * obs_slot + 3, has_pose)
-        add(blocks_f, n_pose + obs_group, everyone)
-        add(blocks_p, n_pose + n_focal + 3 * p_idx, everyone)
-        return csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(2 * m, x0.size))
+        entries = [
+            _jacobian_entries(blocks_rot, 6 * self.obs_slot, self.has_pose),
+            _jacobian_entries(blocks_t, 6 * self.obs_slot + 3, self.has_pose),
+            _jacobian_entries(blocks_f, n_pose + self.obs_group, everyone),
+            _jacobian_entries(blocks_p, n_pose + n_focal + 3 * self.p_idx, everyone),
+        ]
+        rows, cols, vals = (np.concatenate(parts) for parts in zip(*entries, strict=True))
+        return csr_matrix((vals, (rows, cols)), shape=(2 * m, self.x0.size))
 
-    x = levenberg_marquardt(residuals, jacobian, x0, max_iterations=max_nfev)
-    for k, v in enumerate(free_views):
-        state.T[v, :3, :3] = _rotvec_to_matrix(x[6 * k:6 * k + 3]) @ R0[v]
-        state.T[v, :3, 3] = x[6 * k + 3:6 * k + 6]
-    focal = np.exp(x[n_pose:n_pose + n_focal])
-    for v in range(len(state.Ks)):
-        state.Ks[v][0, 0] = state.Ks[v][1, 1] = focal[groups[v]]
-    state.points[tracks_used] = x[n_pose + n_focal:].reshape(-1, 3)
+    def write_back(self, x: np.ndarray) -> None:
+        """Store the poses, focal lengths and points of ``x`` in the state."""
+        state, n_pose, n_focal = self.state, self.n_pose, self.n_focal
+        for k, v in enumerate(self.free_views):
+            state.T[v, :3, :3] = _rotvec_to_matrix(x[6 * k:6 * k + 3]) @ self.R0[v]
+            state.T[v, :3, 3] = x[6 * k + 3:6 * k + 6]
+        focal = np.exp(x[n_pose:n_pose + n_focal])
+        for v in range(len(state.Ks)):
+            state.Ks[v][0, 0] = state.Ks[v][1, 1] = focal[self.groups[v]]
+        state.points[self.tracks_used] = x[n_pose + n_focal:].reshape(-1, 3)
+
+
+def _jacobian_entries(block: np.ndarray, col0: np.ndarray, sel: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """COO ``(rows, cols, values)`` of the ``[M, 2, k]`` Jacobian blocks of the observations
+    ``sel`` (bool ``[M]``), whose parameters start at column ``col0 [M]``; observation
+    ``i`` owns rows ``2 i`` and ``2 i + 1``."""
+    m = len(sel)
+    k = block.shape[2]
+    r = np.stack([2 * np.arange(m), 2 * np.arange(m) + 1], 1)  # [m, 2]
+    rows = np.repeat(r[sel][:, :, None], k, 2).ravel()
+    cols = np.broadcast_to(col0[sel][:, None, None] + np.arange(k),
+                           (int(sel.sum()), 2, k)).ravel()
+    return rows, cols, block[sel].ravel()
 
 
 def _filter(state: _State) -> None:

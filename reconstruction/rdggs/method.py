@@ -1,16 +1,18 @@
-"""RDG-GS on the F-3DGO engine: depth priors, relative depth guidance, adaptive sampling.
+"""RDG-GS on the Gaussian engine: depth priors, relative depth guidance, adaptive sampling.
 
-:func:`build_trainer` (called by ``recon fit --method rdggs``) builds the per-view depth
-priors (:mod:`.priors`) and returns an :class:`RDGGSTrainer`, a
-:class:`~reconstruction.instantsplat.trainer.Trainer` that
+:func:`build_trainer` (the method's builder, run by ``recon fit --method rdggs``) builds the
+per-view depth priors (:mod:`.priors`) and returns the engine's
+:class:`~reconstruction.engine.trainer.GaussianTrainer` with two RDG-GS components:
 
-- renders expected depth every step and adds the scale-free patch losses of :mod:`.losses`
-  (local patches, the whole view, depth against image), their weights falling linearly to
-  ``depth_decay`` of their value over the run (``relative_depth``);
-- after each densification round samples new Gaussians where the training views are
-  sparsely covered (low rendered opacity) and, with ``slow_tiles``, where they converge
-  slowly (tile error high and barely falling since the last round), placed on the refined
-  (filled) prior depth (``adaptive_sampling``).
+- :class:`RelativeDepthLoss`, a loss term: expected depth is rendered every step and the
+  scale-free patch losses of :mod:`.losses` (local patches, the whole view, depth against
+  image) are added, their weights falling linearly to ``depth_decay`` of their value over
+  the run (``relative_depth``);
+- :class:`AdaptiveSampling`, the densification strategy: after each round of the default
+  strategy it samples new Gaussians where the training views are sparsely covered (low
+  rendered opacity) and, with ``slow_tiles``, where they converge slowly (tile error high
+  and barely falling since the last round), placed on the refined (filled) prior depth
+  (``adaptive_sampling``).
 
 Every random choice (patch offsets) is seeded by ``(seed, iteration)`` and the priors are
 recomputed the same way on ``--resume``; the per-tile errors of the last sampling round are
@@ -26,8 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reconstruction.gaussians import GaussianScene
-from reconstruction.instantsplat.trainer import GAUSSIAN_FIELDS, TrainData, Trainer
+from reconstruction.engine.config import TrainConfig
+from reconstruction.engine.losses import LossTerm, default_loss_terms
+from reconstruction.engine.strategy import DefaultStrategy
+from reconstruction.engine.components import GAUSSIAN_FIELDS
+from reconstruction.engine.trainer import GaussianTrainer
 from reconstruction.rdggs.config import RDGGSConfig
 from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss
 from reconstruction.rdggs.priors import DepthPriors
@@ -44,39 +49,35 @@ def downsample_depth(depth: Tensor, valid: Tensor, size: tuple[int, int]) -> tup
     return torch.where(ok, d2 / m2.clamp_min(1e-12), 0.0).float(), ok
 
 
-class RDGGSTrainer(Trainer):
-    """F-3DGO plus RDG-GS's relative depth guidance and adaptive sampling."""
+def _on_device(priors: DepthPriors, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """``(depth [H, W], valid [H, W])`` of every view on ``device``."""
+    return [(d.to(device), v.to(device)) for d, v in zip(priors.depth, priors.valid, strict=True)]
 
-    def __init__(self, data: TrainData, scene: GaussianScene, config, rdggs: RDGGSConfig,
-                 priors: DepthPriors, seed: int = 0, device: str | torch.device = "cpu") -> None:
-        super().__init__(data, scene, config, seed=seed, device=device)
+
+class RelativeDepthLoss(LossTerm):
+    """RDG-GS's relative depth guidance: Pearson patch losses against the depth priors."""
+
+    def __init__(self, rdggs: RDGGSConfig, priors: DepthPriors) -> None:
         self.rdggs = rdggs
         self.priors = priors
-        self.render_depth = rdggs.relative_depth
-        self.prior_full = [(d.to(self.device), v.to(self.device))
-                           for d, v in zip(priors.depth, priors.valid, strict=True)]
-        self.prior_coarse = []
-        for (d, v), (small, _, _) in zip(self.prior_full, self.coarse_targets, strict=True):
-            self.prior_coarse.append(downsample_depth(d, v, tuple(small.shape[:2])))
-        self.tile_error: dict[int, Tensor] = {}
-        self.sampled = 0
-        self.sampling_rounds = 0
+        self.needs_depth = rdggs.relative_depth
         self.depth_loss_ema: float | None = None
-        self.sampling_seconds = 0.0
 
-    # ------------------------------------------------------------------ loss
+    def bind(self, trainer: GaussianTrainer) -> None:
+        self.prior_full = _on_device(self.priors, trainer.device)
+        self.prior_coarse = []
+        for (d, v), (small, _, _) in zip(self.prior_full, trainer.coarse_targets, strict=True):
+            self.prior_coarse.append(downsample_depth(d, v, tuple(small.shape[:2])))
 
-    def depth_weight(self) -> float:
+    def depth_weight(self, trainer: GaussianTrainer) -> float:
         """Linear decay from 1 to ``depth_decay`` over the iterations."""
-        progress = min(1.0, self.iteration / max(1, self.config.iterations))
+        progress = min(1.0, trainer.iteration / max(1, trainer.config.iterations))
         return 1.0 - (1.0 - self.rdggs.depth_decay) * progress
 
-    def loss(self, view: int, image: Tensor, alpha: Tensor, meta: dict,
-             target: Tensor) -> Tensor:
-        loss = super().loss(view, image, alpha, meta, target)
+    def __call__(self, trainer, view, image, alpha, meta, target) -> Tensor | float:
         r = self.rdggs
         if not r.relative_depth or "depth" not in meta:
-            return loss
+            return 0.0
         depth = meta["depth"][..., 0]
         prior, prior_valid = (self.prior_full if meta["scale"] == 1.0 else self.prior_coarse)[view]
         if prior.shape != depth.shape:  # a coarse level of another rounding: resample
@@ -84,9 +85,9 @@ class RDGGSTrainer(Trainer):
         covered = alpha[..., 0].detach() > 0.5
         valid = prior_valid & covered & torch.isfinite(depth.detach())
         size = max(4, round(r.patch_size * meta["scale"]))
-        g = torch.Generator().manual_seed(self.seed * 104_729 + self.iteration)
+        g = torch.Generator().manual_seed(trainer.seed * 104_729 + trainer.iteration)
         offset = tuple(int(o) for o in torch.randint(0, size, (2,), generator=g))
-        weight = self.depth_weight()
+        weight = self.depth_weight(trainer)
         terms = depth.sum() * 0.0
         if r.local_weight > 0:
             local, _ = patch_pearson_loss(depth, prior, valid, size, offset,
@@ -101,16 +102,42 @@ class RDGGSTrainer(Trainer):
         value = float(terms.detach())
         self.depth_loss_ema = value if self.depth_loss_ema is None else \
             0.95 * self.depth_loss_ema + 0.05 * value
-        return loss + weight * terms
+        return weight * terms
+
+    def state_meta(self) -> dict:
+        return {"rdggs_depth_loss_ema": self.depth_loss_ema}
+
+    def load_state(self, tensors: dict[str, Tensor], meta: dict,
+                   device: torch.device) -> None:
+        self.depth_loss_ema = meta.get("rdggs_depth_loss_ema")
+
+    def metrics(self) -> dict:
+        return {"rdggs_depth_loss": self.depth_loss_ema}
+
+
+class AdaptiveSampling(DefaultStrategy):
+    """The default densification, then RDG-GS's adaptive sampling on the prior depth."""
+
+    def __init__(self, config: TrainConfig, rdggs: RDGGSConfig, priors: DepthPriors) -> None:
+        super().__init__(config)
+        self.rdggs = rdggs
+        self.priors = priors
+        self.tile_error: dict[int, Tensor] = {}
+        self.sampled = 0
+        self.sampling_rounds = 0
+        self.sampling_seconds = 0.0
+
+    def bind(self, trainer: GaussianTrainer) -> None:
+        self.prior_full = _on_device(self.priors, trainer.device)
 
     # ------------------------------------------------------------------ adaptive sampling
 
     @torch.no_grad()
-    def refine(self) -> dict[str, int]:
-        counts = super().refine()
+    def refine(self, trainer: GaussianTrainer) -> dict[str, int]:
+        counts = super().refine(trainer)
         if self.rdggs.adaptive_sampling:
             t0 = time.perf_counter()
-            counts["sampled"] = self.adaptive_sample()
+            counts["sampled"] = self.adaptive_sample(trainer)
             self.sampling_seconds += time.perf_counter() - t0
         return counts
 
@@ -141,15 +168,15 @@ class RDGGSTrainer(Trainer):
         return sparse | slow, score
 
     @torch.no_grad()
-    def adaptive_sample(self) -> int:
+    def adaptive_sample(self, trainer: GaussianTrainer) -> int:
         """Add Gaussians on the prior depth in the selected tiles of every view; the count."""
         r, c = self.rdggs, self.config
-        n = self.num_gaussians
+        n = trainer.num_gaussians
         budget = max(0, min(c.max_gaussians - n, int(r.max_sample_fraction * n)))
         k = max(1, int(math.isqrt(max(1, r.samples_per_tile))))
         candidates = []  # (score, view, rows, cols)
-        for view in range(self.data.num_views):
-            rgb, alpha, _, target = self.render(view, 1.0)
+        for view in range(trainer.data.num_views):
+            rgb, alpha, _, target = trainer.render(view, 1.0)
             selected, score = self.select_tiles(view, rgb, alpha, target)
             if budget == 0 or not bool(selected.any()):
                 continue
@@ -190,10 +217,10 @@ class RDGGSTrainer(Trainer):
             self.sampling_rounds += 1
             return 0
         values = {name: [] for name in GAUSSIAN_FIELDS}
-        K_all, T_all = self.intrinsics(), self.viewmats()
+        K_all, T_all = trainer.intrinsics(), trainer.viewmats()
         from reconstruction.splatting.sh import rgb_to_sh
 
-        sh_rest = self.params["shN"].shape[1]
+        sh_rest = trainer.params["shN"].shape[1]
         logit = math.log(r.sample_opacity / (1.0 - r.sample_opacity))
         for view, (rows_list, cols_list) in per_view.items():
             rows, cols = torch.cat(rows_list), torch.cat(cols_list)
@@ -206,7 +233,7 @@ class RDGGSTrainer(Trainer):
             pts_world = (pts_cam - T[:3, 3]) @ T[:3, :3]  # R^T (p - t), row vectors
             # Standard deviation: half the spacing of the samples on the image, at depth z.
             sigma = z / K[0, 0] * (r.sample_tile / k) * 0.5
-            colours = self.targets[view][rows, cols].clamp(0, 1)
+            colours = trainer.targets[view][rows, cols].clamp(0, 1)
             m = len(rows)
             values["means"].append(pts_world.float())
             values["quats"].append(torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(m, 4).clone())
@@ -214,7 +241,8 @@ class RDGGSTrainer(Trainer):
             values["logit_opacities"].append(torch.full((m,), logit))
             values["sh0"].append(rgb_to_sh(colours.float().cpu())[:, None, :])
             values["shN"].append(torch.zeros(m, sh_rest, 3))
-        self.append_gaussians({name: torch.cat(v).to(self.device) for name, v in values.items()})
+        trainer.append_gaussians({name: torch.cat(v).to(trainer.device)
+                                  for name, v in values.items()})
         self.sampled += total
         self.sampling_rounds += 1
         return total
@@ -228,20 +256,18 @@ class RDGGSTrainer(Trainer):
         return out
 
     def state_meta(self) -> dict:
-        return {**super().state_meta(), "rdggs_sampled": self.sampled,
-                "rdggs_sampling_rounds": self.sampling_rounds,
-                "rdggs_depth_loss_ema": self.depth_loss_ema}
+        return {"rdggs_sampled": self.sampled, "rdggs_sampling_rounds": self.sampling_rounds}
 
-    def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        super().load_state(tensors, meta)
+    def load_state(self, tensors: dict[str, Tensor], meta: dict,
+                   device: torch.device) -> None:
+        super().load_state(tensors, meta, device)
         prefix = "rdggs.tile_error."
-        self.tile_error = {int(k[len(prefix):]): v.to(self.device)
+        self.tile_error = {int(k[len(prefix):]): v.to(device)
                            for k, v in tensors.items() if k.startswith(prefix)}
         self.sampled = int(meta.get("rdggs_sampled", 0))
         self.sampling_rounds = int(meta.get("rdggs_sampling_rounds", 0))
-        self.depth_loss_ema = meta.get("rdggs_depth_loss_ema")
 
-    def extra_metrics(self) -> dict:
+    def metrics(self) -> dict:
         r, s = self.rdggs, self.priors.stats
         return {
             "rdggs_components": {"refine_prior": r.refine_prior,
@@ -256,29 +282,27 @@ class RDGGSTrainer(Trainer):
             "rdggs_sampled_gaussians": self.sampled,
             "rdggs_sampling_rounds": self.sampling_rounds,
             "rdggs_sampling_seconds": round(self.sampling_seconds, 3),
-            "rdggs_depth_loss": self.depth_loss_ema,
         }
 
 
-def build_trainer(config, data: TrainData, scene: GaussianScene, images: list,
-                  init_state: dict[str, Tensor]) -> RDGGSTrainer:
+def build_trainer(job) -> GaussianTrainer:
     """The RDG-GS trainer of a ``recon fit`` run (see the module doc).
 
     Args:
-        config: the run's :class:`~reconstruction.instantsplat.config.FitConfig`.
-        data: training images and normalised initial cameras.
-        scene: the initial Gaussians.
-        images: the ``LoadedImage`` of the views (stereo priors read them).
-        init_state: the pipeline's normalised-frame initialisation tensors.
+        job: the engine's :class:`~reconstruction.engine.fit.TrainerJob` (the run's config
+            and RDG-GS options, training data, initial Gaussians, photos, initialisation).
 
     Raises:
         UserError: a missing or unusable monocular checkpoint, conflicting options.
     """
     from reconstruction.rdggs.priors import build_priors
 
+    config, rdggs = job.config, job.options
     t0 = time.perf_counter()
-    priors = build_priors(images, data.images, init_state, config.rdggs,
+    priors = build_priors(job.images, job.data.images, job.init_state, rdggs,
                           config.init_options.stereo, device=config.device)
     priors.stats["seconds"] = round(time.perf_counter() - t0, 3)
-    return RDGGSTrainer(data, scene, config.train, config.rdggs, priors, seed=config.seed,
-                        device=config.device)
+    terms = [*default_loss_terms(config.train), RelativeDepthLoss(rdggs, priors)]
+    return GaussianTrainer(job.data, job.scene, config.train, seed=config.seed,
+                           device=config.device, loss_terms=terms,
+                           strategy=AdaptiveSampling(config.train, rdggs, priors))

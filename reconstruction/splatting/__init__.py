@@ -1,6 +1,6 @@
 """Differentiable Gaussian splatting: :func:`rasterization` (gsplat's API; native CPU
-kernel or gsplat on CUDA), the screen-space projection, SH colours, and the pure-PyTorch
-reference compositor used as the test oracle."""
+kernel or gsplat on CUDA), the screen-space projection and SH colours. The compositing op
+(native kernel and pure-PyTorch reference) lives in :mod:`geometry.ops.rasterize`."""
 
 from reconstruction.splatting.rasterization import RENDER_MODES, rasterization
 from reconstruction.splatting.sh import num_sh_bases, rgb_to_sh, sh_to_color, spherical_harmonics

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geometry.ops.rasterize import ALPHA_THRESHOLD
 from geometry.so3 import quat_to_matrix
 
-ALPHA_THRESHOLD = 1.0 / 255.0
 # gsplat's cap on the extent in standard deviations; opacity <= 1 never reaches it.
 MAX_EXTENT_SIGMAS = 3.33
 

@@ -123,10 +123,10 @@ def rasterization(
     if means.device.type != "cpu":
         raise ValueError(f"means is on {means.device}; rasterization runs on cpu or cuda")
 
-    from reconstruction.splatting._wrapper import rasterize_to_pixels_native
+    from geometry.ops.rasterize import rasterize_to_pixels
 
     return render_cpu(
-        rasterize_to_pixels_native, means, quats, scales, opacities, colors, viewmats, Ks,
+        rasterize_to_pixels, means, quats, scales, opacities, colors, viewmats, Ks,
         width, height, near_plane, far_plane, radius_clip, eps2d, sh_degree, backgrounds,
         render_mode, rasterize_mode, tile_size,
     )
@@ -177,6 +177,25 @@ def render_cpu(composite, means, quats, scales, opacities, colors, viewmats, Ks,
         "n_cameras": C,
     }
     return render_colors, render_alphas, meta
+
+
+def rasterization_reference(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+    viewmats: Tensor, Ks: Tensor, width: int, height: int, near_plane: float = 0.01,
+    far_plane: float = 1e10, radius_clip: float = 0.0, eps2d: float = 0.3,
+    sh_degree: int | None = None, backgrounds: Tensor | None = None, render_mode: str = "RGB",
+    rasterize_mode: str = "classic", tile_size: int = 16,
+) -> tuple[Tensor, Tensor, dict]:
+    """:func:`rasterization` with the PyTorch compositor (the oracle of tests and benchmarks)."""
+    from geometry.ops.rasterize import rasterize_to_pixels_torch
+
+    _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+              sh_degree, backgrounds, render_mode, rasterize_mode, tile_size)
+    return render_cpu(
+        rasterize_to_pixels_torch, means, quats, scales, opacities, colors, viewmats, Ks,
+        width, height, near_plane, far_plane, radius_clip, eps2d, sh_degree, backgrounds,
+        render_mode, rasterize_mode, tile_size,
+    )
 
 
 def _finish(render_colors: Tensor, render_alphas: Tensor, backgrounds: Tensor | None,

@@ -32,6 +32,7 @@ DTU_VIEWS = (25, 22, 28)
 def pose_errors(T_est: torch.Tensor, T_gt: torch.Tensor) -> dict:
     """Centre errors after Umeyama Sim(3) (absolute and / camera spread), pair rotations."""
     from geometry.sim3 import align_poses, apply_sim3_to_poses
+    from geometry.so3 import rotation_angle
 
     s, R, t = align_poses(T_est, T_gt)
     aligned = apply_sim3_to_poses(s, R, t, T_est)
@@ -43,8 +44,7 @@ def pose_errors(T_est: torch.Tensor, T_gt: torch.Tensor) -> dict:
         for j in range(i + 1, len(T_est)):
             rel_est = T_est[i, :3, :3].T @ T_est[j, :3, :3]
             rel_gt = T_gt[i, :3, :3].T @ T_gt[j, :3, :3]
-            cos = float(((torch.trace(rel_est.T @ rel_gt) - 1) / 2).clamp(-1, 1))
-            rotation.append(math.degrees(math.acos(cos)))
+            rotation.append(math.degrees(float(rotation_angle(rel_est, rel_gt))))
     return {"centre_error": [round(float(c), 4) for c in centre],
             "centre_error_rel_spread": [round(float(c) / spread, 4) for c in centre],
             "relative_rotation_error_deg": [round(r, 3) for r in rotation]}
@@ -53,8 +53,8 @@ def pose_errors(T_est: torch.Tensor, T_gt: torch.Tensor) -> dict:
 def run(images: Path, out: Path, iterations: int, threads: int | None,
         focal_35mm: float | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
     from geometry.io.colmap import read_colmap_model
-    from reconstruction.instantsplat.config import FitConfig
-    from reconstruction.instantsplat.pipeline import fit
+    from reconstruction.engine.config import FitConfig
+    from reconstruction.methods import fit
 
     config = FitConfig(images=images, out=out, iterations=iterations, threads=threads,
                        focal_35mm=focal_35mm)
@@ -91,10 +91,10 @@ def main() -> None:
             order = sorted(DTU_VIEWS)  # the pipeline sorts by file name
             T_gt, f_gt = gt.T_world_cam[order], gt.K[order, 0, 0]
         else:
-            from reconstruction.procedural import make_scene, write_scene
+            from reconstruction.procedural import SceneConfig, render, write_photos
 
-            scene = make_scene(num_views=3, width=512, height=384, seed=0)
-            write_scene(scene, images)
+            scene = render(SceneConfig(kind="arc", num_views=3, width=512, height=384, seed=0))
+            write_photos(scene, images)
             T_gt, f_gt = scene.cameras.T_world_cam.double(), scene.cameras.K[:, 0, 0].double()
         metrics, T_est, K_est = run(images, work / "out", args.iterations, args.threads,
                                     args.focal_35mm)

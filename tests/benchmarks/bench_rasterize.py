@@ -18,7 +18,7 @@ import time
 import torch
 
 from reconstruction.splatting import rasterization
-from reconstruction.splatting._torch_impl import rasterization_reference
+from reconstruction.splatting.rasterization import rasterization_reference
 
 
 def make_scene(n: int, cameras: int, width: int, height: int, seed: int = 0) -> dict:

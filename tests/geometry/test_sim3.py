@@ -99,8 +99,8 @@ def test_apply_sim3_to_poses_and_align_poses() -> None:
     np.testing.assert_allclose(
         se3.transform_points(T_est, s * pts_cam).numpy(),
         sim3.sim3_apply(s, R, t, pts_world_gt).numpy(), atol=1e-12)
-    for use_orientations in (False, True):
-        s2, R2, t2 = sim3.align_poses(T_est, T_gt, use_orientations=use_orientations)
+    for mode in ("centres", "orientations", "auto"):
+        s2, R2, t2 = sim3.align_poses(T_est, T_gt, mode=mode)
         aligned = sim3.apply_sim3_to_poses(s2, R2, t2, T_est)
         np.testing.assert_allclose(aligned.numpy(), T_gt.numpy(), atol=1e-11)
     np.testing.assert_allclose(sim3.sim3_to_matrix(s, R, t)[:3, :3].numpy(), (s * R).numpy())
@@ -116,9 +116,44 @@ def test_align_poses_few_or_collinear_cameras() -> None:
     with pytest.raises(ValueError, match="at least 3 cameras"):
         sim3.align_poses(T_est[:2], T_gt[:2])
     for m in (2, 3):
-        s2, R2, t2 = sim3.align_poses(T_est[:m], T_gt[:m], use_orientations=True)
+        s2, R2, t2 = sim3.align_poses(T_est[:m], T_gt[:m], mode="orientations")
         np.testing.assert_allclose(s2.item(), 1 / s.item(), rtol=1e-12)
         aligned = sim3.apply_sim3_to_poses(s2, R2, t2, T_est[:m])
         np.testing.assert_allclose(aligned.numpy(), T_gt[:m].numpy(), atol=1e-11)
     with pytest.raises(ValueError, match="at least 2"):
-        sim3.align_poses(T_est[:1], T_gt[:1], use_orientations=True)
+        sim3.align_poses(T_est[:1], T_gt[:1], mode="orientations")
+    # auto takes the orientations for collinear (or too few) centres.
+    assert sim3.alignment_mode(T_gt) == "orientations"
+    s2, R2, t2 = sim3.align_poses(T_est, T_gt, mode="auto")
+    np.testing.assert_allclose(s2.item(), 1 / s.item(), rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown alignment mode"):
+        sim3.align_poses(T_est, T_gt, mode="sim3")
+
+
+def test_alignment_mode_well_spread_rule() -> None:
+    # Second singular value of the centred centres at exactly SPREAD_RATIO of the first:
+    # centres (-1, 0, 0), (1, 0, 0), (0, +-h, 0) have singular values sqrt 2 and h sqrt 2.
+    def poses(h: float) -> torch.Tensor:
+        c = torch.tensor([[-1.0, 0, 0], [1.0, 0, 0], [0, h, 0], [0, -h, 0]], dtype=F64)
+        return se3.make_T(torch.eye(3, dtype=F64).expand(4, 3, 3), c)
+
+    assert sim3.alignment_mode(poses(0.11)) == "centres"
+    assert sim3.alignment_mode(poses(0.09)) == "orientations"
+    assert sim3.alignment_mode(poses(0.09)[:2], "centres") == "centres"
+    assert not sim3.centres_well_spread(poses(1.0)[:2, :3, 3])
+
+
+def test_sim3_inverse_composes_to_identity() -> None:
+    s, R, t = _random_sim3(12, (3,))
+    s_inv, R_inv, t_inv = sim3.sim3_inverse(s, R, t)
+    pts = torch.randn(3, 5, 3, generator=_gen(13), dtype=F64)
+    there = sim3.sim3_apply(s, R, t, pts)
+    np.testing.assert_allclose(sim3.sim3_apply(s_inv, R_inv, t_inv, there).numpy(),
+                               pts.numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        (sim3.sim3_to_matrix(s, R, t) @ sim3.sim3_to_matrix(s_inv, R_inv, t_inv)).numpy(),
+        np.tile(np.eye(4), (3, 1, 1)), atol=1e-12)
+    # A float scale works as well (recon eval passes the alignment's Python float).
+    s0, _, t0 = sim3.sim3_inverse(2.0, R[0], t[0])
+    assert float(s0) == 0.5
+    np.testing.assert_allclose(t0.numpy(), (-(R[0].T @ t[0]) / 2.0).numpy(), atol=1e-15)

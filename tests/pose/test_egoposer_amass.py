@@ -11,10 +11,10 @@ import torch
 
 from geometry.errors import UserError
 from geometry.so3 import matrix_to_axis_angle
+from pose.body.egoposer.amass import find_amass_files, load_amass_npz, save_amass_npz
+from pose.body.egoposer.skeleton import default_rest_joints, smplh_rest_joints
+from pose.body.egoposer.synth import synthesize_sequence
 from pose.cli import main as pose_main
-from pose.egoposer.amass import find_amass_files, load_amass_npz, save_amass_npz
-from pose.egoposer.skeleton import default_rest_joints, smplh_rest_joints
-from pose.egoposer.synth import synthesize_sequence
 
 F64 = torch.float64
 

@@ -12,16 +12,16 @@ import pytest
 import torch
 
 from geometry.so3 import axis_angle_to_matrix
-from pose.cli import main as pose_main
-from pose.egoposer.amass import load_amass_npz, save_amass_npz
-from pose.egoposer.skeleton import (
+from pose.body.egoposer.amass import load_amass_npz, save_amass_npz
+from pose.body.egoposer.skeleton import (
     DEFAULT_STATURE_M,
     default_rest_joints,
     forward_kinematics,
     scaled_default_skeleton,
 )
-from pose.egoposer.synth import SynthConfig, synthesize_dataset
-from pose.egoposer.tracking import load_tracking, save_tracking
+from pose.body.egoposer.synth import SynthConfig, synthesize_dataset
+from pose.body.egoposer.tracking import load_tracking, save_tracking
+from pose.cli import main as pose_main
 
 TINY_MODEL = ["--model.d-model", "16", "--model.layers", "1", "--model.heads", "2",
               "--model.ff-dim", "32", "--model.head-dim", "32", "--model.tokens", "6",
@@ -121,7 +121,7 @@ def test_predict_resamples_60fps_tracking(tmp_path: Path) -> None:
           *TRAIN])
     seq = synthesize_dataset(1, seed=8, cfg=SynthConfig(seconds=2.0, fps=60.0))[0]
     g, j = seq.fk()
-    from pose.egoposer.tracking import Tracking, tracker_trajectories
+    from pose.body.egoposer.tracking import Tracking, tracker_trajectories
 
     rot, pos = tracker_trajectories(g, j)
     save_tracking(tmp_path / "t60.npz", Tracking(60.0, rot, pos,
@@ -160,7 +160,7 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
 
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture) -> None:
-    import pose.egoposer.train as train_module
+    import pose.body.egoposer.train as train_module
 
     real, calls = train_module.sample_batch, {"n": 0}
 

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from geometry.so3 import axis_angle_to_matrix, random_rotation
-from pose.egoposer.config import ModelConfig
-from pose.egoposer.data import window_indices
-from pose.egoposer.features import (
+from pose.body.egoposer.config import ModelConfig
+from pose.body.egoposer.data import window_indices
+from pose.body.egoposer.features import (
     NUM_FEATURES,
     canonical_frame,
     decode_outputs,
@@ -19,9 +19,9 @@ from pose.egoposer.features import (
     restore_global,
     window_features,
 )
-from pose.egoposer.model import build_model
-from pose.egoposer.synth import synthesize_sequence
-from pose.egoposer.tracking import tracker_trajectories
+from pose.body.egoposer.model import build_model
+from pose.body.egoposer.synth import synthesize_sequence
+from pose.body.egoposer.tracking import tracker_trajectories
 
 F64 = torch.float64
 

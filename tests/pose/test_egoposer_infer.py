@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pose.egoposer.config import ModelConfig
-from pose.egoposer.infer import StreamingPredictor, predict_sequence
-from pose.egoposer.model import build_model
-from pose.egoposer.synth import SynthConfig, synthesize_sequence
-from pose.egoposer.tracking import tracker_trajectories
+from pose.body.egoposer.config import ModelConfig
+from pose.body.egoposer.infer import StreamingPredictor, predict_sequence
+from pose.body.egoposer.model import build_model
+from pose.body.egoposer.synth import SynthConfig, synthesize_sequence
+from pose.body.egoposer.tracking import tracker_trajectories
 
 
 @pytest.mark.parametrize("trace", [False, True])

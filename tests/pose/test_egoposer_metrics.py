@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from geometry.so3 import axis_angle_to_matrix, random_rotation
-from pose.egoposer.infer import stand_still_baseline
-from pose.egoposer.metrics import frame_errors, summarize
-from pose.egoposer.skeleton import HEAD, forward_kinematics, scaled_default_skeleton
-from pose.egoposer.synth import synthesize_sequence
-from pose.egoposer.tracking import tracker_trajectories
+from pose.body.egoposer.infer import stand_still_baseline
+from pose.body.egoposer.metrics import frame_errors, summarize
+from pose.body.egoposer.skeleton import HEAD, forward_kinematics, scaled_default_skeleton
+from pose.body.egoposer.synth import synthesize_sequence
+from pose.body.egoposer.tracking import tracker_trajectories
 
 F64 = torch.float64
 

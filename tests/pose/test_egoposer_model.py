@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from pose.egoposer.config import FovConfig, LossWeights, ModelConfig, VisibilityMix
-from pose.egoposer.data import prepare_sequences, sample_batch
-from pose.egoposer.features import NUM_FEATURES, NUM_OUTPUTS, decode_outputs
-from pose.egoposer.model import build_model
-from pose.egoposer.synth import SynthConfig, synthesize_dataset
-from pose.egoposer.train import pose_loss
+from pose.body.egoposer.config import FovConfig, LossWeights, ModelConfig, VisibilityMix
+from pose.body.egoposer.data import prepare_sequences, sample_batch
+from pose.body.egoposer.features import NUM_FEATURES, NUM_OUTPUTS, decode_outputs
+from pose.body.egoposer.model import build_model
+from pose.body.egoposer.synth import SynthConfig, synthesize_dataset
+from pose.body.egoposer.train import pose_loss
 
 SMALL = {"d_model": 32, "layers": 1, "heads": 2, "ff_dim": 64, "head_dim": 64, "tokens": 10,
          "slow_stride": 3, "mlp_hidden": 64, "mlp_layers": 2}

@@ -10,7 +10,7 @@ import torch
 
 from geometry.se3 import make_T
 from geometry.so3 import axis_angle_to_matrix, random_rotation
-from pose.egoposer.skeleton import (
+from pose.body.egoposer.skeleton import (
     DEFAULT_OFFSETS,
     DEFAULT_STATURE_M,
     NUM_JOINTS,

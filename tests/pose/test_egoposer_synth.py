@@ -7,9 +7,9 @@ import math
 import numpy as np
 import torch
 
-from pose.egoposer.config import SynthConfig
-from pose.egoposer.skeleton import default_rest_joints, forward_kinematics
-from pose.egoposer.synth import (
+from pose.body.egoposer.config import SynthConfig
+from pose.body.egoposer.skeleton import default_rest_joints, forward_kinematics
+from pose.body.egoposer.synth import (
     _REST,
     CHANNELS,
     channels_to_local_rots,

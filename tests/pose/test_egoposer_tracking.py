@@ -11,9 +11,9 @@ import torch
 
 from geometry.errors import UserError
 from geometry.so3 import axis_angle_to_matrix
-from pose.egoposer.config import FovConfig
-from pose.egoposer.synth import synthesize_sequence
-from pose.egoposer.tracking import (
+from pose.body.egoposer.config import FovConfig
+from pose.body.egoposer.synth import synthesize_sequence
+from pose.body.egoposer.tracking import (
     Tracking,
     fov_visibility,
     load_tracking,

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture
 def run_recon(monkeypatch, capsys):
     """Run ``recon ARGS...`` in-process; returns ``(exit code, stderr)``."""
-    from reconstruction import cli
+    from sparseview.cli import recon as cli
 
     def run(*args: str) -> tuple[int, str]:
         monkeypatch.setattr(sys, "argv", ["recon", *args])

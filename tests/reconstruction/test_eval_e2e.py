@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from reconstruction.eval.cli import Eval
-from reconstruction.eval.config import PoseOptConfig
-from reconstruction.eval.synthetic import SyntheticConfig, generate
+from reconstruction.pose_opt import PoseOptConfig
+from reconstruction.procedural import SceneConfig, generate
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 128, 96
@@ -33,8 +33,8 @@ REQUIRED_KEYS = ("psnr", "ssim", "ate_rmse", "rot_err_mean_deg", "seconds", "per
 def scene(tmp_path_factory):
     # Views 7 degrees apart: SfM registers three neighbours even at 128x96.
     out = tmp_path_factory.mktemp("eval_e2e") / "scene"
-    return generate(SyntheticConfig(out=out, num_views=8, width=W, height=H, supersample=2,
-                                    arc_deg=50.0, seed=1))
+    return generate(SceneConfig(num_views=8, width=W, height=H, supersample=2, arc_deg=50.0,
+                                seed=1), out)
 
 
 def _run(scene, out: Path, **options) -> dict:

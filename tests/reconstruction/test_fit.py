@@ -21,9 +21,9 @@ from geometry.io.colmap import read_colmap_model
 from geometry.io.transforms_json import read_transforms_json
 from geometry.sim3 import align_poses, apply_sim3_to_poses
 from reconstruction.gaussians import ply_property_names, read_ply
-from reconstruction.instantsplat.config import FitConfig
-from reconstruction.instantsplat.pipeline import fit
-from reconstruction.procedural import make_scene, write_scene
+from reconstruction.engine.config import FitConfig
+from reconstruction.methods import fit
+from reconstruction.procedural import SceneConfig, render, write_photos
 
 ROOT = Path(__file__).resolve().parents[2]
 # One thread: the tensors are small, and the test machine's cores are shared.
@@ -33,8 +33,8 @@ FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--thre
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fit")
-    generated = make_scene(num_views=3, width=160, height=120, seed=2)
-    write_scene(generated, folder / "images")
+    generated = render(SceneConfig(kind="arc", num_views=3, width=160, height=120, seed=2))
+    write_photos(generated, folder / "images")
     return folder / "images", generated
 
 
@@ -101,7 +101,7 @@ def test_fit_end_to_end(scene, tmp_path, run_recon):
 
 def _recon(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "reconstruction.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "sparseview.cli.recon", *args], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kwargs)
 
@@ -197,9 +197,9 @@ def test_other_bad_arguments(scene, tmp_path, run_recon):
 
 
 def test_nan_that_does_not_go_away_stops_cleanly(scene, tmp_path, monkeypatch, run_recon):
-    from reconstruction.instantsplat import trainer as trainer_module
+    from reconstruction.engine import losses as losses_module
 
-    monkeypatch.setattr(trainer_module, "photometric_loss",
+    monkeypatch.setattr(losses_module, "photometric_loss",
                         lambda image, target, weight: (image - target).abs().mean() * np.nan)
     images, _ = scene
     out = tmp_path / "out"

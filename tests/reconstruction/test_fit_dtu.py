@@ -15,8 +15,8 @@ import torch
 from geometry.io.colmap import read_colmap_model
 from geometry.io.idr import read_idr
 from geometry.sim3 import align_poses, apply_sim3_to_poses
-from reconstruction.instantsplat.config import FitConfig
-from reconstruction.instantsplat.pipeline import fit
+from reconstruction.engine.config import FitConfig
+from reconstruction.methods import fit
 
 DTU = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "dtu_scan24"
 VIEWS = (25, 22, 28)

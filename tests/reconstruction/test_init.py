@@ -11,21 +11,22 @@ import torch
 
 from geometry.errors import UserError
 from geometry.sim3 import align_poses, apply_sim3_to_poses
+from geometry.so3 import rotation_angle
 from reconstruction.images import load_images
 from reconstruction.init.base import SparseModel
 from reconstruction.init.config import InitConfig, InitName, SfmConfig, StereoConfig
 from reconstruction.init.registry import INITIALISERS
 from reconstruction.init.stereo import densify
-from reconstruction.procedural import default_quads, make_scene, write_scene
+from reconstruction.procedural import SceneConfig, default_quads, render, write_photos
 
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory):
-    scene = make_scene(num_views=3, width=192, height=144, seed=1)
+    scene = render(SceneConfig(kind="arc", num_views=3, width=192, height=144, seed=1))
     folder = tmp_path_factory.mktemp("scene")
-    write_scene(scene, folder / "images")  # with an EXIF focal length, like a camera's
+    write_photos(scene, folder / "images")  # with an EXIF focal length, like a camera's
     # Without EXIF, SfM must calibrate the focal length itself.
-    write_scene(scene, folder / "no_exif", exif_focal=False)
+    write_photos(scene, folder / "no_exif", exif_focal=False)
     return folder, scene
 
 
@@ -50,8 +51,7 @@ def _rotation_errors_deg(model, scene, R_align: torch.Tensor | None = None) -> n
         for j in range(i + 1, len(R_est)):
             rel_est = R_est[i].T @ R_est[j]
             rel_gt = R_gt[i].T @ R_gt[j]
-            cos = ((torch.trace(rel_est.T @ rel_gt) - 1) / 2).clamp(-1, 1)
-            errors.append(float(torch.rad2deg(torch.arccos(cos))))
+            errors.append(float(torch.rad2deg(rotation_angle(rel_est, rel_gt))))
     return np.array(errors)
 
 
@@ -162,7 +162,7 @@ def test_sfm_initialiser_adds_the_dense_cloud(scene_dir, tmp_path):
 
 def test_unregistrable_view_is_named(scene_dir, tmp_path):
     folder, _ = scene_dir
-    other = make_scene(num_views=1, width=192, height=144, seed=7)
+    other = render(SceneConfig(kind="arc", num_views=1, width=192, height=144, seed=7))
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     for path in sorted((folder / "images").iterdir()):

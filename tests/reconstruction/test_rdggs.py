@@ -13,11 +13,12 @@ import torch
 
 from geometry.errors import UserError
 from reconstruction.gaussians import GaussianScene
-from reconstruction.instantsplat.config import TrainConfig
-from reconstruction.instantsplat.trainer import TrainData
+from reconstruction.engine.config import TrainConfig
+from reconstruction.engine.losses import default_loss_terms
+from reconstruction.engine.trainer import GaussianTrainer, TrainData
 from reconstruction.rdggs.config import RDGGSConfig
 from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss
-from reconstruction.rdggs.method import RDGGSTrainer
+from reconstruction.rdggs.method import AdaptiveSampling, RelativeDepthLoss
 from reconstruction.rdggs.priors import (
     DepthPriors,
     DepthSamples,
@@ -244,7 +245,7 @@ def test_bad_prior_options_are_one_sentence_user_errors(tmp_path):
 # ------------------------------------------------------------------------- the trainer
 
 
-def _trainer(rdggs: RDGGSConfig, half: bool = True) -> RDGGSTrainer:
+def _trainer(rdggs: RDGGSConfig, half: bool = True) -> GaussianTrainer:
     """One camera at the origin, a wall at z = 2 textured in the target; Gaussians cover
     the left half of the view only (``half``)."""
     g = torch.Generator().manual_seed(0)
@@ -259,38 +260,41 @@ def _trainer(rdggs: RDGGSConfig, half: bool = True) -> RDGGSTrainer:
                      scene_scale=1.0)
     priors = DepthPriors(depth=[torch.full((H, W), 2.0)], valid=[torch.ones(H, W, dtype=bool)],
                          source="init")
-    return RDGGSTrainer(data, scene, TrainConfig(iterations=20, sh_degree=1,
-                                                 max_gaussians=100_000), rdggs, priors)
+    config = TrainConfig(iterations=20, sh_degree=1, max_gaussians=100_000)
+    return GaussianTrainer(data, scene, config,
+                           loss_terms=[*default_loss_terms(config),
+                                       RelativeDepthLoss(rdggs, priors)],
+                           strategy=AdaptiveSampling(config, rdggs, priors))
 
 
 def test_adaptive_sampling_adds_gaussians_where_coverage_is_sparse():
     trainer = _trainer(RDGGSConfig())
     n0 = trainer.num_gaussians
-    added = trainer.adaptive_sample()
+    added = trainer.strategy.adaptive_sample(trainer)
     assert added > 0 and trainer.num_gaussians == n0 + added
     new = trainer.params["means"].detach()[n0:]
     # On the prior (z = 2) and in the uncovered right half of the view (x > 0).
     assert torch.allclose(new[:, 2], torch.full((added,), 2.0), atol=1e-5)
     assert float((new[:, 0] > 0).float().mean()) > 0.9
     # Budget: at most max_sample_fraction of the count per round.
-    assert added <= math.ceil(trainer.rdggs.max_sample_fraction * n0)
+    assert added <= math.ceil(trainer.strategy.rdggs.max_sample_fraction * n0)
     # Covered everywhere: the sparse criterion selects nothing.
     full = _trainer(RDGGSConfig(), half=False)
     rgb, alpha, _, target = full.render(0, 1.0)
-    selected, _ = full.select_tiles(0, rgb, alpha, target)
+    selected, _ = full.strategy.select_tiles(0, rgb, alpha, target)
     assert float(alpha.mean()) > 0.9 and not bool(selected.any())
 
 
 def test_adaptive_sampling_uses_the_filled_prior_and_skips_views_without_depth():
     trainer = _trainer(RDGGSConfig())
-    depth, _ = trainer.prior_full[0]
+    depth, _ = trainer.strategy.prior_full[0]
     # The losses may use no pixel (all filled, none measured): sampling still places.
-    trainer.prior_full = [(depth, torch.zeros(H, W, dtype=torch.bool))]
-    assert trainer.adaptive_sample() > 0
+    trainer.strategy.prior_full = [(depth, torch.zeros(H, W, dtype=torch.bool))]
+    assert trainer.strategy.adaptive_sample(trainer) > 0
     empty = _trainer(RDGGSConfig())
-    empty.prior_full = [(torch.zeros(H, W), torch.zeros(H, W, dtype=torch.bool))]
+    empty.strategy.prior_full = [(torch.zeros(H, W), torch.zeros(H, W, dtype=torch.bool))]
     n0 = empty.num_gaussians
-    assert empty.adaptive_sample() == 0 and empty.num_gaussians == n0
+    assert empty.strategy.adaptive_sample(empty) == 0 and empty.num_gaussians == n0
 
 
 def test_slow_tiles_need_a_previous_round_that_did_not_improve():
@@ -298,13 +302,13 @@ def test_slow_tiles_need_a_previous_round_that_did_not_improve():
     rgb, alpha, _, target = trainer.render(0, 1.0)
     bad = rgb.clone()  # a target the render matches but for one tile
     bad[:16, :16] = 1.0 - bad[:16, :16]
-    first, _ = trainer.select_tiles(0, rgb, alpha, bad)
+    first, _ = trainer.strategy.select_tiles(0, rgb, alpha, bad)
     assert not bool(first.any())  # no history yet
-    again, _ = trainer.select_tiles(0, rgb, alpha, bad)
+    again, _ = trainer.strategy.select_tiles(0, rgb, alpha, bad)
     assert bool(again[0, 0]) and int(again.sum()) == 1
     off = _trainer(RDGGSConfig(sparse_alpha=0.0))  # the default: no slow criterion
-    off.select_tiles(0, rgb, alpha, bad)
-    assert not bool(off.select_tiles(0, rgb, alpha, bad)[0].any())
+    off.strategy.select_tiles(0, rgb, alpha, bad)
+    assert not bool(off.strategy.select_tiles(0, rgb, alpha, bad)[0].any())
 
 
 def test_each_switch_changes_the_training_behaviour():
@@ -315,7 +319,7 @@ def test_each_switch_changes_the_training_behaviour():
     tilt = 2.0 + torch.linspace(-0.5, 0.5, W)[None].expand(H, W) * \
         torch.linspace(-1, 1, H)[:, None]
     for trainer in (on, off):
-        trainer.prior_full = [(tilt.clone(), torch.ones(H, W, dtype=torch.bool))]
+        trainer.loss_terms[-1].prior_full = [(tilt.clone(), torch.ones(H, W, dtype=torch.bool))]
     image, alpha, meta, target = on.render(0, 1.0, depth=True)
     loss_on = float(on.loss(0, image, alpha, meta, target))
     loss_off = float(off.loss(0, image, alpha, meta, target))
@@ -330,12 +334,13 @@ def test_each_switch_changes_the_training_behaviour():
 
 def test_checkpoint_state_round_trips_the_sampling_history():
     trainer = _trainer(RDGGSConfig())
-    trainer.adaptive_sample()
+    trainer.strategy.adaptive_sample(trainer)
     tensors, meta = trainer.state_tensors(), trainer.state_meta()
     other = _trainer(RDGGSConfig())
     other.load_state(tensors, meta)
-    assert other.sampled == trainer.sampled and other.num_gaussians == trainer.num_gaussians
-    assert torch.equal(other.tile_error[0], trainer.tile_error[0])
+    assert other.strategy.sampled == trainer.strategy.sampled
+    assert other.num_gaussians == trainer.num_gaussians
+    assert torch.equal(other.strategy.tile_error[0], trainer.strategy.tile_error[0])
 
 
 def test_mono_prior_with_the_real_tiny_network(tmp_path):

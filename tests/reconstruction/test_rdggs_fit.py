@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reconstruction.procedural import make_scene, write_scene
+from reconstruction.procedural import SceneConfig, render, write_photos
 from reconstruction.rdggs.config import RDGGSConfig
 
 FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--threads", "1",
@@ -20,7 +20,8 @@ FAST = ["--max-size", "160", "--train.checkpoint-every", "0", "--quiet", "--thre
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rdggs_fit")
-    write_scene(make_scene(num_views=3, width=160, height=120, seed=2), folder / "images")
+    write_photos(render(SceneConfig(kind="arc", num_views=3, width=160, height=120, seed=2)),
+                 folder / "images")
     return folder / "images"
 
 
@@ -84,12 +85,12 @@ def test_fit_rdggs_bad_inputs(images, tmp_path, run_recon, monkeypatch):
 
 def test_eval_reports_depth_absrel_in_ground_truth_units(tmp_path):
     from reconstruction.eval.cli import Eval
-    from reconstruction.eval.config import PoseOptConfig
     from reconstruction.eval.data import load_dataset
-    from reconstruction.eval.synthetic import SyntheticConfig, generate
+    from reconstruction.pose_opt import PoseOptConfig
+    from reconstruction.procedural import generate
 
-    scene = generate(SyntheticConfig(out=tmp_path / "scene", num_views=8, width=128, height=96,
-                                     supersample=2, arc_deg=50.0, seed=1))
+    scene = generate(SceneConfig(num_views=8, width=128, height=96, supersample=2,
+                                 arc_deg=50.0, seed=1), tmp_path / "scene")
     dataset = load_dataset(scene.path)
     assert dataset.has_depth
     depth = dataset.load_depth(1)
@@ -116,7 +117,7 @@ def test_eval_reports_depth_absrel_in_ground_truth_units(tmp_path):
     # view gets which map: test_eval_stages_each_training_view_its_own_prior).
     Eval(dataset=scene.path, out=tmp_path / "eval_files", views="2,3,4", test_views="1,5",
          iterations=5, init="sfm-sparse", method="rdggs", quiet=True, known_poses=True,
-         rdggs=RDGGSConfig(depth_prior="files", prior_dir=scene.path / "depth")).run()
+         options=RDGGSConfig(depth_prior="files", prior_dir=scene.path / "depth")).run()
     info = json.loads((tmp_path / "eval_files" / "eval.json").read_text())["method_info"]
     assert info["rdggs_prior_source"] == "files"
     # Each map is brought to the fit's frame (the true cameras, normalised to a mean camera
@@ -160,16 +161,18 @@ def test_eval_stages_each_training_view_its_own_prior(tmp_path):
     import numpy as np
 
     from geometry.errors import UserError
-    from reconstruction.eval.methods import _stage_priors
+    from reconstruction.methods import get_method
+
+    stage = get_method("rdggs").stage_eval_inputs
 
     folder = tmp_path / "priors"
     folder.mkdir()
     for k, name in enumerate(("b", "a", "c")):
         np.save(folder / f"{name}.npy", np.full((2, 2), float(k), np.float32))
     images = [tmp_path / "photos" / n for n in ("c.png", "a.png")]  # the training order
-    staged = _stage_priors(images, folder, tmp_path / "staged")
+    staged = stage(RDGGSConfig(prior_dir=folder), images, tmp_path / "staged").prior_dir
     assert sorted(p.name for p in staged.iterdir()) == ["000_c.npy", "001_a.npy"]
     assert float(np.load(staged / "000_c.npy")[0, 0]) == 2.0
     assert float(np.load(staged / "001_a.npy")[0, 0]) == 1.0
     with pytest.raises(UserError, match="no depth map for d.png"):
-        _stage_priors([tmp_path / "d.png"], folder, tmp_path / "staged2")
+        stage(RDGGSConfig(prior_dir=folder), [tmp_path / "d.png"], tmp_path / "staged2")

@@ -12,12 +12,12 @@ from PIL import Image
 
 from geometry.io.transforms_json import read_transforms_json
 from reconstruction.images import load_images
-from reconstruction.procedural import make_scene
+from reconstruction.procedural import SceneConfig, render
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
 
-def _sample_parameters() -> dict:
+def _sample_config() -> SceneConfig:
     spec = importlib.util.spec_from_file_location("make_recon_sample",
                                                   DATA / "make_recon_sample.py")
     module = importlib.util.module_from_spec(spec)
@@ -27,14 +27,14 @@ def _sample_parameters() -> dict:
 
 @pytest.fixture(scope="module")
 def sample():
-    params = _sample_parameters()
-    return params, make_scene(**params)
+    config = _sample_config()
+    return config, render(config)
 
 
 def test_shipped_sample_is_what_the_generator_makes(sample):
-    params, scene = sample
+    config, scene = sample
     files = sorted((DATA / "recon_sample").iterdir())
-    assert [f.name for f in files] == [f"view_{k:02d}.png" for k in range(params["num_views"])]
+    assert [f.name for f in files] == [f"view_{k:02d}.png" for k in range(config.num_views)]
     for path, expected in zip(files, scene.images, strict=True):
         shipped = np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
         # Bit-identical on the machine that made it; a libm or OpenCV build elsewhere may
@@ -44,11 +44,11 @@ def test_shipped_sample_is_what_the_generator_makes(sample):
 
 
 def test_sample_carries_focal_and_ground_truth_cameras(sample):
-    params, scene = sample
+    config, scene = sample
     images = load_images(DATA / "recon_sample")
     f_gt = float(scene.cameras.K[0, 0, 0])
     for im in images:
-        assert (im.width, im.height) == (params["width"], params["height"])
+        assert (im.width, im.height) == (config.width, config.height)
         # EXIF stores whole millimetres: the prior is within ~2 % of the true focal.
         assert im.focal_px == pytest.approx(f_gt, rel=0.02)
     gt = read_transforms_json(DATA / "recon_sample_gt" / "transforms.json",

@@ -1,4 +1,5 @@
-"""Native CPU rasterizer against the pure-PyTorch reference and against closed forms."""
+"""The splatting API (native CPU compositing) against the pure-PyTorch reference and against
+closed forms. The compositing op alone is tested in tests/geometry/test_ops_rasterize.py."""
 
 from __future__ import annotations
 
@@ -7,12 +8,9 @@ import math
 import pytest
 import torch
 
+from geometry.ops.rasterize import rasterize_to_pixels_native
 from reconstruction.splatting import rasterization, sh_to_color
-from reconstruction.splatting._torch_impl import (
-    rasterization_reference,
-    rasterize_to_pixels_torch,
-)
-from reconstruction.splatting._wrapper import rasterize_to_pixels_native
+from reconstruction.splatting.rasterization import rasterization_reference
 from reconstruction.splatting.sh import sh_basis
 
 # float32 tolerances: the native kernel accumulates in the same order as the reference,
@@ -202,28 +200,6 @@ def test_degenerate_inputs():
         assert torch.isfinite(native[0]).all() and torch.isfinite(native[1]).all()
         assert torch.allclose(native[0], ref[0], atol=FWD_ATOL)
         assert_grads_close(native[3], ref[3])
-
-
-def test_gradcheck_compositing_float64():
-    torch.manual_seed(0)
-    C, N, W, H = 1, 4, 7, 5
-    means2d = torch.tensor([[[2.0, 2.0], [4.5, 2.5], [3.2, 3.9], [5.5, 1.2]]], dtype=torch.float64)
-    conics = torch.tensor([[[0.4, 0.05, 0.3], [0.25, -0.1, 0.5], [0.6, 0.0, 0.6],
-                            [0.3, 0.1, 0.2]]], dtype=torch.float64)
-    colors = torch.rand(C, N, 3, dtype=torch.float64)
-    opacities = torch.tensor([[0.7, 0.5, 0.9, 0.6]], dtype=torch.float64)
-    depths = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
-    radii = torch.full((C, N, 2), 6, dtype=torch.int32)
-
-    def fn(m, c, col, o):
-        return rasterize_to_pixels_native(m, c, col, o, depths, radii, W, H, 4)
-
-    inputs = tuple(t.clone().requires_grad_() for t in (means2d, conics, colors, opacities))
-    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
-    # And the reference agrees with the native op on the same tiny input.
-    ref = rasterize_to_pixels_torch(means2d, conics, colors, opacities, depths, radii, W, H, 4)
-    nat = fn(means2d, conics, colors, opacities)
-    assert torch.allclose(nat[0], ref[0], atol=1e-12) and torch.allclose(nat[1], ref[1], atol=1e-12)
 
 
 def test_gradcheck_full_rasterization_float64():

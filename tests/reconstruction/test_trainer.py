@@ -9,13 +9,12 @@ import pytest
 import torch
 
 from geometry.errors import UserError
-from geometry.se3 import se3_exp, se3_log
+from geometry.se3 import look_at, se3_exp, se3_log
+from reconstruction.engine import losses as losses_module
+from reconstruction.engine.config import TrainConfig
+from reconstruction.engine.losses import photometric_loss, psnr, ssim
+from reconstruction.engine.trainer import GaussianTrainer, TrainData
 from reconstruction.gaussians import GaussianScene
-from reconstruction.instantsplat import trainer as trainer_module
-from reconstruction.instantsplat.config import TrainConfig
-from reconstruction.instantsplat.losses import photometric_loss, psnr, ssim
-from reconstruction.instantsplat.trainer import TrainData, Trainer
-from reconstruction.procedural import look_at
 from reconstruction.splatting import rasterization
 
 W, H = 48, 36
@@ -104,7 +103,7 @@ def test_pose_refinement_recovers_perturbed_cameras():
                          lr_pose_translation=2e-3, lr_pose_rotation=2e-3, pose_reg_weight=0.0,
                          optimise_focal=False, coarse_fraction=0.0, refine_every=0, sh_degree=1,
                          checkpoint_every=0)
-    trainer = Trainer(data, scene, config, seed=0)
+    trainer = GaussianTrainer(data, scene, config, seed=0)
 
     def pose_error() -> float:
         with torch.no_grad():
@@ -126,7 +125,7 @@ def test_fitting_improves_psnr_and_is_deterministic():
     blurred.sh0 = blurred.sh0 * 0.5  # washed-out colours: the fit must restore them
     config = TrainConfig(iterations=60, sh_degree=1, checkpoint_every=0, refine_every=0,
                          lr_sh0=0.02)
-    trainer = Trainer(data, blurred, config, seed=3)
+    trainer = GaussianTrainer(data, blurred, config, seed=3)
     before = sum(trainer.evaluate()) / 3
     trainer.train()
     after = sum(trainer.evaluate()) / 3
@@ -136,7 +135,7 @@ def test_fitting_improves_psnr_and_is_deterministic():
                          refine_start=0.2, refine_stop=0.8)
     runs = []
     for _ in range(2):
-        trainer = Trainer(data, blurred, config, seed=3)
+        trainer = GaussianTrainer(data, blurred, config, seed=3)
         trainer.train()
         runs.append(trainer.scene())
     assert runs[0].num_gaussians > blurred.num_gaussians
@@ -151,12 +150,12 @@ def test_refine_clones_splits_and_prunes_with_the_optimiser_state():
     scene.log_scales[20:30] = math.log(0.005)  # small (< 0.01 x scene scale 2.5): cloned
     config = TrainConfig(iterations=10, grad_threshold=1e-3, dense_scale=0.01,
                          checkpoint_every=0, max_densify_fraction=1.0)
-    trainer = Trainer(data, scene, config, seed=0)
+    trainer = GaussianTrainer(data, scene, config, seed=0)
     trainer.step()  # creates Adam state
     n = trainer.num_gaussians
-    trainer.grad_accum.zero_()
-    trainer.grad_count.fill_(1)
-    trainer.grad_accum[10:30] = 1.0  # 10 large (split) + 10 small (clone) candidates
+    trainer.strategy.grad_accum.zero_()
+    trainer.strategy.grad_count.fill_(1)
+    trainer.strategy.grad_accum[10:30] = 1.0  # 10 large (split) + 10 small (clone) candidates
     parents = trainer.params["log_scales"][10:20].detach().clone()
     alpha = torch.sigmoid(trainer.params["logit_opacities"][10:30].detach().clone())
     counts = trainer.refine()
@@ -178,8 +177,8 @@ def test_refine_clones_splits_and_prunes_with_the_optimiser_state():
     # With the default cap only the top 5 % by gradient grow in one round.
     n = trainer.num_gaussians
     trainer.config.max_densify_fraction = 0.05
-    trainer.grad_count.fill_(1)
-    trainer.grad_accum[:] = torch.linspace(1, 2, n)
+    trainer.strategy.grad_count.fill_(1)
+    trainer.strategy.grad_accum[:] = torch.linspace(1, 2, n)
     counts = trainer.refine()
     assert counts["cloned"] + counts["split"] == int(0.05 * n)
 
@@ -188,22 +187,22 @@ def test_nan_rolls_back_and_lowers_the_learning_rate(monkeypatch):
     data, scene, _ = _data(perturb=False)
     config = TrainConfig(iterations=40, checkpoint_every=0, sh_degree=1)
     calls = {"n": 0}
-    real = trainer_module.photometric_loss
+    real = losses_module.photometric_loss
 
     def flaky(image, target, weight):
         calls["n"] += 1
         loss = real(image, target, weight)
         return loss * float("nan") if calls["n"] == 30 else loss
 
-    monkeypatch.setattr(trainer_module, "photometric_loss", flaky)
-    trainer = Trainer(data, scene, config, seed=0)
+    monkeypatch.setattr(losses_module, "photometric_loss", flaky)
+    trainer = GaussianTrainer(data, scene, config, seed=0)
     trainer.train()
     assert trainer.iteration == 40 and trainer.rollbacks == 1 and trainer.lr_scale == 0.5
     assert all(torch.isfinite(p).all() for p in trainer.params.values())
 
-    monkeypatch.setattr(trainer_module, "photometric_loss",
+    monkeypatch.setattr(losses_module, "photometric_loss",
                         lambda image, target, weight: real(image, target, weight) * float("inf"))
-    stuck = Trainer(data, scene, config, seed=0)
+    stuck = GaussianTrainer(data, scene, config, seed=0)
     with pytest.raises(UserError, match="diverged"):
         stuck.train()
 
@@ -212,12 +211,12 @@ def test_resuming_from_saved_state_equals_an_uninterrupted_run():
     data, scene, _ = _data(perturb=True)
     config = TrainConfig(iterations=40, sh_degree=1, refine_every=10, refine_start=0.1,
                          refine_stop=0.9, checkpoint_every=0, coarse_fraction=0.3)
-    straight = Trainer(data, scene, config, seed=5)
+    straight = GaussianTrainer(data, scene, config, seed=5)
     straight.train()
-    first = Trainer(data, scene, config, seed=5)
+    first = GaussianTrainer(data, scene, config, seed=5)
     first.train(stop_at=17)
     tensors = {k: v.clone() for k, v in first.state_tensors().items()}
-    second = Trainer(data, scene, config, seed=5)
+    second = GaussianTrainer(data, scene, config, seed=5)
     second.load_state(tensors, first.state_meta())
     second.train()
     assert second.iteration == straight.iteration == 40

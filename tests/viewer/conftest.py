@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from geometry.cameras import Cameras
+from geometry.se3 import look_at
 from reconstruction.gaussians import GaussianScene
-from viewer.framing import look_at
 
 FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "nuscenes_fixture"
 
@@ -66,9 +66,10 @@ def write_out_dir(out: Path, splats: GaussianScene, cameras: Cameras,
                   points: np.ndarray | None = None) -> Path:
     """A folder laid out like ``recon fit``'s output (photos rendered from the splats)."""
     from geometry.io.colmap import ColmapModel, write_colmap_model
+    from geometry.io.images import write_png
     from geometry.io.transforms_json import write_transforms_json
     from reconstruction.gaussians import write_ply
-    from viewer.render import render_rgb, save_png
+    from viewer.render import render_rgb
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(exist_ok=True)
@@ -76,7 +77,7 @@ def write_out_dir(out: Path, splats: GaussianScene, cameras: Cameras,
     for i, name in enumerate(names):
         rgb = render_rgb(splats, cameras.T_world_cam[i].numpy(), cameras.K[i].numpy(),
                          int(cameras.width[i]), int(cameras.height[i]), (1.0, 1.0, 1.0))
-        save_png(out / "images" / name, rgb)
+        write_png(out / "images" / name, rgb)
     write_ply(out / "splats.ply", splats)
     plain = Cameras(K=cameras.K, T_world_cam=cameras.T_world_cam, width=cameras.width,
                     height=cameras.height, names=names)

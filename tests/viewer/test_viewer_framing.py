@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from geometry.se3 import look_at
 from geometry.so3 import random_rotation
 from viewer.framing import (
     DEFAULT_UP,
@@ -15,7 +16,6 @@ from viewer.framing import (
     estimate_up,
     framing_distance,
     initial_view,
-    look_at,
     robust_bounds,
     scene_sphere,
 )

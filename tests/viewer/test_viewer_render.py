@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from geometry.errors import UserError
+from geometry.se3 import look_at
 from reconstruction.gaussians import GaussianScene
 from viewer.cli import Render
 from viewer.render import read_video_frames, render_rgb, write_video
@@ -30,8 +31,6 @@ def test_render_of_one_gaussian_matches_the_closed_form():
     """A Gaussian on the optical axis: the centre pixel is o*c + (1 - o)*bg (alpha at the
     peak is the opacity: the 2D Gaussian is evaluated at its own centre); far pixels are
     the background. The camera sits at an arbitrary pose."""
-    from viewer.framing import look_at
-
     target = np.array([3.0, -1.0, 2.0])
     T = look_at(target + np.array([0.0, 0.0, -4.0]), target, np.array([0.0, -1.0, 0.0]))
     opacity, color, bg = 0.6, np.array([0.2, 0.9, 0.4]), (0.1, 0.1, 0.5)

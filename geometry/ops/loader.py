@@ -1,0 +1,175 @@
+"""Loader of sparseview's native kernels (the sources live in the top-level ``cuda/`` folder).
+
+The kernels are compiled lazily, on the first call that needs them, with
+``torch.utils.cpp_extension.load`` (ninja) into a per-user cache directory, and registered
+as ``torch.ops.sparseview.*`` through one ``TORCH_LIBRARY`` (``cuda/registry.cpp``).
+Importing this module never compiles; ``recon build-ops`` prebuilds.
+
+What is compiled (:func:`build_plan`): the registry and every op's CPU backend
+(``cuda/<op>/*_cpu.cpp``, OpenMP) always; where ``torch.cuda.is_available()``, also every
+op's CUDA sources (``cuda/<op>/*.cu`` and their thin torch bindings ``cuda/<op>/*_cuda.cpp``)
+into the same library, with ``with_cuda=True``. Without a CUDA device the CUDA sources are
+never compiled and the CPU build is exactly what it was before CUDA sources existed.
+
+The cache key covers the sources, the compiler flags, the torch version and the CPU (and,
+with CUDA, the CUDA flags, torch's CUDA version and the target architectures), so a stale
+or foreign build is never loaded, and the checkout's location: ninja's build file names the
+sources by absolute path, so two checkouts sharing one build folder would each rebuild
+(~30 s) every time the other had run. Set ``SPARSEVIEW_CACHE_DIR`` to move the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_LOCK = threading.Lock()
+_LOADED: Path | None = None
+
+_CFLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=off"]
+_LDFLAGS = ["-fopenmp"]
+# nvcc: no fast-math, and no FMA contraction, so CUDA results can be compared with the CPU
+# kernels (built with -ffp-contract=off) and the PyTorch references.
+_CUDA_CFLAGS = ["-O3", "--fmad=false"]
+
+
+def sources_dir() -> Path:
+    """The ``cuda/`` folder holding the kernel sources (beside the packages in a checkout)."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "cuda",
+        Path(os.environ.get("SPARSEVIEW_SOURCES_DIR", "/nonexistent")),
+    ]
+    for path in candidates:
+        if (path / "registry.cpp").is_file():
+            return path
+    raise RuntimeError(
+        "sparseview's kernel sources (cuda/registry.cpp) were not found; install sparseview "
+        "from a source checkout (pip install -e .) or set SPARSEVIEW_SOURCES_DIR."
+    )
+
+
+def _cpu_sources(root: Path) -> list[Path]:
+    # One registry first, then every op's CPU backend.
+    return [root / "registry.cpp", *sorted(root.glob("*/*_cpu.cpp"))]
+
+
+def _cuda_sources(root: Path) -> list[Path]:
+    # The kernels (raw pointers + a stream, CUDA runtime only) and the thin C++ layers that
+    # bind them to torch (TORCH_LIBRARY_IMPL(sparseview, CUDA, ...)); both need nvcc/CUDA
+    # headers, so they are compiled only where a CUDA device exists.
+    return sorted([*root.glob("*/*.cu"), *root.glob("*/*_cuda.cpp")])
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What :func:`build_ops` compiles: the arguments of ``torch.utils.cpp_extension.load``."""
+
+    name: str  # extension name, ``sparseview_ops_<key>``
+    sources: list[Path]  # registry first, then CPU backends, then CUDA sources if any
+    with_cuda: bool  # True when CUDA sources are part of the build
+    build_dir: Path  # cache_dir() / name
+
+
+def _cpu_signature() -> str:
+    # -march=native code must not be reused on a different CPU.
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = line
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{flags}"
+
+
+def _cuda_signature() -> str:
+    # nvcc compiles for TORCH_CUDA_ARCH_LIST, or else for the visible devices' architectures.
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST") or ",".join(
+        "{}.{}".format(*torch.cuda.get_device_capability(i))
+        for i in range(torch.cuda.device_count())
+    )
+    return f"{torch.version.cuda}|{archs}|{' '.join(_CUDA_CFLAGS)}"
+
+
+def cache_dir() -> Path:
+    """The build cache: ``$SPARSEVIEW_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparseview/ops``."""
+    base = os.environ.get("SPARSEVIEW_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))
+    return Path(xdg) / "sparseview" / "ops"
+
+
+def _build_key(sources: list[Path], with_cuda: bool = False) -> str:
+    root = sources_dir()
+    digest = hashlib.sha256()
+    digest.update(str(root.resolve()).encode())
+    for src in sources:
+        digest.update(src.name.encode())
+        digest.update(src.read_bytes())
+    for header in sorted(root.glob("**/*.h")):
+        digest.update(header.read_bytes())
+    digest.update(" ".join(_CFLAGS + _LDFLAGS).encode())
+    digest.update(torch.__version__.encode())
+    digest.update(_cpu_signature().encode())
+    if with_cuda:  # CPU-only builds keep the key they had before CUDA sources existed
+        for header in sorted(root.glob("**/*.cuh")):
+            digest.update(header.read_bytes())
+        digest.update(_cuda_signature().encode())
+    return digest.hexdigest()[:16]
+
+
+def build_plan() -> BuildPlan:
+    """The sources, CUDA switch, name and build folder of this machine's build (no compiling).
+
+    CUDA sources join the build only where ``torch.cuda.is_available()`` and some exist.
+    """
+    root = sources_dir()
+    sources = _cpu_sources(root)
+    cuda_sources = _cuda_sources(root) if torch.cuda.is_available() else []
+    with_cuda = bool(cuda_sources)
+    sources = sources + cuda_sources
+    name = f"sparseview_ops_{_build_key(sources, with_cuda)}"
+    return BuildPlan(name=name, sources=sources, with_cuda=with_cuda,
+                     build_dir=cache_dir() / name)
+
+
+def build_ops(verbose: bool = False) -> Path:
+    """Compile (if needed) and load the native kernels; returns the shared library's path."""
+    global _LOADED
+    with _LOCK:
+        if _LOADED is not None:
+            return _LOADED
+        from torch.utils.cpp_extension import load
+
+        plan = build_plan()
+        plan.build_dir.mkdir(parents=True, exist_ok=True)
+        # Passing with_cuda/extra_cuda_cflags only when CUDA sources are built keeps the
+        # CPU-only call exactly as before.
+        cuda_args = {"with_cuda": True, "extra_cuda_cflags": _CUDA_CFLAGS} if plan.with_cuda else {}
+        load(
+            name=plan.name,
+            sources=[str(s) for s in plan.sources],
+            extra_cflags=_CFLAGS,
+            extra_ldflags=_LDFLAGS,
+            build_directory=str(plan.build_dir),
+            is_python_module=False,
+            verbose=verbose,
+            **cuda_args,
+        )
+        _LOADED = plan.build_dir / f"{plan.name}.so"
+        return _LOADED
+
+
+def load_ops() -> None:
+    """Make ``torch.ops.sparseview.*`` available, building the kernels on first use."""
+    if _LOADED is None:
+        build_ops()

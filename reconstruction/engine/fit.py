@@ -1,0 +1,579 @@
+"""The fit loop of the Gaussian engine: unposed photos -> Gaussian splats + camera poses.
+
+Every Gaussian method (InstantSplat, RDG-GS, ...) runs this loop with its own trainer
+(:class:`TrainerJob` -> :class:`~reconstruction.engine.trainer.GaussianTrainer`, built by
+the method's ``build`` function). Stages: load the photos; coarse geometric initialisation
+(``--init``, SfM + stereo by default); normalise the world (scene centre at the origin,
+mean camera distance 1); joint optimisation of Gaussians and poses; write the outputs.
+
+With known cameras (``--poses PATH`` or ``fit(config, cameras=...)``) the initial cloud is
+triangulated with them (SfM only matches the photos; see :mod:`reconstruction.init.cgi`),
+the poses stay fixed, and the outputs are written in the given frame. Without, the outputs are
+in the normalised SfM frame (its centre and scale are in metrics.json).
+
+Outputs (the folder appears complete or not at all)::
+
+    OUT/splats.ply         standard 3DGS PLY
+    OUT/cameras/           COLMAP text model (PINHOLE cameras, optimised poses, SfM points)
+    OUT/images/            the photos as the cameras see them (oriented, composited, resized)
+    OUT/transforms.json    nerfstudio cameras (file paths into OUT/images)
+    OUT/metrics.json       per-stage timings, training PSNR, Gaussian count, pose changes
+
+While training, resumable checkpoints (safetensors + JSON) go to ``.OUT.resume/`` beside
+``OUT``; it is removed when the run finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import tempfile
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geometry.errors import UserError
+from geometry.io.atomic import atomic_directory, atomic_write_text
+from geometry.io.images import write_png
+from geometry.threads import choose_threads, set_threads
+from reconstruction.engine.config import FitConfig
+from reconstruction.engine.trainer import GaussianTrainer, TrainData
+from reconstruction.gaussians import GaussianScene
+from reconstruction.images import LoadedImage, load_images, warn
+from reconstruction.init.registry import INITIALISERS
+
+if typing.TYPE_CHECKING:
+    from geometry.cameras import Cameras
+
+CHECKPOINT_VERSION = 2
+
+
+def resume_dir(out: Path) -> Path:
+    """Where checkpoints of a run writing ``out`` live."""
+    return out.parent / f".{out.name}.resume"
+
+
+def _fingerprint(images: list[LoadedImage]) -> list[dict]:
+    return [{"name": im.path.name, "width": im.width, "height": im.height,
+             "sha1": hashlib.sha1(im.path.read_bytes()).hexdigest()} for im in images]
+
+
+def _resume_key(config: FitConfig, options: Any, known: Cameras | None) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    key = {"iterations": config.iterations, "max_size": config.max_size, "init": config.init,
+           "seed": config.seed, "focal_35mm": config.focal_35mm, "device": config.device,
+           "threads": choose_threads(config.threads),  # sums depend on the thread count
+           "method": config.method,
+           "options": dataclasses.asdict(options) if dataclasses.is_dataclass(options)
+           else None, "known_poses": None if known is None else hashlib.sha1(
+               known.T_cam_world.double().numpy().tobytes()
+               + known.K.double().numpy().tobytes()).hexdigest(),
+           "train": dataclasses.asdict(config.train),
+           "init_options": dataclasses.asdict(config.init_options)}
+    key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
+    return json.loads(json.dumps(key, default=str))  # as it reads back from JSON
+
+
+def _check_paths(config: FitConfig) -> None:
+    if config.out.exists() and not config.out.is_dir():
+        raise UserError(f"--out {config.out} is a file; give a folder path for the outputs.")
+    images = config.images.resolve()
+    out = config.out.resolve()
+    if out == images or images in out.parents or out in images.parents:
+        raise UserError(f"--out {config.out} overlaps the image folder {config.images}; "
+                        "write the outputs somewhere else.")
+    if config.iterations < 1:
+        raise UserError(f"--iterations {config.iterations} must be at least 1.")
+    if config.focal_35mm is not None and not (1.0 <= config.focal_35mm <= 2000.0):
+        raise UserError(f"--focal-35mm {config.focal_35mm} is no focal length; give the "
+                        "35 mm-equivalent focal in millimetres (e.g. 26 for a phone).")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda needs a CUDA GPU and PyTorch with CUDA; use --device cpu.")
+
+
+def _known_cameras(config: FitConfig, images: list[LoadedImage],
+                   cameras: Cameras | None) -> Cameras | None:
+    """The given cameras in image order, intrinsics for the loaded (resized) images.
+
+    ``cameras`` (from code) are taken in image order; ``--poses`` files are matched to the
+    photos by file name (then by stem).
+    """
+    import torch
+
+    if cameras is None and config.poses is None:
+        return None
+    if cameras is None:
+        from geometry.io import read_cameras
+
+        cameras = read_cameras(config.poses, dtype=torch.float64, require_images=False)
+        names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
+        if len(names) != len(cameras):
+            raise UserError(f"the cameras in {config.poses} have no image names; use a COLMAP "
+                            "model or transforms.json that names its images.")
+        by_name = {Path(n).name: i for i, n in enumerate(names)}
+        by_stem = {Path(n).stem: i for i, n in enumerate(names)}
+        order = []
+        for im in images:
+            i = by_name.get(im.path.name, by_stem.get(im.path.stem))
+            if i is None:
+                raise UserError(f"{config.poses} has no camera for {im.path.name}; give a "
+                                "camera for every photo in the folder.")
+            order.append(i)
+        cameras = cameras[order]
+    elif len(cameras) != len(images):
+        raise UserError(f"{len(cameras)} cameras were given for {len(images)} photos; give one "
+                        "per photo.")
+    cameras = cameras.to(dtype=torch.float64)
+    K = cameras.K.clone()
+    for k, im in enumerate(images):
+        w, h = float(cameras.width[k]), float(cameras.height[k])
+        if abs(w / h - im.width / im.height) > 0.01 * im.width / im.height:
+            raise UserError(f"the camera of {im.path.name} is {w:.0f}x{h:.0f} but the photo is "
+                            f"{im.width}x{im.height} (another aspect ratio); give its camera.")
+        K[k, 0] *= im.width / w
+        K[k, 1] *= im.height / h
+    from geometry.cameras import Cameras
+
+    return Cameras(K=K, T_world_cam=cameras.T_world_cam,
+                   width=torch.tensor([im.width for im in images]),
+                   height=torch.tensor([im.height for im in images]),
+                   names=[im.path.name for im in images])
+
+
+def _normalisation(T_cam_world: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre (robust centre of the cloud) and scale (1 / mean camera distance to it)."""
+    centre = np.median(points, axis=0) if len(points) else np.zeros(3)
+    centres = -np.einsum("vji,vj->vi", T_cam_world[:, :3, :3], T_cam_world[:, :3, 3])
+    distance = float(np.mean(np.linalg.norm(centres - centre, axis=1)))
+    if not math.isfinite(distance) or distance <= 0:
+        distance = 1.0
+    return centre, 1.0 / distance
+
+
+def _apply_normalisation(T_cam_world: np.ndarray, points: np.ndarray, centre: np.ndarray,
+                         scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """World' = scale * (world - centre): poses and points in the normalised frame."""
+    T = T_cam_world.copy()
+    # p_cam = R p + t = R (p'/s + c) + t  ->  scaled camera: s p_cam = R p' + s (R c + t)
+    T[:, :3, 3] = scale * (np.einsum("vij,j->vi", T[:, :3, :3], centre) + T[:, :3, 3])
+    return T, (points - centre) * scale
+
+
+class _Progress:
+    """The progress bar of the optimisation: loss, PSNR (smoothed), splats and ETA."""
+
+    def __init__(self, total: int, start: int, quiet: bool) -> None:
+        from geometry.progress import progress_bar
+
+        self.psnr = None
+        self.progress = progress_bar("fit", ("loss {task.fields[loss]}",
+                                             "PSNR {task.fields[psnr]} dB",
+                                             "{task.fields[gaussians]} splats"), quiet=quiet)
+        self.task = self.progress.add_task("fit", total=total, completed=start, loss="-",
+                                           psnr="-", gaussians="-")
+
+    def __enter__(self) -> _Progress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, iteration: int, loss: float, value: float, gaussians: int) -> None:
+        if math.isfinite(value):
+            self.psnr = value if self.psnr is None else 0.9 * self.psnr + 0.1 * value
+        self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}",
+                             psnr="-" if self.psnr is None else f"{self.psnr:.2f}",
+                             gaussians=str(gaussians))
+
+
+def _write_checkpoint(path: Path, trainer: GaussianTrainer, init_state: dict[str, torch.Tensor],
+                      meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {**trainer.state_tensors(), **init_state}
+    with atomic_directory(path) as tmp:
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(
+            json.dumps({**meta, "trainer": trainer.state_meta()}, indent=2), encoding="utf-8")
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(path / "state.safetensors"))
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"the checkpoint in {path} is unreadable ({err}); delete it and run "
+                        "without --resume.") from None
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"the checkpoint in {path} is from another version; delete it and run "
+                        "without --resume.")
+    return tensors, meta
+
+
+def _apply_focal(images: list[LoadedImage], focal_35mm: float | None) -> None:
+    if focal_35mm is None:
+        return
+    from reconstruction.images import FULL_FRAME_DIAGONAL_MM
+
+    for im in images:
+        if im.focal_px is None:
+            im.focal_px = focal_35mm * math.hypot(im.width, im.height) / FULL_FRAME_DIAGONAL_MM
+
+
+@dataclass
+class TrainerJob:
+    """What a method's ``build`` function gets to make its trainer."""
+
+    config: FitConfig
+    options: Any
+    """The method's own options (``config.options`` or its defaults)."""
+    data: TrainData
+    """Training images and the normalised initial cameras."""
+    scene: GaussianScene
+    """The initial Gaussians (from the initialisation's cloud)."""
+    images: list[LoadedImage]
+    """The photos as loaded (paths, EXIF focal, sizes)."""
+    init_state: dict[str, torch.Tensor]
+    """The normalised-frame initialisation (``init.*`` tensors, also checkpointed)."""
+
+
+#: ``(job) -> trainer``: how a Gaussian method makes its trainer.
+BuildTrainer = Callable[[TrainerJob], GaussianTrainer]
+
+#: Called after every optimisation step with the trainer and the photos (live viewer).
+Monitor = Callable[[GaussianTrainer, list[LoadedImage]], None]
+
+
+def default_trainer(job: TrainerJob) -> GaussianTrainer:
+    """F-3DGO's trainer: the default loss terms and densification strategy."""
+    return GaussianTrainer(job.data, job.scene, job.config.train, seed=job.config.seed,
+                           device=job.config.device)
+
+
+@dataclass
+class _Run:
+    """The state of one fit as it goes through the stages."""
+
+    config: FitConfig
+    options: Any
+    images: list[LoadedImage]
+    known: Cameras | None
+    checkpoint_path: Path
+    fingerprint: list[dict]
+    key: dict
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+    resumed: tuple[dict[str, torch.Tensor], dict] | None = None
+    init_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    init_meta: dict = field(default_factory=dict)
+
+
+def fit(config: FitConfig, cameras: Cameras | None = None,
+        callbacks: list[Monitor] | None = None, build: BuildTrainer = default_trainer,
+        check_inputs: Callable[[Any, list[LoadedImage]], None] | None = None,
+        options: Any = None) -> dict:
+    """Run the whole loop (see the module doc); returns the metrics written.
+
+    Args:
+        config: the run's options (``config.out`` is written complete or not at all).
+        cameras: known cameras of the photos, in their name order (as ``--poses``).
+        callbacks: called after every optimisation step (``recon fit --view`` passes the
+            live viewer's refresh; they must return quickly).
+        build: the method's trainer builder.
+        check_inputs: the method's early check of its options and files.
+        options: the method's options (default: ``config.options``).
+    """
+    run = _prepare(config, cameras, options if options is not None else config.options,
+                   check_inputs)
+    if run.resumed is None:
+        _initialise(run)
+    else:
+        _restore_initialisation(run)
+    trainer, meta = _setup_trainer(run, build)
+    _train(run, trainer, meta, callbacks or [])
+    t0 = time.perf_counter()
+    psnrs = trainer.evaluate()
+    run.timings["evaluate"] = time.perf_counter() - t0
+    metrics = _write_outputs(run, trainer, psnrs, meta)
+    if run.checkpoint_path.exists():
+        import shutil
+
+        shutil.rmtree(run.checkpoint_path, ignore_errors=True)
+    return metrics
+
+
+def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
+             check_inputs: Callable[[Any, list[LoadedImage]], None] | None) -> _Run:
+    """Checks, threads, the photos, the known cameras and an existing checkpoint."""
+    t_start = time.perf_counter()
+    _check_paths(config)
+    config.train.iterations = config.iterations
+    threads = set_threads(config.threads)
+    config.init_options.sfm.threads = threads
+
+    t0 = time.perf_counter()
+    images = load_images(config.images, config.max_size, config.train.background)
+    _apply_focal(images, config.focal_35mm)
+    load_seconds = time.perf_counter() - t0
+    known = _known_cameras(config, images, cameras)
+    if check_inputs is not None:  # option and file errors before the minutes of SfM
+        check_inputs(options, images)
+    if known is not None:
+        config.train.optimise_poses = False
+        config.train.optimise_focal = False
+    run = _Run(config=config, options=options, images=images, known=known,
+               checkpoint_path=resume_dir(config.out), fingerprint=_fingerprint(images),
+               key=_resume_key(config, options, known), t_start=t_start,
+               timings={"load_images": load_seconds})
+    run.resumed = _find_checkpoint(run)
+    return run
+
+
+def _find_checkpoint(run: _Run) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The checkpoint to continue from (``--resume``), refused when it does not match."""
+    path = run.checkpoint_path
+    if not run.config.resume:
+        if path.exists():
+            warn(f"ignoring the checkpoint in {path} (no --resume); starting again")
+        return None
+    if not (path / "state.json").exists():
+        raise UserError(f"there is no checkpoint to resume in {path}; run without --resume.")
+    tensors, meta = _read_checkpoint(path)
+    if meta["images"] != run.fingerprint:
+        raise UserError(f"the checkpoint in {path} was made from other photos; run without "
+                        "--resume to start again.")
+    if meta["key"] != run.key:
+        raise UserError(f"the checkpoint in {path} was made with other options; rerun with the "
+                        "same options, or without --resume.")
+    return tensors, meta
+
+
+def _initialise(run: _Run) -> None:
+    """The coarse initialisation, normalised: ``run.init_state`` and ``run.init_meta``."""
+    config, known = run.config, run.known
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="sparseview-init-") as work:
+        given = None if known is None else (known.K.numpy(), known.T_cam_world.numpy())
+        init = INITIALISERS[config.init](run.images, Path(work), config.init_options,
+                                         config.seed, cameras=given)
+    run.timings.update({f"init_{k}": v for k, v in init.timings.items()})
+    run.timings["init_total"] = time.perf_counter() - t0
+    dense, sparse, T_init = init.points_world, init.model.points_world, init.model.T_cam_world
+    centre, scale = _normalisation(T_init, sparse)
+    T_cam_world, points = _apply_normalisation(T_init, dense, centre, scale)
+    _, sparse_points = _apply_normalisation(T_init, sparse, centre, scale)
+    run.init_state = {
+        "init.Ks": torch.from_numpy(init.model.Ks).float(),
+        "init.T_cam_world": torch.from_numpy(T_cam_world).float(),
+        "init.points": torch.from_numpy(points).float(),
+        "init.colors": torch.from_numpy(init.colors).float(),
+        "init.sparse_points": torch.from_numpy(sparse_points).float(),
+        "init.sparse_colors": torch.from_numpy(init.model.colors).float(),
+    }
+    run.init_meta = {"stats": init.stats, "timings": run.timings.copy(),
+                     "normalisation": {"centre": centre.tolist(), "scale": scale}}
+
+
+def _restore_initialisation(run: _Run) -> None:
+    """The initialisation of the checkpoint being resumed."""
+    tensors, meta = run.resumed
+    run.init_state = {k: v for k, v in tensors.items() if k.startswith("init.")}
+    run.init_meta = meta["init"]
+    run.timings.update({k: v for k, v in run.init_meta["timings"].items()
+                        if k != "load_images"})
+
+
+def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dict]:
+    """The method's trainer on the initial Gaussians (restored when resuming), and the
+    checkpoint metadata."""
+    config, init_state = run.config, run.init_state
+    t_setup = time.perf_counter()
+    data = TrainData(
+        images=[im.rgb for im in run.images],
+        Ks=init_state["init.Ks"],
+        T_cam_world_init=init_state["init.T_cam_world"],
+        scene_scale=1.0,  # the world is normalised to a mean camera distance of 1
+    )
+    scene = GaussianScene.from_points(
+        init_state["init.points"], init_state["init.colors"].clamp(0, 1),
+        sh_degree=config.train.sh_degree, initial_opacity=config.train.initial_opacity)
+    trainer = build(TrainerJob(config=config, options=run.options, data=data, scene=scene,
+                               images=run.images, init_state=init_state))
+    if run.resumed is not None:
+        tensors, meta = run.resumed
+        trainer.load_state(tensors, meta["trainer"])
+        initial_gaussians = int(meta["initial_gaussians"])
+        initial_psnr = float(meta["initial_psnr_db"])
+    else:
+        initial_gaussians = trainer.num_gaussians
+        initial_psnr = float(np.mean(trainer.evaluate()))  # of the initialisation
+    meta = {"version": CHECKPOINT_VERSION, "images": run.fingerprint, "key": run.key,
+            "init": run.init_meta, "initial_gaussians": initial_gaussians,
+            "initial_psnr_db": initial_psnr}
+    run.timings["setup"] = time.perf_counter() - t_setup  # splats from the cloud, first PSNR
+    return trainer, meta
+
+
+def _train(run: _Run, trainer: GaussianTrainer, meta: dict, callbacks: list[Monitor]) -> None:
+    """The optimisation with its progress bar, checkpoints and callbacks; Ctrl-C says how
+    to resume."""
+    config = run.config
+    last_checkpoint = [trainer.iteration if run.resumed is not None else None]
+
+    def save(tr: GaussianTrainer) -> None:
+        _write_checkpoint(run.checkpoint_path, tr, run.init_state, meta)
+        last_checkpoint[0] = tr.iteration
+
+    t0 = time.perf_counter()
+    train_before = float(run.resumed[1].get("train_seconds", 0.0)) \
+        if run.resumed is not None else 0.0
+    meta["train_seconds"] = train_before
+    try:
+        with _Progress(config.iterations, trainer.iteration, config.quiet) as bar:
+            def on_step(it: int, loss: float, value: float) -> None:
+                bar.update(it, loss, value, trainer.num_gaussians)
+                for callback in callbacks:
+                    callback(trainer, run.images)
+                meta["train_seconds"] = train_before + time.perf_counter() - t0
+
+            trainer.train(on_step=on_step, on_checkpoint=save)
+    except KeyboardInterrupt:
+        if last_checkpoint[0] is not None:
+            warn(f"stopped at iteration {trainer.iteration}; rerun the same command with "
+                 f"--resume to continue from iteration {last_checkpoint[0]}")
+        raise
+    run.timings["train"] = train_before + time.perf_counter() - t0
+
+
+def _pose_changes(trainer: GaussianTrainer, names: list[str]) -> list[dict]:
+    """How far each camera moved during the optimisation (rotation, centre)."""
+    from geometry.so3 import rotation_angle
+
+    with torch.no_grad():
+        T_init = trainer.T_init.double()
+        T_final = trainer.viewmats().double()
+    angles = rotation_angle(T_init[:, :3, :3], T_final[:, :3, :3])
+    changes = []
+    for i, name in enumerate(names):
+        c_init = -T_init[i, :3, :3].T @ T_init[i, :3, 3]
+        c_final = -T_final[i, :3, :3].T @ T_final[i, :3, 3]
+        changes.append({"image": name, "rotation_deg": math.degrees(float(angles[i])),
+                        "centre_shift": float((c_final - c_init).norm())})
+    return changes
+
+
+def _final_scene(run: _Run, trainer: GaussianTrainer
+                 ) -> tuple[GaussianScene, Cameras, torch.Tensor]:
+    """The trained Gaussians, cameras (named ``images/<png>``) and sparse SfM points, in the
+    given cameras' frame with known poses (the normalisation undone), else normalised."""
+    from geometry.cameras import Cameras
+    from geometry.se3 import invert_T
+
+    with torch.no_grad():
+        T_cam_world = trainer.viewmats().detach().cpu().double()
+        Ks = trainer.intrinsics().detach().cpu().double()
+    scene = trainer.scene()
+    sparse_points = run.init_state["init.sparse_points"].double()
+    if run.known is not None:  # undo the normalisation: outputs in the given cameras' frame
+        centre = torch.tensor(run.init_meta["normalisation"]["centre"], dtype=torch.float64)
+        scale = float(run.init_meta["normalisation"]["scale"])
+        T_cam_world[:, :3, 3] = T_cam_world[:, :3, 3] / scale \
+            - (T_cam_world[:, :3, :3] @ centre[:, None])[..., 0]
+        sparse_points = sparse_points / scale + centre
+        scene = GaussianScene(
+            means=(scene.means.double() / scale + centre).float(), quats=scene.quats,
+            log_scales=scene.log_scales - math.log(scale),
+            logit_opacities=scene.logit_opacities, sh0=scene.sh0, shN=scene.shN)
+    cameras = Cameras(
+        K=Ks, T_world_cam=invert_T(T_cam_world),
+        width=torch.tensor([im.width for im in run.images]),
+        height=torch.tensor([im.height for im in run.images]),
+        names=[f"images/{n}" for n in _output_names(run.images)])
+    return scene, cameras, sparse_points
+
+
+def _metrics(run: _Run, trainer: GaussianTrainer, psnrs: list[float], meta: dict) -> dict:
+    """What metrics.json holds (timings are added when the outputs are written)."""
+    config, images = run.config, run.images
+    names = _output_names(images)
+    return {
+        "images": [im.path.name for im in images],
+        "method": config.method,
+        "init": config.init,
+        "known_poses": run.known is not None,
+        "iterations": config.iterations,
+        "seed": config.seed,
+        "device": config.device,
+        "threads": torch.get_num_threads(),
+        "timings_s": {},
+        "training_psnr_db": float(np.mean(psnrs)),
+        "initial_psnr_db": meta["initial_psnr_db"],
+        "training_psnr_db_per_view": dict(zip(names, psnrs, strict=True)),
+        "num_gaussians": trainer.num_gaussians,
+        "initial_gaussians": meta["initial_gaussians"],
+        "pose_change": _pose_changes(trainer, [im.path.name for im in images]),
+        "focal_change": [float(f) for f in torch.exp(trainer.params["log_focal"]).detach()],
+        "init_stats": run.init_meta["stats"],
+        "normalisation": run.init_meta["normalisation"],
+        "nan_rollbacks": trainer.rollbacks,
+        **trainer.extra_metrics(),
+    }
+
+
+def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
+                   meta: dict) -> dict:
+    """Write OUT (see the module doc) in one atomic step; returns the metrics."""
+    from geometry.cameras import Cameras
+    from geometry.io.colmap import ColmapModel, write_colmap_model
+    from geometry.io.transforms_json import write_transforms_json
+    from reconstruction.gaussians import write_ply
+
+    t0 = time.perf_counter()
+    names = _output_names(run.images)
+    scene, cameras, sparse_points = _final_scene(run, trainer)
+    metrics = _metrics(run, trainer, psnrs, meta)
+    with atomic_directory(run.config.out) as tmp:
+        (tmp / "images").mkdir()
+        for name, im in zip(names, run.images, strict=True):
+            write_png(tmp / "images" / name, im.rgb)
+        write_ply(tmp / "splats.ply", scene)
+        colmap = ColmapModel.from_cameras(
+            Cameras(K=cameras.K, T_world_cam=cameras.T_world_cam, width=cameras.width,
+                    height=cameras.height, names=list(names)),
+            points_xyz=sparse_points.numpy(),
+            points_rgb=run.init_state["init.sparse_colors"].clamp(0, 1).numpy())
+        write_colmap_model(tmp / "cameras", colmap)
+        write_transforms_json(tmp / "transforms.json", cameras,
+                              file_paths=[f"images/{n}" for n in names],
+                              extra={"ply_file_path": "splats.ply"})
+        run.timings["write"] = time.perf_counter() - t0
+        run.timings["total"] = time.perf_counter() - run.t_start
+        metrics["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _output_names(images: list[LoadedImage]) -> list[str]:
+    """PNG names for OUT/images: the photo's stem, made unique (a.jpg and a.png both exist)."""
+    names, used = [], set()
+    for im in images:
+        stem = im.path.stem
+        name, k = f"{stem}.png", 1
+        while name in used:
+            name, k = f"{stem}_{k}.png", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+

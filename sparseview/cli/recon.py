@@ -1,0 +1,186 @@
+"""The ``recon`` command line: ``fit``, ``eval``, ``view``, ``render`` and ``build-ops``.
+
+Subcommands are dataclasses turned into a CLI by tyro; heavy modules are imported inside
+``run`` so that ``recon --help`` stays fast. ``fit`` and ``eval`` take ``--method NAME``
+from the method registry (:mod:`reconstruction.methods`): the command is built for that
+method, so ``recon fit --method NAME --help`` shows its own options (``--NAME.*``) and no
+other method's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import tyro
+
+from geometry.errors import run_cli
+from reconstruction.engine.config import FitConfig
+from reconstruction.eval.cli import Eval
+from reconstruction.method import Method
+from viewer.cli import Render, View
+
+
+@dataclass
+class BuildOps:
+    """Compile the native kernels now (otherwise they are built on first use)."""
+
+    verbose: bool = False
+    """Show the compiler's output."""
+
+    def run(self) -> None:
+        from geometry.ops.loader import build_ops
+
+        path = build_ops(verbose=self.verbose)
+        print(f"native kernels ready: {path}")
+
+
+@dataclass
+class Fit(FitConfig):
+    """Fit a scene and camera poses to a folder of 2-12 unposed photos (default method:
+    InstantSplat; see --method).
+
+    Writes OUT/splats.ply, OUT/cameras/ (COLMAP text), OUT/transforms.json, OUT/images/ and
+    OUT/metrics.json. Ctrl-C keeps the last checkpoint; rerun with --resume to continue.
+    """
+
+    view: bool = False
+    """Open the browser viewer during training (splats and cameras refreshed live)."""
+    view_port: int = 8080
+    """Port of the live viewer."""
+    view_host: str = "127.0.0.1"
+    """Address of the live viewer (0.0.0.0: reachable from other machines)."""
+    view_every: int = 10
+    """Refresh the live view every this many iterations (and at most once a second)."""
+    view_keep_open: bool = True
+    """After training, keep serving the result until Ctrl-C."""
+
+    def run(self) -> dict:
+        from geometry.errors import UserError
+        from reconstruction.methods import fit
+
+        _take_method_options(self)
+        if not self.view:
+            return _report(self, fit(self))
+        if self.view_every < 1:
+            raise UserError(f"--view-every {self.view_every} must be at least 1.")
+        from viewer.live import LiveTrainingViewer
+
+        live = LiveTrainingViewer(port=self.view_port, host=self.view_host,
+                                  every=self.view_every)
+        try:
+            metrics = fit(self, callbacks=[live_monitor(live)])
+        except BaseException:
+            live.close()
+            raise
+        _report(self, metrics)
+        if self.view_keep_open:
+            live.keep_open()
+        else:
+            live.close()
+        return metrics
+
+
+def _report(config: FitConfig, metrics: dict) -> dict:
+    """One line: where the outputs went and the figures a method reports."""
+    from rich.console import Console
+
+    parts = []
+    if "num_gaussians" in metrics:
+        parts.append(f"{metrics['num_gaussians']} splats")
+    if "training_psnr_db" in metrics:
+        parts.append(f"training PSNR {metrics['training_psnr_db']:.2f} dB")
+    if "total" in metrics.get("timings_s", {}):
+        parts.append(f"{metrics['timings_s']['total']:.1f} s")
+    Console(stderr=True, highlight=False).print(
+        f"wrote {config.out}" + (f": {', '.join(parts)}" if parts else ""))
+    return metrics
+
+
+def live_monitor(live):
+    """The ``fit`` callback that refreshes ``live`` (a LiveTrainingViewer) when it is due."""
+
+    def monitor(trainer, images) -> None:
+        last = trainer.iteration >= trainer.config.iterations
+        if not (last or live.due(trainer.iteration)):
+            return
+        import torch
+
+        from geometry.cameras import Cameras
+        from geometry.se3 import invert_T
+
+        with torch.no_grad():
+            cameras = Cameras(K=trainer.intrinsics().cpu(),
+                              T_world_cam=invert_T(trainer.viewmats().cpu()),
+                              width=torch.tensor([im.width for im in images]),
+                              height=torch.tensor([im.height for im in images]),
+                              image_paths=[str(im.path) for im in images],
+                              names=[im.path.name for im in images])
+        live.update(trainer.iteration, trainer.scene(), cameras, force=last)
+
+    return monitor
+
+
+def _take_method_options(command) -> None:
+    """Move the method's option group (field ``<method>``) into ``command.options``."""
+    if command.options is None:
+        command.options = getattr(command, command.method, None)
+
+
+def method_command(base: type, method: Method, names: list[str]) -> type:
+    """``base`` (Fit or Eval) for ``method``: ``--method`` choices from the registry and the
+    method's own options as the group ``--<name>.*`` (no other method's)."""
+    from reconstruction.methods import get_method
+
+    lines = "; ".join(f"{n} ({get_method(n).summary.rstrip('.')})" for n in names)
+    method_type = Annotated[Literal[tuple(names)], tyro.conf.arg(  # type: ignore[valid-type]
+        help=f"Reconstruction method: {lines}. `--method NAME --help` lists NAME's own "
+             "options.")]
+    fields = [("method", method_type, dataclasses.field(default=method.name))]
+    if method.options is not None:
+        fields.append((method.name, Annotated[method.options, tyro.conf.arg(
+            help=f"Options of --method {method.name}.")],
+            dataclasses.field(default_factory=method.options)))
+    return dataclasses.make_dataclass(f"{base.__name__}_{method.name}", fields, bases=(base,),
+                                      namespace={"__doc__": base.__doc__,
+                                                 "__module__": __name__})
+
+
+def _method_in(argv: list[str]) -> str | None:
+    """The value of ``--method`` in ``argv`` (``--method X`` or ``--method=X``)."""
+    for k, arg in enumerate(argv):
+        if arg == "--method" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def commands(argv: list[str]) -> dict[str, type]:
+    """The subcommands, ``fit``/``eval`` built for the method ``argv`` names."""
+    from reconstruction.methods import DEFAULT_METHOD, METHODS, get_method, method_names
+
+    names = method_names()
+    chosen = _method_in(argv)
+    method = get_method(chosen if chosen in METHODS else DEFAULT_METHOD)
+    return {
+        "fit": method_command(Fit, method, names),
+        "eval": method_command(Eval, method, names),
+        "view": View,
+        "render": Render,
+        "build-ops": BuildOps,
+    }
+
+
+def main() -> None:
+    def _main() -> None:
+        cmd = tyro.extras.subcommand_cli_from_dict(commands(sys.argv[1:]), prog="recon")
+        cmd.run()
+
+    run_cli(_main, prog="recon")
+
+
+if __name__ == "__main__":
+    main()
