@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reconstruction.engine.components import GAUSSIAN_FIELDS
 from reconstruction.engine.config import TrainConfig
 from reconstruction.engine.losses import LossTerm, default_loss_terms
 from reconstruction.engine.strategy import DefaultStrategy
-from reconstruction.engine.components import GAUSSIAN_FIELDS
 from reconstruction.engine.trainer import GaussianTrainer
 from reconstruction.rdggs.config import RDGGSConfig
 from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss

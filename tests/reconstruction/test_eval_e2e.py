@@ -107,7 +107,7 @@ def test_known_poses_eval_with_lpips(scene, tmp_path):
 
 
 def test_user_errors_exit_2_with_one_line(scene, tmp_path):
-    cmd = [sys.executable, "-m", "reconstruction.eval.cli", "--dataset", str(scene.path),
+    cmd = [sys.executable, "-m", "sparseview.cli.recon", "eval", "--dataset", str(scene.path),
            "--out", str(tmp_path / "out"), "--views", "2,3,99"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 2

@@ -20,8 +20,8 @@ from plyfile import PlyData
 from geometry.io.colmap import read_colmap_model
 from geometry.io.transforms_json import read_transforms_json
 from geometry.sim3 import align_poses, apply_sim3_to_poses
-from reconstruction.gaussians import ply_property_names, read_ply
 from reconstruction.engine.config import FitConfig
+from reconstruction.gaussians import ply_property_names, read_ply
 from reconstruction.methods import fit
 from reconstruction.procedural import SceneConfig, render, write_photos
 

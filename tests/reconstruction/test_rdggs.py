@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from geometry.errors import UserError
-from reconstruction.gaussians import GaussianScene
 from reconstruction.engine.config import TrainConfig
 from reconstruction.engine.losses import default_loss_terms
 from reconstruction.engine.trainer import GaussianTrainer, TrainData
+from reconstruction.gaussians import GaussianScene
 from reconstruction.rdggs.config import RDGGSConfig
 from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss
 from reconstruction.rdggs.method import AdaptiveSampling, RelativeDepthLoss

@@ -129,9 +129,11 @@ def test_eval_reports_depth_absrel_in_ground_truth_units(tmp_path):
 def test_eval_depth_absrel_of_a_rendered_wall():
     """A wall of Gaussians at z = 2 rendered with protocol's depth render: AbsRel against a
     GT of 2 * s after scaling by s is ~0, against the unscaled GT it is 1 - 1/s."""
+    from geometry.cameras import Cameras
     from reconstruction.eval import metrics as M
     from reconstruction.eval.protocol import render_depth
     from reconstruction.gaussians import GaussianScene
+    from reconstruction.scene_model import GaussianSceneModel
 
     xs, ys = torch.meshgrid(torch.linspace(-1.5, 1.5, 90), torch.linspace(-1.2, 1.2, 72),
                             indexing="xy")
@@ -139,7 +141,8 @@ def test_eval_depth_absrel_of_a_rendered_wall():
     scene = GaussianScene.from_points(pts, torch.full_like(pts, 0.5), sh_degree=0,
                                       initial_opacity=0.99, scale_factor=1.5)
     K = torch.tensor([[50.0, 0, 32], [0, 50.0, 24], [0, 0, 1]])
-    depth, covered = render_depth(scene, K, torch.eye(4), 64, 48)
+    camera = Cameras(K=K[None], T_world_cam=torch.eye(4)[None], width=64, height=48)
+    depth, covered = render_depth(GaussianSceneModel(scene, camera), camera)
     assert float(covered.float().mean()) > 0.95
     s = 3.0
     gt = torch.full((48, 64), 2.0 * s)
