@@ -215,6 +215,9 @@ class PoseMetrics:
             "rot_err_median_deg": self.rot_err_median_deg,
             "rot_under_5": self.rot_under_5, "rot_under_15": self.rot_under_15,
             "rel_rot_under_5": self.rel_rot_under_5, "rel_rot_under_15": self.rel_rot_under_15,
+            "rel_trans_under_5": self.rel_trans_under_5,
+            "rel_trans_under_15": self.rel_trans_under_15,
+            "centre_under_10pct": self.centre_under_10pct,
             "alignment_scale": self.scale, "alignment": self.alignment,
         }
 

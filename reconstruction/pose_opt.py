@@ -114,138 +114,189 @@ def optimise_poses(model: SceneModel, cameras: Cameras, targets: Tensor,
         :class:`PoseOptResult`; every hypothesis keeps its own best pose, whose
         full-resolution loss is no higher than its initial pose's.
     """
-    import torch
-
-    from geometry.se3 import invert_T, se3_exp
-
     if not model.differentiable_cameras:
         raise ValueError(f"{type(model).__name__} renders are not differentiable w.r.t. the "
                          "cameras; its poses cannot be optimised by render-and-compare")
-    from geometry.cameras import Cameras
-    from geometry.so3 import rotation_angle
-    from reconstruction.engine.losses import photometric_loss
-    from reconstruction.scene_model import camera_size
+    problem = _PoseProblem(model, cameras, targets, config, masks)
+    if config.iterations <= 0:
+        return problem.result(problem.T_init, problem.initial, 0)
+    local = model.near(problem.cameras_at(problem.T_init))
+    if local.info().get("num_gaussians", 1) == 0:  # nothing in view: nothing to align
+        return problem.result(problem.T_init, problem.initial, 0)
+    T_last, best_T = problem.descend(local, scene_scale, on_step)
+    return problem.choose(T_last, best_T)
 
-    device = model.device
-    width, height = camera_size(cameras)
-    b = len(cameras)
-    targets = targets.to(device, torch.float32)
-    if targets.shape != (b, height, width, 3):
-        raise ValueError(f"targets must be [B, H, W, 3] = {(b, height, width, 3)}, "
-                         f"got {tuple(targets.shape)}")
-    use_mask = masks is not None and config.mask_weight > 0
-    if use_mask:
-        masks = masks.to(device, torch.float32)
-        if masks.shape != (b, height, width):
-            raise ValueError(f"masks must be [B, H, W] = {(b, height, width)}, "
-                             f"got {tuple(masks.shape)}")
-    outputs = ("rgb", "alpha") if use_mask else ("rgb",)
-    K = cameras.K.to(device, torch.float32)
-    T_init = invert_T(cameras.T_world_cam.detach().double()).to(device, torch.float32)
 
-    def losses(model_: SceneModel, K_: Tensor, T_cam_world: Tensor, target: Tensor,
+class _PoseProblem:
+    """The targets, initial poses and losses of one :func:`optimise_poses` call."""
+
+    def __init__(self, model: SceneModel, cameras: Cameras, targets: Tensor,
+                 config: PoseOptConfig, masks: Tensor | None) -> None:
+        import torch
+
+        from geometry.se3 import invert_T
+        from reconstruction.scene_model import camera_size
+
+        self.model, self.config = model, config
+        device = model.device
+        self.width, self.height = camera_size(cameras)
+        b = self.num = len(cameras)
+        self.targets = targets.to(device, torch.float32)
+        if self.targets.shape != (b, self.height, self.width, 3):
+            raise ValueError(f"targets must be [B, H, W, 3] = {(b, self.height, self.width, 3)}"
+                             f", got {tuple(targets.shape)}")
+        self.use_mask = masks is not None and config.mask_weight > 0
+        self.masks = None
+        if self.use_mask:
+            self.masks = masks.to(device, torch.float32)
+            if self.masks.shape != (b, self.height, self.width):
+                raise ValueError(f"masks must be [B, H, W] = {(b, self.height, self.width)}, "
+                                 f"got {tuple(masks.shape)}")
+        self.outputs = ("rgb", "alpha") if self.use_mask else ("rgb",)
+        self.K = cameras.K.to(device, torch.float32)
+        self.T_init = invert_T(cameras.T_world_cam.detach().double()).to(device, torch.float32)
+        self.initial = self.full_losses(self.T_init)
+
+    def cameras_at(self, T_cam_world: Tensor) -> Cameras:
+        from geometry.cameras import Cameras
+        from geometry.se3 import invert_T
+
+        return Cameras(K=self.K, T_world_cam=invert_T(T_cam_world), width=self.width,
+                       height=self.height)
+
+    def losses(self, model: SceneModel, K: Tensor, T_cam_world: Tensor, target: Tensor,
                mask: Tensor | None) -> Tensor:
         """``[B]`` loss of each pose (one render call for all)."""
+        import torch
+
+        from geometry.cameras import Cameras
+        from geometry.se3 import invert_T
+        from reconstruction.engine.losses import photometric_loss
+
         h, w = target.shape[1:3]
-        cams = Cameras(K=K_, T_world_cam=invert_T(T_cam_world), width=w, height=h)
-        out = model_.render(cams, outputs)
-        values = [photometric_loss(out.rgb[k], target[k], config.ssim_weight)
+        out = model.render(Cameras(K=K, T_world_cam=invert_T(T_cam_world), width=w, height=h),
+                           self.outputs)
+        values = [photometric_loss(out.rgb[k], target[k], self.config.ssim_weight)
                   for k in range(len(target))]
-        if use_mask:
-            values = [v + config.mask_weight * (out.alpha[k] - mask[k]).abs().mean()
+        if self.use_mask:
+            values = [v + self.config.mask_weight * (out.alpha[k] - mask[k]).abs().mean()
                       for k, v in enumerate(values)]
         return torch.stack(values)
 
-    def full_losses(T_cam_world: Tensor, rows: Tensor | None = None) -> Tensor:
+    def full_losses(self, T_cam_world: Tensor, rows: Tensor | None = None) -> Tensor:
         """Full-resolution losses with the full model, of hypotheses ``rows`` (all)."""
+        import torch
+
+        masks = self.masks
         with torch.no_grad():
             if rows is None:
-                return losses(model, K, T_cam_world, targets, masks).double()
-            return losses(model, K[rows], T_cam_world[rows], targets[rows],
-                          None if masks is None else masks[rows]).double()
+                return self.losses(self.model, self.K, T_cam_world, self.targets,
+                                   masks).double()
+            return self.losses(self.model, self.K[rows], T_cam_world[rows], self.targets[rows],
+                               None if masks is None else masks[rows]).double()
 
-    initial = full_losses(T_init)
-    best_T, best_loss = T_init.clone(), initial.clone()
+    def descend(self, local: SceneModel, scene_scale: float,
+                on_step: Callable[[int], None] | None) -> tuple[Tensor, Tensor]:
+        """Adam on a twist per hypothesis; ``(last poses, best poses seen)`` ``[B, 4, 4]``."""
+        import torch
 
-    def result(T_cam_world: Tensor, final: Tensor, iterations: int) -> PoseOptResult:
+        from geometry.se3 import se3_exp
+
+        config, b, device = self.config, self.num, self.K.device
+        coarse_K, coarse_targets = _scaled(self.K, self.targets, config.coarse_scale)
+        coarse_masks = None
+        if self.use_mask:
+            coarse_masks = _scaled(self.K, self.masks[..., None], config.coarse_scale)[1][..., 0]
+        rho = torch.zeros(b, 3, device=device, requires_grad=True)
+        omega = torch.zeros(b, 3, device=device, requires_grad=True)
+        optimizer = torch.optim.Adam([
+            {"params": [rho], "lr": config.lr_translation * scene_scale},
+            {"params": [omega], "lr": config.lr_rotation}])
+        base_lrs = [g["lr"] for g in optimizer.param_groups]
+        n_coarse = int(config.coarse_fraction * config.iterations)
+        best_T, best_loss = self.T_init.clone(), self.initial.clone()
+        # A hypothesis whose loss or gradient stops being finite keeps its last pose (as a
+        # lone optimisation would stop there); the others go on.
+        active = torch.ones(b, dtype=torch.bool, device=device)
+        for step in range(config.iterations):
+            # Constant steps for the first half, then exponential decay to a tenth (settles
+            # the oscillation of Adam near the optimum without slowing the long descent
+            # along the rotation-translation valley).
+            progress = step / max(1, config.iterations - 1)
+            decay = 0.1 ** max(0.0, 2.0 * progress - 1.0)
+            for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = lr * decay
+            K_s, target_s, mask_s = (coarse_K, coarse_targets, coarse_masks) \
+                if step < n_coarse else (self.K, self.targets, self.masks)
+            T = se3_exp(torch.cat((rho, omega), -1)) @ self.T_init
+            loss = self.losses(local, K_s, T, target_s, mask_s)
+            optimizer.zero_grad(set_to_none=True)
+            active &= torch.isfinite(loss).detach()
+            if not bool(active.any()):
+                break
+            loss[active].sum().backward()
+            active &= torch.isfinite(rho.grad).all(-1) & torch.isfinite(omega.grad).all(-1)
+            if not bool(active.any()):
+                break
+            _masked_step(optimizer, (rho, omega), active)
+            if step >= n_coarse:
+                # The loss just computed belongs to the pose before this step (with the near
+                # model's baked colours: a candidate, confirmed with the full model at the
+                # end).
+                value = loss.detach().double()
+                better = active & (value < best_loss)
+                best_loss = torch.where(better, value, best_loss)
+                best_T = torch.where(better[:, None, None], T.detach(), best_T)
+            if on_step is not None:
+                on_step(step)
+        with torch.no_grad():
+            T_last = se3_exp(torch.cat((rho, omega), -1)) @ self.T_init
+        return T_last, best_T
+
+    def choose(self, T_last: Tensor, best_T: Tensor) -> PoseOptResult:
+        """Of the initial, last and best-seen pose of each hypothesis, the one with the
+        lowest full-resolution loss of the full model."""
+        import torch
+
+        loss_last = self.full_losses(T_last)
+        moved = torch.tensor([not torch.equal(best_T[k], self.T_init[k])
+                              for k in range(self.num)], device=self.K.device)
+        loss_best = torch.full_like(self.initial, math.inf)
+        if bool(moved.any()):
+            loss_best[moved] = self.full_losses(best_T, moved)
+        final, chosen = self.initial.clone(), self.T_init.clone()
+        for value, T in ((loss_last, T_last), (loss_best, best_T)):
+            better = value < final
+            final = torch.where(better, value, final)
+            chosen = torch.where(better[:, None, None], T, chosen)
+        return self.result(chosen, final, self.config.iterations)
+
+    def result(self, T_cam_world: Tensor, final: Tensor, iterations: int) -> PoseOptResult:
+        import torch
+
+        from geometry.se3 import invert_T
+        from geometry.so3 import rotation_angle
+
         T_cam_world = T_cam_world.detach()
-        rotation_change = torch.rad2deg(rotation_angle(T_init[:, :3, :3],
+        rotation_change = torch.rad2deg(rotation_angle(self.T_init[:, :3, :3],
                                                        T_cam_world[:, :3, :3]))
-        c_init = invert_T(T_init)[:, :3, 3]
+        c_init = invert_T(self.T_init)[:, :3, 3]
         T_world_cam = invert_T(T_cam_world)
-        return PoseOptResult(T_cam_world.cpu(), T_world_cam.cpu(), initial.cpu(), final.cpu(),
-                             rotation_change.double().cpu(),
+        return PoseOptResult(T_cam_world.cpu(), T_world_cam.cpu(), self.initial.cpu(),
+                             final.cpu(), rotation_change.double().cpu(),
                              (T_world_cam[:, :3, 3] - c_init).norm(dim=-1).double().cpu(),
                              iterations)
 
-    if config.iterations <= 0:
-        return result(T_init, initial, 0)
-    local = model.near(Cameras(K=K, T_world_cam=invert_T(T_init), width=width, height=height))
-    if local.info().get("num_gaussians", 1) == 0:  # nothing in view: nothing to align
-        return result(T_init, initial, 0)
-    coarse_K, coarse_targets = _scaled(K, targets, config.coarse_scale)
-    coarse_masks = None
-    if use_mask:
-        coarse_masks = _scaled(K, masks[..., None], config.coarse_scale)[1][..., 0]
-    rho = torch.zeros(b, 3, device=device, requires_grad=True)
-    omega = torch.zeros(b, 3, device=device, requires_grad=True)
-    optimizer = torch.optim.Adam([
-        {"params": [rho], "lr": config.lr_translation * scene_scale},
-        {"params": [omega], "lr": config.lr_rotation}])
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
-    n_coarse = int(config.coarse_fraction * config.iterations)
-    # A hypothesis whose loss or gradient stops being finite keeps its last pose (as a lone
-    # optimisation would stop there); the others go on.
-    active = torch.ones(b, dtype=torch.bool, device=device)
-    for step in range(config.iterations):
-        # Constant steps for the first half, then exponential decay to a tenth (settles
-        # the oscillation of Adam near the optimum without slowing the long descent along
-        # the rotation-translation valley).
-        progress = step / max(1, config.iterations - 1)
-        decay = 0.1 ** max(0.0, 2.0 * progress - 1.0)
-        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = lr * decay
-        K_s, target_s, mask_s = (coarse_K, coarse_targets, coarse_masks) if step < n_coarse \
-            else (K, targets, masks)
-        T = se3_exp(torch.cat((rho, omega), -1)) @ T_init
-        loss = losses(local, K_s, T, target_s, mask_s)
-        optimizer.zero_grad(set_to_none=True)
-        active &= torch.isfinite(loss).detach()
-        if not bool(active.any()):
-            break
-        loss[active].sum().backward()
-        grads_ok = torch.isfinite(rho.grad).all(-1) & torch.isfinite(omega.grad).all(-1)
-        active &= grads_ok
-        if not bool(active.any()):
-            break
-        with torch.no_grad():
-            rho.grad[~active] = 0.0
-            omega.grad[~active] = 0.0
-            rho_before, omega_before = rho.detach().clone(), omega.detach().clone()
-        optimizer.step()
-        with torch.no_grad():
-            rho[~active] = rho_before[~active]
-            omega[~active] = omega_before[~active]
-        if step >= n_coarse:
-            # The loss just computed belongs to the pose before this step (with the near
-            # model's baked colours: a candidate, confirmed with the full model at the end).
-            value = loss.detach().double()
-            better = active & (value < best_loss)
-            best_loss = torch.where(better, value, best_loss)
-            best_T = torch.where(better[:, None, None], T.detach(), best_T)
-        if on_step is not None:
-            on_step(step)
+
+def _masked_step(optimizer, params: tuple[Tensor, ...], active: Tensor) -> None:
+    """One optimiser step that leaves the rows of inactive hypotheses where they are."""
+    import torch
+
     with torch.no_grad():
-        T_last = se3_exp(torch.cat((rho, omega), -1)) @ T_init
-    loss_last = full_losses(T_last)
-    moved = torch.tensor([not torch.equal(best_T[k], T_init[k]) for k in range(b)],
-                         device=device)
-    loss_best = torch.full_like(initial, math.inf)
-    if bool(moved.any()):
-        loss_best[moved] = full_losses(best_T, moved)
-    final, chosen = initial.clone(), T_init.clone()
-    for value, T in ((loss_last, T_last), (loss_best, best_T)):
-        better = value < final
-        final = torch.where(better, value, final)
-        chosen = torch.where(better[:, None, None], T, chosen)
-    return result(chosen, final, config.iterations)
+        for p in params:
+            p.grad[~active] = 0.0
+        before = [p.detach().clone() for p in params]
+    optimizer.step()
+    with torch.no_grad():
+        for p, old in zip(params, before, strict=True):
+            p[~active] = old[~active]

@@ -8,7 +8,10 @@ photos as thumbnails), a point cloud and 3D boxes. :func:`load_scene` builds one
   photos), ``cameras/`` (COLMAP text model; its ``points3D`` is the initial point cloud)
   and ``metrics.json``;
 - an output folder of the original 3DGS code: ``point_cloud/iteration_N/point_cloud.ply``
-  (the last N), ``cameras.json`` and ``input.ply`` (the SfM points).
+  (the last N), ``cameras.json`` and ``input.ply`` (the SfM points);
+- the output folder of any other registered reconstruction method (``metrics.json`` names
+  it): read through the scene-model protocol, shown as its cameras and a point cloud sampled
+  from its renders in those cameras (:func:`points_from_scene_model`).
 
 nuScenes samples are read by :mod:`viewer.nusc`. Everything is in the world frame of the
 files; cameras are OpenCV ``T_world_cam``.
@@ -221,6 +224,58 @@ def _metrics_stats(path: Path) -> dict[str, str]:
     return stats
 
 
+def _method_of(folder: Path) -> str | None:
+    """The method named in ``folder/metrics.json`` (a ``recon fit`` output), if any."""
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    method = metrics.get("method") if isinstance(metrics, dict) else None
+    return method if isinstance(method, str) else None
+
+
+def _load_scene_model(folder: Path, scene: ViewerScene) -> None:
+    """Cameras and sampled points of a registered method's output that has no splats."""
+    name = _method_of(folder)
+    if name is None:
+        return
+    from reconstruction.methods import METHODS, method_names
+
+    method_names()  # loads the entry-point methods too
+    if name not in METHODS:
+        return
+    model = METHODS[name].load(folder, "cpu")
+    scene.cameras = model.cameras
+    scene.points_world, scene.point_colors = points_from_scene_model(model)
+
+
+def points_from_scene_model(model, max_side: int = 160,
+                            min_alpha: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """A coloured point cloud of any scene model: every training camera rendered at most
+    ``max_side`` pixels wide or high, each pixel with opacity above ``min_alpha`` unprojected
+    at its rendered depth. ``(points_world [N, 3] float32, colours [N, 3] uint8)``."""
+    import torch
+
+    points, colours = [], []
+    cameras = model.cameras
+    for k in range(len(cameras)):
+        camera = cameras[k:k + 1]
+        w, h = int(torch.as_tensor(camera.width).reshape(-1)[0]), \
+            int(torch.as_tensor(camera.height).reshape(-1)[0])
+        scale = min(1.0, max_side / max(w, h))
+        small = camera.resize(max(1, round(w * scale)), max(1, round(h * scale)))
+        with torch.no_grad():
+            out = model.render(small, outputs=("rgb", "depth", "alpha"))
+        keep = (out.alpha[0] > min_alpha) & torch.isfinite(out.depth[0]) & (out.depth[0] > 0)
+        uv = small[0].pixel_centers()  # [h, w, 2]
+        pts = small[0].unproject(uv[keep], out.depth[0][keep].to(small.dtype))
+        points.append(pts.float().cpu().numpy())
+        colours.append((out.rgb[0][keep].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+    if not points:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    return np.concatenate(points), np.concatenate(colours)
+
+
 def load_scene(path: str | os.PathLike) -> ViewerScene:
     """Read a 3DGS PLY or an output folder (see the module doc).
 
@@ -269,6 +324,8 @@ def load_scene(path: str | os.PathLike) -> ViewerScene:
     if splats_path is not None:
         scene.splats = read_ply(splats_path)
     scene.cameras = cameras
+    if scene.splats is None:
+        _load_scene_model(path, scene)
     if scene.splats is None and scene.cameras is None and scene.points_world is None:
         raise UserError(f"found nothing to show in {path} (no splats.ply, transforms.json, "
                         f"COLMAP model or point_cloud/iteration_*/point_cloud.ply); "

@@ -319,6 +319,9 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     """Checks, threads, the photos, the known cameras and an existing checkpoint."""
     t_start = time.perf_counter()
     _check_paths(config)
+    if config.init not in INITIALISERS:
+        raise UserError(f"there is no initialiser {config.init!r}; choose one of "
+                        f"{', '.join(INITIALISERS)}.")
     config.train.iterations = config.iterations
     threads = set_threads(config.threads)
     config.init_options.sfm.threads = threads

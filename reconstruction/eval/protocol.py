@@ -23,7 +23,8 @@
 ``psnr_masked`` ...), the pose metrics of the training views (``ate_rmse``, ``ate_rel``
 = ATE / scene extent, ``rpe_trans_rmse``, ``rpe_rot_mean_deg``, ``rot_err_mean_deg``,
 ``rot_err_median_deg``, ``rot_under_5``, ``rot_under_15``, ``rel_rot_under_5``,
-``rel_rot_under_15``), ``depth_absrel`` where the dataset has ground-truth depth (mean
+``rel_rot_under_15``, ``rel_trans_under_5``, ``rel_trans_under_15``, ``centre_under_10pct``:
+see :mod:`geometry.pose_metrics`), ``depth_absrel`` where the dataset has ground-truth depth (mean
 ``|d - d*| / d*`` over the ground-truth pixels the render covers, the rendered expected
 depth brought to ground-truth units by the alignment's scale) with ``depth_coverage``
 (share of those pixels covered), ``seconds`` per stage, ``per_view`` (test views) and

@@ -3,7 +3,9 @@
 To add one (e.g. a learned point-map model that loads local weights), write a function with
 the :data:`Initialiser` signature, add its name to
 :data:`reconstruction.init.config.InitName` and its entry here, and put its options in
-:class:`reconstruction.init.config.InitConfig`.
+:class:`reconstruction.init.config.InitConfig`. A camera-pose estimator of ``pose/`` becomes
+one through :func:`pose.camera.initialiser.register_camera_estimator` (pose may import
+reconstruction, not the other way round), which adds it here at run time.
 """
 
 from __future__ import annotations

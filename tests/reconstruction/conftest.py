@@ -7,9 +7,7 @@ import sys
 import pytest
 
 
-@pytest.fixture
-def run_recon(monkeypatch, capsys):
-    """Run ``recon ARGS...`` in-process; returns ``(exit code, stderr)``."""
+def _runner(monkeypatch, capsys, keep_stdout: bool):
     from sparseview.cli import recon as cli
 
     def run(*args: str) -> tuple[int, str]:
@@ -19,6 +17,19 @@ def run_recon(monkeypatch, capsys):
             cli.main()
         except SystemExit as exc:
             code = int(exc.code or 0)
-        return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return code, (captured.out + captured.err) if keep_stdout else captured.err
 
     return run
+
+
+@pytest.fixture
+def run_recon(monkeypatch, capsys):
+    """Run ``recon ARGS...`` in-process; returns ``(exit code, stderr)``."""
+    return _runner(monkeypatch, capsys, keep_stdout=False)
+
+
+@pytest.fixture
+def run_recon_output(monkeypatch, capsys):
+    """Run ``recon ARGS...`` in-process; returns ``(exit code, stdout + stderr)`` (help)."""
+    return _runner(monkeypatch, capsys, keep_stdout=True)

@@ -79,9 +79,11 @@ def _fit_flat(config, cameras, callbacks) -> dict:
                           height=torch.tensor([im.height for im in images]))
     cameras = Cameras(K=cameras.K, T_world_cam=cameras.T_world_cam, width=cameras.width,
                       height=cameras.height, names=[im.path.name for im in images])
+    metrics = {"method": "flat", "flat_colour": colour.tolist(), "timings_s": {"total": 0.0}}
     with atomic_directory(config.out) as tmp:
         FlatScene(colour.tolist(), cameras).save(tmp)
-    return {"flat_colour": colour.tolist(), "timings_s": {"total": 0.0}}
+        (tmp / "metrics.json").write_text(json.dumps(metrics))
+    return metrics
 
 
 FLAT = Method(name="flat", summary="Throw-away test method: one colour everywhere.",
@@ -111,36 +113,20 @@ def test_the_builtin_methods_are_registered_with_their_options():
         get_method("nerf")
 
 
-def _recon_output(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    """``recon ARGS`` in-process: exit code and stdout + stderr."""
-    import sys
-
-    from sparseview.cli import recon
-
-    monkeypatch.setattr(sys, "argv", ["recon", *args])
-    code = 0
-    try:
-        recon.main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
-def test_help_lists_methods_and_shows_only_the_chosen_methods_options(monkeypatch, capsys,
+def test_help_lists_methods_and_shows_only_the_chosen_methods_options(run_recon_output,
                                                                      flat_registered):
-    code, out = _recon_output(monkeypatch, capsys, "fit", "--help")
+    code, out = run_recon_output("fit", "--help")
     assert code == 0
     assert "flat" in out and "Throw-away test method" in out and "rdggs" in out
     assert "--rdggs." not in out and "--flat." not in out
-    code, out = _recon_output(monkeypatch, capsys, "fit", "--method", "rdggs", "--help")
+    code, out = run_recon_output("fit", "--method", "rdggs", "--help")
     assert code == 0 and "--rdggs.depth-prior" in out and "--flat." not in out
-    code, out = _recon_output(monkeypatch, capsys, "fit", "--method", "flat", "--help")
+    code, out = run_recon_output("fit", "--method", "flat", "--help")
     assert code == 0 and "--flat.gain" in out and "--rdggs." not in out
-    code, out = _recon_output(monkeypatch, capsys, "eval", "--method=flat", "--help")
+    code, out = run_recon_output("eval", "--method=flat", "--help")
     assert code == 0 and "--flat.gain" in out and "--rdggs." not in out
     # Another method's options are refused, not silently ignored.
-    code, out = _recon_output(monkeypatch, capsys, "fit", "--images", "x", "--out", "y",
+    code, out = run_recon_output("fit", "--images", "x", "--out", "y",
                               "--rdggs.depth-prior", "init")
     assert code == 2 and "--rdggs.depth-prior" in out
 
@@ -204,3 +190,27 @@ def test_recon_eval_measures_a_method_through_the_scene_model(run_recon, tmp_pat
                           "--method", "flat", "--views", "0,2,4", "--test-views", "1",
                           "--quiet", "--test-pose", "on")
     assert code == 2 and "differentiable" in err and "--test-pose off" in err
+
+
+def test_recon_view_shows_any_method_through_the_scene_model(run_recon, tmp_path,
+                                                             flat_registered):
+    """A method's output without splats is shown as its cameras and points sampled from its
+    renders: the flat scene's points lie at depth 2 in front of each camera, in its colour."""
+    from viewer.data import load_scene
+
+    out = tmp_path / "out"
+    code, err = run_recon("fit", "--method", "flat", "--images", str(_photos(tmp_path)),
+                          "--out", str(out), "--quiet")
+    assert code == 0, err
+    scene = load_scene(out)
+    assert scene.splats is None and len(scene.cameras) == 3
+    model = FlatScene.load(out)
+    n = len(scene.points_world) // 3
+    assert len(scene.points_world) == 3 * 24 * 32  # every pixel of the 32x24 photos
+    for k in range(3):
+        pts = torch.from_numpy(scene.points_world[k * n:(k + 1) * n]).double()
+        T = model.cameras.T_world_cam[k].double()
+        z = ((pts - T[:3, 3]) @ T[:3, :3])[:, 2]
+        assert torch.allclose(z, torch.full_like(z, FLAT_DEPTH), atol=1e-5)
+    expected = (model.colour.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    assert (scene.point_colors == expected).all()
