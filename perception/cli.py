@@ -103,13 +103,17 @@ class Eval:
     """The devkit's evaluation config."""
 
     def run(self) -> None:
-        from perception.evaluation import evaluate, format_metrics
+        from perception.evaluation import evaluate, format_metrics, plot_files
 
         os.environ.setdefault("MPLBACKEND", "Agg")
         summary = evaluate(self.dataroot, self.version, self.split, self.results, self.out,
                            plots=self.plots, config_name=self.config)
         print(format_metrics(summary))
         print(f"\nwrote {self.out / 'metrics.json'}")
+        pngs = plot_files(self.out)
+        if pngs:
+            print(f"plots: {pngs[0]} (mAP and TP errors per class) and {len(pngs) - 1} more "
+                  f"PR/TP curves in {self.out / 'plots'} (PNG, and PDF beside each)")
 
 
 COMMANDS = {
@@ -122,7 +126,16 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     def _main() -> None:
-        cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="perception", args=argv)
+        import sys
+
+        from geometry.version import VERSION_HELP, print_version_if_asked
+
+        if print_version_if_asked(sys.argv[1:] if argv is None else argv):
+            return
+        cmd = tyro.extras.subcommand_cli_from_dict(
+            COMMANDS, prog="perception", args=argv,
+            description=f"3D boxes from LiDAR and cameras on nuScenes-format data. "
+                        f"{VERSION_HELP}")
         cmd.run()
 
     run_cli(_main, prog="perception")

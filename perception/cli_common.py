@@ -25,7 +25,7 @@ class Detect:
     split: str = "mini_val"
     detector: DetectorName = "oracle"
     """oracle: the ground truth; noisy-oracle: the ground truth with noise; sparsefusion: a
-    checkpoint written by ``perception train`` (--checkpoint)."""
+    checkpoint written by 'perception train' (--checkpoint)."""
     checkpoint: Path | None = None
     """Checkpoint folder of a learned detector (config.json + model.safetensors)."""
     device: str = "cpu"
@@ -47,12 +47,9 @@ class Detect:
             if self.checkpoint is None:
                 raise UserError("--detector sparsefusion needs --checkpoint, the folder "
                                 "written by `perception train`.")
-            if self.device.startswith("cuda"):
-                import torch
+            from geometry.device import check_device
 
-                if not torch.cuda.is_available():
-                    raise UserError(f"--device {self.device} asked for, but no CUDA device "
-                                    "is available; use --device cpu.")
+            check_device(self.device)
             return DETECTORS["sparsefusion"](self.checkpoint, self.device)
         if self.checkpoint is not None:
             raise UserError(f"--checkpoint is for learned detectors; --detector {self.detector}"

@@ -5,22 +5,26 @@ then runs ``DetectionEval`` on the split, and writes into the output folder, ato
 ``metrics.json`` (the devkit's summary: ``mean_ap``, ``nd_score``, ``tp_errors``,
 ``label_aps``, ... plus ``meta``, ``version`` and ``split``), the devkit's
 ``metrics_summary.json`` and ``metrics_details.json``, and its PR/TP-curve plots
-(``plots/*.pdf``).
+(``plots/*.pdf``, and a ``.png`` of each to view anywhere). The JSON files are standard
+JSON: metrics the devkit leaves undefined (NaN, e.g. the attribute error of barriers) are
+``null``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from geometry.errors import UserError
 from geometry.io.atomic import atomic_directory
+from geometry.io.jsonio import dumps_json
+from geometry.progress import log_stage
 from perception.data.nuscenes import open_nuscenes, split_sample_tokens
 from perception.results import load_results
 
@@ -47,11 +51,13 @@ def evaluate(
     plots: bool = True,
     config_name: str = "detection_cvpr_2019",
     nusc=None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Validate ``results_path`` and score it with the devkit on ``split``.
 
     Args:
         nusc: an already loaded ``NuScenes`` for this dataroot/version (optional).
+        quiet: no stage lines on stderr.
 
     Returns:
         the metrics summary (the devkit's ``DetectionMetrics.serialize()`` plus ``meta``).
@@ -71,29 +77,73 @@ def evaluate(
         raise UserError(f"the results file {results_path} lies inside --out {out}, which is "
                         "replaced; keep it elsewhere.")
     if nusc is None:
+        log_stage(f"loading the {version} tables of {dataroot}", quiet)
         nusc = open_nuscenes(dataroot, version)
     config = detection_config(config_name)
     tokens = split_sample_tokens(nusc, split)
+    log_stage(f"checking {results_path} ({len(tokens)} samples in {split})", quiet)
     results = load_results(results_path, tokens, split, config.max_boxes_per_sample)
     with atomic_directory(out_dir) as tmp:
+        log_stage("matching boxes and scoring with the nuScenes devkit", quiet)
         # The devkit reports progress with print() and tqdm; keep our own output readable.
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with _silenced():
             evaluator = DetectionEval(nusc, config, str(results_path), eval_set=split,
                                       output_dir=str(tmp), verbose=False)
             metrics, metric_data = evaluator.evaluate()
-            if plots:
-                with warnings.catch_warnings():
+        if plots:
+            log_stage("rendering the PR and TP curves (PDF and PNG)", quiet)
+            with _silenced():
+                with warnings.catch_warnings(), _also_png():
                     # A perfect score makes the devkit's TP-curve axes degenerate.
                     warnings.filterwarnings("ignore", message="Attempting to set identical")
                     evaluator.render(metrics, metric_data)
         summary = metrics.serialize()
         summary["meta"] = dict(results["meta"])
-        (tmp / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
-        (tmp / "metrics_details.json").write_text(json.dumps(metric_data.serialize(), indent=2))
+        (tmp / "metrics_summary.json").write_text(dumps_json(summary))
+        (tmp / "metrics_details.json").write_text(dumps_json(metric_data.serialize()))
         summary = dict(summary, version=version, split=split,
                        results=str(Path(results_path).resolve()))
-        (tmp / "metrics.json").write_text(json.dumps(summary, indent=2))
+        (tmp / "metrics.json").write_text(dumps_json(summary))
     return summary
+
+
+def _silenced() -> contextlib.ExitStack:
+    """Swallow what the devkit prints to stdout and stderr."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    return stack
+
+
+@contextlib.contextmanager
+def _also_png() -> Iterator[None]:
+    """While active, every ``pyplot.savefig`` of a ``.pdf`` also writes a ``.png`` beside it.
+
+    The devkit saves its curves as PDF only (its ``render`` builds the paths itself); a PNG
+    opens in any image viewer and in a browser.
+    """
+    import matplotlib.pyplot as plt
+
+    original = plt.savefig
+
+    def savefig(fname, *args, **kwargs):
+        result = original(fname, *args, **kwargs)
+        if isinstance(fname, (str, os.PathLike)) and str(fname).endswith(".pdf"):
+            original(str(fname)[:-4] + ".png", *args, **{**kwargs, "dpi": 100})
+        return result
+
+    plt.savefig = savefig
+    try:
+        yield
+    finally:
+        plt.savefig = original
+
+
+def plot_files(out_dir: str | os.PathLike) -> list[Path]:
+    """The PNG plots of an evaluation folder, the summary first."""
+    plots = Path(out_dir) / "plots"
+    found = sorted(plots.glob("*.png")) if plots.is_dir() else []
+    return sorted(found, key=lambda p: p.name != "summary.png")
 
 
 def format_metrics(summary: dict[str, Any]) -> str:

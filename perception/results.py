@@ -191,6 +191,9 @@ def read_results_json(path: str | os.PathLike) -> Any:
         UserError: the file is missing, not UTF-8 or not JSON.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"results file {path} is a folder; pass the results JSON file in it "
+                        "(the one 'perception detect --out' wrote).")
     if not path.is_file():
         raise UserError(f"results file {path} does not exist; write one with "
                         "'perception detect' or pass the right --results.")

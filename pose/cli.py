@@ -169,7 +169,16 @@ COMMANDS = {
 
 def main(args: list[str] | None = None) -> None:
     def _main() -> None:
-        cmd = tyro.extras.subcommand_cli_from_dict(COMMANDS, prog="pose", args=args)
+        import sys
+
+        from geometry.version import VERSION_HELP, print_version_if_asked
+
+        if print_version_if_asked(sys.argv[1:] if args is None else args):
+            return
+        cmd = tyro.extras.subcommand_cli_from_dict(
+            COMMANDS, prog="pose", args=args,
+            description=f"Pose from sparse observations (EgoPoser: full body from head and "
+                        f"hand tracking). {VERSION_HELP}")
         cmd.run()
 
     run_cli(_main, prog="pose")

@@ -32,6 +32,11 @@ FULL_FRAME_DIAGONAL_MM = math.hypot(36.0, 24.0)
 
 _RESOLUTION_UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 1e-3}  # EXIF FocalPlaneResolutionUnit
 
+#: Most pixels a photo may have (PIL's own decompression-bomb threshold, ~89 MP, so PIL never
+#: warns): a larger file is refused from its header, before gigabytes are spent decoding it
+#: (a 12000x12000 photo needs 1.7 GB as float RGB; SfM and the fit shrink it anyway).
+MAX_PIXELS = 89_478_485
+
 
 @dataclass
 class LoadedImage:
@@ -47,6 +52,12 @@ class LoadedImage:
     """Equal for images that come from one camera (EXIF make, model, focal; original size)."""
     had_alpha: bool = False
     """Whether the file had transparency (composited on the background)."""
+    source_size: tuple[int, int] | None = None
+    """``(width, height)`` of the file itself (after EXIF orientation), before any shrinking;
+    None for an image that does not come from a file. SfM reloads the photo at its own
+    matching resolution from it (see :mod:`reconstruction.init.sfm`)."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """The colour transparency was composited on."""
 
     @property
     def height(self) -> int:
@@ -161,14 +172,56 @@ def _to_rgb_array(img, background: Sequence[float]) -> tuple[np.ndarray, bool]:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0, False
 
 
+def _open_checked(path: Path):
+    """``PIL.Image.open`` (lazy: only the header is read) with the size checked first.
+
+    PIL's own :class:`DecompressionBombWarning` (printed raw on stderr) is silenced: the
+    :data:`MAX_PIXELS` check replaces it with one sentence, before anything is decoded.
+    """
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise UserError(f"image {path} is {width}x{height} pixels ({width * height / 1e6:.0f} "
+                        f"megapixels), more than the {MAX_PIXELS / 1e6:.0f} megapixels this "
+                        "loader decodes; shrink it first (e.g. to 4000 pixels on its longest "
+                        "side).")
+    return img
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (EXIF orientation
+    applied); a file that cannot be read or is too large (:data:`MAX_PIXELS`) is a
+    UserError."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with _open_checked(path) as img:
+            width, height = img.size
+            orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise UserError(f"cannot read image {path} ({err}); "
+                        "replace or remove the corrupt file.") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def load_image(path: str | os.PathLike, max_size: int | None = None,
                background: Sequence[float] = (1.0, 1.0, 1.0)) -> LoadedImage:
-    """Load one photo (see the module doc); a file that cannot be decoded is a UserError."""
+    """Load one photo (see the module doc); a file that cannot be decoded, or one with more
+    than :data:`MAX_PIXELS` pixels (refused from its header), is a UserError."""
     from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _open_checked(path) as img:
             img.load()
             tags = _exif_tags(img)
             img = ImageOps.exif_transpose(img)
@@ -202,6 +255,8 @@ def load_image(path: str | os.PathLike, max_size: int | None = None,
         focal_px=None if focal is None else focal * scale,
         camera_key=tuple(str(v) if v is not None else None for v in key),
         had_alpha=had_alpha,
+        source_size=(original_w, original_h),
+        background=(float(background[0]), float(background[1]), float(background[2])),
     )
 
 

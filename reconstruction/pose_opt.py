@@ -54,12 +54,12 @@ class PoseOptConfig:
     lr_translation: float = 3e-3
     """Adam step of the translation, times the scene scale; decayed like the rotation's."""
     coarse_fraction: float = 0.5
-    """Share of the steps rendered at ``coarse_scale`` resolution (about half the cost)."""
+    """Share of the steps rendered at coarse-scale resolution (about half the cost)."""
     coarse_scale: float = 0.5
     ssim_weight: float = 0.2
     """Weight of (1 - SSIM) against L1."""
     mask_weight: float = 0.0
-    """Weight of the silhouette term ``mean |alpha - mask|`` (used only when masks are
+    """Weight of the silhouette term mean |alpha - mask| (used only when masks are
     given)."""
 
 

@@ -5,15 +5,16 @@ photos as thumbnails), a point cloud and 3D boxes. :func:`load_scene` builds one
 
 - a standard 3DGS PLY (original 3DGS code, nerfstudio's exporter, gsplat), alone;
 - an output folder of ``recon fit``: ``splats.ply``, ``transforms.json`` (cameras and
-  photos), ``cameras/`` (COLMAP text model; its ``points3D`` is the initial point cloud)
-  and ``metrics.json``;
+  photos), ``sparse/0/`` (COLMAP text model; its ``points3D`` is the initial point cloud;
+  ``cameras/`` in older outputs) and ``metrics.json``;
 - an output folder of the original 3DGS code: ``point_cloud/iteration_N/point_cloud.ply``
   (the last N), ``cameras.json`` and ``input.ply`` (the SfM points);
 - the output folder of any other registered reconstruction method (``metrics.json`` names
   it): read through the scene-model protocol, shown as its cameras and a point cloud sampled
   from its renders in those cameras (:func:`points_from_scene_model`).
 
-nuScenes samples are read by :mod:`viewer.nusc`. Everything is in the world frame of the
+nuScenes samples are read by :mod:`viewer.nusc`, mmdet3d info keyframes by
+:mod:`viewer.mmdet3d`. Everything is in the world frame of the
 files; cameras are OpenCV ``T_world_cam``.
 """
 
@@ -189,11 +190,13 @@ def read_3dgs_cameras_json(path: str | os.PathLike):
 
 def _find_splats(folder: Path, transforms_extra: dict) -> Path | None:
     """The splat PLY of an output folder (see the module doc), or ``None``."""
-    named = transforms_extra.get("ply_file_path")
-    if isinstance(named, str) and (folder / named).is_file():
-        return folder / named
     if (folder / "splats.ply").is_file():
         return folder / "splats.ply"
+    # nerfstudio's ply_file_path names the initial point cloud (recon fit: sparse_pc.ply);
+    # only a 3DGS PLY (with opacities) is splats
+    named = transforms_extra.get("ply_file_path")
+    if isinstance(named, str) and (folder / named).is_file() and _is_splat_ply(folder / named):
+        return folder / named
     iterations = []
     for candidate in (folder / "point_cloud").glob("iteration_*/point_cloud.ply"):
         match = re.fullmatch(r"iteration_(\d+)", candidate.parent.name)
@@ -201,10 +204,20 @@ def _find_splats(folder: Path, transforms_extra: dict) -> Path | None:
             iterations.append((int(match.group(1)), candidate))
     if iterations:
         return max(iterations)[1]
-    plys = sorted(p for p in folder.glob("*.ply") if p.name != "input.ply")
+    plys = sorted(p for p in folder.glob("*.ply") if p.name not in ("input.ply", "sparse_pc.ply"))
     if len(plys) == 1:
         return plys[0]
     return None
+
+
+def _is_splat_ply(path: Path) -> bool:
+    """Whether a PLY's header declares 3DGS splats (an ``opacity`` vertex property)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(4096)
+    except OSError:
+        return False
+    return b"property float opacity" in header.split(b"end_header", 1)[0]
 
 
 def _metrics_stats(path: Path) -> dict[str, str]:
@@ -287,7 +300,8 @@ def load_scene(path: str | os.PathLike) -> ViewerScene:
     if not path.exists():
         raise UserError(f"{path} does not exist; {_SOURCE_HINT}.")
     if path.is_file() and path.suffix.lower() != ".ply":
-        raise UserError(f"{path} is not a .ply file; {_SOURCE_HINT}.")
+        raise UserError(f"{path} is not a .ply file; {_SOURCE_HINT} (recon view also reads "
+                        "nuScenes dataroots and mmdet3d info .pkl files).")
     from reconstruction.gaussians import read_ply  # torch: only once the path looks right
 
     if path.is_file():
@@ -304,7 +318,7 @@ def load_scene(path: str | os.PathLike) -> ViewerScene:
     colmap_dir = None
     from geometry.io.colmap import find_colmap_model, read_colmap_model
 
-    for candidate in (path / "cameras", path):
+    for candidate in (path / "sparse" / "0", path / "cameras", path):
         if find_colmap_model(candidate) is not None:
             colmap_dir = candidate
             break
@@ -327,12 +341,36 @@ def load_scene(path: str | os.PathLike) -> ViewerScene:
     if scene.splats is None:
         _load_scene_model(path, scene)
     if scene.splats is None and scene.cameras is None and scene.points_world is None:
-        raise UserError(f"found nothing to show in {path} (no splats.ply, transforms.json, "
-                        f"COLMAP model or point_cloud/iteration_*/point_cloud.ply); "
-                        f"{_SOURCE_HINT}.")
+        raise UserError(nothing_to_show(path))
     if (path / "metrics.json").is_file():
         scene.stats.update(_metrics_stats(path / "metrics.json"))
     return scene
+
+
+_SCENE_ENTRIES = ("splats.ply", "transforms.json", "sparse", "cameras", "cameras.json",
+                  "input.ply", "point_cloud", "metrics.json")
+
+
+def holds_scene(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` has any file :func:`load_scene` reads (a recon fit or 3DGS
+    output, a .ply): then it is shown as a scene, not as the data next to it."""
+    folder = Path(folder)
+    return any((folder / name).exists() for name in _SCENE_ENTRIES) or any(
+        folder.glob("*.ply"))
+
+
+def nothing_to_show(folder: str | os.PathLike) -> str:
+    """The one-sentence error for a folder that holds no scene, no nuScenes tables and no
+    info pickle: what each kind of source needs."""
+    folder = Path(folder)
+    if (folder / "samples").is_dir() or (folder / "sweeps").is_dir():
+        return (f"{folder} holds nuScenes sensor files but no table folder; a nuScenes "
+                "dataroot needs its v1.0-*/ tables (with sample.json) next to samples/, or "
+                "give the mmdet3d info .pkl made from it.")
+    return (f"found nothing to show in {folder}: give the OUT folder of recon fit "
+            "(splats.ply, transforms.json, sparse/0/), an original 3DGS output folder "
+            "(point_cloud/iteration_*/), a 3DGS .ply, a nuScenes dataroot (with its "
+            "v1.0-*/ tables) or an mmdet3d info .pkl.")
 
 
 def load_thumbnail(path: str | os.PathLike | None, max_side: int = 320) -> np.ndarray | None:

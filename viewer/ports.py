@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from geometry.errors import UserError
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`UserError` if ``host:port`` cannot be bound (busy, or a bad host).
+    """Raise ``UserError`` if ``host:port`` cannot be bound (busy, or a bad host).
 
     viser silently moves to the next port when one is busy; the user asked for this one,
     so a busy port is an error they can act on.
@@ -30,5 +31,9 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:  # a valid address, but another machine's
+                raise UserError(f"--host {host} is not an address of this machine; use "
+                                "127.0.0.1 (this machine only) or 0.0.0.0 (every "
+                                "interface).") from None
             raise UserError(f"port {port} on {host} is busy ({err.strerror}); stop the other "
                             "viewer or pass --port with a free port.") from None

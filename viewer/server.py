@@ -19,6 +19,7 @@ unchanged (``T_world_cam``: rotation as ``wxyz``, centre as ``position``).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -109,6 +110,128 @@ def camera_fov_y(K: np.ndarray, height: float) -> float:
 
 # ------------------------------------------------------------------------------- the server
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def _split_host_port(authority: str) -> tuple[str, int | None]:
+    """``("host", port)`` of a Host header or an origin's authority (``[v6]:port`` too);
+    the port is ``None`` when absent or not a number."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):  # [::1]:8080
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = authority.rpartition(":") if authority.count(":") == 1 else (
+            authority, "", "")
+    return host, (int(port) if port.isdigit() else None)
+
+
+def allowed_request(host_header: str | None, origin: str | None, bound_host: str,
+                    local_address: tuple[str, int]) -> bool:
+    """Whether a request to the viewer comes from the viewer's own pages.
+
+    A web page on another origin may open a WebSocket to 127.0.0.1 (browsers do not
+    apply the same-origin policy to WebSockets), and a DNS name rebound to 127.0.0.1
+    looks local; so both the ``Host`` header and, when a browser sends one, the
+    ``Origin`` must name this server: a loopback name (any port, so SSH tunnels work),
+    or the bound host (for a wildcard bind: the address the client connected to, or this
+    machine's host name) with the served port.
+
+    Args:
+        host_header: the request's ``Host`` header.
+        origin: the request's ``Origin`` header (``scheme://host[:port]``), if any.
+        bound_host: the ``--host`` the server was started with.
+        local_address: ``(ip, port)`` of the server side of the connection.
+    """
+    import socket
+
+    local_ip, local_port = str(local_address[0]).lower(), int(local_address[1])
+    own = {bound_host.lower(), local_ip} - set(WILDCARD_HOSTS)
+    if bound_host in WILDCARD_HOSTS:
+        own |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+
+    def ok(authority: str, default_port: int | None) -> bool:
+        host, port = _split_host_port(authority)
+        if host in LOOPBACK_NAMES:
+            return True
+        return host in own and (port if port is not None else default_port) == local_port
+
+    if host_header is None or not ok(host_header, 80):
+        return False
+    if origin is None:  # not a browser (browsers always send Origin with a WebSocket)
+        return True
+    scheme, sep, authority = origin.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return False  # "null" (a sandboxed or file:// page) included
+    return ok(authority.rstrip("/"), 443 if scheme.lower() == "https" else 80)
+
+
+class _QuietHandshakeFilter(logging.Filter):
+    """Drop websockets' traceback for a client that closed before sending a request (a
+    port probe, a health check, a browser's speculative connect); keep every other error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "opening handshake failed" or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        while exc is not None:
+            if isinstance(exc, (EOFError, ConnectionResetError)):
+                return False
+            exc = exc.__cause__
+        return True
+
+
+_WS_LOGGER = logging.getLogger("viewer.websockets")
+_WS_LOGGER.addFilter(_QuietHandshakeFilter())
+
+
+class _Namespace:
+    """A module stand-in: the given attributes, everything else from ``module``."""
+
+    def __init__(self, module, **overrides) -> None:
+        self._module = module
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def _guard_viser_websockets(bound_host: str) -> None:
+    """Make the next viser server check the Origin/Host of every request (403 otherwise)
+    and log through a logger that keeps bare connect/close quiet.
+
+    viser 1.1 starts its server with ``websockets.asyncio.server.serve(...,
+    process_request=...)`` and does neither check; this swaps the ``websockets`` name its
+    server module sees for one whose ``serve`` wraps ``process_request``, leaving the real
+    ``websockets`` module (and every other user of it) untouched.
+    """
+    import http
+
+    import websockets
+    import websockets.asyncio.server as ws_server
+    from viser.infra import _infra
+
+    real_serve = ws_server.serve
+
+    def serve(handler, host, port, *args, process_request=None, **kwargs):
+        def guarded(connection, request):
+            hosts = request.headers.get_all("Host")
+            origins = request.headers.get_all("Origin")
+            if len(hosts) != 1 or len(origins) > 1 or not allowed_request(
+                    hosts[0], origins[0] if origins else None, bound_host,
+                    connection.local_address[:2]):
+                return connection.respond(http.HTTPStatus.FORBIDDEN,
+                                          "sparseview viewer: foreign origin refused\n")
+            return None if process_request is None else process_request(connection, request)
+
+        kwargs.setdefault("logger", _WS_LOGGER)
+        return real_serve(handler, host, port, *args, process_request=guarded, **kwargs)
+
+    server_ns = _Namespace(ws_server, serve=serve)
+    _infra.websockets = _Namespace(websockets,
+                                   asyncio=_Namespace(websockets.asyncio, server=server_ns))
+
 
 def start_server(host: str = "127.0.0.1", port: int = 8080, title: str = "sparseview",
                  verbose: bool = False) -> viser.ViserServer:
@@ -120,6 +243,7 @@ def start_server(host: str = "127.0.0.1", port: int = 8080, title: str = "sparse
     import viser
 
     check_port_free(host, port)
+    _guard_viser_websockets(host)
     try:
         server = viser.ViserServer(host=host, port=port, label=title, verbose=verbose)
     except OSError as err:

@@ -1,4 +1,4 @@
-"""Camera paths for offline renders: ``orbit``, ``spiral`` and ``interpolate``.
+"""Camera paths for offline renders: ``auto``, ``orbit``, ``arc``, ``spiral``, ``interpolate``.
 
 A :class:`Trajectory` holds F poses ``T_world_cam`` (OpenCV: x right, y down, z forward)
 and resolution-free intrinsics, so one path renders at any output size:
@@ -11,6 +11,13 @@ and resolution-free intrinsics, so one path renders at any output size:
   frame looking at the focus point in front of the average camera.
 - ``interpolate``: through the input cameras in order, Catmull-Rom for the centres and
   slerp for the rotations, with every input pose hit EXACTLY at its keyframe.
+- ``arc``: the orbit's circle, but only over the cameras' azimuth range around the centre
+  (plus a margin), swinging there and back so that the video loops.
+- ``auto`` (:func:`choose_trajectory`): what the cameras saw. A full orbit shows mostly
+  empty space behind a capture that only saw one side, so: orbit without cameras or when
+  they spread over at least :data:`ORBIT_MIN_SPREAD_DEG` around the centre; the spiral
+  for a forward-facing capture (optical axes within :data:`FORWARD_MAX_AXIS_DEG` of their
+  mean); else the arc.
 """
 
 from __future__ import annotations
@@ -25,8 +32,14 @@ from geometry.errors import UserError
 from geometry.se3 import look_at
 from viewer.framing import SceneSphere, framing_distance
 
-TrajectoryKind = Literal["orbit", "spiral", "interpolate"]
+TrajectoryKind = Literal["auto", "orbit", "arc", "spiral", "interpolate"]
 DEFAULT_FOV_Y = math.radians(50.0)
+#: Cameras spread this far around the centre (azimuth, degrees) get the full orbit.
+ORBIT_MIN_SPREAD_DEG = 120.0
+#: Optical axes all within this of their mean (degrees): a forward-facing capture.
+FORWARD_MAX_AXIS_DEG = 20.0
+#: The arc goes this share of the cameras' spread beyond it on each side (at least 5 deg).
+ARC_MARGIN = 0.15
 
 
 @dataclass
@@ -133,6 +146,93 @@ def orbit(sphere: SceneSphere, up: np.ndarray, frames: int,
         poses.append(look_at(eye, centre, up))
     focal, principal = _default_intrinsics(frames, K, width, height)
     return Trajectory(np.stack(poses), focal, principal, np.zeros(0, dtype=np.int64))
+
+
+def _ring(sphere: SceneSphere, up: np.ndarray, T_world_cam: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float]:
+    """``(up, e1, azimuths [C] radians in (-pi, pi], radius, height)`` of camera centres
+    around the axis ``up`` through the sphere centre, azimuth 0 at the first camera."""
+    up = np.asarray(up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    offsets = np.asarray(T_world_cam, dtype=np.float64)[:, :3, 3] - sphere.centre
+    heights = offsets @ up
+    horizontal = offsets - heights[:, None] * up
+    e1 = horizontal[0]
+    if np.linalg.norm(e1) < 1e-12:
+        e1 = np.cross(up, np.eye(3)[int(np.argmin(np.abs(up)))])
+    e1 = e1 / np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    azimuths = np.arctan2(horizontal @ e2, horizontal @ e1)
+    radius = float(np.linalg.norm(horizontal, axis=1).mean())
+    return up, e1, azimuths, radius, float(heights.mean())
+
+
+def azimuth_spread(sphere: SceneSphere, up: np.ndarray, T_world_cam: np.ndarray
+                   ) -> tuple[float, float]:
+    """``(start, width)`` in radians: the smallest azimuth interval around ``up`` through
+    the centre holding every camera centre (``width`` = 2 pi minus the largest gap),
+    azimuths measured from the first camera as in :func:`_ring`."""
+    _, _, azimuths, _, _ = _ring(sphere, up, T_world_cam)
+    if len(azimuths) < 2:
+        return float(azimuths[0]) if len(azimuths) else 0.0, 0.0
+    ordered = np.sort(azimuths)
+    gaps = np.diff(np.concatenate([ordered, ordered[:1] + 2.0 * math.pi]))
+    widest = int(np.argmax(gaps))
+    start = float(ordered[(widest + 1) % len(ordered)])
+    return start, float(2.0 * math.pi - gaps[widest])
+
+
+def axis_spread_deg(T_world_cam: np.ndarray) -> float:
+    """Largest angle (degrees) between a camera's optical axis and the mean axis."""
+    axes = np.asarray(T_world_cam, dtype=np.float64)[:, :3, 2]
+    mean = axes.sum(axis=0)
+    if np.linalg.norm(mean) < 1e-12:
+        return 180.0
+    mean = mean / np.linalg.norm(mean)
+    return float(np.degrees(np.arccos(np.clip(axes @ mean, -1.0, 1.0))).max())
+
+
+def arc(sphere: SceneSphere, up: np.ndarray, frames: int, T_world_cam: np.ndarray,
+        K: np.ndarray | None = None, width: np.ndarray | None = None,
+        height: np.ndarray | None = None, margin: float = ARC_MARGIN) -> Trajectory:
+    """The orbit's circle over the cameras' azimuth range only (see module doc).
+
+    Frame ``i`` is at azimuth ``mid + half sin(2 pi i / F)``, where the range ``mid +- half``
+    is the cameras' (:func:`azimuth_spread`) widened by ``margin`` of it on each side (at
+    least 5 degrees): smooth at the ends, and the last frame leads back to the first.
+    """
+    _check_frames(frames)
+    if T_world_cam is None or len(T_world_cam) == 0:
+        raise UserError("the arc trajectory needs cameras; use --trajectory orbit for a "
+                        "bare PLY.")
+    up, e1, _, radius, height_up = _ring(sphere, up, T_world_cam)
+    if radius < 1e-9 * sphere.radius:
+        return orbit(sphere, up, frames, T_world_cam, K, width, height)
+    e2 = np.cross(up, e1)
+    start, spread = azimuth_spread(sphere, up, T_world_cam)
+    half = 0.5 * spread + max(margin * spread, math.radians(5.0))
+    mid = start + 0.5 * spread
+    poses = []
+    for i in range(frames):
+        angle = mid + half * math.sin(2.0 * math.pi * i / frames)
+        eye = sphere.centre + height_up * up + radius * (math.cos(angle) * e1
+                                                         + math.sin(angle) * e2)
+        poses.append(look_at(eye, sphere.centre, up))
+    focal, principal = _default_intrinsics(frames, K, width, height)
+    return Trajectory(np.stack(poses), focal, principal, np.zeros(0, dtype=np.int64))
+
+
+def choose_trajectory(sphere: SceneSphere, up: np.ndarray,
+                      T_world_cam: np.ndarray | None) -> TrajectoryKind:
+    """``auto``'s choice for these cameras: orbit, spiral or arc (see module doc)."""
+    if T_world_cam is None or len(T_world_cam) < 2:
+        return "orbit"
+    _, spread = azimuth_spread(sphere, up, T_world_cam)
+    if math.degrees(spread) >= ORBIT_MIN_SPREAD_DEG:
+        return "orbit"
+    if axis_spread_deg(T_world_cam) <= FORWARD_MAX_AXIS_DEG:
+        return "spiral"
+    return "arc"
 
 
 def _average_pose(T_world_cam: np.ndarray) -> np.ndarray:
@@ -250,11 +350,17 @@ def interpolate(frames: int, T_world_cam: np.ndarray, K: np.ndarray, width: np.n
 def make_trajectory(kind: TrajectoryKind, frames: int, sphere: SceneSphere, up: np.ndarray,
                     T_world_cam: np.ndarray | None, K: np.ndarray | None,
                     width: np.ndarray | None, height: np.ndarray | None) -> Trajectory:
-    """Dispatch on ``kind`` (cameras as ``[C, 4, 4]``, ``[C, 3, 3]``, ``[C]``, ``[C]``)."""
+    """Dispatch on ``kind`` (cameras as ``[C, 4, 4]``, ``[C, 3, 3]``, ``[C]``, ``[C]``);
+    ``auto`` picks one with :func:`choose_trajectory`."""
+    if kind == "auto":
+        kind = choose_trajectory(sphere, up, T_world_cam)
+    if kind == "arc":
+        return arc(sphere, up, frames, T_world_cam, K, width, height)
     if kind == "orbit":
         return orbit(sphere, up, frames, T_world_cam, K, width, height)
     if kind == "spiral":
         return spiral(sphere, frames, T_world_cam, K, width, height)
     if kind == "interpolate":
         return interpolate(frames, T_world_cam, K, width, height)
-    raise UserError(f"unknown trajectory {kind!r}; use orbit, spiral or interpolate.")
+    raise UserError(f"unknown trajectory {kind!r}; use auto, orbit, arc, spiral or "
+                    "interpolate.")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -229,18 +230,23 @@ class ColmapModel:
         cameras: Cameras,
         points_xyz: np.ndarray | torch.Tensor | None = None,
         points_rgb: np.ndarray | torch.Tensor | None = None,
+        observations: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> ColmapModel:
         """A model for writing: one COLMAP camera per distinct intrinsics, one image each.
 
         Intrinsics become PINHOLE, or OPENCV when there is distortion (FULL_OPENCV when
         ``k3 != 0``). A skew in ``K`` cannot be stored and is dropped with a warning.
         Image names are ``cameras.names``, else the base names of ``image_paths``, else
-        ``000000.png, 000001.png, ...``. Points get no tracks.
+        ``000000.png, 000001.png, ...``. Points get tracks from ``observations`` (each
+        observation becomes a keypoint of its image), none without it.
 
         Args:
             cameras: a 1-D batch (or a single camera).
             points_xyz: optional ``[P, 3]`` world points.
             points_rgb: optional ``[P, 3]`` uint8 colours (or floats in [0, 1]).
+            observations: optional ``(point [M], view [M], xy [M, 2])``: point ``point[m]`` is
+                seen in camera ``view[m]`` at pixel ``xy[m]`` (COLMAP's convention: the first
+                pixel's centre is ``(0.5, 0.5)``); errors are the mean reprojection error.
         """
         if len(cameras.shape) == 0:
             cameras = _unsqueeze(cameras)
@@ -292,7 +298,53 @@ class ColmapModel:
                     rgb = np.clip(np.round(rgb * 255), 0, 255)
                 rgb = rgb.astype(np.uint8)
             points = ColmapPoints3D.from_arrays(xyz, rgb)
+            if observations is not None:
+                _add_tracks(points, images, colmap_cameras, observations)
         return ColmapModel(colmap_cameras, images, points)
+
+
+def _add_tracks(points: ColmapPoints3D, images: dict[int, ColmapImage],
+                cameras: dict[int, ColmapCamera],
+                observations: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Fill the tracks, the images' keypoints and the points' mean reprojection errors
+    (pixels, through each camera's pinhole part) from ``(point, view, xy)`` in place."""
+    point, view, xy = (np.asarray(a) for a in observations)
+    point, view = point.astype(np.int64).reshape(-1), view.astype(np.int64).reshape(-1)
+    xy = xy.astype(np.float64).reshape(-1, 2)
+    if not len(point) == len(view) == len(xy):
+        raise ValueError("observations need as many points, views and pixels")
+    if len(point) and (point.min() < 0 or point.max() >= len(points)
+                       or view.min() < 0 or view.max() >= len(images)):
+        raise ValueError("an observation names a point or view that does not exist")
+    order = np.lexsort((view, point))  # tracks grouped by point, in view order
+    point, view, xy = point[order], view[order], xy[order]
+    point2D_idx = np.zeros(len(point), dtype=np.int64)
+    residual = np.zeros(len(point))
+    for v, image in images.items():  # image ids are view + 1
+        mine = np.flatnonzero(view == v - 1)
+        point2D_idx[mine] = np.arange(len(mine))
+        image.xys = xy[mine]
+        image.point3D_ids = points.ids[point[mine]]
+        K, _ = cameras[image.camera_id].to_intrinsics()
+        cam = (image.T_cam_world[:3, :3] @ points.xyz[point[mine]].T).T + image.T_cam_world[:3, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = (K @ cam.T).T
+            uv = uv[:, :2] / uv[:, 2:3]
+        residual[mine] = np.linalg.norm(uv - xy[mine], axis=1)
+    counts = np.bincount(point, minlength=len(points))
+    points.track_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    points.track_image_ids = view + 1
+    points.track_point2D_idxs = point2D_idx
+    sums = np.bincount(point, weights=np.nan_to_num(residual, nan=0.0, posinf=0.0),
+                       minlength=len(points))
+    points.error = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
+def colmap_safe_name(name: str) -> str:
+    """``name`` with every whitespace character replaced by ``_``: COLMAP's text format
+    splits lines at whitespace, so its readers (pycolmap included) take ``ph`` of
+    ``ph oto.png``."""
+    return re.sub(r"\s", "_", name)
 
 
 def _unsqueeze(cameras: Cameras) -> Cameras:
@@ -578,9 +630,10 @@ def _write_images_txt(model: ColmapModel) -> str:
     ]
     for iid in sorted(model.images):
         im = model.images[iid]
-        if not im.name or im.name != im.name.strip() or "\n" in im.name:
-            raise UserError(f"image name {im.name!r} has leading/trailing whitespace or a "
-                            "newline, which COLMAP text files cannot hold; rename the image")
+        if not im.name or re.search(r"\s", im.name):
+            raise UserError(f"image name {im.name!r} is empty or holds whitespace, which "
+                            "COLMAP's text format cannot hold (its readers stop at the first "
+                            "space); rename the image (e.g. spaces to underscores)")
         lines.append(" ".join([str(iid), *(_fmt(v) for v in im.qvec), *(_fmt(v) for v in im.tvec),
                                str(im.camera_id), im.name]))
         lines.append(" ".join(f"{_fmt(x)} {_fmt(y)} {int(pid)}"

@@ -217,7 +217,7 @@ def _decode_cameras_npz(file: Path) -> tuple[list[np.ndarray], list[np.ndarray],
         if np.linalg.matrix_rank(P[:3, :3]) < 3:
             raise UserError(f"{file}: world_mat_{i} is singular, not a camera projection; "
                             "regenerate the file")
-        K, T = decompose_projection_matrix(P)
+        K, T = decompose_projection_matrix(P)  # R is a rotation by construction (RQ)
         Ks.append(K)
         poses.append(T)
         scale_mats.append(S)

@@ -73,6 +73,10 @@ def read_llff(
     if not np.all(np.isfinite(array)):
         raise UserError(f"{file} contains NaN/inf values; regenerate it")
     poses = torch.from_numpy(array[:, :15].reshape(-1, 3, 5))
+    from geometry.io.transforms_json import check_rotations
+
+    # the 3x3 block is a camera-to-world rotation (LLFF axes: down, right, back)
+    check_rotations(poses[:, :, :3].numpy(), f"the poses in {file}")
     bounds = torch.from_numpy(array[:, 15:17])
     height, width, focal = poses[:, 0, 4], poses[:, 1, 4], poses[:, 2, 4]
     factor = 1 if factor is None else int(factor)

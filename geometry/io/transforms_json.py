@@ -122,6 +122,31 @@ def read_transforms_json(
     return TransformsJson(cameras=cameras, mask_paths=mask_paths, extra=extra)
 
 
+#: Largest ``|R R^T - I|`` entry a file's rotation may have (pose's tracking reader uses the
+#: same): text files print ~7 significant digits, a scaled or sheared matrix is far off.
+ROTATION_TOLERANCE = 1e-3
+
+
+def rotation_error(R: np.ndarray) -> float:
+    """How far rotations ``R [..., 3, 3]`` are from proper rotations: the largest entry of
+    ``|R R^T - I|``, or ``inf`` where ``det(R) <= 0`` (a reflection)."""
+    R = np.asarray(R, dtype=np.float64)
+    if R.size == 0:
+        return 0.0
+    if np.any(np.linalg.det(R) <= 0):
+        return math.inf
+    return float(np.abs(R @ np.swapaxes(R, -1, -2) - np.eye(3)).max())
+
+
+def check_rotations(R: np.ndarray, what: str) -> None:
+    """Raise ``UserError`` unless every ``R [..., 3, 3]`` is a rotation (orthonormal, det +1,
+    within :data:`ROTATION_TOLERANCE`); ``what`` names the poses in the message."""
+    err = rotation_error(R)
+    if err > ROTATION_TOLERANCE:
+        raise UserError(f"{what} are not rigid transforms (rotation error {err:.2g}: scaled, "
+                        "sheared or mirrored); give orthonormal rotations with determinant 1")
+
+
 def _frames_to_cameras(meta: dict, frames: list[tuple[dict, Path]], dtype: torch.dtype) -> Cameras:
     Ks, dists, widths, heights, poses = [], [], [], [], []
     for frame, image in frames:
@@ -162,6 +187,11 @@ def _frames_to_cameras(meta: dict, frames: list[tuple[dict, Path]], dtype: torch
         widths.append(w)
         heights.append(h)
         poses.append(matrix)
+    # transform_matrix is camera-to-world (OpenGL camera axes: x right, y up, z back)
+    check_rotations(np.stack(poses)[:, :3, :3], "the transform_matrix poses")
+    if not np.allclose(np.stack(poses)[:, 3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise UserError("the transform_matrix poses have a last row other than 0 0 0 1; give "
+                        "rigid camera-to-world matrices")
     T_world_cam = opengl_to_opencv(torch.tensor(np.stack(poses)))
     dist_t = torch.tensor(dists, dtype=torch.float64)
     return Cameras(
@@ -238,4 +268,43 @@ def write_transforms_json(
     meta.update(extra or {})
     meta["frames"] = frames
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def write_point_cloud_ply(path: str | os.PathLike, xyz: np.ndarray | torch.Tensor,
+                          rgb: np.ndarray | torch.Tensor) -> Path:
+    """Write a coloured point cloud as nerfstudio's ``sparse_pc.ply`` (atomically).
+
+    nerfstudio reads the PLY that ``transforms.json``'s ``ply_file_path`` names as the
+    initial point cloud of splatfacto: binary little-endian vertices with float ``x y z``
+    (world frame of the transforms.json) and uchar ``red green blue``.
+
+    Args:
+        path: the ``.ply`` file.
+        xyz: ``[P, 3]`` points.
+        rgb: ``[P, 3]`` colours, uint8 or floats in [0, 1].
+    """
+    from geometry.io.atomic import atomic_path
+
+    xyz = np.asarray(torch.as_tensor(xyz).detach().cpu(), dtype=np.float64).reshape(-1, 3)
+    rgb = np.asarray(torch.as_tensor(rgb).detach().cpu())
+    if np.issubdtype(rgb.dtype, np.floating):
+        rgb = np.clip(np.round(rgb * 255.0), 0, 255)
+    rgb = rgb.astype(np.uint8).reshape(-1, 3)
+    if len(rgb) != len(xyz):
+        raise ValueError(f"{len(xyz)} points but {len(rgb)} colours")
+    vertices = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                         ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for k, name in enumerate("xyz"):
+        vertices[name] = xyz[:, k]
+    for k, name in enumerate(("red", "green", "blue")):
+        vertices[name] = rgb[:, k]
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {len(xyz)}\n"
+              "property float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+              "end_header\n")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(header.encode("ascii") + vertices.tobytes())
     return path

@@ -152,6 +152,11 @@ def build_ops(verbose: bool = False) -> Path:
 
         plan = build_plan()
         plan.build_dir.mkdir(parents=True, exist_ok=True)
+        if not (plan.build_dir / f"{plan.name}.so").is_file():
+            # a first build takes ~30 s on 2 cores: say why nothing else moves meanwhile
+            from geometry.progress import log_stage
+
+            log_stage(f"compiling native kernels (once, about 30 s) into {plan.build_dir}…")
         # Passing with_cuda/extra_cuda_cflags only when CUDA sources are built keeps the
         # CPU-only call exactly as before.
         cuda_args = {"with_cuda": True, "extra_cuda_cflags": _CUDA_CFLAGS} if plan.with_cuda else {}

@@ -12,7 +12,9 @@ defaults to ``"auto"``: vehicles are longer than wide, so the order of the two h
 sizes of the vehicle boxes tells them apart.
 
 A pickle can run any code when loaded, so it is read with :class:`RestrictedUnpickler`,
-which can only build numpy arrays, numpy scalars and plain containers.
+which can only build numpy arrays, numpy scalars and plain containers, and cannot be made
+to allocate memory out of proportion to the file (no ``bytearray(10**9)``, no array of a
+shape given as an argument: array data always comes from the file itself).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ BoxConvention = Literal["auto", "lwh_yaw", "wlh_neg_yaw"]
 
 # (module, name) pairs a data pickle may refer to: numpy's array/scalar/dtype
 # reconstruction (numpy 1.x and 2.x module paths), bytes decoding used by protocol 2, and
-# container types. Nothing here can call into the OS or import modules.
+# container types. Nothing here can call into the OS or import modules. Callables that
+# allocate by an argument (``bytearray(n)``, ``ndarray(shape)``, ``_reconstruct`` with a
+# large shape) are replaced in :meth:`RestrictedUnpickler.find_class` by checked versions,
+# so a tiny file cannot claim gigabytes.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"),
@@ -57,6 +62,81 @@ _ALLOWED_GLOBALS = {
     ("builtins", "bytearray"),
 }
 
+
+class _NdarrayType:
+    """Stands in for ``numpy.ndarray`` in a pickle: numpy's pickles only pass the class to
+    ``_reconstruct`` (as the subtype); calling it (``ndarray(shape)``) would allocate the
+    shape the file asks for."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ForbiddenGlobal("numpy.ndarray called with a shape (an allocation)")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for the empty arrays its pickles start from (the data comes
+    with the following BUILD, whose size numpy checks against the bytes in the file)."""
+    if subtype is not _NDARRAY and subtype is not np.ndarray:
+        raise ForbiddenGlobal("numpy _reconstruct of a type other than ndarray")
+    dims = shape if isinstance(shape, tuple) else (shape,)
+    if not all(isinstance(d, int) and d >= 0 for d in dims) or math.prod(dims) != 0:
+        raise ForbiddenGlobal(f"numpy _reconstruct with shape {shape!r} (an allocation)")
+    return np.ndarray.__new__(_CheckedArray, shape, dtype)  # what numpy's _reconstruct does
+
+
+class _CheckedArray(np.ndarray):
+    """An array being unpickled: its ``__setstate__`` (the BUILD after ``_reconstruct``)
+    checks that the data in the file fills the shape the file claims, before numpy
+    allocates it (numpy allocates an object array of the claimed shape first, and crashes
+    on a short list). :func:`restricted_load` turns these back into plain arrays."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise ForbiddenGlobal("an array with a malformed state")
+        shape, dtype, data = state[-4], state[-3], state[-1]
+        dims = shape if isinstance(shape, tuple) else (shape,)
+        if not isinstance(dtype, np.dtype) or not all(isinstance(d, int) and d >= 0
+                                                      for d in dims):
+            raise ForbiddenGlobal("an array with a malformed shape or dtype")
+        count = math.prod(dims)
+        if dtype.hasobject:
+            ok = isinstance(data, list) and len(data) == count
+        else:
+            ok = isinstance(data, (bytes, bytearray)) and len(data) == count * dtype.itemsize
+        if not ok:
+            raise ForbiddenGlobal(f"an array of shape {shape!r} whose data does not fill it "
+                                  "(an allocation)")
+        super().__setstate__(state)
+
+
+def _plain_arrays(value: Any, depth: int = 0) -> Any:
+    """``value`` with every :class:`_CheckedArray` in its dicts, lists and tuples made a
+    plain ``ndarray`` (in place for lists and dicts; info pickles are a few levels deep)."""
+    if depth > 200:
+        raise ForbiddenGlobal("containers nested more than 200 deep")
+    if isinstance(value, _CheckedArray):
+        return value.view(np.ndarray)
+    if isinstance(value, dict):
+        for key in value:
+            value[key] = _plain_arrays(value[key], depth + 1)
+        return value
+    if isinstance(value, list):
+        value[:] = [_plain_arrays(item, depth + 1) for item in value]
+        return value
+    if isinstance(value, tuple):
+        return tuple(_plain_arrays(item, depth + 1) for item in value)
+    return value
+
+
+def _checked_bytearray(*args: Any) -> bytearray:
+    """``bytearray`` of bytes or text from the file only; ``bytearray(n)`` would allocate n
+    bytes a tiny file asks for."""
+    if args and not isinstance(args[0], (bytes, str)):
+        raise ForbiddenGlobal(f"bytearray({type(args[0]).__name__}) (an allocation)")
+    return bytearray(*args)
+
 _VEHICLES = {"car", "truck", "bus", "trailer", "construction_vehicle"}
 
 
@@ -70,9 +150,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         # Protocol 0-2 pickles written by Python 2 (or with fix_imports) say __builtin__.
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise ForbiddenGlobal(f"{module}.{name}")
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise ForbiddenGlobal(f"{module}.{name}")
+        if (module, name) == ("numpy", "ndarray"):
+            return _NDARRAY
+        if name == "_reconstruct":
+            return _checked_reconstruct
+        if name == "bytearray":
+            return _checked_bytearray
+        return super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise ForbiddenGlobal("a persistent id")
@@ -90,14 +176,14 @@ def restricted_load(path: str | os.PathLike) -> Any:
         raise UserError(f"info file {path} does not exist.")
     data = path.read_bytes()
     try:
-        return RestrictedUnpickler(io.BytesIO(data)).load()
+        return _plain_arrays(RestrictedUnpickler(io.BytesIO(data)).load())
     except ForbiddenGlobal as err:
         raise UserError(
             f"{path} refers to {err}, which a data file must not contain; only numpy arrays "
             "and plain containers are loaded (regenerate the info file, or do not trust it)."
         ) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, MemoryError) as err:
+            IndexError, KeyError, MemoryError, RecursionError) as err:
         raise UserError(f"{path} is not a readable info pickle ({err}).") from None
 
 
@@ -118,8 +204,10 @@ def read_info_file(path: str | os.PathLike, box_convention: BoxConvention = "aut
     raw = restricted_load(path)
     if isinstance(raw, dict) and "data_list" in raw:
         meta = raw.get("metainfo", {}) or {}
-        classes = tuple(meta.get("classes", meta.get("CLASSES", DETECTION_CLASSES)))
-        samples = [_from_v2(entry, classes) for entry in raw["data_list"]]
+        if not isinstance(meta, dict):
+            raise UserError(f"{path}: 'metainfo' is not a dict; regenerate the info file.")
+        classes = _class_names(meta, path)
+        samples = [_from_v2(entry, classes, path) for entry in raw["data_list"]]
         version = str(meta.get("version", ""))
     elif isinstance(raw, dict) and "infos" in raw:
         infos = raw["infos"]
@@ -135,11 +223,33 @@ def read_info_file(path: str | os.PathLike, box_convention: BoxConvention = "aut
     return InfoFile(path, classes, version, samples, convention)
 
 
+def _class_names(meta: dict, path: Path) -> tuple[str, ...]:
+    """Class names by label index: mmdet3d >= 1.1 writes ``categories`` (name -> label),
+    older files ``classes``/``CLASSES`` (a list); without either, the nuScenes order."""
+    categories = meta.get("categories")
+    if categories is None:
+        names = meta.get("classes", meta.get("CLASSES", DETECTION_CLASSES))
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise UserError(f"{path}: metainfo 'classes' is not a list of names; regenerate "
+                            "the info file.")
+        return tuple(names)
+    if not isinstance(categories, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+            for k, v in categories.items()):
+        raise UserError(f"{path}: metainfo 'categories' is not a map of class names to "
+                        "labels; regenerate the info file.")
+    by_label = {int(v): k for k, v in categories.items()}
+    if sorted(by_label) != list(range(len(categories))):
+        raise UserError(f"{path}: metainfo 'categories' labels {sorted(categories.values())} "
+                        f"are not 0..{len(categories) - 1}, each once; regenerate the info file.")
+    return tuple(by_label[i] for i in range(len(by_label)))
+
+
 def _matrix(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64).reshape(4, 4)
 
 
-def _from_v2(entry: dict, classes: tuple[str, ...]) -> dict:
+def _from_v2(entry: dict, classes: tuple[str, ...], path: Path) -> dict:
     """One ``data_list`` entry (mmdet3d >= 1.1)."""
     lidar = entry["lidar_points"]
     T_ego_lidar = _matrix(lidar["lidar2ego"])
@@ -170,7 +280,12 @@ def _from_v2(entry: dict, classes: tuple[str, ...]) -> dict:
     raw_boxes = []
     for inst in entry.get("instances", []) or []:
         label = int(inst.get("bbox_label_3d", inst.get("bbox_label", -1)))
-        name = classes[label] if 0 <= label < len(classes) else None
+        # -1: a category mmdet3d's converter left out (it keeps the box, unlabelled).
+        if not -1 <= label < len(classes):
+            raise UserError(f"{path}: a box has label {label}, but the file names only "
+                            f"{len(classes)} classes (labels 0-{len(classes) - 1}); "
+                            "regenerate the info file or add the class to its metainfo.")
+        name = classes[label] if label >= 0 else None
         raw_boxes.append({
             "box": np.asarray(inst["bbox_3d"], np.float64)[:7],
             "name": name,

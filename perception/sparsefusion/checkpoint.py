@@ -16,6 +16,8 @@ from perception.sparsefusion.config import SparseFusionConfig, config_from_dict,
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "train_state.pt"
+RETRAIN_HINT = ("restore the checkpoint folder written by 'perception train' or train the "
+                "model again.")
 
 
 def save_checkpoint(folder: str | os.PathLike, model: torch.nn.Module,
@@ -48,8 +50,7 @@ def load_config(folder: str | os.PathLike) -> tuple[SparseFusionConfig, dict]:
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     """Build the model of a checkpoint folder and load its weights (eval mode)."""
-    from safetensors.torch import load_file
-
+    from geometry.io.checkpoints import load_safetensors
     from perception.sparsefusion.model import SparseFusion
 
     config, _ = load_config(folder)
@@ -57,9 +58,10 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     weights = Path(folder) / WEIGHTS
     if not weights.is_file():
         raise UserError(f"{weights} does not exist; the checkpoint is incomplete.")
+    state = load_safetensors(weights, "a SparseFusion weights file", RETRAIN_HINT)
     model = SparseFusion(config)
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise UserError(f"{weights} does not match its config.json ({str(err)[:200]}).") from None
     return model.to(device).eval()

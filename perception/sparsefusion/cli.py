@@ -61,17 +61,15 @@ class Train:
     LiDAR-only and camera-only models before fusion training, as in the paper."""
 
     def run(self) -> dict:
-        import torch
-
         from geometry.threads import set_threads
         from perception.sparsefusion.config import PRESETS
         from perception.sparsefusion.train import TrainSettings, load_samples, train
 
         if self.epochs < 1 or self.batch_size < 1:
             raise UserError("--epochs and --batch-size must be at least 1.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {self.device} asked for, but no CUDA device is "
-                            "available; use --device cpu.")
+        from geometry.device import check_device
+
+        check_device(self.device)
         config = PRESETS[self.preset](self.modality)
         config.transfer.semantic = self.semantic_transfer
         config.transfer.geometric = self.geometric_transfer

@@ -158,17 +158,21 @@ def load_resnet_weights(model: ResNet, path: str | os.PathLike) -> None:
     if not path.is_file():
         raise UserError(f"image backbone weights {path} do not exist; pass a local torchvision "
                         "ResNet checkpoint or leave --image-backbone-weights unset.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from geometry.io.checkpoints import load_safetensors, torch_load_weights_only
 
-        state = load_file(str(path))
+    what = "a torchvision ResNet weights file"
+    hint = ("pass a local torchvision ResNet checkpoint (.pth state_dict or .safetensors) to "
+            "--image-backbone-weights, or leave it unset.")
+    if path.suffix == ".safetensors":
+        state = load_safetensors(path, what, hint)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is the user's file
-            raise UserError(f"{path} is not a loadable PyTorch state_dict ({err}).") from None
-    if isinstance(state, dict) and "state_dict" in state:
+        state = torch_load_weights_only(path, what, hint)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise UserError(f"{path} is not {what} (it holds no state_dict of named tensors); "
+                        f"{hint}")
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
     hint = "pass the torchvision checkpoint of the configured depth and width."
     try:

@@ -65,9 +65,7 @@ def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionC
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"samples_{split}_{key}.pt" if cache_dir else None
     if cache is not None and cache.is_file():
-        data = torch.load(cache, map_location="cpu", weights_only=True)
-        return [PreparedSample(**{**d, "T_global_lidar": np.asarray(d["T_global_lidar"])})
-                for d in data]
+        return _read_cache(cache)
     # Points and images both, whatever the modality: the cache serves every variant.
     dataset = NuScenesDataset(dataroot, version, split, sweeps=config.voxel.sweeps)
     n = len(dataset) if limit <= 0 else min(limit, len(dataset))
@@ -84,6 +82,23 @@ def load_samples(dataroot: Path, version: str, split: str, config: SparseFusionC
     return samples
 
 
+def _read_cache(cache: Path) -> list[PreparedSample]:
+    """The prepared samples of a cache file written by :func:`load_samples`."""
+    from dataclasses import fields
+
+    from geometry.io.checkpoints import torch_load_weights_only
+
+    what = "a sample cache written by 'perception train'"
+    hint = "delete it (it is rebuilt) or pass another --cache-dir."
+    data = torch_load_weights_only(cache, what, hint)
+    names = {f.name for f in fields(PreparedSample)}
+    if not isinstance(data, list) or not all(isinstance(d, dict) and set(d) == names
+                                             for d in data):
+        raise UserError(f"{cache} is not {what} (its entries are not prepared samples); {hint}")
+    return [PreparedSample(**{**d, "T_global_lidar": np.asarray(d["T_global_lidar"])})
+            for d in data]
+
+
 def _lr_factor(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
     """Linear warm-up, then cosine decay to 5 % over the steps or the time budget,
     whichever runs out first (so a time-limited run still ends at a low rate)."""
@@ -97,7 +112,7 @@ def init_from_checkpoints(model: torch.nn.Module, folders: list[Path]) -> int:
     """Copy every weight whose name and shape match from earlier checkpoints (later
     folders win), e.g. a fusion model from its LiDAR-only and camera-only pretrainings, as
     SparseFusion is trained. Returns how many tensors were copied."""
-    from safetensors.torch import load_file
+    from geometry.io.checkpoints import load_safetensors
 
     own = model.state_dict()
     copied: dict[str, torch.Tensor] = {}
@@ -105,7 +120,10 @@ def init_from_checkpoints(model: torch.nn.Module, folders: list[Path]) -> int:
         path = Path(folder) / "model.safetensors"
         if not path.is_file():
             raise UserError(f"{path} does not exist; --init-from takes checkpoint folders.")
-        for name, value in load_file(str(path)).items():
+        weights = load_safetensors(path, "a SparseFusion weights file",
+                                   "--init-from takes checkpoint folders written by "
+                                   "'perception train'; restore or retrain that one.")
+        for name, value in weights.items():
             if name in own and own[name].shape == value.shape:
                 copied[name] = value
     model.load_state_dict(copied, strict=False)
@@ -206,12 +224,21 @@ def _load_train_state(out_dir: Path, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer) -> tuple[int, int, float]:
     """Load the weights and optimiser state written by :func:`_save` into ``model`` and
     ``optimizer``; returns ``(epochs done, steps done, seconds trained)``."""
-    from safetensors.torch import load_file
+    from geometry.io.checkpoints import load_safetensors, torch_load_weights_only
 
-    state = torch.load(Path(out_dir) / STATE, map_location="cpu", weights_only=True)
-    model.load_state_dict(load_file(str(Path(out_dir) / "model.safetensors")))
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+    hint = "train again without --resume (or into a new --out)."
+    path = Path(out_dir) / STATE
+    what = "the training state 'perception train' writes"
+    state = torch_load_weights_only(path, what, hint)
+    weights = load_safetensors(Path(out_dir) / "model.safetensors",
+                               "a SparseFusion weights file", hint)
+    try:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["epoch"]), int(state["step"]), float(state["elapsed"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError):
+        raise UserError(f"{out_dir} holds a checkpoint of another model or a damaged "
+                        f"{STATE}; {hint}") from None
 
 
 def _optimiser_step(net: torch.nn.Module, model: torch.nn.Module,

@@ -184,9 +184,10 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         return tensors, metadata
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling, zip and EOF errors all mean "unreadable" here
-        raise UserError(f"Cannot read {path} as a PyTorch checkpoint ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:120] if str(err) else ''}); "
+    except Exception:  # unpickling, zip and EOF errors all mean "unreadable" here
+        # Never quote torch's message: it advises loading with weights_only=False.
+        raise UserError(f"Cannot read {path} as a PyTorch checkpoint (not a PyTorch file, "
+                        "damaged, or holding Python objects other than tensors); "
                         f"{_CHECKPOINT_HINT}.") from None
     # Training scripts often wrap the weights; the official files are the bare state_dict.
     if isinstance(loaded, dict):

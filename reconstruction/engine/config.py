@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import tyro
 
@@ -51,7 +51,7 @@ class TrainConfig:
     pose_reg_weight: float = 1e-2
     """Weight of the regulariser toward the initial poses."""
     coarse_fraction: float = 0.5
-    """Share of the iterations rendered at ``coarse_scale`` resolution."""
+    """Share of the iterations rendered at --train.coarse-scale resolution."""
     coarse_scale: float = 0.5
     coarse_min_size: int = 160
     """No coarse level for photos whose coarse version would be smaller than this (px)."""
@@ -102,8 +102,9 @@ class FitConfig:
     estimate the poses."""
     init: InitName = "sfm"
     """Coarse initialiser: sfm (SfM poses + stereo cloud) or sfm-sparse (SfM points only)."""
-    device: Literal["cpu", "cuda"] = "cpu"
-    """cpu: the native rasterizer; cuda: gsplat (needs the cuda extra)."""
+    device: str = "cpu"
+    """cpu (the native rasterizer), cuda or cuda:N (gsplat on that GPU; needs the cuda
+    extra)."""
     resume: bool = False
     """Continue from the checkpoint a previous interrupted run left beside OUT."""
     seed: int = 0
@@ -119,6 +120,9 @@ class FitConfig:
     thread count (large reductions are summed per thread). On a machine that other jobs
     keep busy, use 1: multi-threaded small tensor ops stall waiting for each other."""
     quiet: bool = False
-    """No progress bar."""
+    """No progress bar or stage lines."""
+    overwrite: bool = False
+    """Replace --out even when it is a non-empty folder that recon fit did not write (an
+    earlier recon fit output is replaced without it)."""
     options: tyro.conf.Suppress[Any] = None
     """The method's own options (an instance of its ``options`` class; None: its defaults)."""

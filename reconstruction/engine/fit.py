@@ -14,13 +14,18 @@ in the normalised SfM frame (its centre and scale are in metrics.json).
 Outputs (the folder appears complete or not at all)::
 
     OUT/splats.ply         standard 3DGS PLY
-    OUT/cameras/           COLMAP text model (PINHOLE cameras, optimised poses, SfM points)
+    OUT/sparse/0/          COLMAP text model (PINHOLE cameras, optimised poses, SfM points
+                           with their tracks: the observations in OUT/images)
+    OUT/sparse_pc.ply      the SfM points with colours (transforms.json's ply_file_path)
     OUT/images/            the photos as the cameras see them (oriented, composited, resized)
     OUT/transforms.json    nerfstudio cameras (file paths into OUT/images)
     OUT/metrics.json       per-stage timings, training PSNR, Gaussian count, pose changes
+    OUT/.recon-fit         the marker of a recon fit output (such a folder is replaced by
+                           the next run; any other non-empty folder only with --overwrite)
 
 While training, resumable checkpoints (safetensors + JSON) go to ``.OUT.resume/`` beside
-``OUT``; it is removed when the run finishes.
+``OUT``; it is removed when the run finishes. A run holds the lock ``.OUT.lock`` (its PID)
+from its first check to its last write, so two runs never share ``OUT`` or its checkpoints.
 """
 
 from __future__ import annotations
@@ -41,8 +46,16 @@ import numpy as np
 import torch
 
 from geometry.errors import UserError
-from geometry.io.atomic import atomic_directory, atomic_write_text
+from geometry.io.atomic import (
+    atomic_directory,
+    atomic_write_text,
+    check_output_folder,
+    check_replaceable,
+    output_lock,
+    recover_directory,
+)
 from geometry.io.images import write_png
+from geometry.progress import log_stage
 from geometry.threads import choose_threads, set_threads
 from reconstruction.engine.config import FitConfig
 from reconstruction.engine.trainer import GaussianTrainer, TrainData
@@ -54,6 +67,10 @@ if typing.TYPE_CHECKING:
     from geometry.cameras import Cameras
 
 CHECKPOINT_VERSION = 2
+#: The file in every recon fit output that marks it as one (see the module doc).
+OUTPUT_MARKER = ".recon-fit"
+#: Resume-key entries that do not change the results, so a resumed run may change them.
+_NOT_IN_RESUME_KEY = ("train.checkpoint_every", "train.iterations")
 
 
 def resume_dir(out: Path) -> Path:
@@ -79,12 +96,57 @@ def _resume_key(config: FitConfig, options: Any, known: Cameras | None) -> dict:
            "train": dataclasses.asdict(config.train),
            "init_options": dataclasses.asdict(config.init_options)}
     key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
-    return json.loads(json.dumps(key, default=str))  # as it reads back from JSON
+    return _comparable_key(json.loads(json.dumps(key, default=str)))  # as read from JSON
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    flat = {}
+    for name, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{name}" if prefix else str(name)))
+    return flat
+
+
+def _comparable_key(key: Any) -> dict[str, Any]:
+    """A resume key flattened, without the entries that do not change the results (also
+    applied to the key a checkpoint holds, so older checkpoints compare alike)."""
+    flat = _flatten(key) if isinstance(key, dict) else {"": key}
+    return {name: value for name, value in flat.items() if name not in _NOT_IN_RESUME_KEY}
+
+
+def _flag(name: str, method: str) -> str:
+    """The command-line flag of a flattened resume-key entry."""
+    if name == "known_poses":
+        return "--poses"
+    if name.startswith("options."):
+        name = method + name[len("options"):]
+    return "--" + name.replace("_", "-")
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(_format_value(v) for v in value)
+    return str(value)
+
+
+def _key_differences(run_key: dict[str, Any], saved_key: Any, method: str) -> list[str]:
+    """``--flag VALUE (checkpoint: VALUE)`` for every resume-key entry that differs."""
+    saved = _comparable_key(saved_key)
+    differences = []
+    for name in sorted(set(run_key) | set(saved)):
+        mine, theirs = run_key.get(name, "unset"), saved.get(name, "unset")
+        if mine != theirs and name == "known_poses":  # hashes of the cameras: not for users
+            differences.append("--poses (other cameras than the checkpoint's)")
+        elif mine != theirs:
+            differences.append(f"{_flag(name, method)} {_format_value(mine)} "
+                               f"(checkpoint: {_format_value(theirs)})")
+    return differences
 
 
 def _check_paths(config: FitConfig) -> None:
-    if config.out.exists() and not config.out.is_dir():
-        raise UserError(f"--out {config.out} is a file; give a folder path for the outputs.")
+    check_output_folder(config.out)  # writable, has a name: before minutes of work
     images = config.images.resolve()
     out = config.out.resolve()
     if out == images or images in out.parents or out in images.parents:
@@ -95,8 +157,9 @@ def _check_paths(config: FitConfig) -> None:
     if config.focal_35mm is not None and not (1.0 <= config.focal_35mm <= 2000.0):
         raise UserError(f"--focal-35mm {config.focal_35mm} is no focal length; give the "
                         "35 mm-equivalent focal in millimetres (e.g. 26 for a phone).")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and PyTorch with CUDA; use --device cpu.")
+    from geometry.device import check_device
+
+    check_device(config.device)
 
 
 def _known_cameras(config: FitConfig, images: list[LoadedImage],
@@ -168,15 +231,26 @@ def _apply_normalisation(T_cam_world: np.ndarray, points: np.ndarray, centre: np
 
 
 class _Progress:
-    """The progress bar of the optimisation: loss, PSNR (smoothed), splats and ETA."""
+    """The progress bar of the optimisation: loss, PSNR (smoothed), splats and ETA.
 
-    def __init__(self, total: int, start: int, quiet: bool) -> None:
+    When stderr is no terminal (a log file, CI), a bar would only be drawn at the end: a
+    plain line every ``log_every`` of the iterations (10 %) is printed instead.
+    """
+
+    def __init__(self, total: int, start: int, quiet: bool, log_every: float = 0.1) -> None:
+        import sys
+
         from geometry.progress import progress_bar
 
         self.psnr = None
+        self.total, self.quiet = total, quiet
+        self.lines = not quiet and not sys.stderr.isatty()
+        self.line_step = max(1, math.ceil(total * log_every))
+        self.t0 = time.perf_counter()
         self.progress = progress_bar("fit", ("loss {task.fields[loss]}",
                                              "PSNR {task.fields[psnr]} dB",
-                                             "{task.fields[gaussians]} splats"), quiet=quiet)
+                                             "{task.fields[gaussians]} splats"),
+                                     quiet=quiet or self.lines)
         self.task = self.progress.add_task("fit", total=total, completed=start, loss="-",
                                            psnr="-", gaussians="-")
 
@@ -190,9 +264,13 @@ class _Progress:
     def update(self, iteration: int, loss: float, value: float, gaussians: int) -> None:
         if math.isfinite(value):
             self.psnr = value if self.psnr is None else 0.9 * self.psnr + 0.1 * value
-        self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}",
-                             psnr="-" if self.psnr is None else f"{self.psnr:.2f}",
+        psnr = "-" if self.psnr is None else f"{self.psnr:.2f}"
+        self.progress.update(self.task, completed=iteration, loss=f"{loss:.4f}", psnr=psnr,
                              gaussians=str(gaussians))
+        if self.lines and (iteration % self.line_step == 0 or iteration == self.total):
+            log_stage(f"fit {iteration}/{self.total} ({100 * iteration // self.total} %): "
+                      f"loss {loss:.4f}, PSNR {psnr} dB, {gaussians} splats, "
+                      f"{time.perf_counter() - self.t0:.0f} s")
 
 
 def _write_checkpoint(path: Path, trainer: GaussianTrainer, init_state: dict[str, torch.Tensor],
@@ -216,10 +294,60 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     except (OSError, ValueError, SafetensorError) as err:
         raise UserError(f"the checkpoint in {path} is unreadable ({err}); delete it and run "
                         "without --resume.") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"the checkpoint in {path} is damaged (state.json is not a JSON "
+                        "object); delete it and run without --resume.")
     if meta.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"the checkpoint in {path} is from another version; delete it and run "
                         "without --resume.")
+    problem = _checkpoint_problem(tensors, meta)
+    if problem is not None:
+        raise UserError(f"the checkpoint in {path} is damaged ({problem}); delete it and run "
+                        "without --resume.")
     return tensors, meta
+
+
+#: The normalised initialisation every checkpoint holds: name -> (trailing shape).
+_INIT_TENSORS = {"init.Ks": (3, 3), "init.T_cam_world": (4, 4), "init.points": (3,),
+                 "init.colors": (3,), "init.sparse_points": (3,), "init.sparse_colors": (3,)}
+
+
+def _checkpoint_problem(tensors: dict[str, torch.Tensor], meta: dict) -> str | None:
+    """What is structurally wrong with a checkpoint (``None``: nothing found); the trainer's
+    own part is checked by :meth:`GaussianTrainer.load_state`."""
+    for name, kind in (("images", list), ("key", dict), ("init", dict), ("trainer", dict)):
+        if not isinstance(meta.get(name), kind):
+            return f"state.json has no {kind.__name__} {name!r}"
+    init = meta["init"]
+    if not isinstance(init.get("timings"), dict) or not isinstance(init.get("stats"), dict):
+        return "state.json has no initialisation timings and stats"
+    normalisation = init.get("normalisation")
+    if not isinstance(normalisation, dict) or not _numbers(normalisation.get("centre"), 3) \
+            or not _numbers([normalisation.get("scale")], 1):
+        return "state.json has no valid normalisation"
+    if not isinstance(meta.get("initial_gaussians"), int) \
+            or isinstance(meta["initial_gaussians"], bool):
+        return "state.json has no integer 'initial_gaussians'"
+    if not _numbers([meta.get("initial_psnr_db")], 1, finite=False) or (
+            "train_seconds" in meta and not _numbers([meta["train_seconds"]], 1)):
+        return "state.json has no number 'initial_psnr_db' or 'train_seconds'"
+    for name, shape in _INIT_TENSORS.items():
+        tensor = tensors.get(name)
+        if tensor is None:
+            return f"the tensor {name} is missing"
+        if tensor.dim() != len(shape) + 1 or tuple(tensor.shape[1:]) != shape:
+            return f"the tensor {name} has the shape {tuple(tensor.shape)}"
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"the tensor {name} holds NaN or infinite values"
+    return None
+
+
+def _numbers(values: Any, count: int, finite: bool = True) -> bool:
+    """Whether ``values`` is a list of ``count`` JSON numbers (finite unless told)."""
+    return isinstance(values, list) and len(values) == count and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        and (not finite or math.isfinite(v)) for v in values)
 
 
 def _apply_focal(images: list[LoadedImage], focal_35mm: float | None) -> None:
@@ -295,6 +423,19 @@ def fit(config: FitConfig, cameras: Cameras | None = None,
         check_inputs: the method's early check of its options and files.
         options: the method's options (default: ``config.options``).
     """
+    _check_paths(config)  # before the lock: a bad --out must not get a lock file beside it
+    with output_lock(config.out):
+        return _fit_locked(config, cameras, callbacks, build, check_inputs, options)
+
+
+def _fit_locked(config: FitConfig, cameras: Cameras | None, callbacks: list[Monitor] | None,
+                build: BuildTrainer, check_inputs: Callable[[Any, list[LoadedImage]], None]
+                | None, options: Any) -> dict:
+    """:func:`fit` while holding the lock of ``config.out``."""
+    # a run killed while it swapped OUT or its checkpoint leaves the old folder aside
+    recover_directory(config.out)
+    recover_directory(resume_dir(config.out))
+    check_replaceable(config.out, OUTPUT_MARKER, config.overwrite)
     run = _prepare(config, cameras, options if options is not None else config.options,
                    check_inputs)
     if run.resumed is None:
@@ -318,7 +459,6 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
              check_inputs: Callable[[Any, list[LoadedImage]], None] | None) -> _Run:
     """Checks, threads, the photos, the known cameras and an existing checkpoint."""
     t_start = time.perf_counter()
-    _check_paths(config)
     if config.init not in INITIALISERS:
         raise UserError(f"there is no initialiser {config.init!r}; choose one of "
                         f"{', '.join(INITIALISERS)}.")
@@ -330,6 +470,8 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     images = load_images(config.images, config.max_size, config.train.background)
     _apply_focal(images, config.focal_35mm)
     load_seconds = time.perf_counter() - t0
+    sizes = sorted({f"{im.width}x{im.height}" for im in images})
+    log_stage(f"loaded {len(images)} photos ({', '.join(sizes)} px)", config.quiet)
     known = _known_cameras(config, images, cameras)
     if check_inputs is not None:  # option and file errors before the minutes of SfM
         check_inputs(options, images)
@@ -357,9 +499,11 @@ def _find_checkpoint(run: _Run) -> tuple[dict[str, torch.Tensor], dict] | None:
     if meta["images"] != run.fingerprint:
         raise UserError(f"the checkpoint in {path} was made from other photos; run without "
                         "--resume to start again.")
-    if meta["key"] != run.key:
-        raise UserError(f"the checkpoint in {path} was made with other options; rerun with the "
-                        "same options, or without --resume.")
+    differences = _key_differences(run.key, meta["key"], run.config.method)
+    if differences:
+        raise UserError(f"the checkpoint in {path} was made with other options "
+                        f"({'; '.join(differences)}); rerun with the checkpoint's options, or "
+                        "without --resume.")
     return tensors, meta
 
 
@@ -367,12 +511,18 @@ def _initialise(run: _Run) -> None:
     """The coarse initialisation, normalised: ``run.init_state`` and ``run.init_meta``."""
     config, known = run.config, run.known
     t0 = time.perf_counter()
+    log_stage(f"initialising (--init {config.init}): {_INIT_STAGES.get(config.init, 'SfM')}…",
+              config.quiet)
     with tempfile.TemporaryDirectory(prefix="sparseview-init-") as work:
         given = None if known is None else (known.K.numpy(), known.T_cam_world.numpy())
         init = INITIALISERS[config.init](run.images, Path(work), config.init_options,
                                          config.seed, cameras=given)
     run.timings.update({f"init_{k}": v for k, v in init.timings.items()})
     run.timings["init_total"] = time.perf_counter() - t0
+    stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in init.timings.items())
+    log_stage(f"initialised in {run.timings['init_total']:.1f} s ({stages}): "
+              f"{int(np.sum(init.model.registered))}/{len(run.images)} photos registered, "
+              f"{len(init.points_world)} points", config.quiet)
     dense, sparse, T_init = init.points_world, init.model.points_world, init.model.T_cam_world
     centre, scale = _normalisation(T_init, sparse)
     T_cam_world, points = _apply_normalisation(T_init, dense, centre, scale)
@@ -384,9 +534,20 @@ def _initialise(run: _Run) -> None:
         "init.colors": torch.from_numpy(init.colors).float(),
         "init.sparse_points": torch.from_numpy(sparse_points).float(),
         "init.sparse_colors": torch.from_numpy(init.model.colors).float(),
+        # the SfM points' 2D observations: OUT/sparse/0 keeps them as COLMAP tracks
+        "init.obs_point": torch.from_numpy(init.model.obs_point).long(),
+        "init.obs_view": torch.from_numpy(init.model.obs_view).long(),
+        "init.obs_xy": torch.from_numpy(init.model.obs_xy).double(),
     }
     run.init_meta = {"stats": init.stats, "timings": run.timings.copy(),
                      "normalisation": {"centre": centre.tolist(), "scale": scale}}
+
+
+#: What each initialiser does, for the line shown while it runs (SfM is silent otherwise).
+_INIT_STAGES = {
+    "sfm": "feature extraction, matching, mapping (SfM), then dense stereo",
+    "sfm-sparse": "feature extraction, matching, mapping (SfM)",
+}
 
 
 def _restore_initialisation(run: _Run) -> None:
@@ -416,7 +577,15 @@ def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dic
                                images=run.images, init_state=init_state))
     if run.resumed is not None:
         tensors, meta = run.resumed
-        trainer.load_state(tensors, meta["trainer"])
+        log_stage(f"resuming from the checkpoint at iteration "
+                  f"{meta['trainer'].get('iteration')}", config.quiet)
+        try:
+            trainer.load_state(tensors, meta["trainer"])
+        except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as err:
+            problem = f"the tensor {err.args[0]} is missing" if isinstance(err, KeyError) \
+                else str(err)
+            raise UserError(f"the checkpoint in {run.checkpoint_path} is damaged ({problem}); "
+                            "delete it and run without --resume.") from None
         initial_gaussians = int(meta["initial_gaussians"])
         initial_psnr = float(meta["initial_psnr_db"])
     else:
@@ -540,7 +709,7 @@ def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
     """Write OUT (see the module doc) in one atomic step; returns the metrics."""
     from geometry.cameras import Cameras
     from geometry.io.colmap import ColmapModel, write_colmap_model
-    from geometry.io.transforms_json import write_transforms_json
+    from geometry.io.transforms_json import write_point_cloud_ply, write_transforms_json
     from reconstruction.gaussians import write_ply
 
     t0 = time.perf_counter()
@@ -556,23 +725,47 @@ def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
             Cameras(K=cameras.K, T_world_cam=cameras.T_world_cam, width=cameras.width,
                     height=cameras.height, names=list(names)),
             points_xyz=sparse_points.numpy(),
-            points_rgb=run.init_state["init.sparse_colors"].clamp(0, 1).numpy())
-        write_colmap_model(tmp / "cameras", colmap)
+            points_rgb=run.init_state["init.sparse_colors"].clamp(0, 1).numpy(),
+            observations=_observations(run.init_state))
+        write_colmap_model(tmp / "sparse" / "0", colmap)
+        # nerfstudio reads ply_file_path as splatfacto's initial cloud: the coloured SfM
+        # points, in the transforms.json's frame
+        write_point_cloud_ply(tmp / "sparse_pc.ply", sparse_points,
+                              run.init_state["init.sparse_colors"].clamp(0, 1))
         write_transforms_json(tmp / "transforms.json", cameras,
                               file_paths=[f"images/{n}" for n in names],
-                              extra={"ply_file_path": "splats.ply"})
+                              extra={"ply_file_path": "sparse_pc.ply"})
         run.timings["write"] = time.perf_counter() - t0
         run.timings["total"] = time.perf_counter() - run.t_start
         metrics["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        (tmp / OUTPUT_MARKER).write_text(
+            json.dumps({"written_by": "recon fit", "method": run.config.method}) + "\n",
+            encoding="utf-8")
     return metrics
 
 
+def _observations(init_state: dict[str, torch.Tensor]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(point, view, xy)`` of the SfM points' observations (None: a checkpoint from
+    before they were kept)."""
+    keys = ("init.obs_point", "init.obs_view", "init.obs_xy")
+    if not all(k in init_state for k in keys):
+        return None
+    point, view, xy = (init_state[k].numpy() for k in keys)
+    valid = (point >= 0) & (point < len(init_state["init.sparse_points"])) & (view >= 0) \
+        & (view < len(init_state["init.Ks"]))
+    return point[valid], view[valid], xy[valid]
+
+
 def _output_names(images: list[LoadedImage]) -> list[str]:
-    """PNG names for OUT/images: the photo's stem, made unique (a.jpg and a.png both exist)."""
+    """PNG names for OUT/images: the photo's stem with whitespace as ``_`` (COLMAP's text
+    model cannot hold spaces), made unique (a.jpg and a.png both exist)."""
+    from geometry.io.colmap import colmap_safe_name
+
     names, used = [], set()
     for im in images:
-        stem = im.path.stem
+        stem = colmap_safe_name(im.path.stem)
         name, k = f"{stem}.png", 1
         while name in used:
             name, k = f"{stem}_{k}.png", k + 1

@@ -377,7 +377,12 @@ class GaussianTrainer:
         return meta
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
-        """Restore what :meth:`state_tensors` and :meth:`state_meta` saved."""
+        """Restore what :meth:`state_tensors` and :meth:`state_meta` saved.
+
+        Raises ``ValueError`` (or ``KeyError`` naming a missing tensor) for a checkpoint
+        that does not fit this trainer, before anything is changed.
+        """
+        self._check_state(tensors, meta)
         values = {}
         for name in (*GAUSSIAN_FIELDS, *POSE_FIELDS):
             tensor = tensors[f"param.{name}"].to(self.device)
@@ -397,6 +402,45 @@ class GaussianTrainer:
         self.rollbacks = int(meta["rollbacks"])
         self._set_learning_rates()
         self._last_good = self._snapshot()
+
+    def _check_state(self, tensors: dict[str, Tensor], meta: dict) -> None:
+        """Refuse a checkpoint whose parameters or counters this trainer cannot take."""
+        if not isinstance(meta, dict):
+            raise ValueError("its trainer state is not a JSON object")
+        for name in ("iteration", "rollbacks"):
+            value = meta.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"its {name} {value!r} is not a non-negative integer")
+        if meta["iteration"] > self.config.iterations:
+            raise ValueError(f"its iteration {meta['iteration']} is beyond the "
+                             f"{self.config.iterations} iterations")
+        lr_scale = meta.get("lr_scale")
+        if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) \
+                or not math.isfinite(lr_scale) or lr_scale <= 0:
+            raise ValueError(f"its learning-rate scale {lr_scale!r} is not a positive number")
+        count = None
+        for name in (*GAUSSIAN_FIELDS, *POSE_FIELDS):
+            tensor = tensors.get(f"param.{name}")
+            if tensor is None:
+                raise ValueError(f"the tensor param.{name} is missing")
+            if name in GAUSSIAN_FIELDS:  # any count, the trailing shape of this trainer's
+                count = tensor.shape[0] if count is None and tensor.dim() else count
+                expected = (count, *self.params[name].shape[1:])
+            else:
+                expected = tuple(self.params[name].shape)
+            if tuple(tensor.shape) != expected:
+                raise ValueError(f"the tensor param.{name} has the shape "
+                                 f"{tuple(tensor.shape)}, not {expected}")
+            for key in ("exp_avg", "exp_avg_sq"):
+                state = tensors.get(f"adam.{name}.{key}")
+                if state is not None and tuple(state.shape) != expected:
+                    raise ValueError(f"the tensor adam.{name}.{key} has the shape "
+                                     f"{tuple(state.shape)}, not {expected}")
+            if f"adam.{name}.exp_avg" in tensors and f"adam.{name}.step" not in tensors:
+                raise ValueError(f"the tensor adam.{name}.step is missing")
+        for name, tensor in tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"the tensor {name} holds NaN or infinite values")
 
     # ------------------------------------------------------------------ the loop
 

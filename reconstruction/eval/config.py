@@ -60,21 +60,27 @@ class EvalConfig:
     masks: Path | None = None
     """Folder of object masks for the masked metrics (default: the dataset's own, if any)."""
     factor: int | None = None
-    """LLFF: use images_<factor> (RegNeRF uses 8)."""
+    """LLFF: use images_<factor>. Default (neither --factor nor --max-size): the protocol's
+    size, printed and written to eval.json: LLFF images_8 (or the full-size photos shrunk to
+    504 px), DTU 400x300, any other photos over 2 megapixels 512 px, else their own size."""
     max_size: int | None = None
     """Shrink every image (and its intrinsics) so its longest side is at most this many
-    pixels; the method and the metrics both see the shrunk images (default: keep)."""
+    pixels; the method and the metrics both see the shrunk images (SfM still matches
+    features at up to 1600 px). Default: see --factor."""
     seed: int = 0
     """Seed of the method."""
     threads: int | None = None
     """CPU threads of the method's fit (default: all cores; results differ slightly
     between thread counts)."""
-    device: Literal["cpu", "cuda"] = "cpu"
-    """Where the method and the renders run."""
+    device: str = "cpu"
+    """Where the method and the renders run: cpu, cuda or cuda:N."""
     save_renders: bool = True
     """Write compare/ (ground truth | render | error) and renders/ PNGs."""
     quiet: bool = False
     """No progress bars."""
+    overwrite: bool = False
+    """Replace --out even when it is a non-empty folder that recon eval did not write (an
+    earlier recon eval output is replaced without it)."""
     options: tyro.conf.Suppress[Any] = None
     """The method's own options (an instance of its ``options`` class; None: its defaults)."""
 

@@ -9,6 +9,16 @@ Object masks (for the masked metrics of the DTU literature) come from the format
 stores them (IDR ``mask/``, transforms.json ``mask_path``) or from ``--masks DIR``, matched
 per view by image stem (``stem.png``, ``stem_mask.png``) or by index (``NNN.png``, as in
 RegNeRF's DTU masks); views without a mask get no masked metrics.
+
+Resolution (:func:`load_dataset` with ``protocol_size``; ``--factor``/``--max-size``
+override): the sparse-view literature (RegNeRF, FSGS, DNGaussian) evaluates LLFF at
+``images_8`` (504x378 from 4032x3024) and DTU at 400x300 (4x downsampling of 1600x1200).
+So an LLFF scene uses ``images_8/`` where it exists, else its full-size photos shrunk to
+504 px on the longest side; an IDR/DTU scan is shrunk to 400 px on the longest side; photos
+already smaller than the protocol's size keep their own (``dtu_scan24``'s 384x384 central
+crops are DTU at 384/1200, they are not shrunk again). Any other dataset keeps its size,
+unless its photos exceed :data:`LARGE_PHOTO_PIXELS`: then :data:`DEFAULT_MAX_SIZE` (``recon
+fit``'s default), and :class:`Resolution` says so.
 """
 
 from __future__ import annotations
@@ -27,6 +37,48 @@ from reconstruction.eval.config import DatasetFormat
 
 _MASK_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
+#: LLFF protocol: the ``images_<factor>`` folder used ...
+LLFF_PROTOCOL_FACTOR = 8
+#: ... or, without it, the longest side of the shrunk full-size photos (504x378 from
+#: LLFF's 4032x3024, the size of images_8).
+LLFF_PROTOCOL_MAX_SIZE = 504
+#: DTU protocol: longest side (400x300 from DTU's 1600x1200, 4x downsampling).
+DTU_PROTOCOL_MAX_SIZE = 400
+#: Photos with more pixels than this and no size option are shrunk to ...
+LARGE_PHOTO_PIXELS = 2_000_000
+#: ... this longest side, ``recon fit``'s default (``FitConfig.max_size``): fitting a
+#: 12-megapixel photo takes tens of minutes on a CPU.
+DEFAULT_MAX_SIZE = 512
+
+
+@dataclass
+class Resolution:
+    """The image size evaluation runs at, and why."""
+
+    factor: int | None
+    """LLFF ``images_<factor>`` folder read (None: ``images/``)."""
+    max_size: int | None
+    """Longest side the images are shrunk to (None: kept)."""
+    rule: str
+    """Why, in words (printed and written to eval.json)."""
+    default: bool
+    """Chosen by eval (no --factor or --max-size given)."""
+    width: int = 0
+    height: int = 0
+    """Size of the largest view as evaluated (pixels)."""
+    mixed_sizes: bool = False
+    """Whether the views differ in size."""
+
+    def describe(self) -> str:
+        """``"504x378 (LLFF protocol: images_8)"``."""
+        size = f"{'up to ' if self.mixed_sizes else ''}{self.width}x{self.height}"
+        return f"{size} ({self.rule})"
+
+    def as_dict(self) -> dict:
+        return {"width": self.width, "height": self.height, "mixed_sizes": self.mixed_sizes,
+                "factor": self.factor, "max_size": self.max_size, "rule": self.rule,
+                "chosen_by": "protocol default" if self.default else "option"}
+
 
 @dataclass
 class EvalDataset:
@@ -40,6 +92,8 @@ class EvalDataset:
     """Per view, the object mask file or None."""
     max_size: int | None = None
     """Images are shrunk so that their longest side is at most this (cameras already are)."""
+    resolution: Resolution | None = None
+    """The size chosen and why (see the module doc)."""
     depth_paths: list[Path | None] | None = None
     """Per view, a ground-truth z-depth map (``.npy`` float ``[H, W]`` in the cameras'
     units, 0 where nothing is hit; transforms.json ``depth_file_path``) or None."""
@@ -138,7 +192,8 @@ def _masks_from_dir(folder: Path, image_paths: list[Path]) -> list[Path | None]:
 
 def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                  masks: str | os.PathLike | None = None,
-                 llff_factor: int | None = None, max_size: int | None = None) -> EvalDataset:
+                 llff_factor: int | None = None, max_size: int | None = None,
+                 protocol_size: bool = False) -> EvalDataset:
     """Read a scene's ground truth.
 
     Args:
@@ -148,6 +203,8 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
         llff_factor: LLFF image downsampling (``images_<factor>``).
         max_size: shrink images (area resampling) and intrinsics so that the longest side
             is at most this many pixels.
+        protocol_size: without ``llff_factor`` and ``max_size``, choose the protocol's
+            resolution (see the module doc).
 
     Raises:
         UserError: nothing readable, no images next to the cameras, or too few views.
@@ -164,6 +221,12 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
             raise UserError(f"found no cameras at {path} (transforms.json, a COLMAP model, "
                             "poses_bounds.npy, cameras.npz or gt_cameras.npz); give the scene "
                             "folder or --format.")
+    resolution = None
+    given = llff_factor is not None or max_size is not None
+    if protocol_size and not given and fmt == "llff" and _has_llff_folder(path):
+        llff_factor = LLFF_PROTOCOL_FACTOR
+        resolution = Resolution(llff_factor, None, f"LLFF protocol: images_{llff_factor}",
+                                default=True)
     mask_paths: list[str] | None = None
     if fmt == "idr":
         from geometry.io.idr import read_idr
@@ -200,6 +263,15 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                         "image_undistorter).")
     order = sorted(range(len(cameras)), key=lambda i: Path(cameras.image_paths[i]).name)
     cameras = cameras[order]
+    if resolution is None:
+        if protocol_size and not given:
+            resolution = _protocol_resolution(fmt, cameras)
+            max_size = resolution.max_size
+        else:
+            parts = ([f"--factor {llff_factor} (images_{llff_factor})"] if llff_factor else []) \
+                + ([f"--max-size {max_size}"] if max_size is not None else [])
+            resolution = Resolution(llff_factor, max_size,
+                                    " and ".join(parts) or "the photos' own size", default=False)
     if max_size is not None:
         if max_size < 16:
             raise UserError(f"--max-size {max_size} is too small; use at least 16 pixels.")
@@ -208,6 +280,9 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
             w, h = int(cameras.width[i]), int(cameras.height[i])
             views.append(cameras[i:i + 1].resize(*shrunk_size(w, h, max_size)))
         cameras = Cameras.cat(views)
+    resolution.width, resolution.height = (int(cameras.width.max()), int(cameras.height.max()))
+    resolution.mixed_sizes = bool((cameras.width != cameras.width[0]).any()
+                                  or (cameras.height != cameras.height[0]).any())
     masks_list: list[Path | None]
     if masks is not None:
         masks_list = _masks_from_dir(Path(masks), [Path(p) for p in cameras.image_paths])
@@ -220,7 +295,40 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                    if fmt == "transforms" else None)
     return EvalDataset(path=path, format="dtu" if fmt == "idr" else fmt,
                        cameras=cameras.to(dtype=torch.float64), mask_paths=masks_list,
-                       max_size=max_size, depth_paths=depth_paths)
+                       max_size=max_size, resolution=resolution, depth_paths=depth_paths)
+
+
+def _has_llff_folder(path: Path) -> bool:
+    """Whether the LLFF scene at ``path`` has an ``images_<LLFF_PROTOCOL_FACTOR>`` folder."""
+    file = path if path.suffix == ".npy" else path / "poses_bounds.npy"
+    return (file.parent / f"images_{LLFF_PROTOCOL_FACTOR}").is_dir()
+
+
+def _protocol_resolution(fmt: str, cameras: Cameras) -> Resolution:
+    """The protocol's size for full-size cameras of format ``fmt`` (see the module doc)."""
+    longest = int(torch.maximum(cameras.width, cameras.height).max())
+    pixels = int((cameras.width * cameras.height).max())
+    if fmt == "llff":
+        if longest > LLFF_PROTOCOL_MAX_SIZE:
+            return Resolution(None, LLFF_PROTOCOL_MAX_SIZE,
+                              f"LLFF protocol: no images_{LLFF_PROTOCOL_FACTOR}/, so the "
+                              f"photos shrunk to {LLFF_PROTOCOL_MAX_SIZE} px, the size of "
+                              f"images_{LLFF_PROTOCOL_FACTOR}", default=True)
+        return Resolution(None, None, "LLFF protocol: the photos' own size (already at most "
+                          f"{LLFF_PROTOCOL_MAX_SIZE} px)", default=True)
+    if fmt == "idr":
+        if longest > DTU_PROTOCOL_MAX_SIZE:
+            return Resolution(None, DTU_PROTOCOL_MAX_SIZE,
+                              f"DTU protocol: shrunk to {DTU_PROTOCOL_MAX_SIZE} px, 400x300 from "
+                              "1600x1200", default=True)
+        return Resolution(None, None, "DTU protocol: the photos' own size (already at most "
+                          f"{DTU_PROTOCOL_MAX_SIZE} px)", default=True)
+    if pixels > LARGE_PHOTO_PIXELS:
+        return Resolution(None, DEFAULT_MAX_SIZE,
+                          f"photos over {LARGE_PHOTO_PIXELS / 1e6:.0f} megapixels: shrunk to "
+                          f"{DEFAULT_MAX_SIZE} px, recon fit's default; pass --max-size to "
+                          "choose", default=True)
+    return Resolution(None, None, "the photos' own size", default=True)
 
 
 def _transforms_depth_paths(file: Path, image_paths: list[Path]) -> list[Path | None] | None:

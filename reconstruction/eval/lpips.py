@@ -156,30 +156,22 @@ class LPIPS(nn.Module):
         return total.reshape(batch)
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
-    """A state_dict from ``.safetensors`` or a ``.pth``/``.pt`` (tensors only, never pickles)."""
-    if not path.is_file():
-        raise UserError(f"the LPIPS weights file {path} does not exist; give the path of a "
-                        "local LPIPS .pth (or .safetensors) file.")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+def _read_tensors(path: Path, what: str = "an LPIPS weights file",
+                  hint: str = "give the LPIPS .pth (or .safetensors) file with --lpips-weights."
+                  ) -> dict[str, Tensor]:
+    """A state_dict from ``.safetensors`` or a ``.pth``/``.pt`` (tensors only, never pickles).
 
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise UserError(f"cannot read {path} as safetensors ({err}); give an LPIPS "
-                            "weights file.") from None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(f"cannot read {path} as a PyTorch state_dict ({type(err).__name__}: "
-                        f"{err}); give the LPIPS .pth file (tensors only).") from None
+    ``what`` and ``hint`` name the file's role in the messages (the heads or the trunk).
+    """
+    from geometry.io.checkpoints import load_safetensors, torch_load_weights_only
+
+    if path.suffix == ".safetensors":
+        return load_safetensors(path, what, hint)
+    data = torch_load_weights_only(path, what, hint)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, Tensor) for v in data.values()):
-        raise UserError(f"{path} does not hold a state_dict of tensors; give the LPIPS .pth "
-                        "file.")
+        raise UserError(f"{path} is not {what} (it holds no state_dict of tensors); {hint}")
     return {k.removeprefix("module."): v for k, v in data.items()}
 
 
@@ -245,7 +237,11 @@ def load_lpips(weights: str | os.PathLike, backbone: str | os.PathLike | None = 
             raise UserError(f"{path} holds only the LPIPS linear heads; also pass the "
                             f"{'AlexNet' if net == 'alex' else 'VGG-16'} trunk weights "
                             "(torchvision's ImageNet .pth) with --lpips-backbone PATH.")
-        trunk = _trunk_from_torchvision(_read_tensors(Path(backbone)), net)
+        tv_name = "AlexNet" if net == "alex" else "VGG-16"
+        trunk = _trunk_from_torchvision(_read_tensors(
+            Path(backbone), f"torchvision's {tv_name} ImageNet weights file",
+            f"give torchvision's {'alexnet' if net == 'alex' else 'vgg16'} ImageNet .pth "
+            "with --lpips-backbone."), net)
         if not trunk:
             raise UserError(f"{backbone} has no features.N.weight entries; give torchvision's "
                             f"{'alexnet' if net == 'alex' else 'vgg16'} ImageNet weights.")

@@ -28,7 +28,8 @@ see :mod:`geometry.pose_metrics`), ``depth_absrel`` where the dataset has ground
 ``|d - d*| / d*`` over the ground-truth pixels the render covers, the rendered expected
 depth brought to ground-truth units by the alignment's scale) with ``depth_coverage``
 (share of those pixels covered), ``seconds`` per stage, ``per_view`` (test views) and
-``train_views`` entries. ``scene_extent`` is the diameter of all ground-truth camera
+``train_views`` entries, and ``resolution`` (the size evaluated at and the rule that chose
+it: see :mod:`.data`). ``scene_extent`` is the diameter of all ground-truth camera
 centres, or the generator's scene extent for our synthetic scenes; the unit is the
 dataset's.
 """
@@ -170,17 +171,25 @@ def run_eval(config: EvalConfig) -> dict:
         write_report(results, tmp)
         # inf (identical images) and nan are not JSON numbers: written as strings.
         atomic_write_text(tmp / "eval.json", json.dumps(_jsonable(results), indent=2) + "\n")
+        (tmp / EVAL_MARKER).write_text('{"written_by": "recon eval"}\n', encoding="utf-8")
     return results
 
 
+#: The file in every recon eval output that marks it as one (replaced without --overwrite).
+EVAL_MARKER = ".recon-eval"
+
+
 def _check_options(config: EvalConfig) -> None:
-    if config.out.exists() and not config.out.is_dir():
-        raise UserError(f"--out {config.out} is a file; give a folder for the results.")
+    from geometry.io.atomic import check_output_folder, check_replaceable
+
+    check_output_folder(config.out)  # a name, writable: before the minutes of the fit
+    check_replaceable(config.out, EVAL_MARKER, config.overwrite)
     if config.out.resolve() == Path(config.dataset).resolve() or \
             Path(config.dataset).resolve() in config.out.resolve().parents:
         raise UserError(f"--out {config.out} is inside the dataset; write the results elsewhere.")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda needs a CUDA GPU and PyTorch with CUDA; use --device cpu.")
+    from geometry.device import check_device
+
+    check_device(config.device)
     if config.iterations is not None and config.iterations < 1:
         raise UserError(f"--iterations {config.iterations} must be at least 1.")
 
@@ -193,7 +202,7 @@ def _load(config: EvalConfig) -> _Eval:
     get_method(config.method)  # an unknown name fails before the dataset is read
     t0 = time.perf_counter()
     dataset = load_dataset(config.dataset, config.format, config.masks, config.factor,
-                           config.max_size)
+                           config.max_size, protocol_size=True)
     protocol = config.protocol
     if protocol == "auto":
         protocol = "dtu" if dataset.format == "dtu" and dataset.num_views == 49 else "llff"
@@ -205,20 +214,18 @@ def _load(config: EvalConfig) -> _Eval:
     ev = _Eval(config=config, dataset=dataset, split=split, extent=extent,
                extent_source=extent_source, lpips=lpips_model, lpips_missing=lpips_missing)
     ev.seconds["load"] = time.perf_counter() - t0
+    from geometry.progress import log_stage
+
+    # After every option check: an error stays the only line on stderr.
+    log_stage(f"evaluating at {dataset.resolution.describe()}", config.quiet)
     return ev
 
 
-def _training_images(ev: _Eval, tmp: Path) -> list[Path]:
-    """The training photos; with ``--max-size`` the shrunk images the metrics use."""
-    train_images = [ev.dataset.image_paths[i] for i in ev.split.train]
-    if ev.config.max_size is None:
-        return train_images
-    staged = []
-    for i in ev.split.train:
-        path = tmp / "inputs" / f"{Path(ev.dataset.names[i]).stem}.png"
-        write_png(path, ev.dataset.load_image(i))
-        staged.append(path)
-    return staged
+def _training_images(ev: _Eval) -> list[Path]:
+    """The training photos as files, at their own size: the method's fit shrinks them to
+    the evaluation size itself (``FitConfig.max_size``, the same loader as the metrics), so
+    that its SfM can match features at the photos' own resolution."""
+    return [ev.dataset.image_paths[i] for i in ev.split.train]
 
 
 def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
@@ -227,21 +234,23 @@ def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
     scene model (with known poses: exactly the given training cameras) and its metrics.
 
     Pose-free, the method runs whole (InstantSplat: SfM initialisation, joint optimisation of
-    Gaussians and poses) at the images' full resolution. With known cameras it keeps them."""
+    Gaussians and poses) at the evaluation resolution (SfM matches at its own). With known
+    cameras it keeps them."""
     from reconstruction.engine.config import FitConfig
     from reconstruction.methods import get_method
 
     config = ev.config
     method = get_method(config.method)
     t0 = time.perf_counter()
-    images = _training_images(ev, tmp)
+    images = _training_images(ev)
     work = tmp / "method"
     staged = work / "_images"
     staged.mkdir(parents=True)
     for k, path in enumerate(images):
         shutil.copyfile(path, staged / f"{k:03d}_{path.name}")
     options = config.options if config.options is not None else method.default_options()
-    fit_config = FitConfig(images=staged, out=work / "fit", max_size=None, method=method.name,
+    fit_config = FitConfig(images=staged, out=work / "fit", max_size=ev.dataset.max_size,
+                           method=method.name,
                            seed=config.seed, device=config.device, threads=config.threads,
                            quiet=config.quiet)
     if config.init is not None:
@@ -427,6 +436,7 @@ def _results(ev: _Eval, model: SceneModel, fit_metrics: dict, frame: _Frame,
                     "name": (dataset.path.resolve().parent if dataset.path.is_file()
                              else dataset.path.resolve()).name,
                     "format": dataset.format, "num_views": dataset.num_views},
+        "resolution": dataset.resolution.as_dict(),
         "known_poses": config.known_poses,
         "test_pose_optimised": optimise_test,
         "test_pose_note": test_pose_note,

@@ -85,6 +85,7 @@ def print_table(results: dict) -> None:
                         f"{len(results['views']['test'])} test views)")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    table.add_row("resolution", _resolution(results))
     for label, text in summary_rows(results):
         table.add_row(label, text)
     for stage, seconds in results["seconds"].items():
@@ -139,6 +140,15 @@ def _plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _resolution(results: dict) -> str:
+    """``"504x378 (LLFF protocol: images_8)"`` from eval.json's ``resolution``."""
+    res = results.get("resolution")
+    if not res:
+        return "-"
+    size = f"{'up to ' if res.get('mixed_sizes') else ''}{res['width']}x{res['height']}"
+    return f"{size} ({res['rule']})"
+
+
 def write_report(results: dict, folder: Path) -> None:
     """``report.md`` (summary, seconds, per-view table) and ``plot.png`` in ``folder``."""
     _plot(results, folder / "plot.png")
@@ -148,6 +158,7 @@ def write_report(results: dict, folder: Path) -> None:
         "",
         f"- dataset: `{results['dataset']['path']}` ({results['dataset']['format']}, "
         f"{results['dataset']['num_views']} views)",
+        f"- resolution: {_resolution(results)}",
         f"- split: {results['views']['protocol']}",
         f"- training views: {results['views']['train']}",
         f"- test views: {results['views']['test']}",

@@ -29,6 +29,8 @@ class SparseModel:
     mapper: str = ""
     """Which path produced the model ("incremental" or "two-view")."""
     stats: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    """Unregistered view name -> why it could not be registered (for the error message)."""
 
     @property
     def num_views(self) -> int:

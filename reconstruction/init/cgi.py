@@ -25,15 +25,20 @@ from reconstruction.init.stereo import densify
 
 
 def check_registered(model: SparseModel) -> None:
-    """Raise a UserError naming the views SfM could not register."""
+    """Raise a UserError naming the views SfM could not register, and why."""
     missing = model.unregistered_names()
     if not missing:
         return
+    retried = (" even after retrying with more features and a relaxed ratio test"
+               if model.stats.get("retried") else "")
     if len(missing) == model.num_views:
-        raise UserError("no two photos could be registered (too few feature matches between "
-                        "them); use photos of one scene with more overlap and texture.")
-    raise UserError(f"could not register {', '.join(missing)} (too few feature matches with "
-                    "the other photos); remove them or add photos that overlap them.")
+        raise UserError(f"no two photos could be registered (too few feature matches between "
+                        f"them{retried}); use photos of one scene with more overlap and "
+                        "texture.")
+    default = "too few feature matches with the other photos"
+    named = ", ".join(f"{name} ({model.failures.get(name, default)})" for name in missing)
+    raise UserError(f"could not register {named}{retried}; remove them or add photos that "
+                    "overlap them.")
 
 
 #: Known cameras: fewest share of the SfM tracks that must fit them (else they are not

@@ -13,6 +13,15 @@ InitName = Literal["sfm", "sfm-sparse"]
 class SfmConfig:
     """Options of the sparse SfM stage."""
 
+    match_max_size: int | None = 1600
+    """Longest side (pixels) of the photos SIFT extraction and matching see: each photo is
+    read again from its file at this size (or its own size, if smaller), whatever size the
+    optimisation uses (--max-size), and the cameras and tracks are rescaled
+    once to the optimisation size; a wide baseline that matches at 800 px does not at
+    200 px. None: match the optimisation-sized images themselves."""
+    retry: bool = True
+    """When views stay unregistered, extract again with twice the features and a lower
+    contrast threshold, match with a relaxed ratio test (0.9) and solve again."""
     mapper: Literal["auto", "incremental", "two-view"] = "auto"
     """Pose solver: COLMAP's incremental mapper, the two-view fallback, or the first then
     the second where the first registers too few views."""

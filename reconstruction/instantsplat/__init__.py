@@ -9,5 +9,4 @@ from reconstruction.engine import gaussian_method
 
 METHOD = gaussian_method(
     "instantsplat",
-    "InstantSplat: SfM + stereo initialisation, joint optimisation of splats and poses "
-    "(F-3DGO).")
+    "InstantSplat: SfM + stereo initialisation, joint optimisation of splats and poses.")

@@ -25,14 +25,19 @@ from viewer.cli import Render, View
 
 @dataclass
 class BuildOps:
-    """Compile the native kernels now (otherwise they are built on first use)."""
+    """Compile the native kernels now (otherwise they are built on first use, ~30 s)."""
 
     verbose: bool = False
     """Show the compiler's output."""
 
     def run(self) -> None:
-        from geometry.ops.loader import build_ops
+        from geometry.ops.loader import build_ops, build_plan
+        from geometry.progress import log_stage
 
+        plan = build_plan()
+        if (plan.build_dir / f"{plan.name}.so").is_file():
+            log_stage(f"native kernels already built for this machine in {plan.build_dir}")
+        # else build_ops says that it compiles (once)
         path = build_ops(verbose=self.verbose)
         print(f"native kernels ready: {path}")
 
@@ -42,8 +47,9 @@ class Fit(FitConfig):
     """Fit a scene and camera poses to a folder of 2-12 unposed photos (default method:
     InstantSplat; see --method).
 
-    Writes OUT/splats.ply, OUT/cameras/ (COLMAP text), OUT/transforms.json, OUT/images/ and
-    OUT/metrics.json. Ctrl-C keeps the last checkpoint; rerun with --resume to continue.
+    Writes OUT/splats.ply, OUT/sparse/0/ (COLMAP text model with tracks), OUT/transforms.json
+    (nerfstudio; its point cloud OUT/sparse_pc.ply), OUT/images/ and OUT/metrics.json.
+    Ctrl-C keeps the last checkpoint; rerun with --resume to continue.
     """
 
     view: bool = False
@@ -85,7 +91,7 @@ class Fit(FitConfig):
 
 def _report(config: FitConfig, metrics: dict) -> dict:
     """One line: where the outputs went and the figures a method reports."""
-    from rich.console import Console
+    from geometry.progress import log_stage
 
     parts = []
     if "num_gaussians" in metrics:
@@ -94,8 +100,8 @@ def _report(config: FitConfig, metrics: dict) -> dict:
         parts.append(f"training PSNR {metrics['training_psnr_db']:.2f} dB")
     if "total" in metrics.get("timings_s", {}):
         parts.append(f"{metrics['timings_s']['total']:.1f} s")
-    Console(stderr=True, highlight=False).print(
-        f"wrote {config.out}" + (f": {', '.join(parts)}" if parts else ""))
+    # one line even in a log (rich would wrap it at 80 columns there)
+    log_stage(f"wrote {config.out}" + (f": {', '.join(parts)}" if parts else ""))
     return metrics
 
 
@@ -176,7 +182,13 @@ def commands(argv: list[str]) -> dict[str, type]:
 
 def main() -> None:
     def _main() -> None:
-        cmd = tyro.extras.subcommand_cli_from_dict(commands(sys.argv[1:]), prog="recon")
+        from geometry.version import VERSION_HELP, print_version_if_asked
+
+        if print_version_if_asked(sys.argv[1:]):
+            return
+        cmd = tyro.extras.subcommand_cli_from_dict(
+            commands(sys.argv[1:]), prog="recon",
+            description=f"Photos to camera poses and a Gaussian splat scene. {VERSION_HELP}")
         cmd.run()
 
     run_cli(_main, prog="recon")

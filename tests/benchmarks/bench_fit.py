@@ -64,7 +64,7 @@ def run(images: Path, out: Path, iterations: int, threads: int | None,
     # CPU seconds of this process (all its threads): on a machine that others load, wall
     # time measures them too; with one thread, CPU time is the idle-machine wall time.
     metrics["cpu_s"] = round(time.process_time() - c0, 2)
-    cameras = read_colmap_model(out / "cameras").to_cameras(torch.float64)
+    cameras = read_colmap_model(out / "sparse" / "0").to_cameras(torch.float64)
     return metrics, cameras.T_world_cam, cameras.K
 
 

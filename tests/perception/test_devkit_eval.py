@@ -3,6 +3,8 @@ The oracle scores mAP = NDS = 1 (exactly: every TP error is 0); the noisy oracle
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -24,10 +26,53 @@ def evaluated(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
                 "mini_val", "--results", str(results), "--out", str(metrics_dir)]
         if detector != "oracle":
             args.append("--no-plots")  # plots once is enough (matplotlib is slow)
-        main(args)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main(args)
         summaries[detector] = (json.loads((metrics_dir / "metrics.json").read_text()),
                                metrics_dir)
+        summaries[f"{detector}-output"] = (stdout.getvalue(), stderr.getvalue())
     return summaries
+
+
+def _strict_json(path: Path):
+    """Parse as standard JSON: NaN/Infinity are not JSON and are refused."""
+    def refuse(constant: str):
+        raise AssertionError(f"{path.name} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_metrics_files_are_standard_json_with_null_for_undefined(evaluated) -> None:
+    metrics, out = evaluated["oracle"]
+    strict = _strict_json(out / "metrics.json")
+    # Barriers and cones have no attributes or velocities: the devkit's NaN becomes null.
+    assert strict["label_tp_errors"]["barrier"]["attr_err"] is None
+    assert strict["label_tp_errors"]["traffic_cone"]["vel_err"] is None
+    assert strict["mean_ap"] == pytest.approx(1.0, abs=1e-6)
+    assert strict["label_tp_errors"]["car"]["trans_err"] == metrics["label_tp_errors"]["car"][
+        "trans_err"]
+    for name in ("metrics_summary.json", "metrics_details.json"):
+        _strict_json(out / name)
+
+
+def test_eval_says_what_it_does_and_names_png_plots(evaluated) -> None:
+    _, out = evaluated["oracle"]
+    stdout, stderr = evaluated["oracle-output"]
+    for stage in ("loading the v1.0-mini tables", "checking", "scoring with the nuScenes devkit",
+                  "rendering the PR and TP curves"):
+        assert stage in stderr, stderr
+    pngs = {p.name for p in (out / "plots").glob("*.png")}
+    pdfs = {p.name for p in (out / "plots").glob("*.pdf")}
+    assert {"summary.png", "car_pr.png", "dist_pr_2.0.png"} <= pngs
+    assert {p.removesuffix(".png") for p in pngs} == {p.removesuffix(".pdf") for p in pdfs}
+    from PIL import Image
+
+    with Image.open(out / "plots" / "summary.png") as image:
+        assert image.format == "PNG" and min(image.size) >= 200
+    assert f"plots: {out / 'plots' / 'summary.png'}" in stdout
+    assert f"and {len(pngs) - 1} more" in stdout
+    # Without plots: no plot line.
+    assert "plots:" not in evaluated["noisy-oracle-output"][0]
 
 
 def test_oracle_scores_one(evaluated) -> None:

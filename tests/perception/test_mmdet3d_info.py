@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -206,3 +207,110 @@ def test_real_tables_give_the_same_frames_as_mmdet3d(fixture_root: Path, tmp_pat
     # mmdet3d takes the yaw of the full quaternion; we take the heading of the box's
     # length axis: they differ by the LiDAR's tilt (< 1 mrad here).
     np.testing.assert_allclose(np.angle(np.exp(1j * (boxes.yaws - gt.yaws))), 0.0, atol=1e-3)
+
+
+def _tracemalloc_peak(load) -> tuple[BaseException | None, int]:
+    """Run ``load()``; return what it raised and the peak of traced allocations (bytes)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        load()
+        raised = None
+    except BaseException as err:  # noqa: BLE001 - returned to the test
+        raised = err
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_a_33_byte_pickle_cannot_allocate_a_gigabyte(tmp_path: Path) -> None:
+    """``bytearray(10**9)`` written with handwritten opcodes: PROTO 2, GLOBAL, BININT,
+    TUPLE1, REDUCE, STOP. Refused in one sentence before anything is allocated."""
+    import pickletools
+
+    payload = (b"\x80\x02" + b"c__builtin__\nbytearray\n" + b"J" + (10**9).to_bytes(4, "little")
+               + b"\x85R.")
+    assert len(payload) == 33
+    pickletools.dis(payload, out=io.StringIO())  # a well-formed pickle
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(payload)
+    raised, peak = _tracemalloc_peak(lambda: restricted_load(path))
+    assert isinstance(raised, UserError), raised
+    message = str(raised)
+    assert "bytearray" in message and "allocation" in message and "\n" not in message
+    assert peak < 50_000_000, peak
+    # Bytes from the file itself still load (nothing is allocated beyond the file).
+    path.write_bytes(pickle.dumps({"raw": bytearray(b"abc")}, protocol=2))
+    assert restricted_load(path) == {"raw": bytearray(b"abc")}
+
+
+@pytest.mark.parametrize("case", ["ndarray called", "reconstruct shape", "object setstate"])
+def test_arrays_cannot_claim_a_shape_the_file_does_not_hold(tmp_path: Path, case: str) -> None:
+    """numpy globals that allocate by an argument: calling ``ndarray((10**9,))``, numpy's
+    ``_reconstruct`` with a large shape, and an object array whose BUILD claims 10**9
+    elements but holds two (numpy allocates 8 GB, then crashes)."""
+    big = b"J" + (10**9).to_bytes(4, "little")
+    if case == "ndarray called":
+        payload = b"\x80\x02cnumpy\nndarray\n" + big + b"\x85\x85R."
+    elif case == "reconstruct shape":
+        payload = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + big
+                   + b"\x85C\x01b\x87R.")
+    else:
+        # _reconstruct(ndarray, (0,), b'b'), then BUILD (1, (10**9,), dtype('O'), False, [1, 2])
+        payload = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85"
+                   b"C\x01b\x87R(K\x01" + big + b"\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8K\x00K\x01"
+                   b"\x87R(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK?tb"
+                   b"\x89]q\x00(K\x01K\x02etb.")
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(payload)
+    raised, peak = _tracemalloc_peak(lambda: restricted_load(path))
+    assert isinstance(raised, UserError), raised
+    assert "allocation" in str(raised) and "\n" not in str(raised)
+    assert peak < 50_000_000, peak
+
+
+def _swapped_categories_info(fixture_root: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """The fixture's info file rewritten as mmdet3d >= 1.1 does (``categories``, no
+    ``classes``), with car and pedestrian swapping labels in the map and in every box."""
+    raw = restricted_load(fixture_root / "nus_info.pkl")
+    car, ped = DETECTION_CLASSES.index("car"), DETECTION_CLASSES.index("pedestrian")
+    swap = {car: ped, ped: car}
+    categories = {name: swap.get(i, i) for i, name in enumerate(DETECTION_CLASSES)}
+    raw["metainfo"] = {"categories": categories, "dataset": "nuscenes",
+                       "version": "v1.0-trainval", "info_version": "1.1"}
+    for entry in raw["data_list"]:
+        for inst in entry["instances"]:
+            for key in ("bbox_label", "bbox_label_3d"):
+                inst[key] = swap.get(int(inst[key]), int(inst[key]))
+    path = tmp_path / "nus_info_categories.pkl"
+    path.write_bytes(pickle.dumps(raw, protocol=4))
+    return path, raw
+
+
+def test_categories_of_mmdet3d_1_1_name_the_labels(fixture_root: Path, tmp_path: Path) -> None:
+    original = read_info_file(fixture_root / "nus_info.pkl")
+    path, _ = _swapped_categories_info(fixture_root, tmp_path)
+    info = read_info_file(path)
+    car, ped = DETECTION_CLASSES.index("car"), DETECTION_CLASSES.index("pedestrian")
+    assert info.class_names[car] == "pedestrian" and info.class_names[ped] == "car"
+    for before, after in zip(original.samples, info.samples, strict=True):
+        # The same boxes get the same classes, whatever order the file numbers them in.
+        np.testing.assert_array_equal(after["gt"].labels, before["gt"].labels)
+        np.testing.assert_allclose(after["gt"].centers, before["gt"].centers)
+    counts = np.bincount(np.concatenate([s["gt"].labels for s in info.samples]), minlength=10)
+    assert counts[car] == 40 and counts[ped] == 13
+
+
+def test_labels_the_file_cannot_name_are_refused(fixture_root: Path, tmp_path: Path) -> None:
+    path, raw = _swapped_categories_info(fixture_root, tmp_path)
+    raw["data_list"][0]["instances"][0]["bbox_label_3d"] = 12
+    path.write_bytes(pickle.dumps(raw, protocol=4))
+    with pytest.raises(UserError, match="label 12, but the file names only 10 classes"):
+        read_info_file(path)
+    raw["data_list"][0]["instances"][0]["bbox_label_3d"] = 0
+    raw["metainfo"]["categories"] = {"car": 0, "pedestrian": 2}
+    path.write_bytes(pickle.dumps(raw, protocol=4))
+    with pytest.raises(UserError, match="are not 0..1, each once"):
+        read_info_file(path)

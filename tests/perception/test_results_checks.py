@@ -125,7 +125,12 @@ def _run_eval(synth_root: Path, results: Path, out: Path, capsys) -> tuple[int, 
         main(["eval", "--dataroot", str(synth_root), "--results", str(results),
               "--out", str(out), "--no-plots"])
     err = capsys.readouterr().err
-    return exit_info.value.code, [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
+    # Stage lines ("loading the tables", "checking the results") come before the error.
+    first = next((i for i, line in enumerate(lines) if line.startswith("perception: error:")),
+                 0)
+    assert all(line.startswith(("loading the ", "checking ")) for line in lines[:first]), lines
+    return exit_info.value.code, lines[first:]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -152,6 +157,11 @@ def test_unreadable_results_files(synth_root: Path, tmp_path: Path, capsys) -> N
     assert code == 2 and len(lines) == 1 and "is not valid JSON (line 1" in lines[0]
     code, lines = _run_eval(synth_root, tmp_path / "missing.json", tmp_path / "eval", capsys)
     assert code == 2 and len(lines) == 1 and "does not exist" in lines[0]
+    # A folder is not "missing": say it is a folder and that the JSON file is needed.
+    (tmp_path / "detections").mkdir()
+    code, lines = _run_eval(synth_root, tmp_path / "detections", tmp_path / "eval", capsys)
+    assert code == 2 and len(lines) == 1 and "does not exist" not in lines[0]
+    assert "is a folder; pass the results JSON file" in lines[0]
 
 
 def test_all_problems_are_listed_one_per_line(synth_root: Path, valid_results: dict,
@@ -185,5 +195,7 @@ def test_console_script_exits_2_without_traceback(synth_root: Path, valid_result
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().startswith("perception: error:")
+    stages, error = proc.stderr.split("perception: error:", 1)
+    assert [line.split(" ")[0] for line in stages.strip().splitlines()] == ["loading", "checking"]
+    assert len(error.strip().splitlines()) == 1
     assert "meta: missing" in proc.stderr

@@ -87,7 +87,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys):
     (["--detector", "sparsefusion"], "needs --checkpoint"),
     (["--detector", "oracle", "--checkpoint", "ckpt"], "takes none"),
     (["--detector", "sparsefusion", "--checkpoint", "ckpt", "--device", "cuda:7"],
-     "no CUDA device"),
+     "needs a CUDA GPU"),
 ])
 def test_perception_detect_checkpoint_errors(tmp_path: Path, capsys, args, expected):
     if "cuda:7" in args and torch.cuda.is_available():
@@ -130,3 +130,107 @@ def test_runs_on_real_nuscenes_fixture(fixture_root: Path, tmp_path: Path):
         boxes = results[sample.token]
         assert len(boxes) == detector.config.lidar.num_queries + detector.config.camera.num_queries
         assert np.all(np.isfinite([b["translation"] for b in boxes]))
+
+
+class _NotWeights:
+    """Pickled into a .pt/.pth: torch.load(weights_only=True) refuses it."""
+
+
+def _no_torch_internals(message: str) -> None:
+    assert "`weights_only`" not in message and "Re-running" not in message
+    assert "SafetensorError" not in message and "\n" not in message
+
+
+def test_detect_with_a_corrupt_checkpoint_is_one_sentence(tmp_path: Path, capsys) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    (ckpt / "model.safetensors").write_text("not a safetensors file, just text")
+    with pytest.raises(SystemExit) as err:
+        perception_main(["detect", "--dataroot", str(tmp_path), "--detector", "sparsefusion",
+                         "--checkpoint", str(ckpt), "--out", str(tmp_path / "r.json")])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"perception: error: {ckpt / 'model.safetensors'} is not a "
+                              "SparseFusion weights file")
+    _no_torch_internals(message)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_corrupt_training_inputs_are_user_errors(tmp_path: Path) -> None:
+    """--init-from, --image-backbone-weights (safetensors and a .pth of Python objects) and
+    --resume's train_state.pt: each names its file and says what to do."""
+    from geometry.errors import UserError
+    from perception.sparsefusion.model import SparseFusion
+    from perception.sparsefusion.train import _load_train_state, init_from_checkpoints
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_sparsefusion import tiny_config
+
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    model = SparseFusion(tiny_config("fusion"))
+    (ckpt / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(UserError) as info:
+        init_from_checkpoints(model, [ckpt])
+    assert str(info.value).startswith(f"{ckpt / 'model.safetensors'} is not a SparseFusion "
+                                      "weights file") and "--init-from" in str(info.value)
+    _no_torch_internals(str(info.value))
+
+    for name in ("backbone.safetensors", "backbone.pth"):
+        path = tmp_path / name
+        if name.endswith(".pth"):
+            torch.save({"conv1.weight": _NotWeights()}, path)
+        else:
+            path.write_text("garbage")
+        config = tiny_config("camera")
+        config.camera.backbone_weights = str(path)
+        with pytest.raises(UserError) as info:
+            SparseFusion(config)
+        message = str(info.value)
+        assert message.startswith(f"{path} is not a torchvision ResNet weights file"), message
+        assert "--image-backbone-weights" in message
+        _no_torch_internals(message)
+
+    good = _tiny_checkpoint(tmp_path / "good")
+    optimizer = torch.optim.AdamW(model.parameters())
+    for content in ("bytes", "objects"):
+        state = good / "train_state.pt"
+        if content == "bytes":
+            state.write_bytes(b"PK\x03\x04 truncated")
+        else:
+            torch.save({"optimizer": _NotWeights(), "epoch": 1}, state)
+        with pytest.raises(UserError) as info:
+            _load_train_state(good, model, optimizer)
+        message = str(info.value)
+        assert message.startswith(f"{state} is not the training state"), message
+        assert "without --resume" in message
+        _no_torch_internals(message)
+
+
+def test_a_planted_cache_file_is_refused(synth_root: Path, tmp_path: Path, capsys) -> None:
+    """A .pt under the sample cache's name that is not one (was UnpicklingError)."""
+    from perception.sparsefusion.config import PRESETS
+    from perception.sparsefusion.train import load_samples
+
+    cache = tmp_path / "cache"
+    samples = load_samples(synth_root, "v1.0-mini", "mini_train", PRESETS["small"]("fusion"),
+                           cache, limit=1)
+    (written,) = cache.glob("samples_*.pt")
+    again = load_samples(synth_root, "v1.0-mini", "mini_train", PRESETS["small"]("fusion"),
+                         cache, limit=1)
+    assert again[0].token == samples[0].token
+    torch.testing.assert_close(again[0].points, samples[0].points)
+    torch.save([{"token": _NotWeights()}], written)
+    with pytest.raises(SystemExit) as err:
+        perception_main(["train", "--dataroot", str(synth_root), "--out", str(tmp_path / "o"),
+                         "--preset", "small", "--modality", "fusion", "--epochs", "1",
+                         "--limit", "1", "--cache-dir", str(cache)])
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith(f"perception: error: {written} is not a sample cache")
+    assert "delete it" in message
+    _no_torch_internals(message)
+    torch.save([{"token": "x"}], written)  # a tensor file, but not of prepared samples
+    with pytest.raises(SystemExit):
+        perception_main(["train", "--dataroot", str(synth_root), "--out", str(tmp_path / "o"),
+                         "--preset", "small", "--modality", "fusion", "--epochs", "1",
+                         "--limit", "1", "--cache-dir", str(cache)])
+    assert "its entries are not prepared samples" in capsys.readouterr().err

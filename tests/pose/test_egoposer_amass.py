@@ -135,3 +135,33 @@ def test_cli_exits_2_on_malformed_amass(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err.strip()
     assert err.startswith("pose: error: ") and "broken.npz" in err and "\n" not in err
     assert not (tmp_path / "ck").exists()
+
+
+def test_npy_renamed_and_truncated_archives_are_user_errors(tmp_path: Path) -> None:
+    """A bare .npy under an .npz name (was a TypeError) and a truncated .npz (BadZipFile)."""
+    good = _amass_arrays()
+    with open(tmp_path / "array.npz", "wb") as f:
+        np.save(f, good["poses"])
+    with pytest.raises(UserError, match="is a bare .npy array, not an AMASS .npz"):
+        load_amass_npz(tmp_path / "array.npz")
+    np.savez(tmp_path / "whole.npz", **good)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="damaged or truncated") as info:
+        load_amass_npz(tmp_path / "cut.npz")
+    assert "\n" not in str(info.value) and str(tmp_path / "cut.npz") in str(info.value)
+
+
+@pytest.mark.parametrize("rate", [1e-6, 0.5, 1e9])
+def test_implausible_mocap_framerates_are_refused(tmp_path: Path, rate: float) -> None:
+    """1e-6 Hz made resampling to 30 fps allocate terabytes; 1e9 Hz collapsed the clip."""
+    np.savez(tmp_path / "clip.npz", **_amass_arrays(fps=rate))
+    with pytest.raises(UserError, match="outside the 1-1000 Hz") as info:
+        load_amass_npz(tmp_path / "clip.npz")
+    assert "'mocap_framerate'" in str(info.value)
+    np.savez(tmp_path / "ok.npz", **_amass_arrays(n=10, fps=1000.0))
+    with pytest.raises(UserError, match="less than one frame at 30 fps"):
+        load_amass_npz(tmp_path / "ok.npz")  # 9 ms of motion: nothing left at 30 fps
+    assert load_amass_npz(tmp_path / "ok.npz", fps=1000.0).num_frames == 10
+    with pytest.raises(UserError, match="the target frame rate is 1e-09"):
+        load_amass_npz(tmp_path / "ok.npz", fps=1e-9)

@@ -13,6 +13,7 @@ import torch
 
 from geometry.so3 import axis_angle_to_matrix
 from pose.body.egoposer.amass import load_amass_npz, save_amass_npz
+from pose.body.egoposer.config import FovConfig
 from pose.body.egoposer.skeleton import (
     DEFAULT_STATURE_M,
     default_rest_joints,
@@ -182,3 +183,77 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, monkeypatch: pyt
     _run(["train", "--synthetic", "--out", str(ck), "--steps", "5", "--resume", *TINY_MODEL,
           *TINY_DATA, *TRAIN])
     assert json.loads((ck / "config.json").read_text())["state"]["step"] == 5
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ck = tmp_path_factory.mktemp("egoposer") / "ck"
+    _run(["train", "--synthetic", "--out", str(ck), "--steps", "2", *TINY_MODEL, *TINY_DATA,
+          *TRAIN])
+    return ck
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_corrupt_checkpoint_files_are_one_sentence(tiny_checkpoint: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """A file that is not safetensors under the checkpoint's names (was SafetensorError)."""
+    eye = np.tile(np.eye(4), (5, 1, 1))
+    trk = tmp_path / "trk.npz"
+    np.savez(trk, head=eye, left_wrist=eye, right_wrist=eye, fps=np.array(30.0))
+    ck = _copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
+    (ck / "model.safetensors").write_text("this is not a safetensors file at all")
+    err = _user_error(["predict", "--checkpoint", str(ck), "--tracking", str(trk)], capsys)
+    assert f"{ck / 'model.safetensors'} is not an EgoPoser weights file" in err
+    assert "retrain" in err and "SafetensorError" not in err
+    ck2 = _copy_checkpoint(tiny_checkpoint, tmp_path / "ck2")
+    (ck2 / "optimizer.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    err = _user_error(["train", "--synthetic", "--out", str(ck2), "--steps", "3", "--resume",
+                       *TINY_MODEL, *TINY_DATA, *TRAIN], capsys)
+    assert f"{ck2 / 'optimizer.safetensors'} is not an EgoPoser optimizer state file" in err
+    assert "without --resume" in err
+    (ck2 / "model.safetensors").write_text("garbage")
+    err = _user_error(["train", "--synthetic", "--out", str(ck2), "--steps", "3", "--resume",
+                       *TINY_MODEL, *TINY_DATA, *TRAIN], capsys)
+    assert "is not an EgoPoser weights file" in err
+
+
+def test_tracking_rate_that_leaves_one_frame_is_refused(tiny_checkpoint: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """5 frames at 1000 Hz are 4 ms: at the model's 30 fps that used to be one silent frame."""
+    eye = np.tile(np.eye(4), (5, 1, 1))
+    trk = tmp_path / "fast.npz"
+    np.savez(trk, head=eye, left_wrist=eye, right_wrist=eye, fps=np.array(1000.0))
+    err = _user_error(["predict", "--checkpoint", str(tiny_checkpoint), "--tracking", str(trk)],
+                      capsys)
+    assert "less than one frame at 30 fps" in err
+    assert not (tmp_path / "fast_pose.npz").exists()
+    np.savez(trk, head=eye, left_wrist=eye, right_wrist=eye, fps=np.array(1e9))
+    assert "outside the 1-1000 Hz" in _user_error(
+        ["predict", "--checkpoint", str(tiny_checkpoint), "--tracking", str(trk)], capsys)
+    assert "outside the 1-1000 Hz" in _user_error(
+        ["train", "--synthetic", "--out", str(tmp_path / "x"), "--model.fps", "1e-9",
+         *TINY_DATA], capsys)
+
+
+def test_eval_metrics_json_is_standard_json(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """All hands visible: the hands-hidden group has no frames, its metrics are undefined
+    (NaN), written as null (bare NaN is not JSON)."""
+    metrics = tmp_path / "metrics.json"
+    _run(["eval", "--checkpoint", str(tiny_checkpoint), "--synthetic", "--out", str(metrics),
+          *TINY_DATA, "--visibility", "all", "--no-baselines"])
+
+    def refuse(constant: str):
+        raise AssertionError(f"metrics.json holds {constant}")
+
+    report = json.loads(metrics.read_text(), parse_constant=refuse)
+    hidden = report["methods"]["egoposer"]["hands_hidden"]
+    assert hidden["frames"] == 0 and hidden["mpjpe_cm"] is None
+    visible = report["methods"]["egoposer"]["hands_visible"]
+    assert visible["frames"] == 180 and visible["mpjpe_cm"] > 0
+    assert report["fov"]["h_fov_deg"] == FovConfig().h_fov_deg

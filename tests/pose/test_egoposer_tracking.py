@@ -139,3 +139,24 @@ def test_malformed_tracking_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "nan_hand.npz", **{**good, "left_wrist": nan_hand})
     assert load_tracking(tmp_path / "nan_hand.npz").visible[:, 0].tolist() == [
         True, False, True, True, True]
+
+
+def test_damaged_tracking_files_and_implausible_rates(tmp_path: Path) -> None:
+    eye = np.tile(np.eye(4), (5, 1, 1))
+    good = {"head": eye, "left_wrist": eye, "right_wrist": eye, "fps": np.array(30.0)}
+    with open(tmp_path / "array.npz", "wb") as f:
+        np.save(f, eye)
+    with pytest.raises(UserError, match="is a bare .npy array, not a tracking file"):
+        load_tracking(tmp_path / "array.npz")
+    np.savez(tmp_path / "whole.npz", **good)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) - 40])
+    with pytest.raises(UserError, match="damaged or truncated"):
+        load_tracking(tmp_path / "cut.npz")
+    for rate in (1e-9, 1e9):
+        np.savez(tmp_path / "rate.npz", **{**good, "fps": np.array(rate)})
+        with pytest.raises(UserError, match=r"'fps' is \S+ frames per second, outside the "
+                                            "1-1000 Hz"):
+            load_tracking(tmp_path / "rate.npz")
+    np.savez(tmp_path / "rate.npz", **{**good, "fps": np.array(1000.0)})
+    assert load_tracking(tmp_path / "rate.npz").fps == 1000.0

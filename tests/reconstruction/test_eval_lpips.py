@@ -82,8 +82,38 @@ def test_bad_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="not an LPIPS"):
         load_lpips(tmp_path / "other.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="is not an LPIPS weights file"):
         load_lpips(tmp_path / "text.pth")
+    (tmp_path / "text.safetensors").write_text("not a checkpoint either")
+    with pytest.raises(UserError, match="text.safetensors is not an LPIPS weights file"):
+        load_lpips(tmp_path / "text.safetensors")
+
+
+class _NotWeights:
+    pass
+
+
+def test_unloadable_pickles_never_suggest_disabling_weights_only(tmp_path):
+    """A .pth holding a pickled class: say it is not a weights file of the expected kind
+    (naming the right file: the heads or the trunk), never torch's advice to re-run with
+    weights_only=False, and in one sentence."""
+    torch.save({"lin0.model.1.weight": _NotWeights()}, tmp_path / "objects.pth")
+    with pytest.raises(UserError) as info:
+        load_lpips(tmp_path / "objects.pth")
+    message = str(info.value)
+    assert "`weights_only`" not in message and "Re-running" not in message
+    assert message.startswith(f"{tmp_path / 'objects.pth'} is not an LPIPS weights file")
+    assert message.count(". ") == 0 and "\n" not in message
+    heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1)
+             for k, c in enumerate((64, 192, 384, 256, 256))}
+    torch.save(heads, tmp_path / "alex.pth")
+    torch.save({"features.0.weight": _NotWeights()}, tmp_path / "alexnet.pth")
+    with pytest.raises(UserError) as info:
+        load_lpips(tmp_path / "alex.pth", tmp_path / "alexnet.pth")
+    message = str(info.value)
+    assert "`weights_only`" not in message and "LPIPS weights file" not in message
+    assert message.startswith(f"{tmp_path / 'alexnet.pth'} is not torchvision's AlexNet")
+    assert "--lpips-backbone" in message
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])

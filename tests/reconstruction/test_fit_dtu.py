@@ -33,7 +33,7 @@ def test_dtu_three_views_fit_without_poses(tmp_path):
     metrics = fit(FitConfig(images=images, out=tmp_path / "out", quiet=True, threads=1))
     assert metrics["init_stats"]["registered_views"] == 3
 
-    estimated = read_colmap_model(tmp_path / "out" / "cameras").to_cameras(torch.float64)
+    estimated = read_colmap_model(tmp_path / "out" / "sparse" / "0").to_cameras(torch.float64)
     gt = read_idr(DTU, dtype=torch.float64).cameras[sorted(VIEWS)]  # files sort by name
     s, R, t = align_poses(estimated.T_world_cam, gt.T_world_cam)
     aligned = apply_sim3_to_poses(s, R, t, estimated.T_world_cam)

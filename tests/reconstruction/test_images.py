@@ -124,3 +124,48 @@ def test_tensor_is_float32_in_unit_range(tmp_path):
     assert im.rgb.dtype == torch.float32
     assert float(im.rgb.min()) >= 0 and float(im.rgb.max()) <= 1
     assert im.rgb[3, 5].tolist() == pytest.approx([5 / 255, 3 / 255, 7 / 255])
+
+
+def test_huge_photo_is_refused_from_its_header(tmp_path):
+    """A 12000x12000 PNG (a few KB: 1-bit, all black) was decoded to ~1.7 GB of float RGB
+    after PIL's raw DecompressionBombWarning; now its header refuses it, fast and quiet."""
+    import time
+    import tracemalloc
+    import warnings
+
+    from reconstruction.images import MAX_PIXELS, image_size
+
+    path = tmp_path / "huge.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.new("1", (12000, 12000)).save(path)
+    assert path.stat().st_size < 100_000 and 12000 * 12000 > MAX_PIXELS
+    Image.fromarray(_gradient(16, 16)).save(tmp_path / "ok.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(UserError, match=r"huge\.png is 12000x12000 pixels \(144 megapixels"
+                                            r"\), more than the 89 megapixels.*shrink it"):
+            load_image(path, max_size=512)
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        with pytest.raises(UserError, match="huge.png is 12000x12000"):
+            load_images(tmp_path)
+        with pytest.raises(UserError, match="huge.png is 12000x12000"):
+            image_size(path)
+    assert not caught, [str(w.message) for w in caught]
+    # Decoding would take seconds and >1 GB; the header alone takes milliseconds and KB.
+    assert seconds < 0.5 and peak < 10_000_000, (seconds, peak)
+    assert image_size(tmp_path / "ok.png") == (16, 16)
+
+
+def test_image_size_reads_the_header_with_exif_rotation(tmp_path):
+    from reconstruction.images import image_size
+
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # rotated 90 degrees: 40x20 stored, 20x40 shown
+    Image.fromarray(_gradient(40, 20)).save(tmp_path / "r.jpg", exif=exif)
+    assert image_size(tmp_path / "r.jpg") == (20, 40)
+    assert load_image(tmp_path / "r.jpg").source_size == (20, 40)

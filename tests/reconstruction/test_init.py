@@ -253,3 +253,94 @@ def test_consistency_counts_confirm_agreeing_depths_only():
     assert (counts[0][10:40, :4] == 1).all()  # outside view 1
     assert (counts[0][:4, 10:60] == 1).all()  # view 1 has no depth there
     assert (counts[1][depth1 == 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def wide_triple(tmp_path_factory):
+    """Three views 45 degrees apart around the objects, photographed at 512x384."""
+    scene = render(SceneConfig(kind="orbit", num_views=3, width=512, height=384, arc_deg=90.0,
+                               supersample=1, seed=0))
+    folder = tmp_path_factory.mktemp("wide") / "images"
+    write_photos(scene, folder)
+    return folder, scene
+
+
+def test_wide_baseline_registers_whatever_the_optimisation_size(wide_triple, tmp_path):
+    """Matching runs on the photos at their own size, not at ``recon fit --max-size``."""
+    from reconstruction.init.sfm import run_sfm
+
+    folder, scene = wide_triple
+    images = load_images(folder, max_size=128)  # what `recon fit --max-size 128` optimises
+    # The point: at the fit size (the old behaviour), the retry included, view 0 fails.
+    at_fit_size, _ = run_sfm(images, tmp_path / "fit_size", SfmConfig(match_max_size=None), 0)
+    assert not at_fit_size.registered.all()
+    assert at_fit_size.stats["match_max_side"] == 128
+    with pytest.raises(UserError, match=r"could not register view_00\.png \(.* verified feature"
+                                        r" matches.*even after retrying"):
+        from reconstruction.init.cgi import check_registered
+
+        check_registered(at_fit_size)
+
+    result = INITIALISERS["sfm-sparse"](images, tmp_path / "own_size", InitConfig(), 0)
+    model = result.model
+    assert model.registered.all() and model.stats["match_max_side"] == 512
+    # Rescaled once to the optimisation size: 128x96 images, intrinsics and tracks with them.
+    assert model.sizes.tolist() == [[128, 96]] * 3
+    np.testing.assert_allclose(model.Ks[:, :2, 2], [[64.0, 48.0]] * 3, atol=1e-9)
+    focal_gt = float(scene.cameras.K[0, 0, 0]) * 128 / 512
+    np.testing.assert_allclose(model.Ks[:, 0, 0], focal_gt, rtol=FOCAL_TOL)
+    assert model.obs_xy.max(0).tolist() <= [128.0, 96.0] and model.obs_xy.min() >= 0
+    # 512 px SIFT noise (~0.5 px) is ~0.13 px at 128.
+    assert model.stats["mean_reprojection_error_px"] < 0.5
+    errors, _ = _aligned_centre_errors(model, scene)
+    assert errors.max() < CENTRE_TOL, errors
+    assert _rotation_errors_deg(model, scene).max() < ROTATION_TOL_DEG
+
+
+def test_rescale_model_is_exact_per_axis():
+    from reconstruction.init.sfm import rescale_model
+
+    K = np.array([[400.0, 0, 256], [0, 400, 192], [0, 0, 1]])
+    model = SparseModel(names=["a", "b"], sizes=np.array([[512, 384], [512, 384]]),
+                        Ks=np.stack([K, K]), T_cam_world=np.tile(np.eye(4), (2, 1, 1)),
+                        registered=np.ones(2, bool), points_world=np.zeros((1, 3)),
+                        colors=np.zeros((1, 3)), obs_point=np.array([0, 0]),
+                        obs_view=np.array([0, 1]), obs_xy=np.array([[512.0, 0.0], [10, 384]]))
+    small = rescale_model(model, np.array([[128, 96], [200, 150]]))
+    assert small.sizes.tolist() == [[128, 96], [200, 150]]
+    np.testing.assert_allclose(small.Ks[1], [[400 * 200 / 512, 0, 100], [0, 400 * 150 / 384, 75],
+                                             [0, 0, 1]])
+    np.testing.assert_allclose(small.obs_xy, [[128.0, 0.0], [10 * 200 / 512, 150.0]])
+    np.testing.assert_array_equal(model.Ks[0], K)  # the input is left alone
+
+
+def test_photos_too_small_for_sift_are_refused_before_any_work(tmp_path):
+    """pycolmap's affine SIFT segfaults on images under 16 px on the shorter side (20x15
+    does; exit 139 and a leftover temp folder): one sentence instead."""
+    from PIL import Image
+
+    from reconstruction.init.sfm import MIN_MATCH_SIDE
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((15, 20, 3)) * 255).astype(np.uint8)).save(
+            folder / f"{i}.png")
+    work = tmp_path / "work"
+    with pytest.raises(UserError, match=r"photo 0\.png is 20x15 pixels, too small to match "
+                                        rf"features in .*at least {MIN_MATCH_SIDE} pixels"):
+        INITIALISERS["sfm-sparse"](load_images(folder), work, InitConfig(), 0)
+    assert not work.exists()  # refused before anything was written
+
+
+def test_tiny_optimisation_size_of_larger_photos_still_registers(scene_dir, tmp_path):
+    """`--max-size 16` on 192x144 photos: 16x12 would crash SIFT, but matching runs at
+    192x144 and the cameras come back at 16x12."""
+    folder, scene = scene_dir
+    result = INITIALISERS["sfm-sparse"](load_images(folder / "images", max_size=16),
+                                        tmp_path, InitConfig(), 0)
+    model = result.model
+    assert model.registered.all() and model.sizes.tolist() == [[16, 12]] * 3
+    np.testing.assert_allclose(model.Ks[:, 0, 0], float(scene.cameras.K[0, 0, 0]) / 12,
+                               rtol=FOCAL_TOL)

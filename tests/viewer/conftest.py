@@ -67,7 +67,7 @@ def write_out_dir(out: Path, splats: GaussianScene, cameras: Cameras,
     """A folder laid out like ``recon fit``'s output (photos rendered from the splats)."""
     from geometry.io.colmap import ColmapModel, write_colmap_model
     from geometry.io.images import write_png
-    from geometry.io.transforms_json import write_transforms_json
+    from geometry.io.transforms_json import write_point_cloud_ply, write_transforms_json
     from reconstruction.gaussians import write_ply
     from viewer.render import render_rgb
 
@@ -83,11 +83,13 @@ def write_out_dir(out: Path, splats: GaussianScene, cameras: Cameras,
                     height=cameras.height, names=names)
     if points is None:
         points = splats.means.double().numpy()[::3]
-    write_colmap_model(out / "cameras", ColmapModel.from_cameras(
+    write_colmap_model(out / "sparse" / "0", ColmapModel.from_cameras(
         plain, points_xyz=points, points_rgb=np.full((len(points), 3), 200, np.uint8)))
+    # as recon fit writes it: ply_file_path names the coloured SfM cloud, not the splats
+    write_point_cloud_ply(out / "sparse_pc.ply", points, np.full((len(points), 3), 200, np.uint8))
     write_transforms_json(out / "transforms.json", plain,
                           file_paths=[f"images/{n}" for n in names],
-                          extra={"ply_file_path": "splats.ply"})
+                          extra={"ply_file_path": "sparse_pc.ply"})
     (out / "metrics.json").write_text(json.dumps(
         {"training_psnr_db": 31.25, "iterations": 500, "timings_s": {"total": 42.0}}))
     return out

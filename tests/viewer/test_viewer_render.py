@@ -121,7 +121,9 @@ def test_render_size_keeps_the_aspect(out_dir):
     assert Render(out_dir).output_size(cams) == (64, 48)
     assert Render(out_dir, width=101).output_size(cams) == (100, 76)  # even, aspect 4:3
     assert Render(out_dir, height=30).output_size(cams) == (40, 30)
-    assert Render(out_dir).output_path() == out_dir / "render_orbit.mp4"
+    assert Render(out_dir, trajectory="orbit").output_path() == out_dir / "render_orbit.mp4"
+    # auto names the file by the path it chose
+    assert Render(out_dir).output_path("arc") == out_dir / "render_arc.mp4"
     assert Render(out_dir / "splats.ply", trajectory="spiral").output_path() == \
         out_dir / "splats_spiral.mp4"
 
@@ -183,3 +185,13 @@ def test_cli_ply_without_3dgs_fields_exits_2(tmp_path, monkeypatch, capsys):
         assert exit_info.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and "lacks the 3DGS properties" in lines[0], lines
+
+
+def test_render_auto_names_the_path_it_chose(out_dir, capsys):
+    """The default trajectory is chosen from the cameras (a ring all around: orbit), said in
+    one line, and the default file is named by it."""
+    out = Render(out_dir, frames=2, width=32).run()
+    assert out == out_dir / "render_orbit.mp4" and out.is_file()
+    err = capsys.readouterr().err
+    assert "trajectory: orbit (chosen from the cameras' spread" in err
+    out.unlink()

@@ -135,3 +135,88 @@ def test_spiral_circles_the_average_camera_and_looks_at_the_focus(helpers):
     np.testing.assert_allclose(meet, sphere.centre, atol=1e-9)
     with pytest.raises(UserError, match="needs cameras"):
         spiral(sphere, 10, None, None, None, None)
+
+
+# ------------------------------------------------- auto: the path from the cameras' spread
+
+def _procedural(kind: str, views: int):
+    from reconstruction.procedural import SceneConfig
+    from reconstruction.procedural.scene import make_cameras
+
+    cams = make_cameras(SceneConfig(kind=kind, num_views=views))
+    T = cams.T_world_cam.double().numpy()
+    # the content: the objects around (0, 0.5, 0.4) (forward) / (0, 0, 0.35) (orbit, arc)
+    centre = np.array([0.0, 0.5, 0.4]) if kind == "forward" else np.array([0.0, 0.0, 0.35])
+    return T, cams, SceneSphere(centre=centre, radius=1.5)
+
+
+def _azimuths_deg(sphere, up, T, reference) -> np.ndarray:
+    """Azimuths (degrees) of the centres of ``T`` around ``up`` through the centre, zero at
+    the first camera of ``reference``."""
+    from viewer.trajectories import _ring
+
+    offsets = T[:, :3, 3] - sphere.centre
+    horizontal = offsets - (offsets @ up)[:, None] * up
+    _, e1, _, _, _ = _ring(sphere, up, reference)
+    e2 = np.cross(up, e1)
+    return np.degrees(np.arctan2(horizontal @ e2, horizontal @ e1))
+
+
+def test_auto_keeps_a_forward_capture_in_front():
+    """Before: the default 360-degree orbit, mostly behind a forward-facing capture (empty
+    frames). Now the views stay within the cameras' spread plus a margin: centres within
+    their azimuth range + 5 degrees, axes within their axis spread + 10 degrees."""
+    from viewer.framing import estimate_up
+    from viewer.trajectories import axis_spread_deg, choose_trajectory, make_trajectory
+
+    T, cams, sphere = _procedural("forward", 9)
+    up = estimate_up(T)
+    np.testing.assert_allclose(up, [0.0, 0.0, 1.0], atol=1e-6)
+    assert choose_trajectory(sphere, up, T) == "spiral"
+    path = make_trajectory("auto", 60, sphere, up, T, *_arrays(cams)[1:])
+    cams_az = _azimuths_deg(sphere, up, T, T)
+    path_az = _azimuths_deg(sphere, up, path.T_world_cam, T)
+    assert cams_az.min() - 5.0 <= path_az.min() and path_az.max() <= cams_az.max() + 5.0
+    mean_axis = T[:, :3, 2].sum(0) / np.linalg.norm(T[:, :3, 2].sum(0))
+    path_angles = np.degrees(np.arccos(np.clip(path.T_world_cam[:, :3, 2] @ mean_axis, -1, 1)))
+    assert path_angles.max() <= axis_spread_deg(T) + 10.0, (path_angles.max(),
+                                                            axis_spread_deg(T))
+    old = orbit(sphere, up, 60, T, *_arrays(cams)[1:])  # what the default was
+    assert np.ptp(_azimuths_deg(sphere, up, old.T_world_cam, T)) > 300.0
+    _assert_rotations(path.T_world_cam)
+
+
+def test_auto_swings_an_arc_over_a_converging_partial_capture():
+    from viewer.framing import estimate_up
+    from viewer.trajectories import azimuth_spread, choose_trajectory, make_trajectory
+
+    T, cams, sphere = _procedural("orbit", 5)
+    up = estimate_up(T)
+    T = T[[0, 1, 2]]  # 3 of the 5 cameras: 75 degrees of arc, converging on the objects
+    assert choose_trajectory(sphere, up, T) == "arc"
+    _, spread = azimuth_spread(sphere, up, T)
+    assert math.degrees(spread) == pytest.approx(75.0, abs=1.5)
+    path = make_trajectory("auto", 40, sphere, up, T, *_arrays(cams[[0, 1, 2]])[1:])
+    cams_az = _azimuths_deg(sphere, up, T, T)
+    path_az = _azimuths_deg(sphere, up, path.T_world_cam, T)
+    margin = max(0.15 * math.degrees(spread), 5.0)
+    assert path_az.min() == pytest.approx(cams_az.min() - margin, abs=0.5)
+    assert path_az.max() == pytest.approx(cams_az.max() + margin, abs=0.5)
+    # every frame looks at the centre from the cameras' distance
+    to_centre = sphere.centre - path.T_world_cam[:, :3, 3]
+    np.testing.assert_allclose(np.einsum("fi,fi->f", path.T_world_cam[:, :3, 2], to_centre),
+                               np.linalg.norm(to_centre, axis=1), rtol=1e-9)
+    _assert_rotations(path.T_world_cam)
+
+
+def test_auto_keeps_the_orbit_for_an_orbit_capture():
+    from viewer.framing import estimate_up
+    from viewer.trajectories import choose_trajectory, make_trajectory
+
+    T, cams, sphere = _procedural("orbit", 5)  # 150 degrees around the objects
+    up = estimate_up(T)
+    assert choose_trajectory(sphere, up, T) == "orbit"
+    auto = make_trajectory("auto", 30, sphere, up, T, *_arrays(cams)[1:])
+    np.testing.assert_allclose(auto.T_world_cam,
+                               orbit(sphere, up, 30, T, *_arrays(cams)[1:]).T_world_cam)
+    assert choose_trajectory(sphere, up, None) == "orbit"  # a bare PLY

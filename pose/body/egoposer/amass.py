@@ -68,6 +68,41 @@ class MotionSequence:
         return forward_kinematics(self.local_rots, self.root_pos, self.rest_joints)
 
 
+FPS_RANGE = (1.0, 1000.0)
+"""Frame rates (Hz) accepted in files and options: motion capture runs at 30-250 Hz and
+headsets track at 30-120 Hz. Rates outside it are mistakes (a period given as a rate, a
+missing scale) and would make resampling allocate terabytes or collapse a clip to a frame."""
+
+MAX_FRAMES = 1_000_000
+"""Most frames a resampled sequence may have (9 hours at 30 fps; ~1 GB of rotations)."""
+
+
+def check_fps(value: float, what: str) -> float:
+    """``value`` if it is a frame rate within :data:`FPS_RANGE`; else a :class:`UserError`
+    whose sentence starts with ``what`` (e.g. ``"--model.fps"`` or ``"file.npz: 'fps'"``)."""
+    lo, hi = FPS_RANGE
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise UserError(f"{what} is {value:g} frames per second, outside the {lo:g}-{hi:g} Hz "
+                        "that motion capture and headset tracking use; give the rate in Hz.")
+    return float(value)
+
+
+def check_resampled_frames(times_src: int, fps_src: float, fps_dst: float, what: str) -> int:
+    """Frames of ``times_src`` frames at ``fps_src`` resampled to ``fps_dst``; refuses a
+    clip that would lose all its motion (several frames becoming one) or grow past
+    :data:`MAX_FRAMES`. ``what`` names the clip in the message."""
+    n_out = int(math.floor((times_src - 1) / fps_src * fps_dst + 1e-6)) + 1
+    if times_src > 1 and n_out < 2:
+        raise UserError(f"{what} has {times_src} frames at {fps_src:g} fps "
+                        f"({(times_src - 1) / fps_src:.3g} s), which is less than one frame "
+                        f"at {fps_dst:g} fps; check its frame rate or give a longer clip.")
+    if n_out > MAX_FRAMES:
+        raise UserError(f"{what} has {times_src} frames at {fps_src:g} fps, which resampled to "
+                        f"{fps_dst:g} fps are {n_out} frames, more than {MAX_FRAMES}; check "
+                        "its frame rate or split it into shorter clips.")
+    return n_out
+
+
 def resample_frames(times_src: int, fps_src: float, fps_dst: float) -> tuple[Tensor, Tensor,
                                                                               Tensor]:
     """Sample positions of a ``fps_dst`` grid on a ``fps_src`` clip of ``times_src`` frames.
@@ -121,7 +156,27 @@ def _scalar(data: np.lib.npyio.NpzFile, key: str, path: Path) -> float:
     if not math.isfinite(value) or value <= 0:
         raise UserError(f"{path}: '{key}' is {value}, expected a positive frame rate; "
                         "fix or remove the file.")
-    return value
+    return check_fps(value, f"{path}: '{key}'")
+
+
+def open_npz(path: Path, what: str, hint: str) -> np.lib.npyio.NpzFile:
+    """``np.load(path, allow_pickle=False)`` of an ``.npz`` archive, or a :class:`UserError`
+    for a missing, truncated or damaged file or a bare ``.npy`` array under an ``.npz`` name
+    (``what``: e.g. ``"an AMASS .npz"``; ``hint``: what to do, ending the sentence)."""
+    if not path.is_file():
+        raise UserError(f"{path} does not exist or is not a file; give the path of {what}.")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+        reason = str(err).strip().splitlines()[0].rstrip(".")[:120] if str(err) else ""
+        raise UserError(f"cannot read {path} as {what} (a damaged or truncated file"
+                        f"{': ' + reason if reason else ''}); {hint}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        if isinstance(data, np.ndarray):
+            raise UserError(f"{path} is a bare .npy array, not {what} (a zip of named arrays); "
+                            f"{hint}")
+        raise UserError(f"{path} is not {what}; {hint}")
+    return data
 
 
 def _gender(data: np.lib.npyio.NpzFile, path: Path) -> str:
@@ -151,15 +206,9 @@ def load_amass_npz(path: str | Path, fps: float = 30.0,
         UserError: unreadable file, missing keys, wrong shapes, non-finite values.
     """
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"cannot read {path} as an AMASS .npz ({err}); fix or remove the "
-                        "file.") from None
+    check_fps(fps, "the target frame rate")
+    data = open_npz(path, "an AMASS .npz", "fix or remove the file.")
     with data:
-        if not hasattr(data, "files"):
-            raise UserError(f"{path} is a bare array, not an AMASS .npz archive; fix or "
-                            "remove the file.")
         rate_key = "mocap_framerate" if "mocap_framerate" in data else "mocap_frame_rate"
         missing = [k for k in ("poses", "trans", rate_key) if k not in data]
         if missing:
@@ -196,6 +245,7 @@ def load_amass_npz(path: str | Path, fps: float = 30.0,
     else:
         rest = default_rest_joints(torch.float64)
     root_pos = root_from_trans(trans_t, rest)
+    check_resampled_frames(local_rots.shape[0], fps_src, fps, f"motion file {path}")
     local_rots = resample_rotations(local_rots, fps_src, fps)
     root_pos = resample_positions(root_pos, fps_src, fps)
     return MotionSequence(name=path.stem, fps=fps, local_rots=local_rots.float(),

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from geometry.errors import UserError
 from pose.body.egoposer.amass import (
     MotionSequence,
+    check_resampled_frames,
     load_amass_dir,
     load_amass_npz,
     resample_frames,
@@ -43,8 +43,10 @@ def load_motion(amass: Path | None, synthetic: bool, fps: float, seed: int,
                 synth: SynthConfig, num_synthetic: int,
                 smplh_dir: Path | None = None) -> list[MotionSequence]:
     """Motion from an AMASS folder or file, or synthesised; exactly one source."""
+    from pose.body.egoposer.amass import check_fps
     from pose.body.egoposer.synth import synthesize_dataset
 
+    check_fps(fps, "the model's frame rate (--model.fps, or the checkpoint's)")
     if (amass is None) == (not synthetic):
         raise UserError("give exactly one data source: --amass DIR or --synthetic.")
     if amass is not None:
@@ -98,10 +100,13 @@ def run_train(out: Path, amass: Path | None, synthetic: bool, model: ModelConfig
 
 
 def _resample_tracking(tracking: Any, fps: float) -> Any:
+    from pose.body.egoposer.amass import check_fps
     from pose.body.egoposer.tracking import Tracking
 
     if abs(tracking.fps - fps) < 1e-6:
         return tracking
+    check_fps(fps, "the checkpoint's frame rate")
+    check_resampled_frames(tracking.num_frames, tracking.fps, fps, "the tracking file")
     i0, i1, _ = resample_frames(tracking.num_frames, tracking.fps, fps)
     return Tracking(fps=fps, trk_rot=resample_rotations(tracking.trk_rot, tracking.fps, fps),
                     trk_pos=resample_positions(tracking.trk_pos, tracking.fps, fps),
@@ -184,6 +189,7 @@ def run_eval(checkpoint: Path, amass: Path | None, synthetic: bool, out: Path,
     from rich.console import Console
 
     from geometry.io.atomic import atomic_write_text
+    from geometry.io.jsonio import dumps_json
     from pose.body.egoposer.data import make_eval_sequences
     from pose.body.egoposer.infer import evaluate, model_predictor, stand_still_baseline
     from pose.body.egoposer.train import load_checkpoint
@@ -210,15 +216,11 @@ def run_eval(checkpoint: Path, amass: Path | None, synthetic: bool, out: Path,
         "frames": frames,
         "methods": results,
     }
-    atomic_write_text(out, json.dumps(report, indent=2, default=_json_default) + "\n")
+    # Standard JSON: an undefined metric (NaN, e.g. the hand error with no hand visible)
+    # is null, which every JSON reader accepts.
+    atomic_write_text(out, dumps_json(report))
     print(f"wrote {out}")
     return report
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(type(obj))
 
 
 def run_simulate(out: Path, amass: Path | None, synthetic: bool, visibility: VisibilityMode,

@@ -40,13 +40,13 @@ class ModelConfig:
     """Architecture of the EgoPoser network (or of the per-frame MLP baseline)."""
 
     kind: Literal["egoposer", "mlp"] = "egoposer"
-    """``egoposer``: the SlowFast transformer; ``mlp``: the per-frame MLP baseline."""
+    """egoposer: the SlowFast transformer; mlp: the per-frame MLP baseline."""
     fps: float = 30.0
     """Frame rate the model works at (inputs are resampled to it)."""
     tokens: int = 20
     """Tokens per window (frames in the fast stream and in the slow stream)."""
     slow_stride: int = 4
-    """Frame stride of the slow stream: the window spans ``tokens * slow_stride`` frames."""
+    """Frame stride of the slow stream: the window spans tokens * slow-stride frames."""
     d_model: int = 64
     """Transformer width (half from each stream)."""
     layers: int = 2
@@ -75,7 +75,7 @@ class ModelConfig:
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms (see :mod:`pose.body.egoposer.train`)."""
+    """Weights of the loss terms."""
 
     w_rot: float = 1.0
     """Local joint rotations (6D, L1)."""

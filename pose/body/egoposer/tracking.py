@@ -37,7 +37,7 @@ from torch import Tensor
 from geometry.errors import UserError
 from geometry.se3 import make_T
 from geometry.so3 import axis_angle_to_matrix
-from pose.body.egoposer.amass import read_npz_array
+from pose.body.egoposer.amass import check_fps, open_npz, read_npz_array
 from pose.body.egoposer.config import FovConfig, VisibilityMode
 from pose.body.egoposer.skeleton import TRACKED_JOINTS
 
@@ -187,15 +187,9 @@ def load_tracking(path: str | Path) -> Tracking:
             non-rigid transforms.
     """
     path = Path(path)
-    try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"cannot read tracking file {path} ({err}); give an .npz with "
-                        "head, left_wrist, right_wrist and fps.") from None
+    data = open_npz(path, "a tracking file", "give an .npz with head, left_wrist, right_wrist "
+                    "and fps.")
     with data:
-        if not hasattr(data, "files"):
-            raise UserError(f"{path} is a bare array; give an .npz with head, left_wrist, "
-                            "right_wrist and fps.")
         missing = [k for k in (*_KEYS, "fps") if k not in data]
         if missing:
             raise UserError(f"tracking file {path} lacks {', '.join(missing)}; give head, "
@@ -216,6 +210,7 @@ def load_tracking(path: str | Path) -> Tracking:
         fps = float(fps_arr.reshape(-1)[0]) if numeric else float("nan")
         if not (math.isfinite(fps) and fps > 0):
             raise UserError(f"tracking file {path}: 'fps' must be one positive number.")
+        check_fps(fps, f"tracking file {path}: 'fps'")
         visible = np.ones((n, 2), dtype=bool)
         for h, k in enumerate(("left_visible", "right_visible")):
             if k in data:

@@ -129,6 +129,9 @@ def save_checkpoint(out_dir: Path, model: nn.Module, model_cfg: ModelConfig, fov
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+_RESTORE_HINT = "restore the folder written by 'pose egoposer train' or retrain the model."
+
+
 def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
     """The checkpoint's ``config.json``, checked."""
     path = Path(ckpt_dir) / "config.json"
@@ -152,14 +155,15 @@ def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
 
 def load_checkpoint(ckpt_dir: Path) -> tuple[nn.Module, ModelConfig, FovConfig, dict[str, Any]]:
     """Load a checkpoint: ``(model in eval mode, model config, FoV config, full config)``."""
-    from safetensors.torch import load_file
+    from geometry.io.checkpoints import load_safetensors
 
     config = read_checkpoint_config(ckpt_dir)
     model_cfg = _from_dict(ModelConfig, config.get("model", {}), "model")
     fov = _from_dict(FovConfig, config.get("fov", {}), "fov")
     model = build_model(model_cfg)
+    weights = load_safetensors(Path(ckpt_dir) / "model.safetensors",
+                               "an EgoPoser weights file", _RESTORE_HINT)
     try:
-        weights = load_file(str(Path(ckpt_dir) / "model.safetensors"))
         model.load_state_dict(weights)
     except (OSError, RuntimeError) as err:
         raise UserError(f"the weights in {ckpt_dir} do not match its config ({err}); "
@@ -170,18 +174,23 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[nn.Module, ModelConfig, FovConfig, 
 
 def _load_optimizer(ckpt_dir: Path, optimizer: torch.optim.Optimizer,
                     config: dict[str, Any]) -> None:
-    from safetensors.torch import load_file
+    from geometry.io.checkpoints import load_safetensors
 
     path = Path(ckpt_dir) / "optimizer.safetensors"
+    hint = "train again without --resume."
     if not path.is_file() or "optimizer_param_groups" not in config:
-        raise UserError(f"{ckpt_dir} has no optimizer state to resume from; train again "
-                        "without --resume.")
-    tensors = load_file(str(path))
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, val in tensors.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = val
-    optimizer.load_state_dict({"state": state, "param_groups": config["optimizer_param_groups"]})
+        raise UserError(f"{ckpt_dir} has no optimizer state to resume from; {hint}")
+    tensors = load_safetensors(path, "an EgoPoser optimizer state file", hint)
+    try:
+        state: dict[int, dict[str, Tensor]] = {}
+        for key, val in tensors.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = val
+        optimizer.load_state_dict({"state": state,
+                                   "param_groups": config["optimizer_param_groups"]})
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
+        raise UserError(f"the optimizer state in {ckpt_dir} does not fit this model; "
+                        f"{hint}") from None
 
 
 # ----------------------------------------------------------------------------- training
