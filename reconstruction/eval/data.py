@@ -190,28 +190,10 @@ def _masks_from_dir(folder: Path, image_paths: list[Path]) -> list[Path | None]:
     return out
 
 
-def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
-                 masks: str | os.PathLike | None = None,
-                 llff_factor: int | None = None, max_size: int | None = None,
-                 protocol_size: bool = False) -> EvalDataset:
-    """Read a scene's ground truth.
-
-    Args:
-        path: the scene folder (or its camera file).
-        format: the camera format, or ``auto`` to detect it.
-        masks: optional folder of object masks (overrides the dataset's own).
-        llff_factor: LLFF image downsampling (``images_<factor>``).
-        max_size: shrink images (area resampling) and intrinsics so that the longest side
-            is at most this many pixels.
-        protocol_size: without ``llff_factor`` and ``max_size``, choose the protocol's
-            resolution (see the module doc).
-
-    Raises:
-        UserError: nothing readable, no images next to the cameras, or too few views.
-    """
+def _detect_format(path: Path, format: DatasetFormat) -> str:
+    """The reader's name of ``path``'s camera format (``dtu`` is read as ``idr``)."""
     from geometry.io import detect_camera_format
 
-    path = Path(path)
     if not path.exists():
         raise UserError(f"--dataset {path} does not exist; give a scene folder.")
     fmt = {"dtu": "idr"}.get(format, format)
@@ -221,13 +203,15 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
             raise UserError(f"found no cameras at {path} (transforms.json, a COLMAP model, "
                             "poses_bounds.npy, cameras.npz or gt_cameras.npz); give the scene "
                             "folder or --format.")
-    resolution = None
-    given = llff_factor is not None or max_size is not None
-    if protocol_size and not given and fmt == "llff" and _has_llff_folder(path):
-        llff_factor = LLFF_PROTOCOL_FACTOR
-        resolution = Resolution(llff_factor, None, f"LLFF protocol: images_{llff_factor}",
-                                default=True)
+    return fmt
+
+
+def _read_cameras(path: Path, fmt: str, llff_factor: int | None
+                  ) -> tuple[Cameras, list[str] | None, Path]:
+    """The dataset's cameras (with their image paths), its mask paths if it names any, and
+    the camera file read; refuses datasets eval cannot use."""
     mask_paths: list[str] | None = None
+    file = path
     if fmt == "idr":
         from geometry.io.idr import read_idr
 
@@ -236,7 +220,6 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
     elif fmt == "transforms":
         from geometry.io.transforms_json import read_transforms_json
 
-        file = path
         if path.is_dir():
             file = path / "transforms.json"
             if not file.is_file():
@@ -261,6 +244,50 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
         raise UserError(f"the cameras at {path} have lens distortion, which the splat renderer "
                         "does not model; undistort the images first (e.g. colmap "
                         "image_undistorter).")
+    return cameras, mask_paths, file
+
+
+def _shrunk_cameras(cameras: Cameras, max_size: int | None) -> Cameras:
+    """``cameras`` of images shrunk to at most ``max_size`` pixels on the longest side."""
+    if max_size is None:
+        return cameras
+    if max_size < 16:
+        raise UserError(f"--max-size {max_size} is too small; use at least 16 pixels.")
+    views = []
+    for i in range(len(cameras)):
+        w, h = int(cameras.width[i]), int(cameras.height[i])
+        views.append(cameras[i:i + 1].resize(*shrunk_size(w, h, max_size)))
+    return Cameras.cat(views)
+
+
+def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
+                 masks: str | os.PathLike | None = None,
+                 llff_factor: int | None = None, max_size: int | None = None,
+                 protocol_size: bool = False) -> EvalDataset:
+    """Read a scene's ground truth.
+
+    Args:
+        path: the scene folder (or its camera file).
+        format: the camera format, or ``auto`` to detect it.
+        masks: optional folder of object masks (overrides the dataset's own).
+        llff_factor: LLFF image downsampling (``images_<factor>``).
+        max_size: shrink images (area resampling) and intrinsics so that the longest side
+            is at most this many pixels.
+        protocol_size: without ``llff_factor`` and ``max_size``, choose the protocol's
+            resolution (see the module doc).
+
+    Raises:
+        UserError: nothing readable, no images next to the cameras, or too few views.
+    """
+    path = Path(path)
+    fmt = _detect_format(path, format)
+    resolution = None
+    given = llff_factor is not None or max_size is not None
+    if protocol_size and not given and fmt == "llff" and _has_llff_folder(path):
+        llff_factor = LLFF_PROTOCOL_FACTOR
+        resolution = Resolution(llff_factor, None, f"LLFF protocol: images_{llff_factor}",
+                                default=True)
+    cameras, mask_paths, file = _read_cameras(path, fmt, llff_factor)
     order = sorted(range(len(cameras)), key=lambda i: Path(cameras.image_paths[i]).name)
     cameras = cameras[order]
     if resolution is None:
@@ -272,14 +299,7 @@ def load_dataset(path: str | os.PathLike, format: DatasetFormat = "auto",
                 + ([f"--max-size {max_size}"] if max_size is not None else [])
             resolution = Resolution(llff_factor, max_size,
                                     " and ".join(parts) or "the photos' own size", default=False)
-    if max_size is not None:
-        if max_size < 16:
-            raise UserError(f"--max-size {max_size} is too small; use at least 16 pixels.")
-        views = []
-        for i in range(len(cameras)):
-            w, h = int(cameras.width[i]), int(cameras.height[i])
-            views.append(cameras[i:i + 1].resize(*shrunk_size(w, h, max_size)))
-        cameras = Cameras.cat(views)
+    cameras = _shrunk_cameras(cameras, max_size)
     resolution.width, resolution.height = (int(cameras.width.max()), int(cameras.height.max()))
     resolution.mixed_sizes = bool((cameras.width != cameras.width[0]).any()
                                   or (cameras.height != cameras.height[0]).any())
