@@ -12,10 +12,14 @@ Like :mod:`viewer.nusc`, everything is shown in the EGO frame of the keyframe Li
   convention, see :mod:`perception.data.mmdet3d_info`) moved by ``lidar2ego``, so a box
   centre is ``T_ego_lidar @ bbox_3d[:3]`` and its sizes are ``(w, l, h)``; the boxes of
   perception's 10 detection classes (what the reader names);
-- cameras: every ``CAM_*`` of the info, OpenCV, ``T_ego_cam = T_ego_lidar @
-  inv(lidar2cam)`` (the info's ``lidar2cam`` goes through the ego poses at both
-  timestamps, as the nuScenes path places each camera at its own timestamp's ego pose),
-  the info's intrinsics, the photo as a thumbnail where the file exists;
+- cameras: every ``CAM_*`` of the info, OpenCV, placed by the info's ``cam2ego``
+  (``sensor2ego`` in older files: the calibrated mount on the car), else by
+  ``T_ego_lidar @ inv(lidar2cam)``; the info's intrinsics; the photo as a thumbnail where
+  the file exists. Unlike the nuScenes path, the ego motion between the LiDAR and the
+  camera timestamps (tens of milliseconds: < 1 m) is not applied, because info files do
+  not keep the ego pose at the camera time, and ``lidar2cam`` is not used when
+  ``cam2ego`` exists, because some converters wrote its translation wrongly (mmdet3d's own
+  test info stores ``-t`` for ``-R^T t``: cameras a metre off);
 - detections: a nuScenes results JSON (global frame) for the sample's token, as in the
   nuScenes path.
 
@@ -177,7 +181,8 @@ def _cameras(cameras: dict, T_ego_lidar: np.ndarray):
     if not channels:
         return None
     cams = [cameras[c] for c in channels]
-    T = np.stack([T_ego_lidar @ frames.invert_T(np.asarray(c.T_cam_lidar, np.float64))
+    T = np.stack([np.asarray(c.T_ego_cam, np.float64) if c.T_ego_cam is not None
+                  else T_ego_lidar @ frames.invert_T(np.asarray(c.T_cam_lidar, np.float64))
                   for c in cams])
     K = np.stack([np.asarray(c.K, np.float64) for c in cams])
     return Cameras(

@@ -216,7 +216,8 @@ def read_info_file(path: str | os.PathLike, box_convention: BoxConvention = "aut
         samples = [_from_v1(entry) for entry in infos]
         version = str((raw.get("metadata") or {}).get("version", ""))
     else:
-        raise UserError(f"{path} is neither an mmdet3d 'data_list' nor an 'infos' info file.")
+        raise UserError(f"{path} is neither an mmdet3d 'data_list' nor an 'infos' info file; "
+                        "give an info .pkl written by mmdet3d's tools/create_data.py.")
     convention = _resolve_convention(samples, classes, box_convention, path)
     for sample in samples:
         sample["gt"] = _boxes(sample.pop("raw_boxes"), classes, convention)
