@@ -16,9 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import tyro
-
-from geometry.errors import UserError, run_cli
+from geometry.errors import UserError
 from perception.cli_common import Detect
 from perception.sparsefusion.cli import Train
 
@@ -125,20 +123,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    def _main() -> None:
-        import sys
+    from geometry.version import run_subcommands
 
-        from geometry.version import VERSION_HELP, print_version_if_asked
-
-        if print_version_if_asked(sys.argv[1:] if argv is None else argv):
-            return
-        cmd = tyro.extras.subcommand_cli_from_dict(
-            COMMANDS, prog="perception", args=argv,
-            description=f"3D boxes from LiDAR and cameras on nuScenes-format data. "
-                        f"{VERSION_HELP}")
-        cmd.run()
-
-    run_cli(_main, prog="perception")
+    run_subcommands(COMMANDS, "perception",
+                    "3D boxes from LiDAR and cameras on nuScenes-format data.", argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from typing import Annotated, Union
 
 import tyro
 
-from geometry.errors import run_cli
 from geometry.threads import set_threads
 from pose.body.egoposer.config import (
     FovConfig,
@@ -168,20 +167,11 @@ COMMANDS = {
 
 
 def main(args: list[str] | None = None) -> None:
-    def _main() -> None:
-        import sys
+    from geometry.version import run_subcommands
 
-        from geometry.version import VERSION_HELP, print_version_if_asked
-
-        if print_version_if_asked(sys.argv[1:] if args is None else args):
-            return
-        cmd = tyro.extras.subcommand_cli_from_dict(
-            COMMANDS, prog="pose", args=args,
-            description=f"Pose from sparse observations (EgoPoser: full body from head and "
-                        f"hand tracking). {VERSION_HELP}")
-        cmd.run()
-
-    run_cli(_main, prog="pose")
+    run_subcommands(COMMANDS, "pose",
+                    "Pose from sparse observations (EgoPoser: full body from head and hand "
+                    "tracking).", args)
 
 
 if __name__ == "__main__":

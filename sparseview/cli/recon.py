@@ -10,13 +10,11 @@ other method's.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import tyro
 
-from geometry.errors import run_cli
 from reconstruction.engine.config import FitConfig
 from reconstruction.eval.cli import Eval
 from reconstruction.method import Method
@@ -181,17 +179,9 @@ def commands(argv: list[str]) -> dict[str, type]:
 
 
 def main() -> None:
-    def _main() -> None:
-        from geometry.version import VERSION_HELP, print_version_if_asked
+    from geometry.version import run_subcommands
 
-        if print_version_if_asked(sys.argv[1:]):
-            return
-        cmd = tyro.extras.subcommand_cli_from_dict(
-            commands(sys.argv[1:]), prog="recon",
-            description=f"Photos to camera poses and a Gaussian splat scene. {VERSION_HELP}")
-        cmd.run()
-
-    run_cli(_main, prog="recon")
+    run_subcommands(commands, "recon", "Photos to camera poses and a Gaussian splat scene.")
 
 
 if __name__ == "__main__":
