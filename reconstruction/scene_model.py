@@ -136,10 +136,6 @@ class GaussianSceneModel(SceneModel):
     def device(self) -> torch.device:
         return self.scene.means.device
 
-    def to(self, device: str | torch.device) -> GaussianSceneModel:
-        return GaussianSceneModel(self.scene.to(device, torch.float32),
-                                  self.cameras.to(device), self.background)
-
     def info(self) -> dict:
         return {"num_gaussians": self.scene.num_gaussians}
 
@@ -159,16 +155,15 @@ class GaussianSceneModel(SceneModel):
         device = s.means.device
         viewmats = invert_T(cameras.T_world_cam.to(device, torch.float32))
         Ks = cameras.K.to(device, torch.float32)
-        mode = "RGB+ED" if "depth" in outputs else "RGB"
-        if outputs == ("depth",) or outputs == ("depth", "alpha") \
-                or outputs == ("alpha", "depth"):
-            mode = "ED"
+        if "rgb" not in outputs:
+            mode = "ED" if "depth" in outputs else "RGB"  # alpha alone comes with any mode
+        else:
+            mode = "RGB+ED" if "depth" in outputs else "RGB"
         bg = None
         if mode != "ED":
+            # Backgrounds are colours only: the rasterizer appends depth after them.
             bg = torch.tensor(self.background, dtype=torch.float32,
                               device=device)[None].expand(len(cameras), 3)
-            if mode == "RGB+ED":
-                bg = torch.cat((bg, torch.zeros_like(bg[:, :1])), -1)
         colors, alphas, _ = rasterization(
             s.means, s.quats, s.scales, s.opacities, s.sh, viewmats, Ks, width, height,
             sh_degree=s.sh_degree, render_mode=mode, backgrounds=bg)

@@ -269,6 +269,8 @@ def points_from_scene_model(model, max_side: int = 160,
     at its rendered depth. ``(points_world [N, 3] float32, colours [N, 3] uint8)``."""
     import torch
 
+    from geometry.io.images import to_uint8
+
     points, colours = [], []
     cameras = model.cameras
     for k in range(len(cameras)):
@@ -283,7 +285,7 @@ def points_from_scene_model(model, max_side: int = 160,
         uv = small[0].pixel_centers()  # [h, w, 2]
         pts = small[0].unproject(uv[keep], out.depth[0][keep].to(small.dtype))
         points.append(pts.float().cpu().numpy())
-        colours.append((out.rgb[0][keep].clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy())
+        colours.append(to_uint8(out.rgb[0][keep]))
     if not points:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
     return np.concatenate(points), np.concatenate(colours)

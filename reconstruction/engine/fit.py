@@ -410,34 +410,32 @@ class _Run:
 
 def fit(config: FitConfig, cameras: Cameras | None = None,
         callbacks: list[Monitor] | None = None, build: BuildTrainer = default_trainer,
-        check_inputs: Callable[[Any, list[LoadedImage]], None] | None = None,
-        options: Any = None) -> dict:
+        check_inputs: Callable[[Any, list[LoadedImage]], None] | None = None) -> dict:
     """Run the whole loop (see the module doc); returns the metrics written.
 
     Args:
-        config: the run's options (``config.out`` is written complete or not at all).
+        config: the run's options (``config.out`` is written complete or not at all;
+            ``config.options`` holds the method's own).
         cameras: known cameras of the photos, in their name order (as ``--poses``).
         callbacks: called after every optimisation step (``recon fit --view`` passes the
             live viewer's refresh; they must return quickly).
         build: the method's trainer builder.
         check_inputs: the method's early check of its options and files.
-        options: the method's options (default: ``config.options``).
     """
     _check_paths(config)  # before the lock: a bad --out must not get a lock file beside it
     with output_lock(config.out):
-        return _fit_locked(config, cameras, callbacks, build, check_inputs, options)
+        return _fit_locked(config, cameras, callbacks, build, check_inputs)
 
 
 def _fit_locked(config: FitConfig, cameras: Cameras | None, callbacks: list[Monitor] | None,
-                build: BuildTrainer, check_inputs: Callable[[Any, list[LoadedImage]], None]
-                | None, options: Any) -> dict:
+                build: BuildTrainer,
+                check_inputs: Callable[[Any, list[LoadedImage]], None] | None) -> dict:
     """:func:`fit` while holding the lock of ``config.out``."""
     # a run killed while it swapped OUT or its checkpoint leaves the old folder aside
     recover_directory(config.out)
     recover_directory(resume_dir(config.out))
     check_replaceable(config.out, OUTPUT_MARKER, config.overwrite)
-    run = _prepare(config, cameras, options if options is not None else config.options,
-                   check_inputs)
+    run = _prepare(config, cameras, config.options, check_inputs)
     if run.resumed is None:
         _initialise(run)
     else:

@@ -26,8 +26,6 @@ class Eval(EvalConfig):
         # All cores on an idle machine, one on a busy one (recon fit's rule: on busy cores
         # multi-threaded small tensor ops stall on each other, 5x slower here).
         set_threads(None)
-        if self.options is None:  # the option group of the method's own command
-            self.options = getattr(self, self.method, None)
         results = run_eval(self)
         print_table(results)
         print(f"wrote {self.out}")

@@ -154,6 +154,10 @@ class _Frame:
     scene_scale: float
 
 
+#: The file in every recon eval output that marks it as one (replaced without --overwrite).
+EVAL_MARKER = ".recon-eval"
+
+
 def run_eval(config: EvalConfig) -> dict:
     """Run the protocol (see the module doc); returns what eval.json holds."""
     t_start = time.perf_counter()
@@ -173,10 +177,6 @@ def run_eval(config: EvalConfig) -> dict:
         atomic_write_text(tmp / "eval.json", json.dumps(_jsonable(results), indent=2) + "\n")
         (tmp / EVAL_MARKER).write_text('{"written_by": "recon eval"}\n', encoding="utf-8")
     return results
-
-
-#: The file in every recon eval output that marks it as one (replaced without --overwrite).
-EVAL_MARKER = ".recon-eval"
 
 
 def _check_options(config: EvalConfig) -> None:
@@ -237,7 +237,7 @@ def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
     Gaussians and poses) at the evaluation resolution (SfM matches at its own). With known
     cameras it keeps them."""
     from reconstruction.engine.config import FitConfig
-    from reconstruction.methods import get_method
+    from reconstruction.methods import fit, get_method
 
     config = ev.config
     method = get_method(config.method)
@@ -262,7 +262,7 @@ def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
             options = method.stage_eval_inputs(options, images, work / "_staged")
         fit_config.options = options
         known = ev.gt_train if config.known_poses else None
-        fit_metrics = method.fit(fit_config, known, [])
+        fit_metrics = fit(fit_config, known)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
         shutil.rmtree(work / "_staged", ignore_errors=True)

@@ -65,7 +65,6 @@ class Fit(FitConfig):
         from geometry.errors import UserError
         from reconstruction.methods import fit
 
-        _take_method_options(self)
         if not self.view:
             return _report(self, fit(self))
         if self.view_every < 1:
@@ -128,7 +127,8 @@ def live_monitor(live):
 
 
 def _take_method_options(command) -> None:
-    """Move the method's option group (field ``<method>``) into ``command.options``."""
+    """``__post_init__`` of a method's command: its option group (field ``<method>``)
+    becomes ``command.options``, what the method reads."""
     if command.options is None:
         command.options = getattr(command, command.method, None)
 
@@ -149,7 +149,8 @@ def method_command(base: type, method: Method, names: list[str]) -> type:
             dataclasses.field(default_factory=method.options)))
     return dataclasses.make_dataclass(f"{base.__name__}_{method.name}", fields, bases=(base,),
                                       namespace={"__doc__": base.__doc__,
-                                                 "__module__": __name__})
+                                                 "__module__": __name__,
+                                                 "__post_init__": _take_method_options})
 
 
 def _method_in(argv: list[str]) -> str | None:
