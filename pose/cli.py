@@ -1,4 +1,5 @@
-"""The ``pose`` command line: ``pose egoposer train|predict|eval|simulate``.
+"""The ``pose`` command line: ``pose egoposer train|predict|eval|simulate`` and
+``pose sparseags`` (camera-pose refinement, :mod:`pose.camera.sparseags`).
 
 Subcommands are dataclasses turned into a CLI by tyro; torch and the models are imported
 inside ``run`` so that ``pose --help`` stays fast. Errors a user can cause end in one line
@@ -21,6 +22,7 @@ from pose.body.egoposer.config import (
     TrainConfig,
     VisibilityMode,
 )
+from pose.camera.sparseags.cli import SparseAGSCommand
 
 
 @dataclass
@@ -163,6 +165,7 @@ class EgoPoser:
 
 COMMANDS = {
     "egoposer": EgoPoser,
+    "sparseags": SparseAGSCommand,
 }
 
 
@@ -171,7 +174,7 @@ def main(args: list[str] | None = None) -> None:
 
     run_subcommands(COMMANDS, "pose",
                     "Pose from sparse observations (EgoPoser: full body from head and hand "
-                    "tracking).", args)
+                    "tracking; SparseAGS: camera poses of a few photos).", args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ class TrainConfig:
     its densification."""
 
     iterations: tyro.conf.Suppress[int] = 250
-    """Optimisation steps (one view each); set by ``recon fit --iterations``."""
+    """Optimisation steps (one view each); set by ``recon fit`` (``--iterations``, else the
+    default for the photo count, shortened by ``--time-budget``)."""
     sh_degree: int = 3
     """Highest SH degree, reached in equal steps over the iterations."""
     ssim_weight: float = 0.2
@@ -71,6 +72,26 @@ class TrainConfig:
     """Densification stops growing the scene beyond this count (CPU time grows with it)."""
     max_densify_fraction: float = 0.05
     """At most this share of the Gaussians is cloned or split in one round."""
+    coverage_densify: bool = True
+    """Each densification round also adds Gaussians where a training view's rendered alpha
+    stays low (gradients only grow Gaussians that exist), at the rendered depth completed
+    into the hole (reconstruction.engine.strategy)."""
+    coverage_tile: int = 16
+    """Side (pixels) of the tiles whose mean alpha is tested ..."""
+    coverage_alpha: float = 0.7
+    """... tiles whose mean alpha is below this ..."""
+    coverage_min_error: float = 0.03
+    """... and whose mean L1 error is at least this get new Gaussians (an empty region the
+    background colour already matches gets none) ..."""
+    coverage_samples_per_tile: int = 4
+    """... this many, on a grid, at pixels whose own alpha is low."""
+    coverage_max_fraction: float = 0.03
+    """At most this share of the Gaussian count is added per round."""
+    coverage_opacity: float = 0.3
+    """Opacity of the added Gaussians."""
+    coverage_margin: float = 0.1
+    """A new Gaussian that another view sees more than this share in front of the surface
+    it renders there is not added."""
     initial_opacity: float = 0.5
     """Opacity of the initial Gaussians (the dense init already covers the surfaces, so
     they start visible rather than at 3DGS's 0.1)."""
@@ -90,8 +111,12 @@ class FitConfig:
     """Folder of 2-12 overlapping JPEG/PNG photos of one scene."""
     out: Path
     """Output folder (replaced atomically when the run succeeds)."""
-    iterations: int = 250
-    """Joint optimisation steps."""
+    iterations: int | None = None
+    """Joint optimisation steps, one photo each (None: 83 per photo, at least 250, rounded
+    up to 50: 250 for 2-3 photos, 950 for 11, 1000 for 12)."""
+    time_budget: float | None = None
+    """Seconds the whole run may take: after a few steps the step time is measured and the
+    schedule shortened to fit (None: no limit)."""
     max_size: int | None = 512
     """Shrink photos so their longest side is at most this many pixels (None: keep)."""
     method: str = "instantsplat"

@@ -19,7 +19,9 @@ Outputs (the folder appears complete or not at all)::
     OUT/sparse_pc.ply      the SfM points with colours (transforms.json's ply_file_path)
     OUT/images/            the photos as the cameras see them (oriented, composited, resized)
     OUT/transforms.json    nerfstudio cameras (file paths into OUT/images)
-    OUT/metrics.json       per-stage timings, training PSNR, Gaussian count, pose changes
+    OUT/metrics.json       per-stage timings, training PSNR (low_psnr_views: the views far
+                           below the others), the schedule (steps, rule, time-budget
+                           decisions), Gaussian count, pose changes
     OUT/.recon-fit         the marker of a recon fit output (such a folder is replaced by
                            the next run; any other non-empty folder only with --overwrite)
 
@@ -58,6 +60,13 @@ from geometry.io.images import write_png
 from geometry.progress import log_stage
 from geometry.threads import choose_threads, set_threads
 from reconstruction.engine.config import FitConfig
+from reconstruction.engine.schedule import (
+    TimeBudget,
+    default_iterations,
+    low_psnr_message,
+    low_psnr_views,
+    schedule_rule,
+)
 from reconstruction.engine.trainer import GaussianTrainer, TrainData
 from reconstruction.gaussians import GaussianScene
 from reconstruction.images import LoadedImage, load_images, warn
@@ -85,7 +94,8 @@ def _fingerprint(images: list[LoadedImage]) -> list[dict]:
 
 def _resume_key(config: FitConfig, options: Any, known: Cameras | None) -> dict:
     """The settings a checkpoint must share with the run that resumes it."""
-    key = {"iterations": config.iterations, "max_size": config.max_size, "init": config.init,
+    key = {"iterations": config.iterations, "time_budget": config.time_budget,
+           "max_size": config.max_size, "init": config.init,
            "seed": config.seed, "focal_35mm": config.focal_35mm, "device": config.device,
            "threads": choose_threads(config.threads),  # sums depend on the thread count
            "method": config.method,
@@ -152,8 +162,12 @@ def _check_paths(config: FitConfig) -> None:
     if out == images or images in out.parents or out in images.parents:
         raise UserError(f"--out {config.out} overlaps the image folder {config.images}; "
                         "write the outputs somewhere else.")
-    if config.iterations < 1:
+    if config.iterations is not None and config.iterations < 1:
         raise UserError(f"--iterations {config.iterations} must be at least 1.")
+    if config.time_budget is not None and not (math.isfinite(config.time_budget)
+                                               and config.time_budget > 0):
+        raise UserError(f"--time-budget {config.time_budget:g} must be a positive number of "
+                        "seconds.")
     if config.focal_35mm is not None and not (1.0 <= config.focal_35mm <= 2000.0):
         raise UserError(f"--focal-35mm {config.focal_35mm} is no focal length; give the "
                         "35 mm-equivalent focal in millimetres (e.g. 26 for a phone).")
@@ -243,7 +257,7 @@ class _Progress:
         from geometry.progress import progress_bar
 
         self.psnr = None
-        self.total, self.quiet = total, quiet
+        self.total, self.quiet, self.log_every = total, quiet, log_every
         self.lines = not quiet and not sys.stderr.isatty()
         self.line_step = max(1, math.ceil(total * log_every))
         self.t0 = time.perf_counter()
@@ -257,6 +271,12 @@ class _Progress:
     def __enter__(self) -> _Progress:
         self.progress.__enter__()
         return self
+
+    def set_total(self, total: int) -> None:
+        """The schedule was shortened (``--time-budget``)."""
+        self.total = total
+        self.line_step = max(1, math.ceil(total * self.log_every))
+        self.progress.update(self.task, total=total)
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
@@ -460,13 +480,14 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     if config.init not in INITIALISERS:
         raise UserError(f"there is no initialiser {config.init!r}; choose one of "
                         f"{', '.join(INITIALISERS)}.")
-    config.train.iterations = config.iterations
     threads = set_threads(config.threads)
     config.init_options.sfm.threads = threads
 
     t0 = time.perf_counter()
     images = load_images(config.images, config.max_size, config.train.background)
     _apply_focal(images, config.focal_35mm)
+    config.train.iterations = config.iterations if config.iterations is not None \
+        else default_iterations(len(images))
     load_seconds = time.perf_counter() - t0
     sizes = sorted({f"{im.width}x{im.height}" for im in images})
     log_stage(f"loaded {len(images)} photos ({', '.join(sizes)} px)", config.quiet)
@@ -537,8 +558,39 @@ def _initialise(run: _Run) -> None:
         "init.obs_view": torch.from_numpy(init.model.obs_view).long(),
         "init.obs_xy": torch.from_numpy(init.model.obs_xy).double(),
     }
+    _fill_coverage(run)
     run.init_meta = {"stats": init.stats, "timings": run.timings.copy(),
-                     "normalisation": {"centre": centre.tolist(), "scale": scale}}
+                     "normalisation": {"centre": centre.tolist(), "scale": scale},
+                     "coverage": run.init_meta.get("coverage", {})}
+
+
+def _fill_coverage(run: _Run) -> None:
+    """Seeds on the training pixels the initial cloud leaves uncovered
+    (:mod:`reconstruction.init.coverage`): ``init.fill_*`` tensors, the coverage figures."""
+    from reconstruction.init.coverage import fill_coverage
+
+    options, state = run.config.init_options, run.init_state
+    t0 = time.perf_counter()
+    fill = fill_coverage(state["init.points"], [im.rgb for im in run.images],
+                         state["init.Ks"], state["init.T_cam_world"], options,
+                         seed_fill=options.fill_coverage,
+                         background=run.config.train.background)
+    state.update({"init.fill_points": fill.points, "init.fill_colors": fill.colors,
+                  "init.fill_scales": fill.scales})
+    if options.fill_coverage and options.fill_cap_scales and fill.scale_cap is not None:
+        state["init.scale_cap"] = fill.scale_cap
+    run.timings["init_fill"] = time.perf_counter() - t0
+    before, after = float(np.mean(fill.coverage_before)), float(np.mean(fill.coverage_after))
+    names = _output_names(run.images)
+    run.init_meta["coverage"] = {
+        "coverage_before_fill": before, "coverage_after_fill": after,
+        "coverage_per_view": {name: {"before_fill": b, "after_fill": a} for name, b, a in zip(
+            names, fill.coverage_before, fill.coverage_after, strict=True)},
+        "fill": fill.stats}
+    if options.fill_coverage:
+        log_stage(f"coverage of the training views {100 * before:.1f} % -> {100 * after:.1f} % "
+                  f"({fill.stats['fill_points']} Gaussians seeded, "
+                  f"{run.timings['init_fill']:.1f} s)", run.config.quiet)
 
 
 #: What each initialiser does, for the line shown while it runs (SfM is silent otherwise).
@@ -571,6 +623,12 @@ def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dic
     scene = GaussianScene.from_points(
         init_state["init.points"], init_state["init.colors"].clamp(0, 1),
         sh_degree=config.train.sh_degree, initial_opacity=config.train.initial_opacity)
+    if "init.fill_points" in init_state:  # the coverage seeds (reconstruction.init.coverage)
+        from reconstruction.init.coverage import seeded_scene
+
+        scene = seeded_scene(scene, init_state["init.fill_points"],
+                             init_state["init.fill_colors"], init_state["init.fill_scales"],
+                             config.init_options.fill_opacity, init_state.get("init.scale_cap"))
     trainer = build(TrainerJob(config=config, options=run.options, data=data, scene=scene,
                                images=run.images, init_state=init_state))
     if run.resumed is not None:
@@ -603,6 +661,8 @@ def _train(run: _Run, trainer: GaussianTrainer, meta: dict, callbacks: list[Moni
     last_checkpoint = [trainer.iteration if run.resumed is not None else None]
 
     def save(tr: GaussianTrainer) -> None:
+        if budget is not None:  # a resumed run counts the time this one spent
+            meta["schedule"]["spent_s"] = budget.spent()
         _write_checkpoint(run.checkpoint_path, tr, run.init_state, meta)
         last_checkpoint[0] = tr.iteration
 
@@ -610,9 +670,12 @@ def _train(run: _Run, trainer: GaussianTrainer, meta: dict, callbacks: list[Moni
     train_before = float(run.resumed[1].get("train_seconds", 0.0)) \
         if run.resumed is not None else 0.0
     meta["train_seconds"] = train_before
+    budget = _start_schedule(run, trainer, meta)
     try:
-        with _Progress(config.iterations, trainer.iteration, config.quiet) as bar:
+        with _Progress(trainer.config.iterations, trainer.iteration, config.quiet) as bar:
             def on_step(it: int, loss: float, value: float) -> None:
+                if budget is not None:
+                    _check_budget(run, trainer, meta, budget, bar)
                 bar.update(it, loss, value, trainer.num_gaussians)
                 for callback in callbacks:
                     callback(trainer, run.images)
@@ -625,6 +688,60 @@ def _train(run: _Run, trainer: GaussianTrainer, meta: dict, callbacks: list[Moni
                  f"--resume to continue from iteration {last_checkpoint[0]}")
         raise
     run.timings["train"] = train_before + time.perf_counter() - t0
+
+
+def _start_schedule(run: _Run, trainer: GaussianTrainer, meta: dict) -> TimeBudget | None:
+    """Log the schedule (``meta["schedule"]``, checkpointed) and start the time budget."""
+    config = run.config
+    saved = run.resumed[1].get("schedule") if run.resumed is not None else None
+    # --iterations or the default (a resumed trainer may hold the shorter count that the
+    # budget of the interrupted run decided)
+    requested = config.iterations if config.iterations is not None \
+        else default_iterations(len(run.images))
+    schedule = {"rule": "--iterations" if config.iterations is not None else schedule_rule(),
+                "photos": len(run.images), "requested": requested,
+                "time_budget_s": config.time_budget, "decisions": []}
+    if isinstance(saved, dict) and isinstance(saved.get("decisions"), list):
+        schedule["decisions"] = saved["decisions"]
+    meta["schedule"] = schedule
+    source = "--iterations" if config.iterations is not None \
+        else f"default for {len(run.images)} photos: {schedule_rule()}"
+    line = f"schedule: {requested} steps ({source})"
+    if trainer.config.iterations != requested:
+        line += f", shortened to {trainer.config.iterations} by the time budget"
+    log_stage(line, config.quiet)
+    if config.time_budget is None:
+        return None
+    spent_before = time.perf_counter() - run.t_start
+    if isinstance(saved, dict) and isinstance(saved.get("spent_s"), (int, float)):
+        spent_before += float(saved["spent_s"])
+    budget = TimeBudget(config.time_budget, spent_before=spent_before, clock=time.perf_counter)
+    schedule["spent_s"] = budget.spent()
+    budget.start()
+    return budget
+
+
+def _check_budget(run: _Run, trainer: GaussianTrainer, meta: dict, budget: TimeBudget,
+                  bar: _Progress) -> None:
+    """After a step: shorten the schedule when the time budget says so, and log it."""
+    before = trainer.config.iterations
+    decision = budget.after_step(trainer, trainer.last_step_coarse)
+    if decision is None:
+        return
+    meta["schedule"]["decisions"].append(decision.as_dict())
+    if decision.iterations == before and len(budget.decisions) > 1:
+        return  # the first look is always logged, later ones when they change something
+    coarse = "" if decision.coarse_step_s is None \
+        else f", coarse {decision.coarse_step_s:.3f} s"
+    what = f"keeps {before} steps" if decision.iterations == before \
+        else f"shortens the schedule from {before} to {decision.iterations} steps"
+    log_stage(f"time budget {run.config.time_budget:g} s ({decision.spent_s:.0f} s spent, "
+              f"{decision.step_s:.3f} s per step{coarse}): {what}", run.config.quiet)
+    if decision.iterations <= trainer.iteration:
+        warn(f"the time budget of {run.config.time_budget:g} s is spent at step "
+             f"{trainer.iteration}; stopping there (the result is under-trained: give a "
+             "larger --time-budget)")
+    bar.set_total(decision.iterations)
 
 
 def _pose_changes(trainer: GaussianTrainer, names: list[str]) -> list[dict]:
@@ -683,7 +800,8 @@ def _metrics(run: _Run, trainer: GaussianTrainer, psnrs: list[float], meta: dict
         "method": config.method,
         "init": config.init,
         "known_poses": run.known is not None,
-        "iterations": config.iterations,
+        "iterations": trainer.config.iterations,
+        "schedule": _schedule_metrics(meta, trainer),
         "seed": config.seed,
         "device": config.device,
         "threads": torch.get_num_threads(),
@@ -691,15 +809,25 @@ def _metrics(run: _Run, trainer: GaussianTrainer, psnrs: list[float], meta: dict
         "training_psnr_db": float(np.mean(psnrs)),
         "initial_psnr_db": meta["initial_psnr_db"],
         "training_psnr_db_per_view": dict(zip(names, psnrs, strict=True)),
+        "low_psnr_views": low_psnr_views([im.path.name for im in images], psnrs),
         "num_gaussians": trainer.num_gaussians,
         "initial_gaussians": meta["initial_gaussians"],
         "pose_change": _pose_changes(trainer, [im.path.name for im in images]),
         "focal_change": [float(f) for f in torch.exp(trainer.params["log_focal"]).detach()],
         "init_stats": run.init_meta["stats"],
         "normalisation": run.init_meta["normalisation"],
+        **{k: v for k, v in run.init_meta.get("coverage", {}).items() if k != "fill"},
+        "coverage_fill": run.init_meta.get("coverage", {}).get("fill"),
         "nan_rollbacks": trainer.rollbacks,
         **trainer.extra_metrics(),
     }
+
+
+def _schedule_metrics(meta: dict, trainer: GaussianTrainer) -> dict:
+    """The schedule for metrics.json: the rule, what it asked for, what ran, the budget's
+    decisions."""
+    schedule = {k: v for k, v in meta.get("schedule", {}).items() if k != "spent_s"}
+    return {**schedule, "iterations": trainer.config.iterations}
 
 
 def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
@@ -714,6 +842,8 @@ def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
     names = _output_names(run.images)
     scene, cameras, sparse_points = _final_scene(run, trainer)
     metrics = _metrics(run, trainer, psnrs, meta)
+    if metrics["low_psnr_views"]:
+        warn(low_psnr_message(metrics["low_psnr_views"]))
     with atomic_directory(run.config.out) as tmp:
         (tmp / "images").mkdir()
         for name, im in zip(names, run.images, strict=True):

@@ -9,9 +9,10 @@ is 3DGS's ``0.8 L1 + 0.2 (1 - SSIM)`` plus the paper's regulariser that keeps po
 their initialisation, ``w * mean_v(|rho_v|^2 / s^2 + |omega_v|^2)`` with ``s`` the scene
 scale.
 
-The schedule is short and CPU-minded: one view per iteration (a seeded permutation per
-epoch), the first ``coarse_fraction`` of iterations at half resolution, the SH degree
-raised in equal steps, and a few rounds of densification by the strategy
+The schedule is CPU-minded: ``iterations`` steps of one view each (a seeded permutation
+per epoch; ``recon fit`` scales the count with the photos and may shorten it to a time
+budget, :mod:`.schedule`), the first ``coarse_fraction`` of iterations at half
+resolution, the SH degree raised in equal steps, and a few rounds of densification by the strategy
 (:class:`~reconstruction.engine.strategy.DefaultStrategy`: 3DGS's clone/split/prune,
 capped at ``max_gaussians`` since few views over-fit easily).
 
@@ -93,6 +94,7 @@ class GaussianTrainer:
         self.seed = seed
         self.device = torch.device(device)
         self.iteration = 0
+        self.last_step_coarse = False  # whether the last step rendered at the coarse scale
         self.lr_scale = 1.0
         self.rollbacks = 0
         v = data.num_views
@@ -162,6 +164,16 @@ class GaussianTrainer:
     def viewmats(self) -> Tensor:
         """``[V, 4, 4]`` current ``T_cam_world`` of every view."""
         return se3_exp(self.pose_twists()) @ self.T_init
+
+    def set_iterations(self, iterations: int) -> None:
+        """Change the length of the schedule (``--time-budget`` shortens it): the learning
+        rate decay, SH degree steps, densification window and coarse phase all derive from
+        ``config.iterations`` and follow. Never below the steps already done."""
+        if iterations < max(1, self.iteration):
+            raise ValueError(f"a schedule of {iterations} steps is shorter than the "
+                             f"{self.iteration} steps done")
+        self.config.iterations = int(iterations)
+        self._set_learning_rates()
 
     def sh_degree_at(self, iteration: int) -> int:
         degree = self.config.sh_degree
@@ -237,6 +249,7 @@ class GaussianTrainer:
         if max(self.targets[view].shape[:2]) * c.coarse_scale < c.coarse_min_size:
             scale = 1.0  # small photos: the coarse level would be too small to align poses
         self._set_learning_rates()
+        self.last_step_coarse = scale != 1.0
         image, alpha, meta, target = self.render(view, scale, depth=self.render_depth)
         meta["means2d"].retain_grad()
         loss = self.loss(view, image, alpha, meta, target)
@@ -370,8 +383,8 @@ class GaussianTrainer:
         return out
 
     def state_meta(self) -> dict:
-        meta = {"iteration": self.iteration, "lr_scale": self.lr_scale,
-                "rollbacks": self.rollbacks, "seed": self.seed}
+        meta = {"iteration": self.iteration, "iterations": self.config.iterations,
+                "lr_scale": self.lr_scale, "rollbacks": self.rollbacks, "seed": self.seed}
         for component in self.components:
             meta.update(component.state_meta())
         return meta
@@ -397,6 +410,8 @@ class GaussianTrainer:
         self._replace_params(values)
         for component in self.components:
             component.load_state(tensors, meta, self.device)
+        if "iterations" in meta:  # the schedule's length as decided (--time-budget)
+            self.config.iterations = int(meta["iterations"])
         self.iteration = int(meta["iteration"])
         self.lr_scale = float(meta["lr_scale"])
         self.rollbacks = int(meta["rollbacks"])
@@ -411,9 +426,15 @@ class GaussianTrainer:
             value = meta.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"its {name} {value!r} is not a non-negative integer")
-        if meta["iteration"] > self.config.iterations:
+        iterations = meta.get("iterations", self.config.iterations)  # older: not saved
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+            raise ValueError(f"its iterations {iterations!r} is not a positive integer")
+        if iterations > self.config.iterations:
+            raise ValueError(f"its schedule of {iterations} iterations is longer than this "
+                             f"run's {self.config.iterations}")
+        if meta["iteration"] > iterations:
             raise ValueError(f"its iteration {meta['iteration']} is beyond the "
-                             f"{self.config.iterations} iterations")
+                             f"{iterations} iterations")
         lr_scale = meta.get("lr_scale")
         if not isinstance(lr_scale, (int, float)) or isinstance(lr_scale, bool) \
                 or not math.isfinite(lr_scale) or lr_scale <= 0:
@@ -447,10 +468,11 @@ class GaussianTrainer:
     def train(self, on_step: Callable[[int, float, float], None] | None = None,
               on_checkpoint: Callable[[GaussianTrainer], None] | None = None,
               stop_at: int | None = None) -> None:
-        """Run steps until ``config.iterations`` (or ``stop_at``)."""
-        end = self.config.iterations if stop_at is None else min(stop_at, self.config.iterations)
+        """Run steps until ``config.iterations`` (or ``stop_at``); ``on_step`` may shorten
+        the schedule (:meth:`set_iterations`)."""
         every = self.config.checkpoint_every
-        while self.iteration < end:
+        while self.iteration < (self.config.iterations if stop_at is None
+                                else min(stop_at, self.config.iterations)):
             loss, value = self.step()
             if on_step is not None:
                 on_step(self.iteration, loss, value)

@@ -12,8 +12,10 @@
    intrinsics (``K_test = mean(K_est) mean(K_gt)^-1 K_gt_test``); then optimise its pose
    photometrically against the frozen scene (:mod:`reconstruction.pose_opt`), as
    InstantSplat does, where the scene model is differentiable w.r.t. cameras (otherwise the
-   aligned pose is used and eval.json says so). With known poses the method's frame is the
-   ground truth's: nothing is moved.
+   aligned pose is used and eval.json says so): neighbouring test views of one image size
+   together, up to ``--test-pose-batch`` per render call, coarse to fine, each stopping when
+   its loss stops improving. With known poses the method's frame is the ground truth's:
+   nothing is moved.
 5. Render the test views; PSNR, SSIM, LPIPS, and their masked versions where object masks
    exist (RegNeRF's DTU definitions).
 6. Write ``eval.json``, ``report.md`` + ``plot.png``, ``compare/`` and ``renders/`` PNGs
@@ -192,6 +194,8 @@ def _check_options(config: EvalConfig) -> None:
     check_device(config.device)
     if config.iterations is not None and config.iterations < 1:
         raise UserError(f"--iterations {config.iterations} must be at least 1.")
+    if config.test_pose_batch < 1:
+        raise UserError(f"--test-pose-batch {config.test_pose_batch} must be at least 1.")
 
 
 def _load(config: EvalConfig) -> _Eval:
@@ -273,7 +277,8 @@ def _fit_method(ev: _Eval, tmp: Path) -> tuple[SceneModel, dict]:
     if model.cameras.shape != torch.Size([len(ev.split.train)]):
         raise RuntimeError(f"method {config.method} returned cameras of shape "
                            f"{tuple(model.cameras.shape)} for {len(ev.split.train)} views")
-    fit_metrics = {**fit_metrics, "iterations": fit_config.iterations, "init": fit_config.init}
+    fit_metrics = {**fit_metrics, "init": fit_config.init,
+                   "iterations": fit_metrics.get("iterations", fit_config.iterations)}
     return model, fit_metrics
 
 
@@ -324,23 +329,79 @@ def _test_camera(ev: _Eval, frame: _Frame, k: int, T_world_cam: torch.Tensor) ->
                    width=gt_test.width[k:k + 1], height=gt_test.height[k:k + 1])
 
 
-def _optimise_test_pose(ev: _Eval, model: SceneModel, frame: _Frame, k: int,
-                        target: torch.Tensor, optimise: bool) -> tuple[torch.Tensor, dict]:
-    """The test view's ``T_world_cam`` to render from, and how its optimisation went."""
-    T_init = frame.T_world_cam_test[k]
+def _test_pose_batches(ev: _Eval, frame: _Frame) -> list[list[int]]:
+    """The test views (positions in the split) in the batches their poses are optimised in:
+    one image size each, neighbouring cameras together (the near model of a batch bakes its
+    colours at the batch's mean centre), at most ``--test-pose-batch`` views, sizes
+    balanced."""
+    gt_test, size = ev.gt_test, max(1, ev.config.test_pose_batch)
+    sizes = [(int(gt_test.width[k]), int(gt_test.height[k])) for k in range(len(gt_test))]
+    centres = frame.T_world_cam_test[:, :3, 3].double()
+    batches = []
+    for shape in dict.fromkeys(sizes):
+        views = [k for k, s in enumerate(sizes) if s == shape]
+        if size == 1:
+            batches += [[k] for k in views]
+            continue
+        # A nearest-neighbour path through the centres from the outermost one, cut into
+        # consecutive runs.
+        points = centres[views]
+        current = int((points - points.mean(0)).norm(dim=-1).argmax())
+        order, left = [current], set(range(len(views))) - {current}
+        while left:
+            rest = sorted(left)
+            current = rest[int((points[rest] - points[current]).norm(dim=-1).argmin())]
+            order.append(current)
+            left.remove(current)
+        count = math.ceil(len(views) / size)
+        bounds = [round(len(views) * i / count) for i in range(count + 1)]
+        batches += [[views[order[j]] for j in range(bounds[i], bounds[i + 1])]
+                    for i in range(count)]
+    return batches
+
+
+def _optimise_test_poses(ev: _Eval, model: SceneModel, frame: _Frame,
+                         optimise: bool) -> tuple[torch.Tensor, list[dict]]:
+    """Every test view's ``T_world_cam [T, 4, 4]`` (float64) to render from, and how its
+    optimisation went; batches of views share one render call per step."""
+    T_world_cam = frame.T_world_cam_test.clone()
+    num = len(ev.split.test)
     if not optimise:
-        return T_init, {"initial_loss": None, "final_loss": None, "rotation_change_deg": 0.0,
-                        "translation_change": 0.0, "iterations": 0}
+        return T_world_cam, [{"initial_loss": None, "final_loss": None,
+                              "rotation_change_deg": 0.0, "translation_change": 0.0,
+                              "iterations": 0, "steps": 0} for _ in range(num)]
+    from geometry.progress import progress_bar
     from reconstruction.pose_opt import optimise_poses
 
-    result = optimise_poses(model, _test_camera(ev, frame, k, T_init), target[None],
-                            ev.config.test_pose_options, frame.scene_scale)
-    return result.T_world_cam[0].double(), {
-        "initial_loss": float(result.initial_loss[0]),
-        "final_loss": float(result.final_loss[0]),
-        "rotation_change_deg": float(result.rotation_change_deg[0]),
-        "translation_change": float(result.translation_change[0]) * frame.to_gt,
-        "iterations": int(result.iterations)}
+    info: list[dict] = [{} for _ in range(num)]
+    options = ev.config.test_pose_options
+    progress = progress_bar("test poses", quiet=ev.config.quiet, transient=True)
+    with progress:
+        task = progress.add_task("poses", total=num)
+        done = 0
+        for views in _test_pose_batches(ev, frame):
+
+            def on_step(step: int, done: int = done, size: int = len(views)) -> None:
+                progress.update(task, completed=done + size * (step + 1) / options.iterations)
+
+            targets = torch.stack([ev.dataset.load_image(ev.split.test[k]) for k in views])
+            cameras = Cameras(K=frame.K_test[views].float(),
+                              T_world_cam=frame.T_world_cam_test[views].float(),
+                              width=ev.gt_test.width[views], height=ev.gt_test.height[views])
+            result = optimise_poses(model, cameras, targets, options, frame.scene_scale,
+                                    on_step=on_step)
+            for j, k in enumerate(views):
+                T_world_cam[k] = result.T_world_cam[j].double()
+                info[k] = {"initial_loss": float(result.initial_loss[j]),
+                           "final_loss": float(result.final_loss[j]),
+                           "rotation_change_deg": float(result.rotation_change_deg[j]),
+                           "translation_change": float(result.translation_change[j])
+                           * frame.to_gt,
+                           "iterations": int(result.iterations),
+                           "steps": int(result.steps[j])}
+            done += len(views)
+            progress.update(task, completed=done)
+    return T_world_cam, info
 
 
 def _view_metrics(ev: _Eval, model: SceneModel, camera: Cameras, index: int,
@@ -377,8 +438,10 @@ def _evaluate_views(ev: _Eval, model: SceneModel, frame: _Frame, optimise: bool,
     """Every test view: its pose (optimised or aligned), render, metrics and PNGs."""
     from geometry.progress import progress_bar
 
-    ev.seconds["test_pose"] = 0.0
-    ev.seconds["render_metrics"] = 0.0
+    t0 = time.perf_counter()
+    T_world_cam, pose_info = _optimise_test_poses(ev, model, frame, optimise)
+    ev.seconds["test_pose"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     per_view = []
     progress = progress_bar("test views", ("{task.fields[view]}",), quiet=ev.config.quiet,
                             transient=True)
@@ -388,17 +451,13 @@ def _evaluate_views(ev: _Eval, model: SceneModel, frame: _Frame, optimise: bool,
             name = ev.dataset.names[index]
             progress.update(task, view=name)
             target = ev.dataset.load_image(index)
-            t0 = time.perf_counter()
-            T_world_cam, pose_info = _optimise_test_pose(ev, model, frame, k, target, optimise)
-            ev.seconds["test_pose"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            camera = _test_camera(ev, frame, k, T_world_cam)
+            camera = _test_camera(ev, frame, k, T_world_cam[k])
             with torch.no_grad():
                 image = model.render(camera, outputs=("rgb",)).rgb[0]
             image = image.cpu().clamp(0, 1)
             entry = {"index": index, "name": name,
                      **_view_metrics(ev, model, camera, index, image, target, frame.to_gt),
-                     "test_pose": pose_info}
+                     "test_pose": pose_info[k]}
             per_view.append(entry)
             if ev.config.save_renders:
                 from reconstruction.eval.report import side_by_side
@@ -406,8 +465,8 @@ def _evaluate_views(ev: _Eval, model: SceneModel, frame: _Frame, optimise: bool,
                 stem = Path(name).stem
                 write_png(tmp / "compare" / f"{stem}.png", side_by_side(target, image))
                 write_png(tmp / "renders" / f"{stem}.png", image)
-            ev.seconds["render_metrics"] += time.perf_counter() - t0
             progress.advance(task)
+    ev.seconds["render_metrics"] = time.perf_counter() - t0
     return per_view
 
 

@@ -13,6 +13,11 @@ kind        cameras                                         world
 ``forward`` LLFF-like forward-facing grid                   object world with a back wall
 ==========  ==============================================  ==============================
 
+``SceneConfig.textureless`` paints a share of the objects (the largest first) one uniform
+colour, against the textured floor and walls: large textureless surfaces, where feature
+matching and block stereo find no points (the failure of sparse-view initialisation on
+DTU's white walls); with 0 (the default) scenes are bit-identical to those without it.
+
 Outputs per view: the photo, the camera (:class:`geometry.cameras.Cameras`, OpenCV), depth
 (camera z, metres), the object mask, the object id map and the object coordinates (the hit
 point in the object's canonical frame, bounding box mapped onto ``[0, 1]^3``: see
@@ -42,6 +47,7 @@ from reconstruction.procedural.worlds import (
     default_quads,
     object_world,
     quad_world,
+    textureless_objects,
 )
 
 __all__ = [
@@ -64,5 +70,6 @@ __all__ = [
     "quad_world",
     "render",
     "render_view",
+    "textureless_objects",
     "write_photos",
 ]

@@ -9,11 +9,15 @@ Dataset folder (:func:`generate`; it appears complete or not at all)::
     OUT/masks/NNN.png          255 on the objects (not the floor, ground or walls), 0 elsewhere
     OUT/object_ids/NNN.png     8-bit object id: 1-based index into ``objects`` below, 0 elsewhere
     OUT/object_coords/NNN.npy  float32 [H, W, 3] object coordinates in [0, 1]^3, NaN off objects
+    OUT/textureless_masks/NNN.png  only with --textureless above 0: 255 on the uniform-coloured
+                               objects (pixel-centre ray), 0 elsewhere; ``recon eval --masks
+                               OUT/textureless_masks`` measures the held-out views there
 
 ``transforms.json`` also holds ``sparseview_synthetic``: the generator settings, the world,
 ``scene_extent`` (the diameter of the objects' bounding sphere about the origin) and
-``objects`` (each object's ``kind``, ``T_world_obj`` and bounding-box ``size``: the frame
-the object coordinates are in, see :class:`~reconstruction.procedural.worlds.SceneObject`).
+``objects`` (each object's ``kind``, ``T_world_obj``, bounding-box ``size``: the frame
+the object coordinates are in, see :class:`~reconstruction.procedural.worlds.SceneObject`;
+and ``textureless``: whether it is painted one colour).
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ def generate(config: SceneConfig, out: str | Path, quiet: bool = True) -> Proced
         raise UserError(f"--out {out} is a file; give a folder for the procedural scene.")
     folders = {"images": "images", "depth": "depth", "masks": "masks",
                "ids": "object_ids", "coords": "object_coords"}
+    plain = [k for k, obj in enumerate(world.objects, start=1) if obj.textureless]
+    if plain:
+        folders["textureless"] = "textureless_masks"
     with atomic_directory(out) as tmp:
         for sub in folders.values():
             (tmp / sub).mkdir()
@@ -93,6 +100,9 @@ def generate(config: SceneConfig, out: str | Path, quiet: bool = True) -> Proced
                 Image.fromarray(view.object_ids.astype(np.uint8)).save(
                     tmp / "object_ids" / f"{name}.png")
                 np.save(tmp / "object_coords" / f"{name}.npy", view.object_coords)
+                if plain:
+                    Image.fromarray(np.isin(view.object_ids, plain).astype(np.uint8) * 255
+                                    ).save(tmp / "textureless_masks" / f"{name}.png")
                 progress.advance(task)
         meta = {
             "generator": "reconstruction.procedural",
@@ -158,12 +168,16 @@ def _generate_command(out: Path, config: SceneConfig = _DEFAULT_CONFIG) -> None:
     """
     result = generate(config, out, quiet=False)
     c = result.meta["config"]
+    plain = sum(obj["textureless"] for obj in result.meta["objects"])
+    note = (f"; {plain} of {len(result.meta['objects'])} objects textureless (masks in "
+            f"{result.path / 'textureless_masks'})" if plain else "")
     print(f"wrote {result.path}: {c['num_views']} {c['kind']} views "
-          f"{c['width']}x{c['height']}, scene extent {result.extent:.2f} m")
+          f"{c['width']}x{c['height']}, scene extent {result.extent:.2f} m{note}")
 
 
 def main() -> None:
-    """``python -m reconstruction.procedural --out DIR [--kind arc|orbit|forward] ...``."""
+    """``python -m reconstruction.procedural --out DIR [--kind arc|orbit|forward]
+    [--textureless SHARE] ...``."""
     import tyro
 
     from geometry.errors import run_cli

@@ -32,6 +32,9 @@ class Quad:
     """Quad world: index into the world's textures."""
     object_id: int = 0
     """The object (1-based) this face belongs to; 0: background (floor, walls)."""
+    uniform: tuple[float, float, float] | None = None
+    """Quad world: one colour (linear RGB in [0, 1]) instead of the texture: a textureless
+    face."""
 
     @property
     def normal(self) -> np.ndarray:
@@ -68,6 +71,9 @@ class Solid:
     """Rotation about world z (boxes; spheres keep the world axes)."""
     tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
     texture_freq: float = 4.0
+    uniform: bool = False
+    """One colour (the tint) instead of the solid texture: a textureless surface, whose
+    pixels vary only with the lighting."""
 
     def rotation(self) -> np.ndarray:
         """``R_world_solid [3, 3]``: the yaw about world z."""

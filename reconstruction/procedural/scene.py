@@ -73,6 +73,12 @@ class SceneConfig:
     """orbit: mean camera elevation above the ground."""
     num_objects: int = 5
     """orbit and forward: objects on the ground (spheres and boxes alternate)."""
+    textureless: float = 0.0
+    """Share of the objects (the largest first; at least one when above 0) painted one
+    uniform colour instead of a texture, against the textured floor and walls: surfaces
+    where feature matching and block stereo find no points. Their pixels vary only with the
+    lighting. 0: every object textured (the scene is then exactly what it was without this
+    option)."""
 
     def resolved(self) -> SceneConfig:
         """A copy with every None replaced by the kind's default (:data:`KIND_DEFAULTS`)."""
@@ -85,8 +91,8 @@ class SceneConfig:
 def make_world(config: SceneConfig) -> QuadWorld | ObjectWorld:
     """The world (scene content) of a config: the quad world for ``arc``, else objects."""
     if config.kind == "arc":
-        return quad_world(config.seed)
-    return object_world(config.kind, config.num_objects, config.seed)
+        return quad_world(config.seed, config.textureless)
+    return object_world(config.kind, config.num_objects, config.seed, config.textureless)
 
 
 def intrinsics(config: SceneConfig) -> np.ndarray:
@@ -230,6 +236,9 @@ def check_config(config: SceneConfig, min_views: int = 1) -> SceneConfig:
         raise UserError("procedural images must be at least 16x16 pixels; raise --width/--height.")
     if config.supersample < 1:
         raise UserError("--supersample must be at least 1.")
+    if not 0.0 <= config.textureless <= 1.0:
+        raise UserError(f"--textureless {config.textureless} is not a share; give a value "
+                        "from 0 (all objects textured) to 1 (all uniform-coloured).")
     return config
 
 

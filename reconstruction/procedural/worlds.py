@@ -19,6 +19,12 @@ World frame: z up, metres.
 
 Every world lists its :class:`SceneObject` s: the things masks, object ids and object
 coordinates are about (the boxes and spheres; never the floor, ground or walls).
+
+Textureless objects (``SceneConfig.textureless``, :func:`textureless_objects`): the largest
+objects can be painted one uniform colour instead of their texture, against the textured
+floor and walls: the surfaces where feature matching and block stereo find nothing (DTU's
+white walls). Their pixels then vary only with the lighting: not at all on a quad-world box
+face (flat shading), smoothly across an object-world sphere, and where a shadow falls.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class SceneObject:
     """``sphere`` or ``box``."""
     T_world_obj: np.ndarray  # [4, 4]
     size: np.ndarray  # [3] bounding-box extents along the object's x, y, z (metres)
+    textureless: bool = False
+    """Painted one uniform colour (no texture)."""
 
     def object_coords(self, pts_world: np.ndarray) -> np.ndarray:
         """``[N, 3]`` object coordinates (in ``[0, 1]^3`` on the object) of ``[N, 3]`` points."""
@@ -68,7 +76,20 @@ class SceneObject:
     def describe(self) -> dict:
         """A JSON-able description (``T_world_obj`` as nested lists)."""
         return {"kind": self.kind, "T_world_obj": self.T_world_obj.tolist(),
-                "size": self.size.tolist()}
+                "size": self.size.tolist(), "textureless": self.textureless}
+
+
+def textureless_objects(sizes: list[np.ndarray], share: float) -> list[int]:
+    """Indices (0-based, ascending) of the objects to paint one colour: the
+    ``ceil(share * n)`` largest by bounding-box volume (ties: the first), none for 0.
+
+    Args:
+        sizes: each object's ``[3]`` bounding-box extents.
+        share: in ``[0, 1]``.
+    """
+    count = math.ceil(share * len(sizes) - 1e-9) if share > 0 else 0
+    order = sorted(range(len(sizes)), key=lambda i: (-float(np.prod(sizes[i])), i))
+    return sorted(order[:count])
 
 
 def _extent(objects: list[SceneObject]) -> float:
@@ -162,6 +183,10 @@ class QuadWorld:
             sel = np.nonzero(index == k)[0]
             if not len(sel):
                 continue
+            shading = 0.55 + 0.45 * abs(float(quad.normal @ light))
+            if quad.uniform is not None:
+                colour[sel] = np.asarray(quad.uniform) * shading
+                continue
             a, b = quad.surface_coords(origins[sel] + t[sel, None] * dirs[sel])
             tex = self.textures[quad.texture]
             size = tex.shape[0]
@@ -170,25 +195,37 @@ class QuadWorld:
             offset = size * ((0.37 * k) % 1.0), size * ((0.61 * k) % 1.0)
             tx = (a * np.linalg.norm(quad.edge_u) / self.TEXEL + offset[0]) % size
             ty = (b * np.linalg.norm(quad.edge_v) / self.TEXEL + offset[1]) % size
-            colour[sel] = sample_bilinear(tex, tx, ty) * (
-                0.55 + 0.45 * abs(float(quad.normal @ light)))
+            colour[sel] = sample_bilinear(tex, tx, ty) * shading
         return colour, t, index
 
     def describe(self) -> dict:
         """A JSON-able description (the textures follow from ``seed``)."""
         return {"quads": [{"origin": q.origin.tolist(), "edge_u": q.edge_u.tolist(),
                            "edge_v": q.edge_v.tolist(), "texture": q.texture,
-                           "object_id": q.object_id} for q in self.quads],
+                           "object_id": q.object_id,
+                           **({} if q.uniform is None else {"uniform": list(q.uniform)})}
+                          for q in self.quads],
                 "texture_seed": self.seed}
 
 
-def quad_world(seed: int) -> QuadWorld:
-    """The quad world with textures drawn from ``seed``."""
+def quad_world(seed: int, textureless: float = 0.0) -> QuadWorld:
+    """The quad world with textures drawn from ``seed``; the ``textureless`` share of its
+    boxes (the largest first, :func:`textureless_objects`) painted one colour each: the mean
+    colour of the box's texture."""
     rng = np.random.default_rng(seed)
     textures = [image_texture(rng, tint) for tint in _QUAD_TINTS]
+    sizes = [np.array(hi) - np.array(lo) for lo, hi in _QUAD_BOXES]
+    plain = textureless_objects(sizes, textureless)
     objects = [SceneObject("box", _frame(np.eye(3), (np.array(lo) + np.array(hi)) / 2),
-                           np.array(hi) - np.array(lo)) for lo, hi in _QUAD_BOXES]
-    return QuadWorld(default_quads(), textures, objects, seed)
+                           size, textureless=k in plain)
+               for k, ((lo, hi), size) in enumerate(zip(_QUAD_BOXES, sizes, strict=True))]
+    quads = default_quads()
+    for quad in quads:
+        if quad.object_id - 1 in plain:
+            # image_texture's mean: 0.2 + 0.45 * (mean noise 0.5) + 0.35 * tint.
+            tint = _QUAD_TINTS[quad.texture]
+            quad.uniform = tuple(float(v) for v in 0.425 + 0.35 * tint)
+    return QuadWorld(quads, textures, objects, seed)
 
 
 # ------------------------------------------------------------------ the object world
@@ -211,7 +248,8 @@ class ObjectWorld:
         self.objects = [SceneObject(s.kind, _frame(s.rotation() if s.kind == "box"
                                                    else np.eye(3), np.asarray(s.center,
                                                                               float)),
-                                    2.0 * np.asarray(s.half, float)) for s in self.solids]
+                                    2.0 * np.asarray(s.half, float), textureless=s.uniform)
+                        for s in self.solids]
 
     @property
     def primitives(self) -> list[Primitive]:
@@ -265,6 +303,8 @@ class ObjectWorld:
                 base[sel] = solid_albedo(pts[sel], 2.5, np.asarray(self.ground_tint), salt + 1)
             elif s < background:
                 base[sel] = solid_albedo(pts[sel], 2.0, np.asarray(self.wall_tint), salt + 2)
+            elif prim.uniform:
+                base[sel] = np.asarray(prim.tint)
             else:
                 base[sel] = solid_albedo(pts[sel], prim.texture_freq, np.asarray(prim.tint),
                                          salt + 3 + s)
@@ -276,11 +316,13 @@ class ObjectWorld:
         return {k: v for k, v in asdict(self).items() if k != "objects"}
 
 
-def object_world(kind: Literal["orbit", "forward"], num_objects: int, seed: int) -> ObjectWorld:
+def object_world(kind: Literal["orbit", "forward"], num_objects: int, seed: int,
+                 textureless: float = 0.0) -> ObjectWorld:
     """A random but reproducible arrangement of textured spheres and boxes.
 
     ``orbit``: objects within ``[-1.1, 1.1]^2``; ``forward``: spread in x, ``y in [-0.5, 1.5]``
-    in front of a back wall.
+    in front of a back wall. The ``textureless`` share of the objects (the largest first,
+    :func:`textureless_objects`) is painted its tint alone; the layout does not depend on it.
     """
     rng = np.random.default_rng(seed)
     solids: list[Solid] = []
@@ -306,6 +348,8 @@ def object_world(kind: Literal["orbit", "forward"], num_objects: int, seed: int)
                                 yaw=float(rng.uniform(0, math.pi)), tint=tint,
                                 texture_freq=freq))
             placed.append((float(x), float(y), math.hypot(half[0], half[1])))
+    for i in textureless_objects([2.0 * np.asarray(s.half) for s in solids], textureless):
+        solids[i].uniform = True
     light = np.array([0.45, -0.35, 0.82])
     light /= np.linalg.norm(light)
     return ObjectWorld(solids, tuple(float(v) for v in light), wall=kind == "forward",

@@ -21,17 +21,15 @@ checkpointed, so a resumed run continues as an uninterrupted one would.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reconstruction.engine.components import GAUSSIAN_FIELDS
 from reconstruction.engine.config import TrainConfig
 from reconstruction.engine.losses import LossTerm, default_loss_terms
-from reconstruction.engine.strategy import DefaultStrategy
+from reconstruction.engine.strategy import CoverageSampling, DefaultStrategy, tile_means
 from reconstruction.engine.trainer import GaussianTrainer
 from reconstruction.rdggs.config import RDGGSConfig
 from reconstruction.rdggs.losses import depth_image_loss, patch_pearson_loss
@@ -116,7 +114,11 @@ class RelativeDepthLoss(LossTerm):
 
 
 class AdaptiveSampling(DefaultStrategy):
-    """The default densification, then RDG-GS's adaptive sampling on the prior depth."""
+    """The default gradient densification, then RDG-GS's adaptive sampling: the engine's
+    coverage sampling (:meth:`~reconstruction.engine.strategy.DefaultStrategy.coverage_sample`)
+    with RDG-GS's parameters, its slow-tile criterion and the prior depth for placement."""
+
+    coverage_needs_depth = False  # placed on the prior, not on the rendered depth
 
     def __init__(self, config: TrainConfig, rdggs: RDGGSConfig, priors: DepthPriors) -> None:
         super().__init__(config)
@@ -134,12 +136,18 @@ class AdaptiveSampling(DefaultStrategy):
 
     @torch.no_grad()
     def refine(self, trainer: GaussianTrainer) -> dict[str, int]:
-        counts = super().refine(trainer)
+        counts = self.densify_and_prune(trainer)  # RDG-GS's own sampling replaces coverage's
         if self.rdggs.adaptive_sampling:
             t0 = time.perf_counter()
             counts["sampled"] = self.adaptive_sample(trainer)
             self.sampling_seconds += time.perf_counter() - t0
         return counts
+
+    def coverage_settings(self) -> CoverageSampling:
+        r = self.rdggs
+        return CoverageSampling(tile=r.sample_tile, sparse_alpha=r.sparse_alpha,
+                                samples_per_tile=r.samples_per_tile,
+                                max_fraction=r.max_sample_fraction, opacity=r.sample_opacity)
 
     @torch.no_grad()
     def select_tiles(self, view: int, rgb: Tensor, alpha: Tensor,
@@ -152,10 +160,7 @@ class AdaptiveSampling(DefaultStrategy):
         slow). Updates the stored tile errors.
         """
         r = self.rdggs
-        tile = r.sample_tile
-        err = (rgb - target).abs().mean(-1)
-        tile_err = F.avg_pool2d(err[None, None], tile, ceil_mode=True)[0, 0]
-        tile_alpha = F.avg_pool2d(alpha[..., 0][None, None], tile, ceil_mode=True)[0, 0]
+        tile_err, tile_alpha = tile_means(rgb, alpha, target, r.sample_tile)
         sparse = tile_alpha < r.sparse_alpha
         previous = self.tile_error.get(view)
         high = tile_err > r.slow_error_ratio * tile_err.median()
@@ -168,81 +173,18 @@ class AdaptiveSampling(DefaultStrategy):
         return sparse | slow, score
 
     @torch.no_grad()
+    def placement_depth(self, trainer: GaussianTrainer, view: int) -> Tensor:
+        """The refined (filled) prior depth: sparse regions are its holes."""
+        return self.prior_full[view][0]
+
+    @torch.no_grad()
+    def accept(self, trainer: GaussianTrainer, view: int, pts_world: Tensor) -> Tensor:
+        return torch.ones(len(pts_world), dtype=torch.bool)
+
+    @torch.no_grad()
     def adaptive_sample(self, trainer: GaussianTrainer) -> int:
         """Add Gaussians on the prior depth in the selected tiles of every view; the count."""
-        r, c = self.rdggs, self.config
-        n = trainer.num_gaussians
-        budget = max(0, min(c.max_gaussians - n, int(r.max_sample_fraction * n)))
-        k = max(1, int(math.isqrt(max(1, r.samples_per_tile))))
-        candidates = []  # (score, view, rows, cols)
-        for view in range(trainer.data.num_views):
-            rgb, alpha, _, target = trainer.render(view, 1.0)
-            selected, score = self.select_tiles(view, rgb, alpha, target)
-            if budget == 0 or not bool(selected.any()):
-                continue
-            h, w = self.prior_full[view][0].shape
-            ty, tx = torch.nonzero(selected, as_tuple=True)
-            # A k x k grid of pixels inside each selected tile.
-            step = r.sample_tile / k
-            off = (torch.arange(k, dtype=torch.float64) + 0.5) * step
-            rows = (ty[:, None, None] * r.sample_tile + off[None, :, None]).long()
-            cols = (tx[:, None, None] * r.sample_tile + off[None, None, :]).long()
-            rows, cols = torch.broadcast_tensors(rows, cols)
-            rows = rows.reshape(len(ty), -1).clamp_max(h - 1)
-            cols = cols.reshape(len(ty), -1).clamp_max(w - 1)
-            tile_score = score[ty, tx]
-            for i in range(len(ty)):
-                candidates.append((float(tile_score[i]), view, rows[i], cols[i]))
-        if budget == 0 or not candidates:
-            self.sampling_rounds += 1
-            return 0
-        candidates.sort(key=lambda item: -item[0])
-        per_view: dict[int, tuple[list[Tensor], list[Tensor]]] = {}
-        total = 0
-        for _, view, rows, cols in candidates:
-            depth, _ = self.prior_full[view]
-            ok = depth[rows, cols] > 0  # the filled prior: sparse regions are its holes
-            rows, cols = rows[ok], cols[ok]
-            if total + len(rows) > budget:
-                rows, cols = rows[:budget - total], cols[:budget - total]
-            if len(rows) == 0:
-                continue
-            per_view.setdefault(view, ([], []))
-            per_view[view][0].append(rows)
-            per_view[view][1].append(cols)
-            total += len(rows)
-            if total >= budget:
-                break
-        if total == 0:  # no prior depth where sampling was asked for
-            self.sampling_rounds += 1
-            return 0
-        values = {name: [] for name in GAUSSIAN_FIELDS}
-        K_all, T_all = trainer.intrinsics(), trainer.viewmats()
-        from reconstruction.splatting.sh import rgb_to_sh
-
-        sh_rest = trainer.params["shN"].shape[1]
-        logit = math.log(r.sample_opacity / (1.0 - r.sample_opacity))
-        for view, (rows_list, cols_list) in per_view.items():
-            rows, cols = torch.cat(rows_list), torch.cat(cols_list)
-            depth, _ = self.prior_full[view]
-            z = depth[rows, cols].double()
-            K, T = K_all[view].double(), T_all[view].double()
-            x = (cols.double() + 0.5 - K[0, 2]) / K[0, 0] * z
-            y = (rows.double() + 0.5 - K[1, 2]) / K[1, 1] * z
-            pts_cam = torch.stack([x, y, z], 1)
-            pts_world = (pts_cam - T[:3, 3]) @ T[:3, :3]  # R^T (p - t), row vectors
-            # Standard deviation: half the spacing of the samples on the image, at depth z.
-            sigma = z / K[0, 0] * (r.sample_tile / k) * 0.5
-            colours = trainer.targets[view][rows, cols].clamp(0, 1)
-            m = len(rows)
-            values["means"].append(pts_world.float())
-            values["quats"].append(torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(m, 4).clone())
-            values["log_scales"].append(torch.log(sigma.float())[:, None].expand(m, 3).clone())
-            values["logit_opacities"].append(torch.full((m,), logit))
-            values["sh0"].append(rgb_to_sh(colours.float().cpu())[:, None, :])
-            values["shN"].append(torch.zeros(m, sh_rest, 3))
-        trainer.append_gaussians({name: torch.cat(v).to(trainer.device)
-                                  for name, v in values.items()})
+        total = self.coverage_sample(trainer)
         self.sampled += total
         self.sampling_rounds += 1
         return total

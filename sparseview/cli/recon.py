@@ -60,11 +60,18 @@ class Fit(FitConfig):
     """Refresh the live view every this many iterations (and at most once a second)."""
     view_keep_open: bool = True
     """After training, keep serving the result until Ctrl-C."""
+    refine_poses: bool = False
+    """Refine the initialiser's cameras with SparseAGS (render-and-compare, outlier views
+    detected and corrected; see pose sparseags) before the optimisation."""
 
     def run(self) -> dict:
         from geometry.errors import UserError
         from reconstruction.methods import fit
 
+        if self.refine_poses:
+            from pose.camera.sparseags.hook import register_refine_poses
+
+            self.init = register_refine_poses(self.init)
         if not self.view:
             return _report(self, fit(self))
         if self.view_every < 1:
@@ -95,6 +102,9 @@ def _report(config: FitConfig, metrics: dict) -> dict:
         parts.append(f"{metrics['num_gaussians']} splats")
     if "training_psnr_db" in metrics:
         parts.append(f"training PSNR {metrics['training_psnr_db']:.2f} dB")
+    if metrics.get("low_psnr_views"):
+        parts.append(f"{len(metrics['low_psnr_views'])} view(s) far below the others "
+                     "(see the warning)")
     if "total" in metrics.get("timings_s", {}):
         parts.append(f"{metrics['timings_s']['total']:.1f} s")
     # one line even in a log (rich would wrap it at 80 columns there)

@@ -162,3 +162,122 @@ def test_mask_term_alone_recovers_a_shift():
     still = optimise_poses(model, _cameras(T_init[None]), target[None],
                            PoseOptConfig(iterations=10), 3.0, masks=mask[None])
     assert float(still.rotation_change_deg[0]) < 1e-3
+
+
+def _counting(model: GaussianSceneModel, calls: list[tuple[int, int]]) -> GaussianSceneModel:
+    """``model`` whose near model records ``(cameras, image height)`` of each render call."""
+    near = model.near
+
+    def counted_near(cameras):
+        local = near(cameras)
+        render = local.render
+
+        def counted_render(cams, outputs=("rgb",)):
+            calls.append((len(cams), int(torch.as_tensor(cams.height).reshape(-1)[0])))
+            return render(cams, outputs)
+
+        local.render = counted_render
+        return local
+
+    model.near = counted_near
+    return model
+
+
+def test_early_stopping_stops_a_converged_row_and_drops_it_from_the_batch():
+    calls: list[tuple[int, int]] = []
+    model = _counting(_model(_scene()), calls)
+    target, _ = _render(model, torch.eye(4))
+    # Row 0 looks away from the scene: its loss cannot change (converged from the start);
+    # row 1 starts 2 degrees off.
+    away = make_T(axis_angle_to_matrix(torch.tensor([0.0, math.pi, 0.0])), torch.zeros(3))
+    T_init = torch.stack([away, _perturbation()])
+    config = PoseOptConfig(iterations=60, coarse_fraction=0.0, patience=8,
+                           min_improvement=1e-3)
+    result = optimise_poses(model, _cameras(T_init), target[None].expand(2, -1, -1, -1),
+                            config, 3.0)
+    # Patience counts once the steps have decayed to half (from step 39 of 60): row 0 sets
+    # its first best at step 39 and stops 8 steps later, where it started.
+    assert int(result.steps[0]) == 39 + 1 + 8
+    torch.testing.assert_close(result.T_cam_world[0], away, atol=1e-6, rtol=0)
+    assert float(result.final_loss[0]) == float(result.initial_loss[0])
+    # A stopped row is no longer rendered: 2 cameras per call, then 1.
+    assert 48 < int(result.steps[1]) <= 60
+    assert calls == [(2, H)] * 48 + [(1, H)] * (int(result.steps[1]) - 48)
+    rot1, trans1 = _pose_errors(result.T_cam_world[1], torch.eye(4))
+    rot0, trans0 = _pose_errors(T_init[1], torch.eye(4))
+    assert rot1 < 0.25 * rot0 and trans1 < 0.25 * trans0, (rot1, trans1)
+    # Early stopping of one row changes nothing for the other (rows are independent).
+    alone = optimise_poses(_model(_scene()), _cameras(T_init[1:]), target[None], config, 3.0)
+    assert int(alone.steps[0]) == int(result.steps[1])
+    torch.testing.assert_close(result.T_cam_world[1], alone.T_cam_world[0], atol=1e-4, rtol=0)
+    # Without patience every row takes every step (the default: callers see no change).
+    calls.clear()
+    full = optimise_poses(model, _cameras(T_init), target[None].expand(2, -1, -1, -1),
+                          PoseOptConfig(iterations=60, coarse_fraction=0.0), 3.0)
+    assert full.steps.tolist() == [60, 60] and calls == [(2, H)] * 60
+
+
+def test_a_waiting_row_resumes_at_the_next_resolution():
+    calls: list[tuple[int, int]] = []
+    model = _counting(_model(_scene()), calls)
+    target, _ = _render(model, torch.eye(4))
+    away = make_T(axis_angle_to_matrix(torch.tensor([0.0, math.pi, 0.0])), torch.zeros(3))
+    T_init = torch.stack([away, _perturbation()])
+    # Half size for steps 0-34 of 40, full size after; patience counts from step 26.
+    config = PoseOptConfig(iterations=40, coarse_fraction=0.875, patience=3)
+    result = optimise_poses(model, _cameras(T_init), target[None].expand(2, -1, -1, -1),
+                            config, 3.0)
+    # Row 0 (constant loss) counts from step 26 and waits after step 29; it takes up the
+    # full size at step 35 and stops after 4 steps there.
+    assert int(result.steps[0]) == 30 + 4
+    assert calls[:30] == [(2, H // 2)] * 30
+    coarse = [c for c in calls if c[1] == H // 2]
+    fine = [c for c in calls if c[1] == H]
+    assert calls == coarse + fine and coarse[30:] == [(1, H // 2)] * (len(coarse) - 30)
+    assert fine[:4] == [(2, H)] * 4 and fine[4:] == [(1, H)] * (len(fine) - 4)
+    assert int(result.steps[1]) == len(calls) and len(coarse) <= 35
+    torch.testing.assert_close(result.T_cam_world[0], away, atol=1e-6, rtol=0)
+    assert float(result.final_loss[1]) < 0.5 * float(result.initial_loss[1])
+
+
+def test_coarse_levels_schedule():
+    from reconstruction.pose_opt import _PoseProblem
+
+    model = _model(_scene(200))
+    target, _ = _render(model, torch.eye(4))
+
+    def levels(**options):
+        problem = _PoseProblem(model, _cameras(torch.eye(4)[None]), target[None],
+                               PoseOptConfig(**options), None)
+        return problem.levels()
+
+    assert levels() == [(0, 0.5), (25, 1.0)]  # today's schedule
+    assert levels(coarse_levels=2) == [(0, 0.25), (12, 0.5), (25, 1.0)]
+    assert levels(coarse_levels=3, coarse_fraction=0.6, iterations=10) == [
+        (0, 0.125), (2, 0.25), (4, 0.5), (6, 1.0)]
+    assert levels(coarse_fraction=0.0) == [(0, 1.0)]
+    assert levels(coarse_levels=3, iterations=2) == [(0, 0.5), (1, 1.0)]  # empty levels go
+
+
+def test_row_adam_is_torch_adam_and_leaves_other_rows_alone():
+    from reconstruction.pose_opt import _RowAdam
+
+    gen = torch.Generator().manual_seed(0)
+    # The reference: torch's Adam on a translation and a rotation part (as before _RowAdam).
+    rho, omega = torch.zeros(3, 3, requires_grad=True), torch.zeros(3, 3, requires_grad=True)
+    optimizer = torch.optim.Adam([{"params": [rho], "lr": 1e-2}, {"params": [omega],
+                                                                   "lr": 3e-3}])
+    lr = torch.tensor([1e-2] * 3 + [3e-3] * 3)
+    mine, adam = torch.zeros(3, 6), _RowAdam(3, 6, "cpu")
+    for _ in range(5):
+        grad = torch.randn(3, 6, generator=gen)
+        rho.grad, omega.grad = grad[:, :3].clone(), grad[:, 3:].clone()
+        optimizer.step()
+        adam.step(mine, torch.arange(3), grad, lr)
+    torch.testing.assert_close(mine, torch.cat((rho, omega), -1).detach(), atol=1e-7,
+                               rtol=1e-5)
+    before = mine.clone()
+    adam.step(mine, torch.tensor([1]), torch.randn(1, 6, generator=gen), lr)
+    torch.testing.assert_close(mine[[0, 2]], before[[0, 2]], atol=0, rtol=0)
+    assert not torch.equal(mine[1], before[1])
+    assert adam.t.tolist() == [5.0, 6.0, 5.0]

@@ -149,7 +149,8 @@ def test_refine_clones_splits_and_prunes_with_the_optimiser_state():
     scene.log_scales[10:20] = math.log(0.5)  # large: split
     scene.log_scales[20:30] = math.log(0.005)  # small (< 0.01 x scene scale 2.5): cloned
     config = TrainConfig(iterations=10, grad_threshold=1e-3, dense_scale=0.01,
-                         checkpoint_every=0, max_densify_fraction=1.0)
+                         checkpoint_every=0, max_densify_fraction=1.0,
+                         coverage_densify=False)
     trainer = GaussianTrainer(data, scene, config, seed=0)
     trainer.step()  # creates Adam state
     n = trainer.num_gaussians
