@@ -273,3 +273,19 @@ def shared_camera(images: Sequence[LoadedImage]) -> bool:
     """Whether all images seem to come from one camera (same EXIF camera and original size)."""
     return len({im.camera_key for im in images}) == 1
 
+
+
+def camera_rows(cameras, images: Sequence[LoadedImage], source: Path) -> list[int | None]:
+    """For each photo, the row of ``cameras`` (a :class:`~geometry.cameras.Cameras` read from
+    ``source``) whose image name matches its file name, else its stem; None where none does.
+
+    Raises:
+        UserError: the cameras carry no image names to match.
+    """
+    names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
+    if len(names) != len(cameras):
+        raise UserError(f"the cameras in {source} have no image names; use a COLMAP model or "
+                        "transforms.json that names its photos.")
+    by_name = {Path(n).name: i for i, n in enumerate(names)}
+    by_stem = {Path(n).stem: i for i, n in enumerate(names)}
+    return [by_name.get(im.path.name, by_stem.get(im.path.stem)) for im in images]

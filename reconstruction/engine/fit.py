@@ -69,7 +69,7 @@ from reconstruction.engine.schedule import (
 )
 from reconstruction.engine.trainer import GaussianTrainer, TrainData
 from reconstruction.gaussians import GaussianScene
-from reconstruction.images import LoadedImage, load_images, warn
+from reconstruction.images import LoadedImage, camera_rows, load_images, warn
 from reconstruction.init.registry import INITIALISERS
 
 if typing.TYPE_CHECKING:
@@ -191,19 +191,11 @@ def _known_cameras(config: FitConfig, images: list[LoadedImage],
         from geometry.io import read_cameras
 
         cameras = read_cameras(config.poses, dtype=torch.float64, require_images=False)
-        names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
-        if len(names) != len(cameras):
-            raise UserError(f"the cameras in {config.poses} have no image names; use a COLMAP "
-                            "model or transforms.json that names its images.")
-        by_name = {Path(n).name: i for i, n in enumerate(names)}
-        by_stem = {Path(n).stem: i for i, n in enumerate(names)}
-        order = []
-        for im in images:
-            i = by_name.get(im.path.name, by_stem.get(im.path.stem))
+        order = camera_rows(cameras, images, config.poses)
+        for im, i in zip(images, order, strict=True):
             if i is None:
                 raise UserError(f"{config.poses} has no camera for {im.path.name}; give a "
                                 "camera for every photo in the folder.")
-            order.append(i)
         cameras = cameras[order]
     elif len(cameras) != len(images):
         raise UserError(f"{len(cameras)} cameras were given for {len(images)} photos; give one "

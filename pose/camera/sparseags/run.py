@@ -47,20 +47,14 @@ def match_cameras(cameras: Cameras, images: list[LoadedImage], source: Path) -> 
             camera of another aspect ratio than its photo.
     """
     from geometry.cameras import Cameras
+    from reconstruction.images import camera_rows
 
     names = cameras.names or [str(p) for p in (cameras.image_paths or [])]
-    if len(names) != len(cameras):
-        raise UserError(f"the cameras in {source} have no image names; use a COLMAP model or "
-                        "transforms.json that names its photos.")
-    by_name = {Path(n).name: i for i, n in enumerate(names)}
-    by_stem = {Path(n).stem: i for i, n in enumerate(names)}
-    order = []
-    for im in images:
-        i = by_name.get(im.path.name, by_stem.get(im.path.stem))
+    order = camera_rows(cameras, images, source)
+    for im, i in zip(images, order, strict=True):
         if i is None:
             raise UserError(f"{source} has no initial pose for the photo {im.path.name}; give "
                             "a camera for every photo (or remove the photo).")
-        order.append(i)
     extra = [Path(names[i]).name for i in range(len(names)) if i not in set(order)]
     if extra:
         listing = ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
