@@ -33,4 +33,31 @@ TORCH_LIBRARY(sparseview, m) {
   m.def(
       "voxelize(Tensor points, float[] voxel_size, float[] point_range, int max_points, "
       "int max_voxels) -> (Tensor, Tensor, Tensor)");
+  // Sparse-voxel ops (cuda/sparse_voxel/; geometry/ops/sparse_voxel/ documents them).
+  // Occupancy-grid ray marching: origins/dirs [R,3], near/far [R] float32, occupancy
+  // [L,X,Y,Z] bool/uint8, bounds [L,6] float32 (level boxes). Returns offsets [R+1] int64
+  // (CSR), ray_indices [S] int64, t_starts [S], t_ends [S].
+  m.def(
+      "ray_march(Tensor origins, Tensor dirs, Tensor near, Tensor far, Tensor occupancy, "
+      "Tensor bounds, float step) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Point -> voxel hashing: points [N,C>=3]; max_points / max_voxels < 0: no cap. Returns
+  // coords [M,3] int32 (x, y, z; voxels in the order of their first point), inverse [N]
+  // int64 (-1: dropped), counts [M] int64.
+  m.def(
+      "voxel_hash(Tensor points, float[] voxel_size, float[] point_range, int max_points, "
+      "int max_voxels) -> (Tensor, Tensor, Tensor)");
+  // Mean and max of features [N,C] per voxel (inverse [N], counts [M]) -> ([M,C], [M,C]).
+  m.def("voxel_reduce(Tensor features, Tensor inverse, Tensor counts) -> (Tensor, Tensor)");
+  m.def(
+      "voxel_reduce_bwd(Tensor? grad_mean, Tensor? grad_max, Tensor features, "
+      "Tensor inverse, Tensor counts, Tensor max) -> Tensor");
+  // Trilinear sampling of sparse voxel features: points [Q,3], coords [M,3] int, features
+  // [M,C] at voxel centres origin + (coords + 0.5) * voxel_size; missing corners are zero.
+  // Returns out [Q,C], rows [Q,8] int64 (-1: missing), weights [Q,8].
+  m.def(
+      "sparse_trilinear_fwd(Tensor points, Tensor coords, Tensor features, "
+      "float[] voxel_size, float[] origin) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "sparse_trilinear_bwd(Tensor grad_out, Tensor rows, Tensor weights, int num_rows) "
+      "-> Tensor");
 }

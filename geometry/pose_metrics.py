@@ -20,6 +20,13 @@ translation directions of view pairs):
 - camera-centre accuracy CCA@thr (RelPose++): the share of aligned centres within
   ``thr`` times the scene extent of the true ones (:func:`camera_centre_accuracy`).
 
+The RelPose++ evaluation protocol (:func:`relpose_metrics`: ``rra5, rra15, rra30, cc10``)
+fixes the choices: RRA over all UNORDERED pairs ``i < j``; CC after the least-squares
+similarity of the centres (Umeyama, exact for 2 views and collinear centres), with the
+scene scale = the largest distance of a true centre from their centroid, threshold 10 %.
+Estimates are usually expressed relative to the first view (:func:`first_view_relative`);
+both metrics are invariant to that choice of frame.
+
 Every angle is :func:`geometry.so3.rotation_angle` (atan2-based, exact near 0 and 180 deg).
 Frames: poses are OpenCV camera-to-world ``T_world_cam [M, 4, 4]``, same order in both sets.
 """
@@ -40,9 +47,13 @@ from geometry.so3 import rotation_angle
 __all__ = [
     "PoseMetrics",
     "accuracy_under",
+    "average_relpose_metrics",
     "camera_centre_accuracy",
+    "first_view_relative",
     "pose_metrics",
     "relative_pose_errors",
+    "relpose_centre_errors",
+    "relpose_metrics",
     "relative_rotation_errors",
     "relative_translation_errors",
     "rotation_angle_deg",
@@ -269,3 +280,97 @@ def pose_metrics(T_world_cam_est: Tensor, T_world_cam_gt: Tensor,
         rel_trans_under_5=rta5, rel_trans_under_15=rta15, centre_under_10pct=cca,
         alignment=alignment,
     )
+
+
+# ------------------------------------------------------------------ RelPose++ protocol
+
+RELPOSE_RRA_DEG = (5.0, 15.0, 30.0)
+"""The relative-rotation thresholds of :func:`relpose_metrics` (degrees)."""
+RELPOSE_CC = 0.1
+"""The camera-centre threshold of :func:`relpose_metrics` (share of the scene scale)."""
+
+
+def first_view_relative(T_world_cam: Tensor) -> Tensor:
+    """Poses in the first camera's frame: ``T_cam0_cam_i = T_world_cam_0^-1 T_world_cam_i``
+    (``[M, 4, 4]``; the first is the identity), the frame relative pose estimators predict in.
+
+    Args:
+        T_world_cam: ``[M, 4, 4]`` camera-to-world poses.
+    """
+    return invert_T(T_world_cam[:1]) @ T_world_cam
+
+
+def _similarity_centres(src: Tensor, dst: Tensor) -> Tensor:
+    """``src [M, 3]`` moved by the least-squares similarity onto ``dst`` (Umeyama, as
+    RelPose++'s ``compute_optimal_alignment``: no rank check, so 2 points and collinear
+    points align exactly where they can; a single or all-coincident ``src`` only
+    translates)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    var = a.square().sum()
+    if float(var) == 0.0:
+        return src - mu_s + mu_d
+    U, S, Vh = torch.linalg.svd(b.T @ a)
+    D = torch.ones(3, dtype=src.dtype)
+    D[2] = torch.sign(torch.linalg.det(U @ Vh)) or 1.0
+    R = U @ torch.diag(D) @ Vh
+    scale = (S * D).sum() / var
+    return scale * a @ R.T + mu_d
+
+
+def relpose_centre_errors(T_world_cam_est: Tensor, T_world_cam_gt: Tensor) -> Tensor:
+    """``[M]`` RelPose++ camera-centre errors: the distance between the similarity-aligned
+    estimated centres and the true ones, divided by the scene scale (the largest distance
+    of a true centre from their centroid); NaN when all true centres coincide.
+
+    Args:
+        T_world_cam_est: ``[M, 4, 4]`` estimated poses (any frame and scale).
+        T_world_cam_gt: ``[M, 4, 4]`` ground truth.
+    """
+    c_est = T_world_cam_est.detach().double().cpu()[:, :3, 3]
+    c_gt = T_world_cam_gt.detach().double().cpu()[:, :3, 3]
+    scale = float((c_gt - c_gt.mean(0)).norm(dim=-1).max())
+    if scale == 0.0:
+        return torch.full((c_gt.shape[0],), math.nan, dtype=torch.float64)
+    return (_similarity_centres(c_est, c_gt) - c_gt).norm(dim=-1) / scale
+
+
+def relpose_metrics(T_world_cam_est: Tensor, T_world_cam_gt: Tensor) -> dict[str, float]:
+    """The RelPose++ evaluation of one set of M views: ``{"rra5", "rra15", "rra30",
+    "cc10"}``, fractions in ``[0, 1]``.
+
+    ``rraX``: share of the ``M (M - 1) / 2`` unordered pairs ``i < j`` whose relative
+    rotation is off by less than X degrees (:func:`relative_rotation_errors`).
+    ``cc10``: share of cameras whose centre lies within 10 % of the scene scale of the true
+    one after the similarity alignment (:func:`relpose_centre_errors`; 1 for 2 views).
+    Both are invariant to a similarity of either world, so the estimates may be in the
+    first view's frame (:func:`first_view_relative`) or any other. NaN for ``M < 2``.
+
+    Args:
+        T_world_cam_est: ``[M, 4, 4]`` estimated camera-to-world poses (OpenCV).
+        T_world_cam_gt: ``[M, 4, 4]`` ground truth, same order.
+    """
+    if T_world_cam_est.shape != T_world_cam_gt.shape or T_world_cam_est.dim() != 3:
+        raise ValueError("relpose_metrics needs two [M, 4, 4] pose stacks of the same "
+                         f"length, got {tuple(T_world_cam_est.shape)} and "
+                         f"{tuple(T_world_cam_gt.shape)}")
+    T_est = T_world_cam_est.detach().double().cpu()
+    T_gt = T_world_cam_gt.detach().double().cpu()
+    keys = [f"rra{int(t)}" for t in RELPOSE_RRA_DEG] + ["cc10"]
+    if T_est.shape[0] < 2:
+        return dict.fromkeys(keys, math.nan)
+    rra = accuracy_under(relative_rotation_errors(T_est, T_gt), RELPOSE_RRA_DEG)
+    err = relpose_centre_errors(T_est, T_gt)
+    cc = float((err < RELPOSE_CC).double().mean()) if not torch.isnan(err).any() else math.nan
+    return dict(zip(keys, [float(v) for v in rra] + [cc], strict=True))
+
+
+def average_relpose_metrics(per_set: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of :func:`relpose_metrics` over sets of the same view count (each set
+    weighs the same, as RelPose++ averages over sequences), ignoring NaN; NaN when empty."""
+    keys = [f"rra{int(t)}" for t in RELPOSE_RRA_DEG] + ["cc10"]
+    out = {}
+    for k in keys:
+        values = [m[k] for m in per_set if not math.isnan(m[k])]
+        out[k] = sum(values) / len(values) if values else math.nan
+    return out

@@ -1,5 +1,6 @@
-"""The ``pose`` command line: ``pose egoposer train|predict|eval|simulate`` and
-``pose sparseags`` (camera-pose refinement, :mod:`pose.camera.sparseags`).
+"""The ``pose`` command line: ``pose egoposer train|predict|eval|simulate``,
+``pose sparseags`` (camera-pose refinement, :mod:`pose.camera.sparseags`) and
+``pose aden train|predict|eval`` (camera poses from scratch, :mod:`pose.camera.aden`).
 
 Subcommands are dataclasses turned into a CLI by tyro; torch and the models are imported
 inside ``run`` so that ``pose --help`` stays fast. Errors a user can cause end in one line
@@ -22,7 +23,10 @@ from pose.body.egoposer.config import (
     TrainConfig,
     VisibilityMode,
 )
+from pose.camera.aden.cli import AdenCommand
+from pose.camera.sparp.cli import SpaRPCommand
 from pose.camera.sparseags.cli import SparseAGSCommand
+from pose.object.shapo.cli import ShapoCommand
 
 
 @dataclass
@@ -166,6 +170,9 @@ class EgoPoser:
 COMMANDS = {
     "egoposer": EgoPoser,
     "sparseags": SparseAGSCommand,
+    "sparp": SpaRPCommand,
+    "aden": AdenCommand,
+    "shapo": ShapoCommand,
 }
 
 
@@ -174,7 +181,8 @@ def main(args: list[str] | None = None) -> None:
 
     run_subcommands(COMMANDS, "pose",
                     "Pose from sparse observations (EgoPoser: full body from head and hand "
-                    "tracking; SparseAGS: camera poses of a few photos).", args)
+                    "tracking; SparseAGS, ADen, SpaRP: camera poses of a few photos; ShAPO: "
+                    "object shape priors and pose refinement).", args)
 
 
 if __name__ == "__main__":

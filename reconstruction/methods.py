@@ -13,7 +13,10 @@ import typing
 from geometry.errors import UserError
 from reconstruction.instantsplat import METHOD as INSTANTSPLAT
 from reconstruction.method import Method
+from reconstruction.neo360 import METHOD as NEO360
 from reconstruction.rdggs import METHOD as RDGGS
+from reconstruction.sparse3d import METHOD as SPARSE3D
+from reconstruction.upfusion import METHOD as UPFUSION
 
 if typing.TYPE_CHECKING:
     from geometry.cameras import Cameras
@@ -42,6 +45,9 @@ def unregister(name: str) -> None:
 
 register(INSTANTSPLAT)
 register(RDGGS)
+register(NEO360)
+register(UPFUSION)
+register(SPARSE3D)
 
 
 def _load_entry_points() -> None:

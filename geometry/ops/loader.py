@@ -181,3 +181,77 @@ def load_ops() -> None:
     """Make ``torch.ops.sparseview.*`` available, building the kernels on first use."""
     if _LOADED is None:
         build_ops()
+
+
+# --- CUDA compile check (`recon build-ops --cuda-compile-only`) ----------------------------
+# The architectures CI checks: A100 (sm_80) and H100/H200 (sm_90).
+CUDA_CHECK_ARCHS = ("80", "90")
+
+
+def find_nvcc() -> Path | None:
+    """nvcc from ``$CUDA_HOME/bin``, else ``PATH``, else ``/usr/local/cuda-13.0`` or
+    ``/usr/local/cuda``; None when there is none."""
+    import shutil
+
+    candidates = []
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc")
+    on_path = shutil.which("nvcc")
+    if on_path:
+        candidates.append(Path(on_path))
+    candidates += [Path("/usr/local/cuda-13.0/bin/nvcc"), Path("/usr/local/cuda/bin/nvcc")]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def cuda_compile_command(nvcc: Path, source: Path, output: Path) -> list[str]:
+    """The nvcc command that compiles one ``.cu`` (object only) for every checked arch."""
+    gencode = []
+    for arch in CUDA_CHECK_ARCHS:
+        gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    return [str(nvcc), *_CUDA_CFLAGS, "-std=c++17", "--threads", str(len(CUDA_CHECK_ARCHS)),
+            *gencode, "-I", str(source.parent), "-I", str(sources_dir()), "-c", str(source),
+            "-o", str(output)]
+
+
+def compile_cuda_sources(nvcc: Path | None = None, verbose: bool = False) -> list[Path]:
+    """Compile every ``.cu`` under ``cuda/`` with nvcc for sm_80 and sm_90 into objects in a
+    temporary folder (a compile check: nothing is linked or kept); returns the sources.
+
+    Needs no GPU and no torch CUDA headers (the kernels use the CUDA runtime only). Raises
+    :class:`~geometry.errors.UserError` when nvcc is missing or a file does not compile
+    (nvcc's own messages go to stderr with ``verbose``; the first error line is in the
+    sentence).
+    """
+    import subprocess
+    import sys
+    import tempfile
+
+    from geometry.errors import UserError
+    from geometry.progress import log_stage
+
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise UserError("nvcc (the CUDA compiler) was not found: install the CUDA toolkit and "
+                        "set CUDA_HOME or put nvcc on PATH to check the CUDA sources.")
+    root = sources_dir()
+    sources = sorted(root.rglob("*.cu"))
+    with tempfile.TemporaryDirectory(prefix="sparseview-nvcc-") as tmp:
+        for index, source in enumerate(sources):
+            name = source.relative_to(root.parent)
+            log_stage(f"nvcc {name} (sm_{', sm_'.join(CUDA_CHECK_ARCHS)})…")
+            command = cuda_compile_command(nvcc, source, Path(tmp) / f"{index}.o")
+            result = subprocess.run(command, capture_output=True, text=True)
+            output = (result.stdout + result.stderr).strip()
+            if verbose and output:
+                print(output, file=sys.stderr)
+            if result.returncode != 0:
+                lines = output.splitlines()
+                first = next((line for line in lines if "error" in line.lower()),
+                             lines[0] if lines else f"exit status {result.returncode}")
+                raise UserError(f"{name} does not compile with {nvcc} for "
+                                f"sm_{'/sm_'.join(CUDA_CHECK_ARCHS)} ({first.strip()}); "
+                                "fix it (rerun with --verbose for nvcc's full output).")
+    return sources

@@ -15,7 +15,8 @@ import functools
 import torch
 from torch import Tensor, nn
 
-from geometry.ops.voxelize import grid_size, voxelize
+from geometry.ops.sparse_voxel import voxel_scatter
+from geometry.ops.voxelize import grid_size
 from perception.sparsefusion.config import SparseFusionConfig
 
 
@@ -49,7 +50,9 @@ def spconv_module():
 
 def voxelize_batch(points: list[Tensor], config: SparseFusionConfig
                    ) -> tuple[Tensor, Tensor, Tensor]:
-    """Voxelize each sample and average the points of each voxel.
+    """Voxelize each sample and average the points of each voxel (the sparse-voxel scatter
+    op: the first ``max_points`` points of each of the first ``max_voxels`` voxels, as mmcv's
+    hard voxelization keeps them, then their mean).
 
     Args:
         points: per sample ``[N_i, C]`` (x, y, z, intensity, time lag) in the LiDAR frame.
@@ -61,10 +64,10 @@ def voxelize_batch(points: list[Tensor], config: SparseFusionConfig
     vc = config.voxel
     feats, coords, counts = [], [], []
     for b, pts in enumerate(points):
-        voxels, coord, num = voxelize(pts, vc.voxel_size, vc.point_range, vc.max_points,
-                                      vc.max_voxels)
-        mean = voxels.sum(1) / num.clamp(min=1)[:, None].to(voxels.dtype)
-        feats.append(mean)
+        scatter = voxel_scatter(pts, None, vc.voxel_size, vc.point_range, vc.max_points,
+                                vc.max_voxels)
+        coord = scatter.coords.flip(1)  # (x, y, z) -> spconv's (z, y, x)
+        feats.append(scatter.mean)
         batch_column = torch.full((coord.shape[0], 1), b, dtype=torch.int32, device=coord.device)
         coords.append(torch.cat([batch_column, coord], dim=1))
         counts.append(coord.shape[0])

@@ -7,6 +7,9 @@ Object frame: the object's canonical frame of its class (centred on the object's
 box, axes of the class's canonical orientation), so that ``T_cam_obj`` maps object points
 to camera points (OpenCV axes: x right, y down, z forward) and ``scale`` gives the box's
 extent along the object's axes, in metres.
+
+ShAPO lives in :mod:`pose.object.shapo`: the NOCS metrics, generated tabletop RGB-D scenes,
+the NOCS REAL275/CAMERA reader, the shape/appearance priors and the test-time refinement.
 """
 
 from __future__ import annotations

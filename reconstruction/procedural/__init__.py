@@ -11,6 +11,8 @@ kind        cameras                                         world
 ``arc``     an arc in front of the scene (shipped sample)   quad world: floor, wall, boxes
 ``orbit``   an arc around the objects                       object world: spheres, boxes
 ``forward`` LLFF-like forward-facing grid                   object world with a back wall
+``outdoor`` a full circle around the objects (360 rig)      :mod:`.outdoor`: wide ground,
+                                                            buildings far away, sky
 ==========  ==============================================  ==============================
 
 ``SceneConfig.textureless`` paints a share of the objects (the largest first) one uniform

@@ -1,7 +1,7 @@
 """Scene configuration, camera layouts and rendering of views with their ground truth.
 
 Cameras are OpenCV (x right, y down, z forward), principal point at the image centre,
-square pixels. Three layouts (``SceneConfig.kind``), each with its world:
+square pixels. Four layouts (``SceneConfig.kind``), each with its world:
 
 - ``arc`` (quad world, the shipped sample): cameras on an arc in front of the scene
   (``arc_deg`` wide, radius ``radius``, about ``camera_height`` high), looking at the scene
@@ -18,7 +18,9 @@ square pixels. Three layouts (``SceneConfig.kind``), each with its world:
 - ``orbit`` (object world): cameras on an arc around the objects (``arc_deg`` wide, gently
   varying elevation about ``elevation_deg``), all looking at the scene centre;
 - ``forward`` (object world with a back wall): LLFF-like forward-facing cameras on a small
-  grid, looking along +y at the objects.
+  grid, looking along +y at the objects;
+- ``outdoor`` (:mod:`.outdoor`: objects on a wide ground, distant buildings, sky): a
+  360-degree rig around the objects (``arc_deg`` 360, radius varying by 8 %).
 
 Every pixel's colour averages ``supersample^2`` rays (anti-aliasing). Depth, object ids and
 object coordinates come from ONE ray per pixel: the sub-pixel ray nearest the pixel centre
@@ -37,13 +39,14 @@ import numpy as np
 from geometry.cameras import Cameras
 from reconstruction.procedural.worlds import ObjectWorld, QuadWorld, object_world, quad_world
 
-Kind = Literal["arc", "orbit", "forward"]
+Kind = Literal["arc", "orbit", "forward", "outdoor"]
 
 #: What a ``None`` field of :class:`SceneConfig` means for each kind.
 KIND_DEFAULTS: dict[str, dict[str, float | int]] = {
     "arc": {"fov_x_deg": 55.0, "supersample": 2, "arc_deg": 30.0, "radius": 3.2},
     "orbit": {"fov_x_deg": 60.0, "supersample": 3, "arc_deg": 150.0, "radius": 4.0},
     "forward": {"fov_x_deg": 60.0, "supersample": 3, "arc_deg": 150.0, "radius": 4.0},
+    "outdoor": {"fov_x_deg": 60.0, "supersample": 2, "arc_deg": 360.0, "radius": 4.0},
 }
 
 
@@ -92,6 +95,10 @@ def make_world(config: SceneConfig) -> QuadWorld | ObjectWorld:
     """The world (scene content) of a config: the quad world for ``arc``, else objects."""
     if config.kind == "arc":
         return quad_world(config.seed, config.textureless)
+    if config.kind == "outdoor":
+        from reconstruction.procedural.outdoor import outdoor_world
+
+        return outdoor_world(config.num_objects, config.seed, config.textureless)
     return object_world(config.kind, config.num_objects, config.seed, config.textureless)
 
 
@@ -131,6 +138,18 @@ def camera_poses(config: SceneConfig) -> np.ndarray:
                 math.cos(elevation) * math.cos(azimuth),
                 math.cos(elevation) * math.sin(azimuth),
                 math.sin(elevation)])
+            poses.append(look_at(eye, target))
+    elif config.kind == "outdoor":  # a 360-degree rig (arc_deg 360: a full circle)
+        target = np.array([0.0, 0.0, 0.35])
+        full = config.arc_deg >= 360.0
+        for i in range(n):
+            u = i / n if full else i / max(1, n - 1)
+            azimuth = math.radians(config.seed * 37.0 + config.arc_deg * u)
+            elevation = math.radians(config.elevation_deg + 5.0 * math.sin(3.0 * azimuth))
+            radius = config.radius * (1.0 + 0.08 * math.sin(2.0 * azimuth + config.seed))
+            eye = target + radius * np.array([math.cos(elevation) * math.cos(azimuth),
+                                              math.cos(elevation) * math.sin(azimuth),
+                                              math.sin(elevation)])
             poses.append(look_at(eye, target))
     else:
         cols = max(1, int(math.ceil(math.sqrt(n * 1.5))))

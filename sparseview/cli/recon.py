@@ -1,4 +1,5 @@
-"""The ``recon`` command line: ``fit``, ``eval``, ``view``, ``render`` and ``build-ops``.
+"""The ``recon`` command line: ``fit``, ``eval``, ``view``, ``render``, ``build-ops`` and the
+training commands of learned methods (``neo360``, ``upsrt``, ``sparse3d``).
 
 Subcommands are dataclasses turned into a CLI by tyro; heavy modules are imported inside
 ``run`` so that ``recon --help`` stays fast. ``fit`` and ``eval`` take ``--method NAME``
@@ -27,11 +28,20 @@ class BuildOps:
 
     verbose: bool = False
     """Show the compiler's output."""
+    cuda_compile_only: bool = False
+    """Only check that every CUDA source (cuda/**/*.cu) compiles with nvcc for sm_80 and
+    sm_90 (objects in a temporary folder; no GPU needed); exit 2 naming the file that fails."""
 
     def run(self) -> None:
         from geometry.ops.loader import build_ops, build_plan
         from geometry.progress import log_stage
 
+        if self.cuda_compile_only:
+            from geometry.ops.loader import compile_cuda_sources
+
+            sources = compile_cuda_sources(verbose=self.verbose)
+            print(f"CUDA sources compile for sm_80 and sm_90: {len(sources)} file(s)")
+            return
         plan = build_plan()
         if (plan.build_dir / f"{plan.name}.so").is_file():
             log_stage(f"native kernels already built for this machine in {plan.build_dir}")
@@ -186,7 +196,28 @@ def commands(argv: list[str]) -> dict[str, type]:
         "view": View,
         "render": Render,
         "build-ops": BuildOps,
+        "neo360": _neo360_command(),
+        "upsrt": _upsrt_command(),
+        "sparse3d": _sparse3d_command(),
     }
+
+
+def _upsrt_command() -> type:
+    from reconstruction.upfusion.cli import UpSRTCommand
+
+    return UpSRTCommand
+
+
+def _sparse3d_command() -> type:
+    from reconstruction.sparse3d.cli import Sparse3DCommand
+
+    return Sparse3DCommand
+
+
+def _neo360_command() -> type:
+    from reconstruction.neo360.cli import NeO360Command
+
+    return NeO360Command
 
 
 def main() -> None:

@@ -42,7 +42,6 @@ OpenAI-format visual tower by :func:`clip_visual_mapping`.
 
 from __future__ import annotations
 
-import functools
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,16 @@ from torch import Tensor
 
 from geometry.errors import UserError
 from reconstruction.engine.losses import LossTerm
+from reconstruction.generative.cameras import look_at
+from reconstruction.generative.ldm import (
+    materialise,
+    read_key_list,
+    trace_converter,
+    unet_config_from_ldm,
+    vae_config_from_ldm,
+)
+from reconstruction.generative.schedule import sds_weight
+from reconstruction.generative.sds import distillation_loss
 
 if typing.TYPE_CHECKING:  # prior.py re-exports this module lazily: no runtime import back
     from pose.camera.sparseags.prior import PriorConfig
@@ -111,43 +120,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------------- architecture
-
-
-def unet_config_from_ldm(unet: dict, image_size: int, vae_levels: int) -> dict:
-    """diffusers ``UNet2DConditionModel`` config of an LDM ``openaimodel.UNetModel`` (SD 1.x
-    layout; the same translation as diffusers' ``create_unet_diffusers_config_from_ldm``)."""
-    block_out = [unet["model_channels"] * m for m in unet["channel_mult"]]
-    down, up = [], []
-    resolution = 1
-    for i in range(len(block_out)):
-        attn = resolution in unet["attention_resolutions"]
-        down.append("CrossAttnDownBlock2D" if attn else "DownBlock2D")
-        if i != len(block_out) - 1:
-            resolution *= 2
-    for _ in range(len(block_out)):
-        attn = resolution in unet["attention_resolutions"]
-        up.append("CrossAttnUpBlock2D" if attn else "UpBlock2D")
-        resolution //= 2
-    return {
-        "sample_size": image_size // 2 ** (vae_levels - 1),
-        "in_channels": unet["in_channels"], "out_channels": unet["out_channels"],
-        "down_block_types": down, "up_block_types": up, "block_out_channels": block_out,
-        "layers_per_block": unet["num_res_blocks"], "cross_attention_dim": unet["context_dim"],
-        "attention_head_dim": unet["num_heads"], "use_linear_projection": False,
-        "transformer_layers_per_block": unet["transformer_depth"],
-    }
-
-
-def vae_config_from_ldm(vae: dict, scale_factor: float) -> dict:
-    """diffusers ``AutoencoderKL`` config of an LDM ``AutoencoderKL``."""
-    block_out = [vae["ch"] * m for m in vae["ch_mult"]]
-    return {
-        "sample_size": vae["resolution"], "in_channels": vae["in_channels"],
-        "out_channels": vae["out_ch"], "down_block_types": ["DownEncoderBlock2D"] * len(block_out),
-        "up_block_types": ["UpDecoderBlock2D"] * len(block_out), "block_out_channels": block_out,
-        "latent_channels": vae["z_channels"], "layers_per_block": vae["num_res_blocks"],
-        "scaling_factor": scale_factor,
-    }
 
 
 def clip_config_from_openai(clip: dict) -> dict:
@@ -341,9 +313,8 @@ class Zero123Prior(torch.nn.Module):
         with torch.no_grad():
             noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
             eps = self.predict_noise(noisy, t, cond, cameras, guidance_scale)
-            grad = torch.nan_to_num((1 - a) * (eps - noise))
-            target = latents - grad
-        return 0.5 * ((latents.float() - target.float()) ** 2).sum()
+            grad = sds_weight(self.alphas_cumprod, t).view(-1, 1, 1, 1) * (eps - noise)
+        return distillation_loss(latents, grad)
 
     def sds_loss(self, images: Tensor, cond: Zero123Conditioning, cameras: Tensor,
                  generator: torch.Generator, guidance_scale: float = 5.0, t_min: float = 0.02,
@@ -384,18 +355,7 @@ def relative_cameras(T_cam_world_target: Tensor, T_cam_world_cond: Tensor,
 def official_keys() -> dict[str, tuple[int, ...]]:
     """The published 6-DoF Zero123 checkpoint's state-dict keys and shapes (EMA copies
     left out), from ``zero123_6dof_keys.txt``."""
-    return dict(_read_key_list())
-
-
-@functools.lru_cache(maxsize=1)
-def _read_key_list() -> tuple[tuple[str, tuple[int, ...]], ...]:
-    rows = []
-    for line in KEY_LIST.read_text().splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, shape = line.split()
-        rows.append((name, () if shape == "-" else tuple(int(s) for s in shape.split(","))))
-    return tuple(rows)
+    return read_key_list(KEY_LIST)
 
 
 def clip_visual_mapping(num_layers: int) -> dict[str, tuple[str, str]]:
@@ -423,20 +383,7 @@ def clip_visual_mapping(num_layers: int) -> dict[str, tuple[str, str]]:
     return m
 
 
-def _trace(convert, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[str, str]]:
-    """Run a diffusers converter on meta tensors and read back which source key each
-    output came from (identity, or the base of a view)."""
-    src = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    ids = {id(t): k for k, t in src.items()}
-    out = {}
-    for key, t in convert(src).items():
-        if t is None:
-            continue
-        base = t if id(t) in ids else t._base
-        if base is None or id(base) not in ids:
-            raise RuntimeError(f"cannot trace {key} to a source key")  # a converter change
-        out[key] = (ids[id(base)], "copy" if base is t else "reshape")
-    return out
+_trace = trace_converter  # the generic tracer (reconstruction.generative.ldm)
 
 
 def ldm_mapping(shapes: dict[str, tuple[int, ...]],
@@ -563,19 +510,7 @@ def _convert(state: dict[str, Tensor], arch: Zero123Architecture, path: Path,
     return out
 
 
-def _materialise(module: torch.nn.Module, state: dict[str, Tensor]) -> None:
-    """Load ``state`` into a module built on the meta device (and rebuild constant buffers)."""
-    module.load_state_dict(state, strict=False, assign=True)
-    for name, buf in list(module.named_buffers()):
-        if buf.is_meta:
-            if not name.endswith("position_ids"):
-                raise RuntimeError(f"buffer {name} was not loaded")
-            owner = module.get_submodule(name.rsplit(".", 1)[0])
-            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(1, -1),
-                                  persistent=False)
-    left = [n for n, p in module.named_parameters() if p.is_meta]
-    if left:
-        raise RuntimeError(f"parameter {left[0]} was not loaded")
+_materialise = materialise  # reconstruction.generative.ldm
 
 
 def _load_diffusers_folder(path: Path) -> dict[str, torch.nn.Module]:
@@ -689,20 +624,6 @@ def _square_crop(image: Tensor, mask: Tensor | None) -> tuple[Tensor, int]:
     y0 = int(min(max(round(cy - side / 2), 0), h - side))
     x0 = int(min(max(round(cx - side / 2), 0), w - side))
     return image[y0:y0 + side, x0:x0 + side], side
-
-
-def look_at(position: Tensor, up: Tensor) -> Tensor:
-    """``T_cam_world [B, 4, 4]`` (OpenCV) of cameras at ``position [B, 3]`` looking at the
-    origin with image-up along ``up [3]``."""
-    z = -position / position.norm(dim=-1, keepdim=True)
-    x = torch.linalg.cross(-up.expand_as(z), z, dim=-1)
-    x = x / x.norm(dim=-1, keepdim=True)
-    y = torch.linalg.cross(z, x, dim=-1)
-    R = torch.stack([x, y, z], -2)
-    T = torch.eye(4, dtype=position.dtype, device=position.device).repeat(len(position), 1, 1)
-    T[:, :3, :3] = R
-    T[:, :3, 3] = -(R @ position[..., None])[..., 0]
-    return T
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""Configuration dataclasses of ADen (no torch import, so the CLI starts fast).
+
+:class:`AdenConfig` is the architecture (stored in the checkpoint's ``config.json`` and
+read back by predict/eval); :class:`AdenTrainConfig` the optimisation; :class:`SynthData`
+the synthetic object sequences trained and evaluated on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+AdenMode = Literal["aden", "regression", "grid"]
+"""aden: generator + discriminator (adaptive density); regression: the generator with one
+hypothesis and no discriminator (direct regression, M = 1); grid: the discriminator alone
+scoring a fixed uniform rotation grid (RelPose-style), translation regressed."""
+
+
+@dataclass
+class AdenConfig:
+    """Architecture of the ADen network (and of its two baselines)."""
+
+    mode: AdenMode = "aden"
+    """aden (generator + discriminator), regression (M = 1, no discriminator) or grid
+    (uniform rotation grid scored by the discriminator, RelPose-style)."""
+    image_size: int = 64
+    """Side (pixels) of the square crops the encoder sees."""
+    widths: tuple[int, ...] = (24, 48, 96, 192)
+    """Channels of the ResNet stages (each stage halves the resolution; a stride-2 stem
+    comes first)."""
+    blocks: int = 1
+    """Residual blocks per stage."""
+    backbone_weights: str | None = None
+    """Optional local .safetensors file with ImageNet-initialised encoder weights (keys as
+    in this encoder's state dict, prefix ``encoder.``); from scratch otherwise."""
+    d_model: int = 128
+    """Width of the view tokens and of the fusion transformer."""
+    layers: int = 2
+    """Transformer encoder layers fusing the views."""
+    heads: int = 4
+    """Attention heads."""
+    hidden: int = 256
+    """Hidden width of the generator and discriminator MLPs."""
+    queries: int = 32
+    """M: learnable queries, one pose hypothesis each per non-first view in training (1 in
+    regression mode)."""
+    noise_dim: int = 16
+    """Dimension of the Gaussian noise added to each query (0 in regression mode)."""
+    hypotheses: int = 500
+    """Hypotheses per non-first view at inference (queries x noise draws), argmax score."""
+    grid_size: int = 20000
+    """Rotations of the uniform grid scored at inference in grid mode."""
+    pose_frequencies: int = 4
+    """Fourier frequencies of the pose encoding the discriminator reads."""
+    translation_weight: float = 0.5
+    """Weight of the squared translation error against the chordal rotation error in the
+    hypothesis-nearest loss (and in choosing the nearest hypothesis)."""
+    temperature: float = 1.0
+    """Softmax temperature of the contrastive discriminator loss."""
+    random_negatives: int = 32
+    """Uniformly random rotations added as negatives to the discriminator's candidates (in
+    grid mode the only negatives, with the GT translation)."""
+    negative_margin_deg: float = 5.0
+    """Generated hypotheses closer than this to the GT rotation are not negatives."""
+    focal_ndc: float = 2.0
+    """Focal length assumed for predicted cameras, in units of half the shorter image side
+    (CO3D's isotropic NDC); the network does not estimate intrinsics."""
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        if self.mode == "regression":
+            self.queries, self.noise_dim, self.hypotheses = 1, 0, 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (``from_dict`` reads it back)."""
+        out = asdict(self)
+        out["widths"] = list(self.widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdenConfig:
+        """The config of a ``to_dict`` dict; unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class AdenTrainConfig:
+    """Optimisation of ADen."""
+
+    steps: int = 20000
+    """Training steps (the run also stops at --max-minutes, with a checkpoint)."""
+    batch: int = 8
+    """Sequences per step (per process under DDP)."""
+    views: str = "2-8"
+    """Views per sequence: a range 'A-B' drawn uniformly each step, or one number."""
+    lr: float = 3e-4
+    """AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up (then a cosine decay over the steps or the time)."""
+    checkpoint_every_s: float = 120.0
+    """Seconds between checkpoints."""
+    log_every: int = 20
+    """Steps between progress/log updates."""
+    seed: int = 0
+    """Seed of the model initialisation and of the batch sampling."""
+
+    def view_range(self) -> tuple[int, int]:
+        """``(min, max)`` views parsed from :attr:`views` (ValueError when malformed)."""
+        text = str(self.views).strip()
+        lo, _, hi = text.partition("-")
+        lo_i = int(lo)
+        hi_i = int(hi) if hi else lo_i
+        if lo_i < 2 or hi_i < lo_i:
+            raise ValueError(f"views {self.views!r}: need 2 <= A <= B")
+        return lo_i, hi_i
+
+
+@dataclass
+class SynthData:
+    """Synthetic object sequences (reconstruction.procedural.objects), rendered once and
+    cached in memory."""
+
+    sequences: int = 400
+    """Training sequences (objects), each rendered from ``frames`` cameras."""
+    frames: int = 10
+    """Cameras per sequence; each batch draws its views among them."""
+    render_size: int | None = None
+    """Side (pixels) of the rendered views (default: the model's image size)."""
+    supersample: int = 1
+    """Colour rays per pixel along each axis (anti-aliasing; the time grows with its
+    square)."""
+    seed: int = 0
+    """Seed of the training objects (sequence seeds seed * 100000 + k); evaluate on
+    another."""
+    background: bool = True
+    """Textured ground and sky (they can give away the pose of a symmetric object);
+    False: a plain grey backdrop."""
+    cache: str | None = None
+    """Folder caching the rendered sequences (read when it holds the same ones, else
+    written)."""
+    workers: int = 0
+    """Rendering processes (0: this one)."""

@@ -1,0 +1,29 @@
+"""ADen as a ``recon fit`` initialiser: :func:`register_aden` adds
+``INITIALISERS["aden"]`` (cameras from ADen, cloud from the base initialiser triangulated
+with them; :func:`pose.camera.initialiser.camera_estimator_initialiser`). The checkpoint is
+loaded on first use only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["register_aden"]
+
+
+def register_aden(checkpoint: str | Path, base: str = "sfm", name: str = "aden",
+                  seed: int = 0) -> str:
+    """Register ADen with ``checkpoint`` as ``INITIALISERS[name]`` and return ``name`` (pass
+    it as ``FitConfig.init``).
+
+    Raises:
+        UserError: ``checkpoint`` is not an ADen checkpoint folder (checked now, so that
+            ``recon fit`` fails before any work).
+    """
+    from geometry.training import read_checkpoint_config
+    from pose.camera.aden.predict import AdenEstimator
+    from pose.camera.aden.train import KIND
+    from pose.camera.initialiser import register_camera_estimator
+
+    read_checkpoint_config(Path(checkpoint), kind=KIND)
+    register_camera_estimator(name, lambda: AdenEstimator(checkpoint, seed=seed), base=base)
+    return name

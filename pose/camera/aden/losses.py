@@ -1,0 +1,124 @@
+"""ADen's losses: the hypothesis-nearest generator loss and the contrastive discriminator
+loss, plus the training objective of each mode (:func:`aden_loss`).
+
+Pose distance (:func:`pose_distance`): the chordal rotation error ``||R - R_gt||_F^2``
+(``= 4 (1 - cos angle)``, smooth everywhere, unlike the angle itself) plus
+``w ||t - t_gt||^2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from geometry.so3 import random_rotation
+
+__all__ = ["aden_loss", "contrastive_discriminator_loss", "hypothesis_nearest_loss",
+           "pose_distance"]
+
+
+def pose_distance(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor,
+                  translation_weight: float) -> Tensor:
+    """``||R - R_gt||_F^2 + w ||t - t_gt||^2`` with broadcasting, ``[...]``.
+
+    Args:
+        R: ``[..., 3, 3]``; t: ``[..., 3]``; R_gt, t_gt broadcastable to them.
+    """
+    rot = (R - R_gt).square().sum((-1, -2))
+    return rot + translation_weight * (t - t_gt).square().sum(-1)
+
+
+def hypothesis_nearest_loss(R_h: Tensor, t_h: Tensor, R_gt: Tensor, t_gt: Tensor,
+                            translation_weight: float) -> tuple[Tensor, Tensor]:
+    """Mean over views of the distance of the hypothesis nearest the ground truth (only that
+    hypothesis gets a gradient, so the others stay free to cover other modes).
+
+    Args:
+        R_h: ``[..., H, 3, 3]`` hypotheses; t_h: ``[..., H, 3]``.
+        R_gt: ``[..., 3, 3]``; t_gt: ``[..., 3]``.
+        translation_weight: ``w`` of :func:`pose_distance`.
+
+    Returns:
+        The loss (scalar) and the index of the nearest hypothesis ``[...]``.
+    """
+    d = pose_distance(R_h, t_h, R_gt[..., None, :, :], t_gt[..., None, :], translation_weight)
+    best, idx = d.min(-1)
+    return best.mean(), idx
+
+
+def contrastive_discriminator_loss(scores: Tensor, valid: Tensor | None = None,
+                                   temperature: float = 1.0) -> Tensor:
+    """InfoNCE with the ground truth (candidate 0) as the positive among the candidates.
+
+    ``mean(logsumexp(s_valid / T) - s_0 / T)``: the cross entropy of picking candidate 0.
+
+    Args:
+        scores: ``[..., 1 + N]``, candidate 0 the ground truth.
+        valid: ``[..., 1 + N]`` bool, False for candidates left out (negatives too close to
+            the ground truth); candidate 0 is always used.
+        temperature: softmax temperature ``T``.
+    """
+    s = scores / temperature
+    if valid is not None:
+        valid = valid.clone()
+        valid[..., 0] = True
+        s = s.masked_fill(~valid, -math.inf)
+    return (torch.logsumexp(s, -1) - s[..., 0]).mean()
+
+
+def aden_loss(net, batch: dict) -> dict[str, Tensor]:
+    """The training objective of ``net`` (an :class:`~pose.camera.aden.model.AdenNet`; its
+    ``forward`` calls this, so that a DDP-wrapped model syncs every gradient) on a batch of
+    ``images [B, V, 3, S, S]``, ``R_rel [B, V-1, 3, 3]``, ``t_rel [B, V-1, 3]``.
+
+    - aden: hypothesis-nearest loss of the M generated hypotheses + the contrastive loss of
+      the discriminator over (GT, the detached hypotheses farther than the margin from the
+      GT, uniformly random rotations with the GT translation);
+    - regression: the same generator loss with one hypothesis;
+    - grid: the contrastive loss over (GT rotation, random rotations), plus the squared
+      error of the regressed translation.
+
+    Returns ``{"loss", "gen", "disc", "rot_err_deg"}`` (the last: mean angle of the nearest
+    hypothesis, for the log).
+    """
+    c = net.config
+    images, R_gt, t_gt = batch["images"], batch["R_rel"], batch["t_rel"]
+    fused = net.encode(images)
+    zero = images.new_zeros(())
+    if c.mode == "grid":
+        _, t_reg = net.generate(fused, 1)
+        gen = (t_reg[:, :, 0] - t_gt).square().sum(-1).mean() * c.translation_weight
+        R_h = None
+    else:  # the noise from the batch's seed: a step is reproducible (DDP, resume)
+        noise = torch.Generator().manual_seed(int(batch.get("seed", 0)) + 1)
+        R_h, t_h = net.generate(fused, generator=noise)
+        gen, idx = hypothesis_nearest_loss(R_h, t_h, R_gt, t_gt, c.translation_weight)
+    if c.mode == "regression":
+        disc = zero
+    else:
+        B, V1 = R_gt.shape[:2]
+        gen_rand = torch.Generator(device="cpu").manual_seed(int(batch.get("seed", 0)))
+        R_rand = random_rotation((B, V1, c.random_negatives), generator=gen_rand).to(R_gt)
+        t_rand = t_gt[:, :, None].expand(-1, -1, c.random_negatives, -1)
+        cand_R = [R_gt[:, :, None], R_rand]
+        cand_t = [t_gt[:, :, None], t_rand]
+        valid = [torch.ones(B, V1, 1 + c.random_negatives, dtype=torch.bool,
+                            device=R_gt.device)]
+        if c.mode == "aden":
+            R_neg, t_neg = R_h.detach(), t_h.detach()
+            cos = ((R_neg * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
+            far = cos < math.cos(math.radians(c.negative_margin_deg))
+            cand_R.append(R_neg)
+            cand_t.append(t_neg)
+            valid.append(far)
+        scores = net.score(fused, torch.cat(cand_R, 2), torch.cat(cand_t, 2))
+        disc = contrastive_discriminator_loss(scores, torch.cat(valid, -1), c.temperature)
+    out = {"loss": gen + disc, "gen": gen.detach(), "disc": disc.detach()}
+    if R_h is not None:
+        with torch.no_grad():
+            R_best = R_h.gather(2, idx[..., None, None, None].expand(-1, -1, 1, 3, 3))[:, :, 0]
+            cos = ((R_best * R_gt).sum((-1, -2)) - 1) / 2
+            out["rot_err_deg"] = torch.rad2deg(torch.acos(cos.clamp(-1, 1))).mean()
+    return out

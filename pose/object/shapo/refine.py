@@ -1,0 +1,237 @@
+"""ShAPO's test-time optimisation: pose, scale, shape and appearance codes of one object,
+refined against its masked depth points and colours.
+
+Per iteration (Adam, one learning rate per group of unknowns):
+
+- **surface points**: octree points of the current shape (:func:`octree_surface_points`,
+  re-extracted every ``reextract_every`` iterations, no gradient) moved onto the surface by
+  one Newton step ``x - f(z, x) n`` whose ``f`` carries the gradient to the shape code,
+  then posed into the camera (``s R x + t``);
+- **depth term** (ShAPO's): every observed point's distance to its nearest surface point,
+  truncated at ``inlier_m`` (points farther away, e.g. a wrong mask, do not pull);
+- **SDF term**: ``|f(z, x_obs)|`` at the observed points mapped into the object frame,
+  truncated likewise (a dense gradient for pose and shape);
+- **colour term**: L1 between the observed colours and the appearance decoder at the
+  observed points that lie on the surface;
+- **code prior**: ``|z - z_init|^2`` keeps the codes near where they started.
+
+The pose is ``R = R_init exp(omega)``, ``t``, scale ``s = diag`` (metres, in log space).
+The box size is ``s`` times the extent of the final surface points (0.5-99.5 %
+quantiles per axis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from pose.object.shapo.surface import octree_surface_points
+
+__all__ = ["ObjectState", "RefineConfig", "depth_to_surface", "masked_points", "refine_object",
+           "shape_size"]
+
+
+@dataclass
+class RefineConfig:
+    """Test-time optimisation of one object."""
+
+    iterations: int = 60
+    """Adam iterations."""
+    lr_rotation: float = 0.01
+    """Learning rate of the rotation increment (radians)."""
+    lr_translation: float = 0.002
+    """Learning rate of the translation (metres)."""
+    lr_scale: float = 0.01
+    """Learning rate of the log scale."""
+    lr_shape: float = 0.01
+    """Learning rate of the shape code."""
+    lr_appearance: float = 0.02
+    """Learning rate of the appearance code."""
+    inlier_m: float = 0.02
+    """Truncation of the depth and SDF residuals (metres)."""
+    depth_weight: float = 1.0
+    """Weight of the nearest-surface-point term."""
+    sdf_weight: float = 1.0
+    """Weight of the SDF-at-observations term."""
+    color_weight: float = 0.02
+    """Weight of the colour term."""
+    code_weight: float = 1e-4
+    """Weight of the code prior (per code, squared distance to the start)."""
+    max_points: int = 800
+    """Observed points used (a fixed random subset)."""
+    surface_points: int = 1500
+    """Octree surface points used per iteration."""
+    octree_depth: int = 4
+    """Octree subdivisions of the surface extraction (8^3 cells first)."""
+    reextract_every: int = 10
+    """Iterations between two octree extractions."""
+    seed: int = 0
+    """Seed of the point subsets."""
+
+
+@dataclass
+class ObjectState:
+    """One object's unknowns (object-to-camera pose, scale = box diagonal in metres)."""
+
+    R: Tensor  # [3, 3]
+    t: Tensor  # [3]
+    scale: float
+    z_shape: Tensor  # [Ds]
+    z_app: Tensor  # [Da]
+    size: Tensor | None = None
+    """``[3]`` box extents (metres), when known."""
+    history: list[float] = field(default_factory=list)
+
+    def T_cam_obj(self) -> Tensor:
+        T = torch.eye(4, dtype=self.R.dtype)
+        T[:3, :3], T[:3, 3] = self.R, self.t
+        return T
+
+
+def _nn_truncated(obs: Tensor, surf: Tensor, cap: float) -> Tensor:
+    """``[N]`` distance of each observed point to its nearest surface point, capped."""
+    d = torch.cdist(obs, surf).min(1).values
+    return d.clamp(max=cap)
+
+
+@torch.no_grad()
+def depth_to_surface(priors, state: ObjectState, points: Tensor, cap: float = 0.02,
+                     depth: int = 5) -> float:
+    """Mean distance (metres, each capped at ``cap``) of observed points ``[N, 3]``
+    (camera frame) to the object's posed surface (octree points)."""
+    fn = _sdf_fn(priors, state.z_shape)
+    surf = octree_surface_points(fn, depth=depth, max_cells=50000)
+    if len(surf) == 0:
+        return cap
+    from scipy.spatial import cKDTree
+
+    posed = (state.scale * surf @ state.R.T + state.t).double().numpy()
+    d, _ = cKDTree(posed).query(points.double().numpy(), k=1)
+    return float(d.clip(max=cap).mean())
+
+
+def _sdf_fn(priors, z: Tensor):
+    return lambda x: priors.sdf(z, x)
+
+
+def refine_object(priors, points: Tensor, colors: Tensor | None, init: ObjectState,
+                  config: RefineConfig | None = None) -> ObjectState:
+    """Refine one object's pose, scale and codes (see the module docstring).
+
+    Args:
+        priors: a :class:`~pose.object.shapo.priors.PriorModel` (or any object with
+            ``sdf(z, x)`` and ``color(z_app, z_shape, x)``); its weights stay fixed.
+        points: ``[N, 3]`` observed points of the object (camera frame, metres).
+        colors: ``[N, 3]`` their colours in [0, 1], or None.
+        init: the starting state (e.g. the single-shot prediction).
+    """
+
+    config = config or RefineConfig()
+    g = torch.Generator().manual_seed(config.seed)
+    if len(points) > config.max_points:
+        pick = torch.randperm(len(points), generator=g)[:config.max_points]
+        points = points[pick]
+        colors = colors[pick] if colors is not None else None
+    points = points.float()
+    R0 = init.R.float()
+    omega = torch.zeros(3, requires_grad=True)
+    t = init.t.float().clone().requires_grad_(True)
+    log_s = torch.tensor(math.log(init.scale), requires_grad=True)
+    zs0, za0 = init.z_shape.float().detach(), init.z_app.float().detach()
+    zs, za = zs0.clone().requires_grad_(True), za0.clone().requires_grad_(True)
+    groups = [{"params": [omega], "lr": config.lr_rotation},
+              {"params": [t], "lr": config.lr_translation},
+              {"params": [log_s], "lr": config.lr_scale},
+              {"params": [zs], "lr": config.lr_shape}]
+    if colors is not None:
+        groups.append({"params": [za], "lr": config.lr_appearance})
+    opt = torch.optim.Adam(groups)
+    frozen = [(p, p.requires_grad) for p in priors.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    try:
+        return _optimise(priors, points, colors, init, config, g, opt, R0, omega, t, log_s,
+                         zs, za, zs0, za0)
+    finally:
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+
+
+def _optimise(priors, points, colors, init, config, g, opt, R0, omega, t, log_s, zs, za,
+              zs0, za0) -> ObjectState:
+    from geometry.so3 import so3_exp
+
+    surf = torch.zeros(0, 3)
+    history = []
+    for it in range(config.iterations):
+        if it % config.reextract_every == 0:
+            surf = octree_surface_points(_sdf_fn(priors, zs.detach()),
+                                         depth=config.octree_depth, newton=1,
+                                         max_points=config.surface_points, generator=g,
+                                         max_cells=4 * config.surface_points)
+        R = R0 @ so3_exp(omega)
+        s = log_s.exp()
+        loss = zs.new_zeros(())
+        x_obs = ((points - t) @ R) / s
+        f_obs = priors.sdf(zs, x_obs)
+        cap = config.inlier_m
+        if config.sdf_weight > 0:
+            loss = loss + config.sdf_weight * (f_obs.abs() * s).clamp(max=cap).mean() / cap
+        if config.depth_weight > 0 and len(surf):
+            with torch.enable_grad():
+                xs = surf.detach().requires_grad_(True)
+                fs = priors.sdf(zs.detach(), xs)
+                (n,) = torch.autograd.grad(fs.sum(), xs)
+            n = n / n.pow(2).sum(-1, keepdim=True).clamp_min(1e-8)
+            on = surf - priors.sdf(zs, surf)[:, None] * n  # differentiable in zs
+            posed = s * on @ R.T + t
+            loss = loss + config.depth_weight * _nn_truncated(points, posed, cap).mean() / cap
+        if colors is not None and config.color_weight > 0:
+            inl = (f_obs.detach().abs() * s.detach()) < 0.25 * cap
+            if bool(inl.any()):
+                rgb = priors.color(za, zs, x_obs[inl])
+                loss = loss + config.color_weight * (rgb - colors[inl]).abs().mean()
+        loss = loss + config.code_weight * ((zs - zs0).pow(2).sum() + (za - za0).pow(2).sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    with torch.no_grad():
+        R = R0 @ so3_exp(omega)
+        s = float(log_s.exp())
+        final = octree_surface_points(_sdf_fn(priors, zs.detach()), depth=5, max_cells=50000)
+        size = s * _extent(final) if len(final) else init.size
+    return ObjectState(R=R.detach(), t=t.detach(), scale=s, z_shape=zs.detach(),
+                       z_app=za.detach(), size=size, history=history)
+
+
+def masked_points(depth: Tensor, rgb: Tensor | None, K: Tensor, mask: Tensor
+                  ) -> tuple[Tensor, Tensor | None]:
+    """Camera-frame points ``[N, 3]`` (and colours ``[N, 3]``) of the valid depth pixels
+    inside ``mask [H, W]`` (pixel centres at ``+0.5``)."""
+    sel = mask & (depth > 0)
+    v, u = torch.nonzero(sel, as_tuple=True)
+    z = depth[v, u].float()
+    x = (u.float() + 0.5 - K[0, 2]) / K[0, 0] * z
+    y = (v.float() + 0.5 - K[1, 2]) / K[1, 1] * z
+    return torch.stack([x, y, z], -1), (rgb[v, u].float() if rgb is not None else None)
+
+
+@torch.no_grad()
+def shape_size(priors, z_shape: Tensor, scale: float, depth: int = 5) -> Tensor:
+    """``[3]`` box extents (metres) of the decoded shape at ``scale``."""
+    pts = octree_surface_points(_sdf_fn(priors, z_shape), depth=depth, max_cells=50000)
+    if len(pts) == 0:
+        return torch.zeros(3)
+    return scale * _extent(pts)
+
+
+def _extent(pts: Tensor) -> Tensor:
+    """``[3]`` extent of surface points between their 0.5 % and 99.5 % quantiles per axis
+    (small stray blobs of a learned SDF do not inflate the box)."""
+    q = torch.quantile(pts[torch.randperm(len(pts))[:100000]].float(),
+                       torch.tensor([0.005, 0.995]), dim=0)
+    return q[1] - q[0]

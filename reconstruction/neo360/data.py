@@ -1,0 +1,131 @@
+"""Training and evaluation scenes for NeO 360: outdoor procedural scenes, 360-degree rigs.
+
+Scenes come from the one procedural generator (``SceneConfig(kind="outdoor")``: objects on
+a wide ground, buildings 8-14 m away, sky), rendered in memory, and are moved into the
+model's field frame: ``x_field = (x_world - target) * scale`` with the rig's target as the
+centre and ``scale = camera_radius / rig radius`` (cameras about ``camera_radius`` from the
+centre, the objects inside the unit sphere, the buildings beyond it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geometry.cameras import Cameras
+from reconstruction.field.rays import Rays, camera_rays
+
+#: The outdoor rig looks at this point (``reconstruction.procedural.scene``).
+RIG_TARGET = (0.0, 0.0, 0.35)
+
+
+@dataclass
+class SceneViews:
+    """One scene's views in the field frame."""
+
+    images: Tensor  # [V, H, W, 3] float32 in [0, 1]
+    cameras: Cameras  # [V] float32, field frame
+    name: str = ""
+
+    def rays(self, index: int) -> Rays:
+        """``[H, W]`` rays of view ``index``."""
+        return camera_rays(self.cameras[[index]]).reshape(*self.images.shape[1:3])
+
+
+def to_field_frame(cameras: Cameras, centre: Tensor, scale: float) -> Cameras:
+    """``cameras`` with ``T_world_cam`` moved into the field frame (intrinsics unchanged)."""
+    T = cameras.T_world_cam.clone()
+    T[..., :3, 3] = (T[..., :3, 3] - centre.to(T)) * scale
+    return Cameras(K=cameras.K, T_world_cam=T, width=cameras.width, height=cameras.height,
+                   names=cameras.names)
+
+
+@dataclass
+class SyntheticScenes:
+    """Options of the generated outdoor scenes."""
+
+    num_scenes: int = 24
+    """Scenes to generate."""
+    views: int = 12
+    """Views per scene (a full circle)."""
+    size: int = 64
+    """Image width and height (pixels)."""
+    seed: int = 0
+    """First scene seed (scene k uses seed + k)."""
+    elevation_deg: float = 20.0
+    """Mean camera elevation of the rigs."""
+    supersample: int = 2
+    """Anti-aliasing rays per pixel along each axis."""
+
+
+def generate_scenes(options: SyntheticScenes, camera_radius: float = 2.0,
+                    quiet: bool = True) -> list[SceneViews]:
+    """Render ``options.num_scenes`` outdoor scenes into the field frame."""
+    from geometry.progress import progress_bar
+    from reconstruction.procedural.scene import SceneConfig, render
+
+    scenes = []
+    with progress_bar("generating outdoor scenes", quiet=quiet) as bar:
+        task = bar.add_task("scenes", total=options.num_scenes)
+        for k in range(options.num_scenes):
+            config = SceneConfig(kind="outdoor", num_views=options.views, width=options.size,
+                                 height=options.size, seed=options.seed + k,
+                                 elevation_deg=options.elevation_deg,
+                                 supersample=options.supersample)
+            scene = render(config)
+            scale = camera_radius / scene.config.radius
+            cams = to_field_frame(scene.cameras.to(dtype=torch.float32),
+                                  torch.tensor(RIG_TARGET), scale)
+            images = torch.from_numpy(scene.images).float() / 255.0
+            scenes.append(SceneViews(images, cams, f"outdoor-{options.seed + k}"))
+            bar.update(task, advance=1)
+    return scenes
+
+
+def spread_views(num_views: int, count: int, rng: np.random.Generator) -> list[int]:
+    """``count`` source views spread around a circle of ``num_views`` (random start, about
+    evenly spaced, jittered by one view)."""
+    start = int(rng.integers(num_views))
+    out = []
+    for i in range(count):
+        k = (start + round(i * num_views / count) + int(rng.integers(-1, 2))) % num_views
+        while k in out:
+            k = (k + 1) % num_views
+        out.append(k)
+    return out
+
+
+@dataclass
+class Batch:
+    """One training step: a scene's source views and target rays."""
+
+    images: Tensor  # [S, H, W, 3]
+    K: Tensor  # [S, 3, 3]
+    T_world_cam: Tensor  # [S, 4, 4] field frame
+    rays: Rays  # [N] field frame
+    rgb: Tensor  # [N, 3] target colours
+
+
+def make_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: int,
+               num_rays: int, device: str | torch.device = "cpu") -> Batch:
+    """A random scene, ``num_sources`` spread views, and ``num_rays`` random pixels of the
+    other views (targets never include the sources)."""
+    scene = scenes[int(rng.integers(len(scenes)))]
+    V, H, W, _ = scene.images.shape
+    src = spread_views(V, num_sources, rng)
+    others = [k for k in range(V) if k not in src] or src
+    views = rng.choice(others, size=num_rays)
+    pix = rng.integers(0, H * W, size=num_rays)
+    rows, cols = pix // W, pix % W
+    cams = scene.cameras[torch.from_numpy(views)]
+    uv = torch.from_numpy(np.stack((cols + 0.5, rows + 0.5), -1)).float()[:, None]
+    origins, dirs = cams.rays(uv)
+    z = (dirs * cams.T_world_cam[:, None, :3, 2]).sum(-1)
+    rays = Rays(origins[:, 0], dirs[:, 0], z[:, 0]).to(device)
+    rgb = scene.images[views, rows, cols]
+    s = scene.cameras[src]
+    return Batch(scene.images[src].to(device), s.K.to(device), s.T_world_cam.to(device),
+                 rays, rgb.to(device))

@@ -1,0 +1,219 @@
+"""Training NeO 360 across scenes (``recon neo360 train``) and scoring it on held-out ones.
+
+Each step draws a scene, ``num_sources`` source views spread around its rig and
+``num_rays`` random pixels of its other views; the loss is the MSE of the coarse and fine
+renders plus ``distortion_weight`` times mip-NeRF 360's distortion loss of the fine pass.
+Training runs through :func:`geometry.training.train_loop` (checkpoints, ``--resume``,
+``--max-minutes``, DDP under ``torchrun``: each rank draws its own batches).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reconstruction.field.render import distortion_loss
+from reconstruction.neo360.config import NeO360Config
+from reconstruction.neo360.data import Batch, SceneViews, make_batch
+from reconstruction.neo360.model import NeO360
+
+KIND = "neo360"
+COMMAND = "recon neo360 train"
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation of NeO 360 across scenes."""
+
+    steps: int = 20000
+    """Optimiser steps (the run also stops at --max-minutes)."""
+    lr: float = 1e-3
+    """Peak learning rate (Adam; warm-up then cosine decay)."""
+    num_sources: int = 3
+    """Source views per scene and step."""
+    num_rays: int = 512
+    """Target rays per step."""
+    distortion_weight: float = 1e-3
+    """Weight of the distortion loss of the fine pass."""
+    coarse_weight: float = 1.0
+    """Weight of the coarse pass's MSE."""
+    seed: int = 0
+    """Seed of the batches and the initial weights."""
+    warmup_steps: int = 20
+    """Linear warm-up of the learning rate."""
+    log_every: int = 20
+    checkpoint_every_s: float = 300.0
+
+
+def loss_terms(model: NeO360, batch: Batch, options: TrainOptions,
+               generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    """MSE (fine and coarse) + distortion loss of one batch."""
+    enc = model.encode(batch.images, batch.K, batch.T_world_cam)
+    out = model.render_rays(enc, batch.rays, perturb=True, generator=generator)
+    mse = ((out["rgb"] - batch.rgb) ** 2).mean()
+    terms = {"mse": mse}
+    loss = mse
+    if model.config.num_fine > 0:
+        coarse = ((out["coarse_rgb"] - batch.rgb) ** 2).mean()
+        terms["mse_coarse"] = coarse
+        loss = loss + options.coarse_weight * coarse
+    if options.distortion_weight > 0:
+        dist = distortion_loss(out["s_edges"], out["weights"]).mean()
+        terms["distortion"] = dist
+        loss = loss + options.distortion_weight * dist
+    terms["loss"] = loss
+    return terms
+
+
+def train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions,
+          out: Path | None, max_minutes: float | None = None, resume: bool = False,
+          backbone: Path | None = None, quiet: bool = False, data_info: dict | None = None,
+          model: NeO360 | None = None):
+    """Train (or continue training) a NeO 360 model on ``scenes``; returns ``(model,
+    TrainResult)``. ``backbone``: a local torchvision ResNet checkpoint for the encoder."""
+    from geometry.training import TrainLoop, ddp_setup, train_loop
+
+    dist = ddp_setup("cpu" if not torch.cuda.is_available() else None)
+    torch.manual_seed(options.seed)
+    if model is None:
+        model = NeO360(config)
+        if backbone is not None and not resume:
+            load_backbone(model, backbone)
+    model.to(dist.device)
+
+    def batch_fn(step: int, rank: int, world: int) -> Batch:
+        rng = np.random.default_rng([options.seed, step, rank])
+        return make_batch(scenes, rng, options.num_sources, options.num_rays, dist.device)
+
+    def loss_fn(m, batch: Batch) -> dict[str, Tensor]:
+        return loss_terms(m, batch, options)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    loop = TrainLoop(out=out, kind=KIND, config=config.to_dict(), steps=options.steps,
+                     max_minutes=max_minutes, resume=resume, warmup_steps=options.warmup_steps,
+                     log_every=options.log_every,
+                     checkpoint_every_s=options.checkpoint_every_s, desc="NeO 360",
+                     quiet=quiet, extra={"data": data_info or {}})
+    result = train_loop(model, optimizer, batch_fn, loss_fn, loop, dist=dist)
+    return model, result
+
+
+def load_backbone(model: NeO360, path: Path) -> int:
+    """Load an ImageNet ResNet (torchvision state dict; safetensors or a weights-only
+    ``.pth``) into the encoder; returns the number of tensors loaded."""
+    from geometry.errors import UserError
+    from geometry.io.checkpoints import load_safetensors, torch_load_weights_only
+
+    if model.config.backbone == "tiny":
+        raise UserError("--backbone-weights needs --model.backbone resnet18 or resnet34 "
+                        "(the tiny encoder has no ImageNet weights).")
+    if Path(path).suffix == ".safetensors":
+        state = load_safetensors(path, "an ImageNet ResNet checkpoint")
+    else:
+        state = torch_load_weights_only(path, "an ImageNet ResNet checkpoint",
+                                        "give a torchvision ResNet state dict")
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a state dict of a torchvision ResNet.")
+    loaded = model.encoder.load_backbone(state)
+    if not any(name.startswith("layer1.") for name in loaded):
+        raise UserError(f"{path} does not fit the {model.config.backbone} encoder (no layer1 "
+                        "weights of the right shapes); give a torchvision "
+                        f"{model.config.backbone} checkpoint.")
+    return len(loaded)
+
+
+def load_model(checkpoint: Path, device: str | torch.device = "cpu") -> NeO360:
+    """A trained NeO 360 from a ``recon neo360 train`` folder."""
+    from geometry.training import load_weights, read_checkpoint_config
+
+    record = read_checkpoint_config(checkpoint, KIND, COMMAND)
+    model = NeO360(NeO360Config.from_dict(dict(record["config"])))
+    load_weights(checkpoint, model, KIND, COMMAND)
+    return model.to(device).eval()
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    mse = float(((a.detach() - b.detach()) ** 2).mean())
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def evaluation_views(scene: SceneViews, index: int, num_sources: int = 3,
+                     seed: int = 0) -> list[int]:
+    """The source views of held-out scene number ``index`` (seeded, spread around the rig)."""
+    from reconstruction.neo360.data import spread_views
+
+    return spread_views(len(scene.images), num_sources, np.random.default_rng([seed, index]))
+
+
+def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
+             num_targets: int = 2, seed: int = 0, chunk: int = 4096,
+             first_index: int = 0) -> dict[str, float]:
+    """Mean PSNR of novel views on held-out scenes: per scene, ``num_sources`` spread views
+    (:func:`evaluation_views` of ``first_index + k``) and ``num_targets`` other views
+    rendered whole."""
+    model.eval()
+    values = []
+    for k, scene in enumerate(scenes):
+        V = len(scene.images)
+        src = evaluation_views(scene, first_index + k, num_sources, seed)
+        others = [v for v in range(V) if v not in src]
+        targets = [others[int(i)] for i in
+                   np.linspace(0, len(others) - 1, min(num_targets, len(others))).round()]
+        cams = scene.cameras[src]
+        enc = model.encode(scene.images[src], cams.K, cams.T_world_cam)
+        for t in targets:
+            rays = scene.rays(t).reshape(-1)
+            rgb = torch.cat([model.render_rays(enc, rays[i:i + chunk])["rgb"]
+                             for i in range(0, len(rays), chunk)])
+            values.append(psnr(rgb.clamp(0, 1), scene.images[t].reshape(-1, 3)))
+    return {"psnr": float(np.mean(values)), "views": len(values)}
+
+
+@dataclass
+class FinetuneOptions:
+    """Optional per-scene fine-tuning on the source views (the whole network)."""
+
+    steps: int = 0
+    """Steps (0: none)."""
+    lr: float = 2e-4
+    num_rays: int = 512
+    seed: int = 0
+
+
+def finetune(model: NeO360, images: Tensor, K: Tensor, T_world_cam: Tensor,
+             options: FinetuneOptions, quiet: bool = True) -> list[dict]:
+    """Fine-tune ``model`` on rays of its own source views (field frame); in place."""
+    from geometry.cameras import Cameras
+    from geometry.training import TrainLoop, train_loop
+    from reconstruction.field.rays import Rays
+
+    V, H, W, _ = images.shape
+    cams = Cameras(K=K, T_world_cam=T_world_cam, width=W, height=H)
+
+    def batch_fn(step: int, rank: int, world: int) -> Batch:
+        rng = np.random.default_rng([options.seed, step, rank])
+        views = torch.from_numpy(rng.integers(0, V, options.num_rays))
+        pix = torch.from_numpy(rng.integers(0, H * W, options.num_rays))
+        rows, cols = pix // W, pix % W
+        c = cams[views]
+        uv = torch.stack((cols + 0.5, rows + 0.5), -1).to(K)[:, None]
+        o, d = c.rays(uv)
+        z = (d * c.T_world_cam[:, None, :3, 2]).sum(-1)
+        return Batch(images, K, T_world_cam, Rays(o[:, 0], d[:, 0], z[:, 0]),
+                     images[views, rows, cols])
+
+    opts = TrainOptions(distortion_weight=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    loop = TrainLoop(out=None, kind=KIND, config=model.config.to_dict(), steps=options.steps,
+                     schedule="constant", grad_clip=1.0, log_every=max(1, options.steps // 5),
+                     desc="NeO 360 fine-tuning", quiet=quiet)
+    return train_loop(model, optimizer, batch_fn, lambda m, b: loss_terms(m, b, opts),
+                      loop).history
+
+

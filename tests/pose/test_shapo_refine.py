@@ -1,0 +1,97 @@
+"""ShAPO's octree surface points, meshes and test-time refinement, on analytic SDFs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from pose.object.shapo.refine import ObjectState, RefineConfig, depth_to_surface, refine_object
+from pose.object.shapo.surface import (
+    dense_surface_points,
+    mesh_from_sdf,
+    octree_surface_points,
+    write_mesh_ply,
+)
+
+AXES = torch.tensor([0.3, 0.2, 0.12])
+
+
+class EllipsoidPrior(nn.Module):
+    """A stand-in for the learned priors: an ellipsoid whose size is ``1 + z[0]``; its
+    colour is ``sigmoid(z_app[:3])`` everywhere."""
+
+    def sdf(self, z, x):
+        a = AXES * (1 + z[..., :1])
+        k0 = (x / a).norm(dim=-1)
+        k1 = (x / a**2).norm(dim=-1).clamp_min(1e-9)
+        return k0 * (k0 - 1) / k1  # Inigo Quilez's ellipsoid bound
+
+    def color(self, z_app, z_shape, x):
+        return torch.sigmoid(z_app[..., None, :3]).expand(*x.shape[:-1], 3)
+
+
+def sphere(x):
+    return x.norm(dim=-1) - 0.3
+
+
+def test_octree_points_lie_on_the_surface_and_cover_it():
+    pts = octree_surface_points(sphere, depth=4)
+    assert (pts.norm(dim=-1) - 0.3).abs().max() < 1e-5
+    # cover the sphere: every direction has a point within 3 cells' angle
+    dirs = torch.nn.functional.normalize(torch.randn(200, 3, generator=torch.Generator()
+                                                     .manual_seed(0)), dim=-1)
+    cos = (dirs @ (pts / pts.norm(dim=-1, keepdim=True)).T).max(1).values
+    assert cos.min() > math.cos(3 * 1.1 / 128 / 0.3)
+    # the same cells as the dense grid of the same resolution, far fewer evaluations
+    dense = dense_surface_points(sphere, 128)
+    assert abs(len(pts) - len(dense)) <= 0.02 * len(dense)
+
+
+def test_mesh_of_a_sphere(tmp_path):
+    verts, faces = mesh_from_sdf(sphere, res=40)
+    r = np.linalg.norm(verts, axis=-1)
+    assert np.abs(r - 0.3).max() < 0.01 and len(faces) > 500
+    write_mesh_ply(tmp_path / "m.ply", verts, faces, np.full_like(verts, 0.5))
+    import trimesh
+
+    mesh = trimesh.load(tmp_path / "m.ply")
+    assert len(mesh.faces) == len(faces)
+    assert mesh.is_watertight
+
+
+def _rot(axis, deg):
+    from geometry.so3 import axis_angle_to_matrix
+
+    return axis_angle_to_matrix(torch.tensor(axis, dtype=torch.float32) * math.radians(deg))
+
+
+def test_refinement_recovers_pose_scale_shape_and_colour():
+    prior = EllipsoidPrior()
+    true_R, true_t, true_s, true_z = _rot([0, 1, 0], 30), torch.tensor([0.05, -0.02, 0.8]), \
+        0.25, torch.tensor([0.1])
+    # observed: the camera-facing half of the true surface
+    surf = octree_surface_points(lambda x: prior.sdf(true_z, x), depth=5)
+    cam = true_s * surf @ true_R.T + true_t
+    normals = cam - true_t
+    seen = (normals * cam).sum(-1) < 0
+    obs = cam[seen]
+    colour = torch.tensor([0.8, 0.2, 0.4]).expand(len(obs), 3)
+    init = ObjectState(R=true_R @ _rot([0.3, 1, 0.2], 8), t=true_t + torch.tensor(
+        [0.015, 0.01, -0.02]), scale=true_s * 1.12, z_shape=torch.zeros(1),
+        z_app=torch.zeros(3))
+    before = depth_to_surface(prior, init, obs)
+    config = RefineConfig(iterations=100, max_points=400, surface_points=800, seed=1)
+    out = refine_object(prior, obs, colour, init, config)
+    after = depth_to_surface(prior, out, obs)
+    assert after < 0.25 * before and after < 0.002
+    assert torch.linalg.norm(out.t - true_t) < 0.006
+    cos = float(((out.R.T @ true_R).trace() - 1) / 2)
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    assert angle < 3.0
+    # scale and shape trade off (s * (1 + z)); their product is the ellipsoid's size
+    assert abs(out.scale * (1 + float(out.z_shape[0])) - true_s * 1.1) < 0.01
+    np.testing.assert_allclose(out.size.numpy(), (2 * true_s * 1.1 * AXES).numpy(), rtol=0.05)
+    np.testing.assert_allclose(torch.sigmoid(out.z_app).numpy(), [0.8, 0.2, 0.4], atol=0.05)

@@ -1,0 +1,331 @@
+"""NeO 360: encoder geometry, sampling, training, few-view inference; outdoor scenes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geometry.errors import UserError
+from reconstruction.field.rays import Rays, intersect_sphere
+from reconstruction.field.triplane import sample_triplanes
+from reconstruction.neo360.config import tiny_config
+from reconstruction.neo360.model import NeO360, Views, sample_views
+
+
+@pytest.fixture(scope="module")
+def outdoor_scenes():
+    from reconstruction.neo360.data import SyntheticScenes, generate_scenes
+
+    return generate_scenes(SyntheticScenes(num_scenes=2, views=6, size=24, supersample=1))
+
+
+def _views(W=32, H=24, C=2):
+    import numpy as _np
+
+    from geometry.se3 import look_at
+
+    T = torch.from_numpy(look_at(_np.array([0.3, -2.0, 0.4]), _np.zeros(3))).float()
+    K = torch.tensor([[20.0, 0, W / 2], [0, 20.0, H / 2], [0, 0, 1]])
+    h, w = H // 2, W // 2
+    feats = torch.zeros(1, C, h, w)
+    feats[0, 0] = ((torch.arange(w) + 0.5) * W / w)[None, :]  # = u of the texel centre
+    feats[0, 1] = ((torch.arange(h) + 0.5) * H / h)[:, None]  # = v
+    return Views(feats, K[None], torch.linalg.inv(T)[None], T[None, :3, 3], W, H), K, T
+
+
+def test_sample_views_reads_features_where_points_project():
+    views, K, T = _views()
+    # points at pixels (u, v) = (13.0, 9.0), (20.0, 14.0) at depths 1.5 and 3
+    uv = torch.tensor([[13.0, 9.0], [20.0, 14.0]])
+    z = torch.tensor([1.5, 3.0])
+    pts_cam = torch.cat((((uv - K[:2, 2]) / 20.0) * z[:, None], z[:, None]), -1)
+    pts = pts_cam @ T[:3, :3].T + T[:3, 3]
+    behind = (T[:3, 3] - 2.0 * T[:3, 2])[None]
+    f, valid = sample_views(views, torch.cat((pts, behind)))
+    assert valid[0].tolist() == [True, True, False]
+    assert torch.allclose(f[0, :2], uv, atol=1e-4)  # linear maps are read exactly
+
+
+def test_triplane_pooling_orientation(monkeypatch):
+    """Voxel features = their own grid position: each plane then holds its two coordinates
+    where sample_triplanes reads them (xy: x, y; xz: x, z; yz: y, z)."""
+    cfg = tiny_config(voxel_dim=3, refine_layers=0, grid=6)
+    model = NeO360(cfg)
+    C = cfg.feature_dim
+
+    class PositionOut(torch.nn.Module):
+        def forward(self, inp):
+            p = inp[..., C:C + 3]  # posenc starts with the position itself
+            return torch.cat((p, torch.zeros_like(p[..., :1])), -1)
+
+    model.project = PositionOut()
+    import reconstruction.neo360.model as neo_model
+
+    def all_visible(views, pts):  # every voxel seen (the pooling, not the visibility)
+        return torch.zeros(1, len(pts), C), torch.ones(1, len(pts), dtype=torch.bool)
+
+    monkeypatch.setattr(neo_model, "sample_views", all_visible)
+    views, _, _ = _views(C=C)
+    views.features = torch.rand(1, C, 12, 16)
+    planes = model._triplanes(views)
+    pts = torch.tensor([[[0.2, -0.6, 0.6], [-1.0, 0.2, -0.2]]])  # on voxel rows (grid 6)
+    got = sample_triplanes(planes[None], pts, "concat")[0].reshape(2, 3, 3)
+    for n in range(2):
+        x, y, z = pts[0, n].tolist()
+        assert got[n, 0, :2].tolist() == pytest.approx([x, y], abs=1e-5)  # xy plane
+        assert got[n, 1, [0, 2]].tolist() == pytest.approx([x, z], abs=1e-5)  # xz plane
+        assert got[n, 2, 1:].tolist() == pytest.approx([y, z], abs=1e-5)  # yz plane
+
+
+def test_coarse_bins_split_at_the_unit_sphere():
+    model = NeO360(tiny_config())
+    o = torch.tensor([[0.0, -2.0, 0.3], [0.0, -2.0, 0.3]])
+    d = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0, -0.1], [1.0, 0.2, 0.5]]), dim=-1)
+    rays = Rays(o, d, torch.ones(2))
+    edges, split = model.coarse_edges(rays)
+    c = model.config
+    assert edges.shape == (2, c.num_fg + c.num_bg + 1)
+    assert (edges[:, 1:] > edges[:, :-1]).all()
+    assert edges[:, 0].tolist() == pytest.approx([c.near] * 2)
+    assert edges[:, -1].tolist() == pytest.approx([c.far] * 2, rel=1e-4)  # float32
+    _, t_out = intersect_sphere(o, d, 1.0)
+    assert float(split[0]) == pytest.approx(float(t_out[0]))  # the ray through the sphere
+    assert float(edges[0, c.num_fg]) == pytest.approx(float(t_out[0]))
+    s = model.normalised_distance(edges, split)
+    assert s[:, 0].tolist() == pytest.approx([0, 0], abs=1e-6)
+    assert s[:, c.num_fg].tolist() == pytest.approx([0.5, 0.5])
+    assert s[:, -1].tolist() == pytest.approx([1, 1], abs=1e-5)
+    assert (s[:, 1:] > s[:, :-1]).all()
+
+
+@pytest.mark.parametrize("switches", [(True, True), (True, False), (False, True)])
+def test_gradients_reach_the_encoder(switches):
+    torch.manual_seed(0)
+    model = NeO360(tiny_config(use_triplane=switches[0], use_pixel=switches[1]))
+    images = torch.rand(2, 16, 16, 3)
+    K = torch.tensor([[14.0, 0, 8], [0, 14.0, 8], [0, 0, 1]]).expand(2, 3, 3)
+    import numpy as _np
+
+    from geometry.se3 import look_at
+    T = torch.stack([torch.from_numpy(look_at(_np.array(e), _np.zeros(3))).float()
+                     for e in ([0.0, -2.0, 0.5], [2.0, 0.0, 0.5])])
+    enc = model.encode(images, K, T)
+    d = torch.nn.functional.normalize(-T[:, :3, 3], dim=-1)
+    out = model.render_rays(enc, Rays(T[:, :3, 3], d, torch.ones(2)))
+    out["rgb"].sum().backward()
+    assert float(model.encoder.conv1.weight.grad.abs().sum()) > 0
+    assert out["alpha"].max() <= 1.0 + 1e-6
+
+
+def test_training_fits_decreases_loss_checkpoints_and_resumes(outdoor_scenes, tmp_path):
+    from reconstruction.neo360.data import make_batch
+    from reconstruction.neo360.train import TrainOptions, evaluate, load_model, loss_terms, train
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    # overfitting one batch: the loss must fall
+    model = NeO360(cfg)
+    batch = make_batch(outdoor_scenes, np.random.default_rng(0), 3, 128)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        terms = loss_terms(model, batch, TrainOptions())
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(float(terms["mse"].detach()))
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    # the training loop writes a checkpoint that loads back and resumes
+    out = tmp_path / "ckpt"
+    opts = TrainOptions(steps=4, num_rays=64, log_every=2, warmup_steps=0)
+    trained, result = train(outdoor_scenes, cfg, opts, out, quiet=True)
+    assert result.step == 4 and (out / "model.safetensors").is_file()
+    loaded = load_model(out)
+    for (k, a), (_, b) in zip(trained.state_dict().items(), loaded.state_dict().items(),
+                              strict=True):
+        assert torch.equal(a, b), k
+    opts.steps = 6
+    _, again = train(outdoor_scenes, cfg, opts, out, resume=True, quiet=True)
+    assert again.step == 6
+    score = evaluate(loaded, outdoor_scenes[:1], num_sources=3, num_targets=1)
+    assert math.isfinite(score["psnr"]) and score["views"] == 1
+
+
+def test_fit_renders_through_the_scene_model(outdoor_scenes, tmp_path):
+    from PIL import Image
+
+    from geometry.io.transforms_json import write_transforms_json
+    from reconstruction.engine.config import FitConfig
+    from reconstruction.methods import fit, get_method
+    from reconstruction.neo360.config import NeO360Options
+    from reconstruction.neo360.train import TrainOptions, train
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    ckpt = tmp_path / "ckpt"
+    train(outdoor_scenes, cfg, TrainOptions(steps=2, num_rays=32, warmup_steps=0), ckpt,
+          quiet=True)
+    # three photos in a world frame: the field frame scaled up 3x and shifted
+    scene = outdoor_scenes[0]
+    src = [0, 2, 4]
+    cams = scene.cameras[src].to(dtype=torch.float64)
+    T = cams.T_world_cam.clone()
+    shift = torch.tensor([5.0, -1.0, 2.0], dtype=torch.float64)
+    T[:, :3, 3] = T[:, :3, 3] * 3.0 + shift
+    from geometry.cameras import Cameras
+    world = Cameras(K=cams.K, T_world_cam=T, width=cams.width, height=cams.height)
+    images = tmp_path / "images"
+    images.mkdir()
+    names = []
+    for k, v in enumerate(src):
+        names.append(f"view_{k}.png")
+        Image.fromarray((scene.images[v].numpy() * 255).round().astype(np.uint8)).save(
+            images / names[-1])
+    write_transforms_json(tmp_path / "transforms.json", world, file_paths=names)
+    out = tmp_path / "out"
+    config = FitConfig(images=images, out=out, method="neo360", poses=tmp_path / "transforms.json",
+                       quiet=True, options=NeO360Options(checkpoint=ckpt, finetune_steps=2,
+                                                         finetune_rays=32))
+    metrics = fit(config)
+    assert math.isfinite(metrics["training_psnr_db"]) and metrics["num_views"] == 3
+    model = get_method("neo360").load(out, "cpu")
+    assert model.scale == pytest.approx(1.0 / 3.0, rel=0.05)  # undoes the 3x
+    # the recovered centre is the rig target (the field frame's origin) in the world frame
+    assert torch.allclose(model.centre(), shift, atol=0.15)
+    rendered = model.render(world[[1]])
+    assert rendered.rgb.shape == (1, 24, 24, 3) and rendered.depth.shape == (1, 24, 24)
+    # the world-frame render equals the network's field-frame render, depth scaled by 3
+    from reconstruction.field.rays import camera_rays
+    field = model.field
+    frays = camera_rays(scene.cameras[[2]]).reshape(-1)
+    with torch.no_grad():
+        direct = field.render_rays(frays)
+    assert torch.allclose(rendered.rgb.reshape(-1, 3), direct["rgb"].clamp(0, 1), atol=2e-3)
+    z = direct["depth"] * frays.z_per_t * 3.0
+    assert torch.allclose(rendered.depth.reshape(-1), z, rtol=0.02, atol=0.05)
+    # recon view reads the folder: cameras and points sampled from the rendered depth
+    from viewer.data import load_scene
+
+    shown = load_scene(out)
+    assert len(shown.cameras) == 3 and shown.points_world is not None
+
+
+def test_fit_refuses_missing_checkpoint_and_poses(tmp_path):
+    from reconstruction.neo360.cli import NeO360Train
+    from reconstruction.neo360.config import NeO360Options
+    from reconstruction.neo360.fit import check_inputs
+
+    with pytest.raises(UserError, match="checkpoint"):
+        check_inputs(NeO360Options(), [])
+    with pytest.raises(UserError, match="--synthetic"):
+        NeO360Train(out=tmp_path / "x").run()
+    with pytest.raises(UserError, match="NeRDS360"):
+        NeO360Train(out=tmp_path / "x", nerds360=tmp_path).run()  # no scene in it
+    with pytest.raises(UserError, match="one of them"):
+        NeO360Train(out=tmp_path / "x", nerds360=tmp_path, synthetic=True).run()
+    from reconstruction.neo360.train import load_model
+    with pytest.raises(UserError, match="checkpoint"):
+        load_model(tmp_path)
+
+
+def test_outdoor_scene_content_and_rig():
+    from reconstruction.procedural.scene import SceneConfig, camera_poses, render
+
+    config = SceneConfig(kind="outdoor", num_views=8, width=32, height=32, seed=4,
+                         elevation_deg=10.0, supersample=1)
+    scene = render(config)
+    again = render(config)
+    assert np.array_equal(scene.images, again.images)  # reproducible bit for bit
+    world = scene.world
+    assert len(world.objects) == 5 and len(world.buildings) == 10
+    sky = scene.depth == 0
+    assert sky[:, :4].mean() > 0.3  # low cameras: sky at the top of the images
+    assert sky[:, -4:].mean() == 0  # ground at the bottom
+    assert scene.masks.any() and not scene.masks.all()
+    far = scene.depth > 6.0  # buildings / far ground are background
+    assert far.any() and (scene.object_ids[far] == 0).all()
+    # sky pixels: the gradient colour (bluish: blue above red)
+    px = scene.images[sky].astype(float)
+    assert (px[:, 2] > px[:, 0]).mean() > 0.9
+    # a full circle: azimuths spaced by 45 degrees
+    eye = camera_poses(config.resolved())[:, :3, 3]
+    az = np.degrees(np.arctan2(eye[:, 1], eye[:, 0]))
+    steps = np.diff(np.unwrap(np.radians(az)))
+    assert np.degrees(steps) == pytest.approx([45.0] * 7, abs=1e-6)
+
+
+def test_train_command_end_to_end(tmp_path, capsys):
+    from reconstruction.neo360.cli import NeO360Eval, NeO360Train
+    from reconstruction.neo360.data import SyntheticScenes
+    from reconstruction.neo360.train import TrainOptions
+
+    data = SyntheticScenes(num_scenes=1, views=4, size=16, supersample=1)
+    cmd = NeO360Train(out=tmp_path / "ckpt", synthetic=True, quiet=True, eval_scenes=1,
+                      model=tiny_config(), train=TrainOptions(steps=2, num_rays=16),
+                      data=data)
+    report = cmd.run()
+    assert report["steps"] == 2 and math.isfinite(report["held_out"]["psnr"])
+    assert "held-out PSNR" in capsys.readouterr().out
+    # a non-empty folder that is no checkpoint is not replaced without --overwrite
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="overwrite"):
+        NeO360Train(out=other, synthetic=True, quiet=True, model=tiny_config(),
+                    train=TrainOptions(steps=1, num_rays=8), data=data).run()
+    score = NeO360Eval(checkpoint=tmp_path / "ckpt", scenes=1,
+                       data=SyntheticScenes(views=4, size=16, supersample=1, seed=7)).run()
+    assert score["views"] == 1  # 4 views: 3 sources, 1 target
+
+
+def test_nerds360_reader_converts_poses_once(outdoor_scenes, tmp_path):
+    """A scene written in the NeRDS360 layout (Parallel Domain axes) reads back as the
+    OpenCV cameras it came from; the training CLI and eval take the folder."""
+    import json
+
+    from PIL import Image
+
+    from reconstruction.field.rays import camera_rays
+    from reconstruction.neo360.cli import NeO360Eval, NeO360Train
+    from reconstruction.neo360.data import SyntheticScenes
+    from reconstruction.neo360.nerds360 import PD_TO_OPENCV, load_scene_views, read_split
+    from reconstruction.neo360.train import TrainOptions
+
+    src = outdoor_scenes[0]
+    cams = src.cameras.to(dtype=torch.float64)
+    centre = np.array([10.0, -3.0, 1.0])
+    for split, views in (("train", range(0, 6)), ("val", range(4, 6))):
+        (tmp_path / "s0" / split / "rgb").mkdir(parents=True)
+        (tmp_path / "s0" / split / "pose").mkdir()
+        transform = {}
+        for v in views:
+            T = cams.T_world_cam[v].numpy().copy()
+            T[:3, 3] = T[:3, 3] * 4.0 + centre  # metres, another origin
+            T[:3, :3] = T[:3, :3] @ PD_TO_OPENCV.T  # OpenCV -> Parallel Domain axes
+            transform[f"{v:05d}"] = T.tolist()
+            Image.fromarray((src.images[v].numpy() * 255).round().astype(np.uint8)).save(
+                tmp_path / "s0" / split / "rgb" / f"{v:05d}.png")
+        W = int(cams.width[0])
+        pose = {"focal": float(cams.K[0, 0, 0]), "img_size": [W, W], "fov": 60.0,
+                "obj_location": centre.tolist(), "transform": transform}
+        (tmp_path / "s0" / split / "pose" / "pose.json").write_text(json.dumps(pose))
+    split = read_split(tmp_path / "s0")
+    assert [p.name for p in split.image_paths][:2] == ["00000.png", "00001.png"]
+    back = split.cameras.T_world_cam.clone()
+    back[:, :3, 3] = (back[:, :3, 3] - torch.from_numpy(centre)) / 4.0
+    assert torch.allclose(back, cams.T_world_cam, atol=1e-6)
+    assert torch.allclose(split.cameras.K, cams.K, atol=1e-6)
+    views = load_scene_views(tmp_path / "s0", size=int(cams.width[0]))
+    a = camera_rays(views.cameras[[3]])
+    b = camera_rays(src.cameras[[3]])
+    assert torch.allclose(a.directions, b.directions, atol=1e-5)
+    assert torch.allclose(a.origins, b.origins, atol=1e-3)  # same field frame (radius 2)
+    assert torch.allclose(views.images, src.images, atol=1 / 255)
+    data = SyntheticScenes(size=16, views=5)
+    NeO360Train(out=tmp_path / "ckpt", nerds360=tmp_path, quiet=True, model=tiny_config(),
+                train=TrainOptions(steps=1, num_rays=8), data=data).run()
+    score = NeO360Eval(checkpoint=tmp_path / "ckpt", nerds360=tmp_path / "s0", data=data).run()
+    assert score["views"] == 2
