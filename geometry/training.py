@@ -112,6 +112,9 @@ def ddp_cleanup() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # every rank reaches this point before any tears gloo down: a rank that leaves
+        # while another still has a collective in flight aborts the other process
+        dist.barrier()
         dist.destroy_process_group()
 
 
