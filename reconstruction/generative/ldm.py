@@ -394,7 +394,9 @@ def clip_text_keys(p: dict, add: Callable[[str, tuple[int, ...]], None]) -> None
     norm("text_model.final_layer_norm", w)
 
 
-def _adder(out: dict, prefix: str) -> Callable[[str, tuple[int, ...]], None]:
+def key_adder(out: dict, prefix: str) -> Callable[[str, tuple[int, ...]], None]:
+    """An ``add(key, shape)`` for the key builders above that records ``prefix + key`` in
+    ``out`` and refuses a key twice."""
     def add(key: str, shape: tuple[int, ...]) -> None:
         if prefix + key in out:
             raise ValueError(f"duplicate key {prefix + key}")
@@ -409,9 +411,9 @@ def sd_state_dict_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for name in SCHEDULE_KEYS:  # DDPM.register_schedule (lvlb_weights is not persistent)
         out[name] = (config["timesteps"],)
-    ldm_unet_keys(config["unet"], _adder(out, SD_PREFIXES["unet"]))
-    ldm_vae_keys(config["vae"], _adder(out, SD_PREFIXES["vae"]))
-    clip_text_keys(config["text"], _adder(out, SD_PREFIXES["text_encoder"]))
+    ldm_unet_keys(config["unet"], key_adder(out, SD_PREFIXES["unet"]))
+    ldm_vae_keys(config["vae"], key_adder(out, SD_PREFIXES["vae"]))
+    clip_text_keys(config["text"], key_adder(out, SD_PREFIXES["text_encoder"]))
     return out
 
 
@@ -426,13 +428,13 @@ def controlnet_state_dict_shapes(control: dict, prefix: str = CONTROLNET_PREFIX,
     count = [0]
 
     def zero_conv(c: int) -> None:
-        _, conv, _ = _layers(_adder(zero, prefix))
+        _, conv, _ = _layers(key_adder(zero, prefix))
         conv(f"zero_convs.{count[0]}.0", c, c, 1)
         count[0] += 1
 
-    ldm_unet_keys(control, _adder(blocks, prefix), encoder_only=True, zero_conv=zero_conv)
+    ldm_unet_keys(control, key_adder(blocks, prefix), encoder_only=True, zero_conv=zero_conv)
     hint: dict[str, tuple[int, ...]] = {}
-    _, conv, _ = _layers(_adder(hint, prefix))
+    _, conv, _ = _layers(key_adder(hint, prefix))
     chans = [control["hint_channels"]]
     for c in hint_channels:
         chans += [c, c]
@@ -447,7 +449,7 @@ def controlnet_state_dict_shapes(control: dict, prefix: str = CONTROLNET_PREFIX,
     out.update(zero)
     out.update(hint)
     out.update(items[middle_at:])
-    _, conv, _ = _layers(_adder(out, prefix))
+    _, conv, _ = _layers(key_adder(out, prefix))
     conv("middle_block_out.0", ch, ch, 1)
     return out
 

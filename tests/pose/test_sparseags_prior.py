@@ -32,162 +32,12 @@ pytest.importorskip("transformers")
 
 from geometry.errors import UserError  # noqa: E402
 from pose.camera.sparseags import zero123 as z  # noqa: E402
+from reconstruction.generative import ldm  # noqa: E402
 
 # ---------------------------------------------------------------------- the original layout
-
-
-def _unet_keys(p: dict, add) -> None:
-    """openaimodel.UNetModel (use_spatial_transformer, legacy=False, SD 1.x)."""
-    mc, ted, ctx = p["model_channels"], p["model_channels"] * 4, p["context_dim"]
-
-    def lin(name, o, i, bias=True):
-        add(f"{name}.weight", (o, i))
-        if bias:
-            add(f"{name}.bias", (o,))
-
-    def conv(name, o, i, k):
-        add(f"{name}.weight", (o, i, k, k))
-        add(f"{name}.bias", (o,))
-
-    def norm(name, c):
-        add(f"{name}.weight", (c,))
-        add(f"{name}.bias", (c,))
-
-    def res(pre, cin, cout):
-        norm(f"{pre}.in_layers.0", cin)
-        conv(f"{pre}.in_layers.2", cout, cin, 3)
-        lin(f"{pre}.emb_layers.1", cout, ted)
-        norm(f"{pre}.out_layers.0", cout)
-        conv(f"{pre}.out_layers.3", cout, cout, 3)
-        if cin != cout:
-            conv(f"{pre}.skip_connection", cout, cin, 1)
-
-    def transformer(pre, c):
-        norm(f"{pre}.norm", c)
-        conv(f"{pre}.proj_in", c, c, 1)
-        for d in range(p["transformer_depth"]):
-            b = f"{pre}.transformer_blocks.{d}"
-            for attn, kv in (("attn1", c), ("attn2", ctx)):
-                if attn == "attn2":  # registration order: attn1, ff, attn2, norms
-                    lin(f"{b}.ff.net.0.proj", 8 * c, c)
-                    lin(f"{b}.ff.net.2", c, 4 * c)
-                lin(f"{b}.{attn}.to_q", c, c, bias=False)
-                lin(f"{b}.{attn}.to_k", c, kv, bias=False)
-                lin(f"{b}.{attn}.to_v", c, kv, bias=False)
-                lin(f"{b}.{attn}.to_out.0", c, c)
-            for n in (1, 2, 3):
-                norm(f"{b}.norm{n}", c)
-        conv(f"{pre}.proj_out", c, c, 1)
-
-    lin("time_embed.0", ted, mc)
-    lin("time_embed.2", ted, ted)
-    conv("input_blocks.0.0", mc, p["in_channels"], 3)
-    chans, ch, ds, idx = [mc], mc, 1, 1
-    mult = p["channel_mult"]
-    for level, m in enumerate(mult):
-        for _ in range(p["num_res_blocks"]):
-            res(f"input_blocks.{idx}.0", ch, m * mc)
-            ch = m * mc
-            if ds in p["attention_resolutions"]:
-                transformer(f"input_blocks.{idx}.1", ch)
-            chans.append(ch)
-            idx += 1
-        if level != len(mult) - 1:
-            conv(f"input_blocks.{idx}.0.op", ch, ch, 3)
-            chans.append(ch)
-            ds *= 2
-            idx += 1
-    res("middle_block.0", ch, ch)
-    transformer("middle_block.1", ch)
-    res("middle_block.2", ch, ch)
-    idx = 0
-    for level, m in reversed(list(enumerate(mult))):
-        for i in range(p["num_res_blocks"] + 1):
-            res(f"output_blocks.{idx}.0", ch + chans.pop(), m * mc)
-            ch, layer = m * mc, 1
-            if ds in p["attention_resolutions"]:
-                transformer(f"output_blocks.{idx}.1", ch)
-                layer = 2
-            if level and i == p["num_res_blocks"]:
-                conv(f"output_blocks.{idx}.{layer}.conv", ch, ch, 3)
-                ds //= 2
-            idx += 1
-    norm("out.0", ch)
-    conv("out.2", p["out_channels"], mc, 3)
-
-
-def _vae_keys(p: dict, add) -> None:
-    """ldm.models.autoencoder.AutoencoderKL (Encoder, Decoder, quant convs)."""
-
-    def conv(name, o, i, k):
-        add(f"{name}.weight", (o, i, k, k))
-        add(f"{name}.bias", (o,))
-
-    def norm(name, c):
-        add(f"{name}.weight", (c,))
-        add(f"{name}.bias", (c,))
-
-    def res(pre, cin, cout):
-        norm(f"{pre}.norm1", cin)
-        conv(f"{pre}.conv1", cout, cin, 3)
-        norm(f"{pre}.norm2", cout)
-        conv(f"{pre}.conv2", cout, cout, 3)
-        if cin != cout:
-            conv(f"{pre}.nin_shortcut", cout, cin, 1)
-
-    def attn(pre, c):
-        norm(f"{pre}.norm", c)
-        for n in ("q", "k", "v", "proj_out"):
-            conv(f"{pre}.{n}", c, c, 1)
-
-    ch, mult, nrb, z_ch = p["ch"], p["ch_mult"], p["num_res_blocks"], p["z_channels"]
-    conv("encoder.conv_in", ch, p["in_channels"], 3)
-    block_in = ch
-    for i, m in enumerate(mult):
-        block_in = ch * ((1,) + tuple(mult))[i]
-        for j in range(nrb):
-            res(f"encoder.down.{i}.block.{j}", block_in, ch * m)
-            block_in = ch * m
-        if i != len(mult) - 1:
-            conv(f"encoder.down.{i}.downsample.conv", block_in, block_in, 3)
-    res("encoder.mid.block_1", block_in, block_in)
-    attn("encoder.mid.attn_1", block_in)
-    res("encoder.mid.block_2", block_in, block_in)
-    norm("encoder.norm_out", block_in)
-    conv("encoder.conv_out", 2 * z_ch if p["double_z"] else z_ch, block_in, 3)
-    block_in = ch * mult[-1]
-    conv("decoder.conv_in", block_in, z_ch, 3)
-    res("decoder.mid.block_1", block_in, block_in)
-    attn("decoder.mid.attn_1", block_in)
-    res("decoder.mid.block_2", block_in, block_in)
-    ups = {}
-    for i in reversed(range(len(mult))):
-        keys = []
-        for j in range(nrb + 1):
-            _res_into(keys, f"decoder.up.{i}.block.{j}", block_in, ch * mult[i])
-            block_in = ch * mult[i]
-        if i != 0:
-            keys += [(f"decoder.up.{i}.upsample.conv.weight", (block_in, block_in, 3, 3)),
-                     (f"decoder.up.{i}.upsample.conv.bias", (block_in,))]
-        ups[i] = keys
-    for i in range(len(mult)):  # nn.ModuleList order: up.0 first
-        for k, s in ups[i]:
-            add(k, s)
-    norm("decoder.norm_out", block_in)
-    conv("decoder.conv_out", p["out_ch"], block_in, 3)
-    e = p["embed_dim"]
-    conv("quant_conv", 2 * e, 2 * z_ch, 1)
-    conv("post_quant_conv", z_ch, e, 1)
-
-
-def _res_into(keys: list, pre: str, cin: int, cout: int) -> None:
-    keys += [(f"{pre}.norm1.weight", (cin,)), (f"{pre}.norm1.bias", (cin,)),
-             (f"{pre}.conv1.weight", (cout, cin, 3, 3)), (f"{pre}.conv1.bias", (cout,)),
-             (f"{pre}.norm2.weight", (cout,)), (f"{pre}.norm2.bias", (cout,)),
-             (f"{pre}.conv2.weight", (cout, cout, 3, 3)), (f"{pre}.conv2.bias", (cout,))]
-    if cin != cout:
-        keys += [(f"{pre}.nin_shortcut.weight", (cout, cin, 1, 1)),
-                 (f"{pre}.nin_shortcut.bias", (cout,))]
+# The UNet and VAE of Zero123 are Stable Diffusion 1.x's (ldm's openaimodel.UNetModel with
+# 8 input channels, AutoencoderKL): their key builders live with the SD 1.5 mapping in
+# reconstruction.generative.ldm. Only the image CLIP tower is Zero123's own.
 
 
 def _clip_keys(p: dict, add) -> None:
@@ -223,28 +73,16 @@ def _clip_keys(p: dict, add) -> None:
     add("ln_final.bias", (768,))
 
 
-SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
-            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
-            "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
-
-
 def ldm_state_dict_shapes(config: dict, camera_dim: int = 18) -> dict[str, tuple[int, ...]]:
     """Keys and shapes of the LatentDiffusion state dict of a Zero123 config (see the
     module doc), in the original registration order."""
     out: dict[str, tuple[int, ...]] = {}
 
-    def adder(prefix):
-        def add(key, shape):
-            assert prefix + key not in out, key
-            out[prefix + key] = tuple(shape)
-        return add
-
-    for name in SCHEDULE:  # DDPM.register_schedule (lvlb_weights is not persistent)
+    for name in ldm.SCHEDULE_KEYS:  # DDPM.register_schedule (lvlb_weights is not persistent)
         out[name] = (config["timesteps"],)
-    _unet_keys(config["unet"], adder("model.diffusion_model."))
-    _vae_keys(config["vae"], adder("first_stage_model."))
-    _clip_keys(config["clip"], adder("cond_stage_model.model."))
+    ldm.ldm_unet_keys(config["unet"], ldm.key_adder(out, "model.diffusion_model."))
+    ldm.ldm_vae_keys(config["vae"], ldm.key_adder(out, "first_stage_model."))
+    _clip_keys(config["clip"], ldm.key_adder(out, "cond_stage_model.model."))
     out["cc_projection.weight"] = (config["unet"]["context_dim"],
                                    config["clip"]["output_dim"] + camera_dim)
     out["cc_projection.bias"] = (config["unet"]["context_dim"],)
