@@ -429,8 +429,11 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
         task = bar.add_task(loop.desc or f"train {loop.kind}", total=1000,
                             info=f"step {step}")
         try:
+            first = step
             while step < loop.steps:
-                if _any_rank(elapsed() >= max_s, dist):
+                # every run takes at least one step, so a checkpoint after the time limit
+                # always holds this run's work
+                if step > first and _any_rank(elapsed() >= max_s, dist):
                     stopped_by = "time"
                     break
                 progress = max(step / loop.steps, elapsed() / max_s)

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "sparse_voxel.h"
+#include "sparse_voxel_args.h"
 
 namespace sparseview {
 namespace {
@@ -91,29 +92,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(
     const at::Tensor& origins_in, const at::Tensor& dirs_in, const at::Tensor& near_in,
     const at::Tensor& far_in, const at::Tensor& occupancy_in, const at::Tensor& bounds_in,
     double step_in) {
-  TORCH_CHECK(origins_in.dim() == 2 && origins_in.size(1) == 3, "origins must be [R, 3]");
-  TORCH_CHECK(dirs_in.sizes() == origins_in.sizes(), "dirs must be [R, 3] like origins");
+  const int levels = sparse_voxel_args::ray_march(origins_in, dirs_in, near_in, far_in,
+                                                   occupancy_in, bounds_in, step_in);
   const int64_t r = origins_in.size(0);
-  TORCH_CHECK(near_in.dim() == 1 && near_in.size(0) == r, "near must be [R]");
-  TORCH_CHECK(far_in.dim() == 1 && far_in.size(0) == r, "far must be [R]");
-  for (const at::Tensor* t : {&origins_in, &dirs_in, &near_in, &far_in, &bounds_in})
-    TORCH_CHECK(t->scalar_type() == at::kFloat, "rays, near, far and bounds must be float32");
-  TORCH_CHECK(occupancy_in.dim() == 4, "occupancy must be [L, X, Y, Z]");
-  TORCH_CHECK(occupancy_in.scalar_type() == at::kByte || occupancy_in.scalar_type() == at::kBool,
-              "occupancy must be bool or uint8");
-  const int levels = static_cast<int>(occupancy_in.size(0));
-  TORCH_CHECK(levels >= 1 && levels <= sparse_voxel::kMaxLevels, "1 to 16 occupancy levels");
-  TORCH_CHECK(bounds_in.dim() == 2 && bounds_in.size(0) == levels && bounds_in.size(1) == 6,
-              "bounds must be [L, 6]");
-  TORCH_CHECK(step_in > 0 && std::isfinite(step_in), "step must be positive");
   const at::Tensor origins = origins_in.contiguous(), dirs = dirs_in.contiguous();
   const at::Tensor near = near_in.contiguous(), far = far_in.contiguous();
   const at::Tensor occupancy = occupancy_in.contiguous();
   const at::Tensor bounds = bounds_in.contiguous();
   const float* b = bounds.data_ptr<float>();
-  for (int l = 0; l < levels; ++l)
-    for (int a = 0; a < 3; ++a)
-      TORCH_CHECK(b[l * 6 + 3 + a] > b[l * 6 + a], "every level box must have positive size");
+  sparse_voxel_args::level_boxes(b, levels);
   const int res[3] = {static_cast<int>(occupancy.size(1)), static_cast<int>(occupancy.size(2)),
                       static_cast<int>(occupancy.size(3))};
   MarchGrid grid;
@@ -182,19 +169,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ray_march_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> voxel_hash_cpu(
     const at::Tensor& points_in, at::ArrayRef<double> voxel_size,
     at::ArrayRef<double> point_range, int64_t max_points, int64_t max_voxels) {
-  TORCH_CHECK(points_in.dim() == 2 && points_in.size(1) >= 3, "points must be [N, C>=3]");
-  TORCH_CHECK(points_in.is_floating_point(), "points must be floating point");
-  TORCH_CHECK(voxel_size.size() == 3, "voxel_size must have 3 values (x, y, z)");
-  TORCH_CHECK(point_range.size() == 6, "point_range must be (x0, y0, z0, x1, y1, z1)");
-  TORCH_CHECK(max_points != 0, "max_points must be >= 1 (or < 0: no cap)");
   int64_t grid[3];
-  for (int d = 0; d < 3; ++d) {
-    TORCH_CHECK(voxel_size[d] > 0 && point_range[d + 3] > point_range[d],
-                "voxel sizes and the range must be positive");
-    grid[d] = static_cast<int64_t>(std::llround((point_range[d + 3] - point_range[d]) /
-                                                voxel_size[d]));
-    TORCH_CHECK(grid[d] >= 1 && grid[d] < (int64_t(1) << 21), "1 to 2^21 voxels per axis");
-  }
+  sparse_voxel_args::voxel_hash(points_in, voxel_size, point_range, max_points, grid);
   const at::Tensor points = points_in.contiguous();
   const int64_t n = points.size(0);
   const int64_t c = points.size(1);
@@ -273,15 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> voxel_hash_cpu(
 
 void check_reduce_inputs(const at::Tensor& features, const at::Tensor& inverse,
                          const at::Tensor& counts) {
-  TORCH_CHECK(features.dim() == 2 && features.is_floating_point(), "features must be [N, C]");
-  TORCH_CHECK(inverse.dim() == 1 && inverse.size(0) == features.size(0) &&
-                  inverse.scalar_type() == at::kLong,
-              "inverse must be int64 [N]");
-  TORCH_CHECK(counts.dim() == 1 && counts.scalar_type() == at::kLong, "counts must be int64 [M]");
-  const int64_t m = counts.size(0);
-  const int64_t* inv = inverse.data_ptr<int64_t>();
-  for (int64_t i = 0; i < inverse.size(0); ++i)
-    TORCH_CHECK(inv[i] < m, "inverse holds a voxel index beyond counts");
+  sparse_voxel_args::reduce_inputs(features, inverse, counts);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,16 +333,7 @@ at::Tensor voxel_reduce_bwd_cpu(const std::optional<at::Tensor>& grad_mean_in,
   const at::Tensor grad_mean = has_mean ? grad_mean_in->contiguous() : at::Tensor();
   const at::Tensor grad_max = has_max ? grad_max_in->contiguous() : at::Tensor();
   const at::Tensor max = max_in.contiguous();
-  for (const at::Tensor* t : {&grad_mean, &grad_max}) {
-    if (t->defined())
-      TORCH_CHECK(t->dim() == 2 && t->size(0) == m && t->size(1) == c &&
-                      t->scalar_type() == features.scalar_type(),
-                  "voxel gradients must be [M, C] in the features' dtype");
-  }
-  if (has_max)
-    TORCH_CHECK(max.dim() == 2 && max.size(0) == m && max.size(1) == c &&
-                    max.scalar_type() == features.scalar_type(),
-                "max must be [M, C] in the features' dtype");
+  sparse_voxel_args::reduce_grads(grad_mean, grad_max, max, features, m);
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "voxel_reduce_bwd", [&] {
     const scalar_t* f = features.data_ptr<scalar_t>();
     const int64_t* inv = inverse.data_ptr<int64_t>();
@@ -415,17 +374,7 @@ at::Tensor voxel_reduce_bwd_cpu(const std::optional<at::Tensor>& grad_mean_in,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
     const at::Tensor& points_in, const at::Tensor& coords_in, const at::Tensor& features_in,
     at::ArrayRef<double> voxel_size, at::ArrayRef<double> origin) {
-  TORCH_CHECK(points_in.dim() == 2 && points_in.size(1) == 3, "points must be [Q, 3]");
-  TORCH_CHECK(coords_in.dim() == 2 && coords_in.size(1) == 3 &&
-                  (coords_in.scalar_type() == at::kInt || coords_in.scalar_type() == at::kLong),
-              "coords must be int32 or int64 [M, 3]");
-  TORCH_CHECK(features_in.dim() == 2 && features_in.size(0) == coords_in.size(0),
-              "features must be [M, C], one row per voxel");
-  TORCH_CHECK(points_in.is_floating_point() &&
-                  features_in.scalar_type() == points_in.scalar_type(),
-              "points and features must share one floating dtype");
-  TORCH_CHECK(voxel_size.size() == 3 && origin.size() == 3, "voxel_size and origin: 3 values");
-  for (int d = 0; d < 3; ++d) TORCH_CHECK(voxel_size[d] > 0, "voxel sizes must be positive");
+  sparse_voxel_args::trilinear_fwd(points_in, coords_in, features_in, voxel_size, origin);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor coords = coords_in.to(at::kLong).contiguous();
   const at::Tensor features = features_in.contiguous();
@@ -490,14 +439,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
 
 at::Tensor sparse_trilinear_bwd_cpu(const at::Tensor& grad_out_in, const at::Tensor& rows_in,
                                     const at::Tensor& weights_in, int64_t num_rows) {
-  TORCH_CHECK(grad_out_in.dim() == 2, "grad_out must be [Q, C]");
+  sparse_voxel_args::trilinear_bwd(grad_out_in, rows_in, weights_in, num_rows);
   const int64_t q = grad_out_in.size(0), c = grad_out_in.size(1);
-  TORCH_CHECK(rows_in.dim() == 2 && rows_in.size(0) == q && rows_in.size(1) == 8 &&
-                  rows_in.scalar_type() == at::kLong,
-              "rows must be int64 [Q, 8]");
-  TORCH_CHECK(weights_in.sizes() == rows_in.sizes() &&
-                  weights_in.scalar_type() == grad_out_in.scalar_type(),
-              "weights must be [Q, 8] in grad_out's dtype");
   const at::Tensor grad_out = grad_out_in.contiguous();
   const at::Tensor rows = rows_in.contiguous();
   const at::Tensor weights = weights_in.contiguous();
@@ -507,8 +450,6 @@ at::Tensor sparse_trilinear_bwd_cpu(const at::Tensor& grad_out_in, const at::Ten
     const int64_t* rw = rows.data_ptr<int64_t>();
     const scalar_t* wt = weights.data_ptr<scalar_t>();
     scalar_t* g = grad.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < q * 8; ++i)
-      TORCH_CHECK(rw[i] < num_rows, "rows hold an index beyond num_rows");
     // Threads own channel ranges (no two write one value); sums run in query order.
     at::parallel_for(0, c, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t i = 0; i < q; ++i) {
