@@ -194,6 +194,26 @@ def save_checkpoint(out: str | os.PathLike, model: nn.Module, kind: str,
             plot_history(history, tmp / "loss.png", title=kind)
 
 
+def check_checkpoint_out(out: str | os.PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a training ``--out`` that would lose something: a file, a
+    folder that already holds a checkpoint (without ``--resume`` or ``--overwrite``) or a
+    non-empty folder that is not a checkpoint. With ``resume`` the loop itself checks the
+    checkpoint (kind and configuration)."""
+    from geometry.io.atomic import check_output_folder
+
+    out = Path(out)
+    check_output_folder(out)
+    if resume or not out.is_dir():
+        return
+    if (out / "config.json").is_file():
+        if not overwrite:
+            raise UserError(f"{out} already holds a checkpoint; pass --resume to continue "
+                            "it, --overwrite to replace it, or choose a new --out.")
+    elif any(out.iterdir()):
+        raise UserError(f"{out} is a non-empty folder that is not a checkpoint; choose a "
+                        "new --out.")
+
+
 def read_checkpoint_config(folder: str | os.PathLike, kind: str,
                            command: str | None = None) -> dict[str, Any]:
     """The ``config.json`` of a checkpoint folder of model ``kind``, checked.

@@ -149,3 +149,23 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
     # the mean of two half-batch gradients is the full batch's gradient
     assert torch.allclose(w0, single.weight.detach(), atol=1e-6)
     assert json.loads((tmp_path / "ddp" / "config.json").read_text())["step"] == 6
+
+
+def test_check_checkpoint_out(tmp_path):
+    from geometry.training import check_checkpoint_out
+
+    check_checkpoint_out(tmp_path / "new", resume=False, overwrite=False)  # absent: fine
+    model = _model()
+    train_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss,
+               _loop(tmp_path / "ck", steps=2))
+    with pytest.raises(UserError, match="already holds a checkpoint; pass --resume"):
+        check_checkpoint_out(tmp_path / "ck", resume=False, overwrite=False)
+    check_checkpoint_out(tmp_path / "ck", resume=True, overwrite=False)
+    check_checkpoint_out(tmp_path / "ck", resume=False, overwrite=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="non-empty folder that is not a checkpoint"):
+        check_checkpoint_out(tmp_path / "other", resume=False, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        check_checkpoint_out(tmp_path / "file", resume=False, overwrite=False)
