@@ -59,30 +59,16 @@ def load_motion(amass: Path | None, synthetic: bool, fps: float, seed: int,
     return synthesize_dataset(num_synthetic, seed=seed, cfg=cfg)
 
 
-def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        return
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out} exists and is not a folder; choose a new --out.")
-        if (out / "config.json").is_file():
-            if not overwrite:
-                raise UserError(f"{out} already holds a checkpoint; pass --resume to continue "
-                                "it, --overwrite to replace it, or choose a new --out.")
-        elif any(out.iterdir()):
-            raise UserError(f"{out} is a non-empty folder that is not a checkpoint; choose a "
-                            "new --out.")
-
-
 def run_train(out: Path, amass: Path | None, synthetic: bool, model: ModelConfig,
               train_cfg: TrainConfig, fov: FovConfig, synth: SynthConfig,
               num_synthetic: int = 200, smplh_dir: Path | None = None, resume: bool = False,
               overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Train EgoPoser (or the MLP baseline); returns the final training state."""
+    from geometry.training import check_checkpoint_out
     from pose.body.egoposer.data import prepare_sequences
     from pose.body.egoposer.train import read_checkpoint_config, train
 
-    _check_out_dir(out, resume, overwrite)
+    check_checkpoint_out(out, resume, overwrite)
     if resume:
         read_checkpoint_config(out)
     seqs = load_motion(amass, synthetic, model.fps, train_cfg.seed, synth, num_synthetic,
