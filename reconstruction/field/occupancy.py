@@ -7,10 +7,10 @@ steps along rays at a fixed step and keeps the steps whose midpoints fall in occ
 as packed samples (ray index, start, end) for
 :func:`~reconstruction.field.render.render_weights_packed`.
 
-Seam for the native kernel: the marching itself is :func:`march_reference` (pure PyTorch, the
-oracle). A native op with the same signature (the sparse-voxel kernels of ``cuda/`` through
-``geometry.ops``) is plugged in with :func:`set_march_impl`; :meth:`OccupancyGrid.march` then
-calls it instead, and its tests compare it against :func:`march_reference`.
+The marching runs on the sparse-voxel kernel of ``geometry.ops`` (:func:`march_native`: the
+C++/OpenMP or CUDA ``ray_march``, its PyTorch reference where neither is built);
+:func:`march_reference` is this module's own oracle, and tests compare the two.
+:func:`set_march_impl` swaps in another implementation of the same signature.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ _MARCH_IMPL: MarchFn | None = None
 
 
 def set_march_impl(fn: MarchFn | None) -> None:
-    """Use ``fn`` (e.g. a native kernel) for :meth:`OccupancyGrid.march`; None: the
-    reference."""
+    """Use ``fn`` for :meth:`OccupancyGrid.march`; None: :func:`march_native`."""
     global _MARCH_IMPL
     _MARCH_IMPL = fn
 
@@ -106,6 +105,27 @@ def march_reference(origins: Tensor, dirs: Tensor, t_min: Tensor, t_max: Tensor,
     return torch.cat(rays), torch.cat(starts), torch.cat(ends)
 
 
+def march_native(origins: Tensor, dirs: Tensor, t_min: Tensor, t_max: Tensor,
+                 binary: Tensor, lo: Tensor, hi: Tensor, step: float
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`march_reference`'s rule on ``geometry.ops.sparse_voxel.ray_march``.
+
+    The kernel's lattice starts at its ``near``: each ray's interval is clipped to the box
+    first, so the steps start where :func:`march_reference`'s do (at
+    ``max(t_min, box entry)``, the last one shortened to ``min(t_max, box exit)``). Samples
+    agree with the reference up to float32 rounding of a midpoint that lies on a cell face.
+    """
+    from geometry.ops.sparse_voxel import ray_march
+
+    t_in, t_out = intersect_aabb(origins, dirs, lo, hi)
+    a = torch.maximum(t_in, t_min)
+    b = torch.minimum(t_out, t_max)
+    bounds = torch.cat([lo, hi]).to(torch.float32)
+    out = ray_march(origins, dirs, a, b, binary, bounds, float(step))
+    dtype = origins.dtype
+    return out.ray_indices, out.t_starts.to(dtype), out.t_ends.to(dtype)
+
+
 class OccupancyGrid:
     """Density EMA and occupancy over the box ``[lo, hi]`` at ``resolution^3`` cells."""
 
@@ -156,9 +176,9 @@ class OccupancyGrid:
 
     def march(self, origins: Tensor, dirs: Tensor, t_min: Tensor, t_max: Tensor,
               step: float) -> MarchSamples:
-        """Packed samples in occupied cells (see :func:`march_reference`; the native op when
-        one is set with :func:`set_march_impl`)."""
-        fn = _MARCH_IMPL or march_reference
+        """Packed samples in occupied cells (the rule of :func:`march_reference`, computed by
+        :func:`march_native` unless :func:`set_march_impl` set another implementation)."""
+        fn = _MARCH_IMPL or march_native
         ray, t0, t1 = fn(origins, dirs, t_min, t_max, self.binary, self.lo.to(origins),
                          self.hi.to(origins), float(step))
         return MarchSamples(ray, t0, t1, len(origins))

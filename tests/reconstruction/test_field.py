@@ -15,7 +15,12 @@ from reconstruction.field.contraction import (
     inverted_sphere_t,
     uncontract,
 )
-from reconstruction.field.occupancy import OccupancyGrid, march_reference, set_march_impl
+from reconstruction.field.occupancy import (
+    OccupancyGrid,
+    march_native,
+    march_reference,
+    set_march_impl,
+)
 from reconstruction.field.rays import Rays, camera_rays, intersect_aabb, intersect_sphere
 from reconstruction.field.render import (
     accumulate_packed,
@@ -255,6 +260,44 @@ def test_march_seam_uses_the_registered_impl():
         set_march_impl(None)
     assert len(calls) == 1 and len(s.t_starts) == 4  # 2 units of box / 0.5
     assert s.t_starts.tolist() == pytest.approx([2.0, 2.5, 3.0, 3.5])
+
+
+def test_native_marching_matches_the_reference():
+    """The default march (the sparse-voxel kernel) keeps the reference's samples: random
+    occupancy, rays from outside and inside the box, intervals cut by t_min / t_max, rays
+    that miss."""
+    g = torch.Generator().manual_seed(3)
+    binary = torch.rand(12, 12, 12, generator=g) < 0.3
+    lo, hi = torch.tensor([-1.0, -0.5, -1.2]), torch.tensor([1.0, 0.7, 0.8])
+    n = 300
+    o = torch.rand(n, 3, generator=g) * 6 - 3
+    o[:50] = torch.rand(50, 3, generator=g) * 0.8 - 0.4  # inside the box
+    target = torch.rand(n, 3, generator=g) * 1.6 - 0.8
+    target[-20:] = o[-20:] + torch.tensor([10.0, 0.0, 0.0])  # mostly misses
+    d = torch.nn.functional.normalize(target - o, dim=1)
+    t_min = torch.rand(n, generator=g) * 0.5
+    t_max = torch.where(torch.rand(n, generator=g) < 0.3, torch.rand(n, generator=g) * 3 + 1,
+                        torch.full((n,), 100.0))
+    step = 0.0371
+    ref = march_reference(o, d, t_min, t_max, binary, lo, hi, step)
+    nat = march_native(o, d, t_min, t_max, binary, lo, hi, step)
+    assert len(ref[0]) > 1000
+    # the same samples, up to midpoints that float32 rounding puts on the other side of a
+    # cell face
+    assert abs(len(nat[0]) - len(ref[0])) <= 2
+    start = torch.maximum(intersect_aabb(o, d, lo, hi)[0], t_min)
+
+    def key(r):  # (ray, step number)
+        return r[0] * 100000 + ((r[1] - start[r[0]]) / step).round().long()
+
+    common = set(key(ref).tolist()) & set(key(nat).tolist())
+    assert len(common) >= len(ref[0]) - 2
+    assert torch.equal(nat[0], nat[0].sort().values)
+    both = {k: (a, b) for k, a, b in zip(key(ref).tolist(), ref[1].tolist(), ref[2].tolist(),
+                                       strict=True)}
+    for k, a, b in zip(key(nat).tolist(), nat[1].tolist(), nat[2].tolist(), strict=True):
+        if k in both:
+            assert abs(both[k][0] - a) < 1e-4 and abs(both[k][1] - b) < 1e-4
 
 
 def test_triplane_bilinear_values():
