@@ -57,6 +57,10 @@ class Method:
     stage_eval_inputs: Callable[[Any, list[Path], Path], Any] | None = None
     """``(options, training photos in order, work folder) -> options`` for ``recon eval``,
     which stages the photos as ``NNN_<name>``: per-photo files named in the options follow."""
+    min_images: int = 2
+    """The fewest photos the method works from (1: single-view methods). Fewer are refused
+    with one sentence where the photos are listed (:func:`reconstruction.images.
+    list_image_files`, called with this number by the engine's fit)."""
 
     def default_options(self) -> Any:
         """A fresh instance of :attr:`options` (None for a method without options)."""

@@ -42,8 +42,8 @@ def _load_gaussians(folder: Path, device: str = "cpu"):
 def gaussian_method(name: str, summary: str, build: BuildTrainer | None = None,
                     options: type | None = None,
                     check_inputs: Callable[[Any, list], None] | None = None,
-                    stage_eval_inputs: Callable[[Any, list[Path], Path], Any] | None = None
-                    ) -> Method:
+                    stage_eval_inputs: Callable[[Any, list[Path], Path], Any] | None = None,
+                    min_images: int = 2) -> Method:
     """The registry record of a method that runs the engine's fit loop with the trainer
     ``build`` makes (default: F-3DGO's) and returns a Gaussian scene.
 
@@ -54,13 +54,17 @@ def gaussian_method(name: str, summary: str, build: BuildTrainer | None = None,
         options: the method's options dataclass.
         check_inputs: ``(options, loaded photos)``, raises UserError before any work.
         stage_eval_inputs: see :class:`~reconstruction.method.Method`.
+        min_images: the fewest photos (see :class:`~reconstruction.method.Method`); one photo
+            is initialised by :mod:`.single_view`.
     """
     build = _default_build if build is None else build
 
     def fit(config, cameras=None, callbacks=None) -> dict:
         from reconstruction.engine.fit import fit as run
 
-        return run(config, cameras, callbacks, build=build, check_inputs=check_inputs)
+        return run(config, cameras, callbacks, build=build, check_inputs=check_inputs,
+                   min_images=min_images)
 
     return Method(name=name, summary=summary, fit=fit, load=_load_gaussians, options=options,
-                  check_inputs=check_inputs, stage_eval_inputs=stage_eval_inputs)
+                  check_inputs=check_inputs, stage_eval_inputs=stage_eval_inputs,
+                  min_images=min_images)

@@ -155,7 +155,10 @@ def _key_differences(run_key: dict[str, Any], saved_key: Any, method: str) -> li
     return differences
 
 
-def _check_paths(config: FitConfig) -> None:
+def check_fit_paths(config: FitConfig) -> None:
+    """Refuse, before any work, the fit options that would fail later or lose data: an
+    unwritable or overlapping ``--out``, bad iteration / time / focal values, an absent
+    device. Shared by every method's fit."""
     check_output_folder(config.out)  # writable, has a name: before minutes of work
     images = config.images.resolve()
     out = config.out.resolve()
@@ -176,7 +179,7 @@ def _check_paths(config: FitConfig) -> None:
     check_device(config.device)
 
 
-def _known_cameras(config: FitConfig, images: list[LoadedImage],
+def known_cameras(config: FitConfig, images: list[LoadedImage],
                    cameras: Cameras | None) -> Cameras | None:
     """The given cameras in image order, intrinsics for the loaded (resized) images.
 
@@ -422,7 +425,8 @@ class _Run:
 
 def fit(config: FitConfig, cameras: Cameras | None = None,
         callbacks: list[Monitor] | None = None, build: BuildTrainer = default_trainer,
-        check_inputs: Callable[[Any, list[LoadedImage]], None] | None = None) -> dict:
+        check_inputs: Callable[[Any, list[LoadedImage]], None] | None = None,
+        min_images: int = 2) -> dict:
     """Run the whole loop (see the module doc); returns the metrics written.
 
     Args:
@@ -433,21 +437,24 @@ def fit(config: FitConfig, cameras: Cameras | None = None,
             live viewer's refresh; they must return quickly).
         build: the method's trainer builder.
         check_inputs: the method's early check of its options and files.
+        min_images: the method's fewest photos (:attr:`~reconstruction.method.Method.
+            min_images`); one photo is initialised by :mod:`.single_view` (no SfM).
     """
-    _check_paths(config)  # before the lock: a bad --out must not get a lock file beside it
+    check_fit_paths(config)  # before the lock: a bad --out must not get a lock file beside it
     with output_lock(config.out):
-        return _fit_locked(config, cameras, callbacks, build, check_inputs)
+        return _fit_locked(config, cameras, callbacks, build, check_inputs, min_images)
 
 
 def _fit_locked(config: FitConfig, cameras: Cameras | None, callbacks: list[Monitor] | None,
                 build: BuildTrainer,
-                check_inputs: Callable[[Any, list[LoadedImage]], None] | None) -> dict:
+                check_inputs: Callable[[Any, list[LoadedImage]], None] | None,
+                min_images: int = 2) -> dict:
     """:func:`fit` while holding the lock of ``config.out``."""
     # a run killed while it swapped OUT or its checkpoint leaves the old folder aside
     recover_directory(config.out)
     recover_directory(resume_dir(config.out))
     check_replaceable(config.out, OUTPUT_MARKER, config.overwrite)
-    run = _prepare(config, cameras, config.options, check_inputs)
+    run = _prepare(config, cameras, config.options, check_inputs, min_images)
     if run.resumed is None:
         _initialise(run)
     else:
@@ -466,7 +473,8 @@ def _fit_locked(config: FitConfig, cameras: Cameras | None, callbacks: list[Moni
 
 
 def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
-             check_inputs: Callable[[Any, list[LoadedImage]], None] | None) -> _Run:
+             check_inputs: Callable[[Any, list[LoadedImage]], None] | None,
+             min_images: int = 2) -> _Run:
     """Checks, threads, the photos, the known cameras and an existing checkpoint."""
     t_start = time.perf_counter()
     if config.init not in INITIALISERS:
@@ -476,14 +484,14 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     config.init_options.sfm.threads = threads
 
     t0 = time.perf_counter()
-    images = load_images(config.images, config.max_size, config.train.background)
+    images = load_images(config.images, config.max_size, config.train.background, min_images)
     _apply_focal(images, config.focal_35mm)
     config.train.iterations = config.iterations if config.iterations is not None \
         else default_iterations(len(images))
     load_seconds = time.perf_counter() - t0
     sizes = sorted({f"{im.width}x{im.height}" for im in images})
     log_stage(f"loaded {len(images)} photos ({', '.join(sizes)} px)", config.quiet)
-    known = _known_cameras(config, images, cameras)
+    known = known_cameras(config, images, cameras)
     if check_inputs is not None:  # option and file errors before the minutes of SfM
         check_inputs(options, images)
     if known is not None:
@@ -522,12 +530,16 @@ def _initialise(run: _Run) -> None:
     """The coarse initialisation, normalised: ``run.init_state`` and ``run.init_meta``."""
     config, known = run.config, run.known
     t0 = time.perf_counter()
-    log_stage(f"initialising (--init {config.init}): {_INIT_STAGES.get(config.init, 'SfM')}…",
-              config.quiet)
+    initialiser, stage = INITIALISERS[config.init], _INIT_STAGES.get(config.init, "SfM")
+    if len(run.images) == 1 and config.init in ("sfm", "sfm-sparse"):  # SfM has nothing to match
+        from reconstruction.engine.single_view import single_view_init as initialiser
+
+        stage = "one photo: its camera and a monocular depth guess (no SfM)"
+    log_stage(f"initialising (--init {config.init}): {stage}…", config.quiet)
     with tempfile.TemporaryDirectory(prefix="sparseview-init-") as work:
         given = None if known is None else (known.K.numpy(), known.T_cam_world.numpy())
-        init = INITIALISERS[config.init](run.images, Path(work), config.init_options,
-                                         config.seed, cameras=given)
+        init = initialiser(run.images, Path(work), config.init_options, config.seed,
+                           cameras=given)
     run.timings.update({f"init_{k}": v for k, v in init.timings.items()})
     run.timings["init_total"] = time.perf_counter() - t0
     stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in init.timings.items())

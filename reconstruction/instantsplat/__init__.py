@@ -9,4 +9,5 @@ from reconstruction.engine import gaussian_method
 
 METHOD = gaussian_method(
     "instantsplat",
-    "InstantSplat: SfM + stereo initialisation, joint optimisation of splats and poses.")
+    "InstantSplat: SfM + stereo initialisation, joint optimisation of splats and poses.",
+    min_images=1)  # one photo: its camera and a monocular depth guess (engine.single_view)

@@ -39,4 +39,5 @@ METHOD = Method(
     name="neo360",
     summary="NeO 360: novel views of a 360-degree scene from a few posed photos and a "
             "trained model; needs --poses and --neo360.checkpoint.",
-    fit=_fit, load=_load, options=NeO360Options, check_inputs=_check_inputs)
+    fit=_fit, load=_load, options=NeO360Options, check_inputs=_check_inputs,
+    min_images=1)

@@ -50,7 +50,7 @@ def normalisation(cameras, camera_radius: float) -> tuple[torch.Tensor, float]:
 def fit(config, cameras, callbacks) -> dict:
     """The ``fit`` of the method record."""
     from geometry.io.atomic import atomic_directory, check_replaceable, output_lock
-    from reconstruction.engine.fit import _check_paths, _known_cameras
+    from reconstruction.engine.fit import check_fit_paths, known_cameras
     from reconstruction.field.scene_model import FieldSceneModel
     from reconstruction.images import load_images
     from reconstruction.neo360.data import to_field_frame
@@ -59,10 +59,10 @@ def fit(config, cameras, callbacks) -> dict:
 
     options: NeO360Options = config.options
     start = time.monotonic()
-    _check_paths(config)
+    check_fit_paths(config)
     images = load_images(config.images, config.max_size, min_images=1)
     check_inputs(options, images)
-    known = _known_cameras(config, images, cameras)
+    known = known_cameras(config, images, cameras)
     if known is None:
         raise UserError("--method neo360 needs the photos' cameras: give --poses FILE "
                         "(COLMAP, transforms.json, poses_bounds.npy or cameras.npz).")

@@ -40,4 +40,4 @@ METHOD = Method(
     name="upfusion",
     summary="UpFusion: 1-6 unposed photos; UpSRT (+ its DF+SLT ControlNet) novel views "
             "distilled into splats.",
-    fit=_fit, load=_load, options=UpFusionOptions, check_inputs=_check_inputs)
+    fit=_fit, load=_load, options=UpFusionOptions, check_inputs=_check_inputs, min_images=1)

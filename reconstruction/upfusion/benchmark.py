@@ -3,20 +3,27 @@
 On unseen generated object sequences (:mod:`.data`, seeds from ``seed``), with the inputs
 and held-out views of :func:`~.train.input_indices` / :func:`~.train.heldout_indices`:
 
-- :func:`upsrt_rows`: held-out PSNR/LPIPS of UpSRT's renders from 1, 3 and 6 input views;
+- :func:`upsrt_rows`: held-out PSNR/LPIPS of UpSRT's renders from 1, 3 and 6 input views
+  (and :func:`nearest_view_rows`: copying the nearest input photo, for reference);
 - :func:`upfusion_rows`: Gaussian splats fitted to the inputs (their true cameras, in the
   reference frame; poses fixed) photometrically only, and with UpFusion's distillation
   whose denoiser is UpSRT (:class:`~.method.UpSRTDenoiser`), both from the inputs' visual
   hull: held-out PSNR of each at 1, 3, 6 views.
 
-Both return plain dicts (``upsrt_psnr_1``, ..., ``upfusion_psnr_3``,
-``photometric_psnr_3``, ...); the bench prints them.
+- :func:`instantsplat_single_view_rows`: InstantSplat from the same single input view (the
+  engine's one-photo initialisation, :mod:`reconstruction.engine.single_view`, then its
+  photometric fit; the input camera's true intrinsics, as UpSRT's) rendered at the same
+  held-out cameras and scored the same way.
+
+They return plain dicts (``upsrt_psnr_1``, ..., ``upfusion_psnr_3``,
+``photometric_psnr_3``, ``instantsplat_psnr_1``); the bench prints them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -37,19 +44,44 @@ def bench_sequences(seed: int, count: int, size: int = 64, frames: int = 24
 @torch.no_grad()
 def upsrt_rows(model, sequences: list[ObjectSequence], lpips=None,
                view_counts: tuple[int, ...] = VIEW_COUNTS) -> dict[str, float]:
-    """Mean held-out PSNR (and LPIPS with a network) of UpSRT's renders per view count."""
+    """Mean held-out PSNR (and LPIPS with a network) of UpSRT's renders per view count; also
+    on the object alone (``upsrt_object_psnr_V``: the pixels of the held-out masks, where
+    sequences have masks; the white background is most of each photo)."""
     out: dict[str, float] = {}
     for n in view_counts:
-        ps, lp = [], []
+        ps, po, lp = [], [], []
         for seq in sequences:
             held = torch.as_tensor(heldout_indices(len(seq)))
             pred = model.render(view_set(seq, input_indices(len(seq), n)), seq.cameras[held])
             ps.append(psnr(pred.cpu(), seq.images[held]))
+            if seq.masks is not None and bool(seq.masks[held].any()):
+                mask = seq.masks[held]
+                po.append(psnr(pred.cpu()[mask], seq.images[held][mask]))
             if lpips is not None:
                 lp.append(float(lpips(pred.cpu(), seq.images[held]).mean()))
         out[f"upsrt_psnr_{n}"] = sum(ps) / len(ps)
+        if po:
+            out[f"upsrt_object_psnr_{n}"] = sum(po) / len(po)
         if lp:
             out[f"upsrt_lpips_{n}"] = sum(lp) / len(lp)
+    return out
+
+
+def nearest_view_rows(sequences: list[ObjectSequence],
+                      view_counts: tuple[int, ...] = VIEW_COUNTS) -> dict[str, float]:
+    """``copy_psnr_V``: the held-out PSNR of copying, for each held-out view, the input photo
+    nearest to it on the ring (a model-free reference: what view interpolation without any
+    3D reasoning gets), scored like :func:`upsrt_rows`."""
+    out: dict[str, float] = {}
+    for n in view_counts:
+        values = []
+        for seq in sequences:
+            count, inputs, held = len(seq), input_indices(len(seq), n), heldout_indices(len(seq))
+            nearest = [min(inputs, key=lambda i, h=h: min((h - i) % count, (i - h) % count))
+                       for h in held]
+            values.append(psnr(seq.images[torch.as_tensor(nearest)],
+                               seq.images[torch.as_tensor(held)]))
+        out[f"copy_psnr_{n}"] = sum(values) / len(values)
     return out
 
 
@@ -134,3 +166,54 @@ def upfusion_rows(model, sequences: list[ObjectSequence], bench: DistillBench | 
     out["upfusion_seconds"] = time.perf_counter() - t0
     return out
 
+
+
+@torch.no_grad()
+def _render(trainer, T_cam_world: Tensor, K: Tensor, width: int, height: int) -> Tensor:
+    """``[C, H, W, 3]`` renders of a trainer's Gaussians at cameras ``T_cam_world [C]``."""
+    from reconstruction.splatting import rasterization
+
+    p = trainer.params
+    out = []
+    for k in range(len(T_cam_world)):
+        colors, _, _ = rasterization(
+            p["means"], p["quats"], torch.exp(p["log_scales"]),
+            torch.sigmoid(p["logit_opacities"]), torch.cat([p["sh0"], p["shN"]], 1),
+            T_cam_world[k:k + 1], K[k:k + 1], width, height,
+            sh_degree=trainer.config.sh_degree, backgrounds=trainer.background[None])
+        out.append(colors[0].clamp(0, 1))
+    return torch.stack(out)
+
+
+def instantsplat_single_view_rows(sequences: list[ObjectSequence], iterations: int = 300,
+                                  seed: int = 0) -> dict[str, float]:
+    """``instantsplat_psnr_1``: held-out PSNR of InstantSplat from the first input view alone
+    (see the module doc), averaged over the sequences like :func:`upsrt_rows`; also the
+    PSNR of its render of that input view (``instantsplat_input_psnr_1``)."""
+    from reconstruction.engine.single_view import single_view_init
+    from reconstruction.gaussians import GaussianScene
+    from reconstruction.images import LoadedImage
+
+    t0 = time.perf_counter()
+    values, inputs = [], []
+    for seq in sequences:
+        index, held = input_indices(len(seq), 1), heldout_indices(len(seq))
+        T_ref = view_set(seq, index).T_ref_world
+        T_in, K_in = _reference_cameras(seq, index, T_ref)
+        T_held, K_held = _reference_cameras(seq, held, T_ref)
+        image = seq.images[index[0]]
+        photo = LoadedImage(path=Path(f"view{index[0]}.png"), rgb=image,
+                            focal_px=float(K_in[0, 0, 0]), camera_key=())
+        init = single_view_init([photo], None, None, seed,
+                                cameras=(K_in[0].double().numpy(), T_in[0].double().numpy()))
+        scene = GaussianScene.from_points(torch.as_tensor(init.points_world).float(),
+                                          torch.as_tensor(init.colors).float(), sh_degree=1,
+                                          initial_opacity=0.5)
+        trainer = _fit(image[None], T_in, K_in, scene, iterations, [], seed)
+        h, w = image.shape[:2]
+        pred = _render(trainer, T_held, K_held, w, h)
+        values.append(psnr(pred.cpu(), seq.images[torch.as_tensor(held)]))
+        inputs.append(psnr(_render(trainer, T_in, K_in, w, h).cpu(), image[None]))
+    return {"instantsplat_psnr_1": sum(values) / len(values),
+            "instantsplat_input_psnr_1": sum(inputs) / len(inputs),
+            "instantsplat_seconds": time.perf_counter() - t0}

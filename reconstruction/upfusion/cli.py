@@ -26,11 +26,14 @@ class UpSRTTrain:
     co3d: Path | None = None
     """A folder of CO3D sequences (each with gt_cameras.npz and its frames)."""
     preset: Literal["tiny", "official", "test"] = "tiny"
-    """Architecture: tiny (CPU, 64 px, encoder trained too), official (the released
+    """Architecture: tiny (CPU, 64 px photos read at 32 px, encoder trained too, posed input
+    rays), official (the released
     model's: DINOv2 ViT-B/14 keys, 768-wide, 8+4 layers), test (unit tests)."""
-    input_rays: Literal["identity", "relative"] = "identity"
-    """identity: UpFusion's unposed setting (input patch rays from identity cameras);
-    relative: a posed variant (input rays from the known cameras)."""
+    input_rays: Literal["identity", "relative"] | None = None
+    """identity: UpFusion's unposed setting (input patch rays from identity cameras; the
+    official preset's); relative: a posed variant (input rays from the known cameras, in the
+    first view's frame; the tiny preset's, see reconstruction/upfusion/upsrt.py); None: the
+    preset's."""
     max_minutes: float | None = None
     """Stop after this many minutes (with a checkpoint)."""
     resume: bool = False
@@ -52,7 +55,8 @@ class UpSRTTrain:
         from reconstruction.upfusion.upsrt import preset
 
         set_threads(self.threads)
-        config = preset(self.preset, input_rays=self.input_rays)
+        overrides = {} if self.input_rays is None else {"input_rays": self.input_rays}
+        config = preset(self.preset, **overrides)
         _, result = run_train(self.out, self.synthetic, self.co3d, config, self.train,
                               self.max_minutes, self.resume, self.overwrite, self.device,
                               self.quiet)

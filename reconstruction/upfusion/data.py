@@ -238,9 +238,12 @@ def view_set(sequence: ObjectSequence, index: list[int] | Tensor):
 
 
 def sample_batch(sequences: list[ObjectSequence], batch_size: int, num_views: int,
-                 num_queries: int, generator: torch.Generator) -> Batch:
+                 num_queries: int, generator: torch.Generator,
+                 foreground_fraction: float = 0.0) -> Batch:
     """``batch_size`` random view sets of ``num_views`` inputs and ``num_queries`` random
-    query pixels (any view of the sequence, inputs included)."""
+    query pixels (any view of the sequence, inputs included); with masks, a
+    ``foreground_fraction`` of them on the object (the rest uniform: the white background
+    is most of a photo and easy to learn, the object is what the extra views inform)."""
     images, Ks, Ts, refs, rays, colours = [], [], [], [], [], []
     size = None
     for _ in range(batch_size):
@@ -257,6 +260,13 @@ def sample_batch(sequences: list[ObjectSequence], batch_size: int, num_views: in
         q_view = torch.randint(n, (num_queries,), generator=generator)
         q_u = torch.randint(w, (num_queries,), generator=generator)
         q_v = torch.randint(h, (num_queries,), generator=generator)
+        n_fg = int(round(foreground_fraction * num_queries)) if seq.masks is not None else 0
+        if n_fg:
+            fg = seq.masks[q_view[:n_fg]].reshape(n_fg, -1).float()  # [n_fg, H*W]
+            empty = fg.sum(-1) == 0
+            fg[empty] = 1.0  # a view without object: uniform
+            pick = torch.multinomial(fg, 1, generator=generator)[:, 0]
+            q_v[:n_fg], q_u[:n_fg] = pick // w, pick % w
         uv = torch.stack((q_u, q_v), -1).double() + 0.5
         ray = torch.empty(num_queries, 6, dtype=torch.float64)
         for view in q_view.unique():

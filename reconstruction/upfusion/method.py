@@ -109,8 +109,9 @@ def sphere_candidates(azimuths: int, elevations_deg: Sequence[float]) -> Tensor:
 @torch.no_grad()
 def search_poses(model, photos: Tensor, Ks: Tensor, options: UpFusionOptions) -> Tensor:
     """``T_world_cam [V, 4, 4]`` of the photos in the reference frame: the first fixed, each
-    other the grid viewpoint whose UpSRT render (all photos as inputs) is closest (MSE at
-    ``search_size``) to it."""
+    other the grid viewpoint whose UpSRT render (all photos as inputs; for a posed model,
+    ``input_rays="relative"``, the photos placed so far in their placed cameras) is closest
+    (MSE at ``search_size``) to it."""
     import torch.nn.functional as F
 
     from reconstruction.upfusion.upsrt import ViewSet
@@ -124,7 +125,13 @@ def search_poses(model, photos: Tensor, Ks: Tensor, options: UpFusionOptions) ->
     slt = model.encode_views(views)
     size = options.search_size
     candidates = sphere_candidates(options.search_azimuths, options.search_elevations)
+    posed = getattr(getattr(model, "config", None), "input_rays", "identity") == "relative"
     for k in range(1, v):
+        if posed:  # the model reads the inputs' cameras: only the views placed so far
+            placed = ViewSet(images=photos[:k], cameras=Cameras(
+                K=Ks[:k], T_world_cam=torch.stack(poses), width=w, height=h),
+                T_ref_world=views.T_ref_world)
+            slt = model.encode_views(placed)
         scale = size / max(w, h)
         K = Ks[k].clone()
         K[:2] *= scale
@@ -413,4 +420,4 @@ def fit(config, cameras=None, callbacks=None) -> dict:
     config.init_options.fill_coverage = False
     return engine_fit(config, cameras, callbacks,
                       build=lambda job: build_trainer(job, model_factory),
-                      check_inputs=check_inputs)
+                      check_inputs=check_inputs, min_images=1)

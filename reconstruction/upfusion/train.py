@@ -3,7 +3,8 @@
 
 Training follows the official recipe at a small scale: a batch of view sets with one
 number of inputs per batch (drawn uniformly from ``--views``), random query pixels from any
-view of each sequence, MSE on the colours (:func:`upsrt_loss`). Each rank draws its own
+view of each sequence (``--foreground-queries`` of them on the object where masks exist),
+MSE on the colours (:func:`upsrt_loss`). Each rank draws its own
 batches from generators seeded by ``(seed, step, rank)`` (and the view count from
 ``(seed, step)``, the same on every rank), so runs are reproducible and resumable.
 """
@@ -38,13 +39,16 @@ class UpSRTTrainOptions:
     """View sets per step (per process under torchrun)."""
     queries: int = 512
     """Query rays per view set."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Peak learning rate (AdamW; warm-up then cosine decay)."""
     weight_decay: float = 0.01
     warmup_steps: int = 100
     views: str = "1-6"
     """Input views per set: a range ``MIN-MAX`` (one count per batch, uniform) or one
     number."""
+    foreground_queries: float = 0.2
+    """Share of the query pixels drawn on the object (sequences with masks: --synthetic);
+    the rest uniform over the photo."""
     scenes: int = 160
     """Generated object sequences to train on (--synthetic)."""
     frames: int = 24
@@ -83,7 +87,7 @@ def make_batch_fn(sequences: list[ObjectSequence], options: UpSRTTrainOptions, d
         views = int(torch.randint(lo, hi + 1, (1,), generator=views_gen))
         gen = torch.Generator().manual_seed((options.seed * 1_000_003 + step) * 64 + rank)
         return sample_batch(sequences, options.batch_size, views, options.queries,
-                            gen).to(device)
+                            gen, options.foreground_queries).to(device)
 
     return batch_fn
 
@@ -163,8 +167,11 @@ def input_indices(num_frames: int, count: int) -> list[int]:
 
 
 def heldout_indices(num_frames: int) -> list[int]:
-    """Held-out views: those halfway between the six input positions."""
-    return [round((k + 0.5) * num_frames / 6) % num_frames for k in range(6)]
+    """Held-out views: every view that is none of the six input positions (18 of 24), the
+    same for 1, 3 and 6 inputs. (Only the views halfway between the six positions would be
+    the one set where 3 inputs are as near as 6: each 30 degrees from its nearest input.)"""
+    six = set(input_indices(num_frames, 6))
+    return [k for k in range(num_frames) if k not in six]
 
 
 def psnr(pred: Tensor, target: Tensor) -> float:

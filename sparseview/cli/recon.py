@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
@@ -52,7 +53,7 @@ class BuildOps:
 
 @dataclass
 class Fit(FitConfig):
-    """Fit a scene and camera poses to a folder of 2-12 unposed photos (default method:
+    """Fit a scene and camera poses to a folder of 1-12 unposed photos (default method:
     InstantSplat; see --method).
 
     Writes OUT/splats.ply, OUT/sparse/0/ (COLMAP text model with tracks), OUT/transforms.json
@@ -73,11 +74,19 @@ class Fit(FitConfig):
     refine_poses: bool = False
     """Refine the initialiser's cameras with SparseAGS (render-and-compare, outlier views
     detected and corrected; see pose sparseags) before the optimisation."""
+    aden_checkpoint: Path | None = None
+    """An ADen checkpoint folder ('pose aden train'): its camera poses initialise the fit
+    (the cloud is triangulated with them by the --init initialiser); None: the --init
+    initialiser's own poses."""
 
     def run(self) -> dict:
         from geometry.errors import UserError
         from reconstruction.methods import fit
 
+        if self.aden_checkpoint is not None:
+            from pose.camera.aden.hook import register_aden
+
+            self.init = register_aden(self.aden_checkpoint, base=self.init)
         if self.refine_poses:
             from pose.camera.sparseags.hook import register_refine_poses
 

@@ -10,6 +10,12 @@ last line is ``upsrt_psnr_1=X upsrt_psnr_3=Y upsrt_psnr_6=Z instantsplat_psnr_1=
 oracle_gain_db=G`` (``nan`` for a figure not measured, e.g. a row family skipped by
 ``--rows`` or by the ``--minutes`` budget).
 
+UpSRT rows (:mod:`reconstruction.upfusion.benchmark`, ``--upsrt CKPT`` or a tiny model
+trained here for ``--upsrt-minutes``): held-out PSNR of UpSRT's renders of ``--upsrt-scenes``
+unseen objects from 1 / 3 / 6 input views (also on object pixels only, and of copying the
+nearest input photo for reference), then InstantSplat from the same single input view (the
+engine's one-photo initialisation) on the same held-out views: ``instantsplat_psnr_1``.
+
 Oracle rows (:func:`reconstruction.generative.oracle.run_oracle_experiment`): the same
 initial Gaussians (the inputs' depth unprojected plus faint random ones in a ball) are
 fitted with the engine's trainer (photometric loss + densification, poses fixed) with and
@@ -26,7 +32,8 @@ from collections.abc import Callable
 
 
 def oracle_rows(args: argparse.Namespace, results: dict[str, float]) -> None:
-    """``instantsplat_psnr_V``, ``oracle_psnr_V`` and ``oracle_gain_db_V`` per view count;
+    """``oracle_photometric_psnr_V`` (InstantSplat's trainer, photometric only, from the
+    true input depth), ``oracle_psnr_V`` and ``oracle_gain_db_V`` per view count;
     ``oracle_gain_db`` at 3 views (the done-when figure)."""
     from reconstruction.generative.oracle import OracleExperiment, run_oracle_experiment
 
@@ -38,7 +45,7 @@ def oracle_rows(args: argparse.Namespace, results: dict[str, float]) -> None:
                                render_size=args.size, iterations=args.iterations,
                                threads=args.threads)
         r = run_oracle_experiment(exp)
-        results[f"instantsplat_psnr_{views}"] = r["photometric_psnr"]
+        results[f"oracle_photometric_psnr_{views}"] = r["photometric_psnr"]
         results[f"oracle_psnr_{views}"] = r["oracle_psnr"]
         results[f"oracle_gain_db_{views}"] = r["oracle_gain_db"]
         print(f"{views} views: photometric-only (InstantSplat trainer) {r['photometric_psnr']:.2f}"
@@ -72,8 +79,14 @@ def _upsrt_model(args: argparse.Namespace):
 
 def upsrt_rows(args: argparse.Namespace, results: dict[str, float]) -> None:
     """``upsrt_psnr_V``: UpSRT's renders of the held-out views of ``--upsrt-scenes`` unseen
-    generated objects from V input views (:mod:`reconstruction.upfusion.benchmark`)."""
-    from reconstruction.upfusion.benchmark import bench_sequences
+    generated objects from V input views (:mod:`reconstruction.upfusion.benchmark`), at the
+    model's training size (``--upsrt-size``); ``instantsplat_psnr_1``: InstantSplat from the
+    same single input view, scored on the same held-out views."""
+    from reconstruction.upfusion.benchmark import (
+        bench_sequences,
+        instantsplat_single_view_rows,
+        nearest_view_rows,
+    )
     from reconstruction.upfusion.benchmark import upsrt_rows as rows
 
     if _over_budget(args):
@@ -81,12 +94,27 @@ def upsrt_rows(args: argparse.Namespace, results: dict[str, float]) -> None:
         return
     args.upsrt_model = getattr(args, "upsrt_model", None) or _upsrt_model(args)
     t0 = time.monotonic()
-    r = rows(args.upsrt_model, bench_sequences(args.seed, args.upsrt_scenes, args.size),
-             view_counts=tuple(args.views))
+    sequences = bench_sequences(args.seed, args.upsrt_scenes, args.upsrt_size)
+    r = rows(args.upsrt_model, sequences, view_counts=tuple(args.views))
     results.update(r)
-    print("UpSRT renders: " + ", ".join(f"{v} views {r[f'upsrt_psnr_{v}']:.2f} dB"
-                                        for v in args.views)
+    print(f"UpSRT renders ({len(sequences)} unseen objects, {args.upsrt_size} px, held-out "
+          "views): " + ", ".join(f"{v} views {r[f'upsrt_psnr_{v}']:.2f} dB"
+                                 for v in args.views)
           + f" ({time.monotonic() - t0:.0f} s)", flush=True)
+    if all(f"upsrt_object_psnr_{v}" in r for v in args.views):
+        print("UpSRT renders, object pixels only: " + ", ".join(
+            f"{v} views {r[f'upsrt_object_psnr_{v}']:.2f} dB" for v in args.views), flush=True)
+    r = nearest_view_rows(sequences, tuple(args.views))
+    results.update(r)
+    print("copying the nearest input photo (no model): " + ", ".join(
+        f"{v} views {r[f'copy_psnr_{v}']:.2f} dB" for v in args.views), flush=True)
+    if 1 in args.views:
+        r = instantsplat_single_view_rows(sequences, args.instantsplat_iterations, args.seed)
+        results["instantsplat_psnr_1"] = r["instantsplat_psnr_1"]
+        print(f"InstantSplat from the same single view (one-photo initialisation, "
+              f"{args.instantsplat_iterations} iterations), same held-out views: "
+              f"{r['instantsplat_psnr_1']:.2f} dB ({r['instantsplat_seconds']:.0f} s)",
+              flush=True)
 
 
 def upfusion_rows(args: argparse.Namespace, results: dict[str, float]) -> None:
@@ -145,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--upsrt-minutes", type=float, default=6.0)
     parser.add_argument("--upsrt-scenes", type=int, default=10,
                         help="unseen objects of the upsrt rows")
+    parser.add_argument("--upsrt-size", type=int, default=64,
+                        help="image side of the upsrt rows (the tiny model trains at 64)")
+    parser.add_argument("--instantsplat-iterations", type=int, default=300,
+                        help="iterations of InstantSplat from the single view (upsrt rows)")
     args = parser.parse_args(argv)
     results: dict[str, float] = {}
     for name in args.rows:

@@ -173,8 +173,10 @@ def test_bad_image_folders(case, tmp_path, run_recon, scene):
     if case == "no-images":
         (folder / "readme.md").write_text("x")
     out = tmp_path / "out"
+    # InstantSplat fits one photo (tests/reconstruction/test_single_view.py); RDG-GS needs 2
+    method = ["--method", "rdggs"] if case == "single" else []
     code, err = run_recon("fit", "--images", str(folder), "--out",
-                         str(out), *FAST)
+                         str(out), *method, *FAST)
     _assert_user_error(code, err, out, expected)
     if case == "corrupt":
         assert "broken.jpg" in err

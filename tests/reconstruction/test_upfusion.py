@@ -282,6 +282,21 @@ def test_train_checkpoint_resume_and_load(tmp_path, scene):
         T.load_upsrt(tmp_path)
 
 
+def test_foreground_queries_land_on_the_object(scene):
+    """A foreground fraction of the query pixels is drawn on the object's mask: their
+    colours are the object's, not the white background's; the rest stays uniform."""
+    from reconstruction.upfusion.data import sample_batch
+
+    gen = torch.Generator().manual_seed(0)
+    batch = sample_batch([scene], 4, 2, 200, gen, foreground_fraction=0.5)
+    on_object = (batch.colours < 1.0).any(-1)  # [4, 200]
+    assert on_object[:, :100].all()
+    uniform = on_object[:, 100:].float().mean()
+    assert abs(float(uniform) - float(scene.masks.float().mean())) < 0.12
+    plain = sample_batch([scene], 4, 2, 200, torch.Generator().manual_seed(0))
+    assert (plain.colours < 1.0).any(-1).float().mean() < 0.6
+
+
 def test_evaluation_views_are_nested_and_held_out():
     from reconstruction.upfusion.train import heldout_indices, input_indices
 
@@ -289,6 +304,7 @@ def test_evaluation_views_are_nested_and_held_out():
     assert input_indices(24, 1) == [0] and set(input_indices(24, 3)) <= set(six)
     assert input_indices(24, 3) == [0, 8, 16]
     assert not set(heldout_indices(24)) & set(six)
+    assert len(heldout_indices(24)) == 18 and heldout_indices(24)[:4] == [1, 2, 3, 5]
 
 
 # ---------------------------------------------------------------------- UpFusion pieces
@@ -343,6 +359,20 @@ def test_pose_search_finds_the_viewpoint_of_a_consistent_renderer():
     photos = render_sequence(world, Cameras(K=K, T_world_cam=T, width=16, height=16), 1)[0]
     found = search_poses(Exact(), photos, K, options)
     assert torch.allclose(found, truth, atol=1e-9)
+
+    class ExactPosed(Exact):
+        """A posed model (input_rays="relative"): encodes only the views placed so far."""
+
+        config = preset("test", input_rays="relative")
+        encoded: list = []
+
+        def encode_views(self, views):
+            self.encoded.append(views.cameras.T_world_cam.clone())
+
+    posed = ExactPosed()
+    assert torch.allclose(search_poses(posed, photos, K, options), truth, atol=1e-9)
+    assert [len(T) for T in posed.encoded] == [3, 1, 2]  # all (unused), then those placed
+    assert torch.allclose(posed.encoded[2], truth[:2], atol=1e-9)
 
 
 def test_visual_hull_keeps_the_object():
@@ -414,6 +444,11 @@ def test_recon_fit_method_upfusion_end_to_end(tmp_path):
     with pytest.raises(UserError, match="needs an UpSRT"):
         fit(FitConfig(images=photos, out=tmp_path / "out2", method="upfusion",
                       options=UpFusionOptions(), threads=1, quiet=True))
+    # one photo (min_images=1): the first camera of the reference frame, nothing searched
+    (photos / "002.png").unlink()
+    metrics = fit(FitConfig(images=photos, out=tmp_path / "one", iterations=12,
+                            method="upfusion", options=options, threads=1, quiet=True))
+    assert (tmp_path / "one" / "splats.ply").is_file() and metrics["num_gaussians"] > 100
 
 
 def test_co3d_sequences_crop_to_square_and_keep_the_rays(tmp_path):
