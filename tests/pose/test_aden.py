@@ -24,6 +24,7 @@ from pose.camera.aden.data import (
 from pose.camera.aden.evaluate import evaluate
 from pose.camera.aden.losses import (
     aden_loss,
+    all_pairs_frame_loss,
     contrastive_discriminator_loss,
     hypothesis_nearest_loss,
 )
@@ -52,6 +53,23 @@ def test_hypothesis_nearest_loss_hand_computed() -> None:
     # only the nearest hypothesis gets a gradient: d/dt (0.5 * 0.5 |t|^2) = 0.5 t
     expected = torch.tensor([[[0.0, 0, 0], [0.5, 0, 0]], [[0, 0.5, 0], [0, 0, 0]]])
     assert torch.allclose(t_h.grad, expected)
+
+
+def test_all_pairs_frame_loss_hand_computed() -> None:
+    # truth: view 1 = Rz(90) at x_1 = (1, 0, 0) in the first camera's frame; w = 0.5
+    R_gt, t_gt = _rz(90)[None, None], torch.tensor([[[1.0, 0, 0]]])
+    c = torch.tensor([[[0.0, 0, 0], [1, 0, 0]]])
+    exact = torch.stack([torch.eye(3), _rz(90)])[None]
+    assert all_pairs_frame_loss(exact, c, R_gt, t_gt, 0.5).item() == pytest.approx(0, abs=1e-6)
+    # frames both I: pair (0, 1): rotation 4, translation 0; pair (1, 0): rotation 4,
+    # translation I (c_0 - c_1) = (-1, 0, 0) vs Rz(90)^T (-1, 0, 0) = (0, 1, 0): 0.5 * 2
+    wrong = torch.eye(3).expand(1, 2, 3, 3)
+    assert all_pairs_frame_loss(wrong, c, R_gt, t_gt, 0.5).item() == pytest.approx(
+        (4 + 4 + 1) / 2, abs=1e-5)
+    # the loss is the same in any common frame of the views (left-multiplied frames)
+    turned = _rz(33) @ exact
+    assert all_pairs_frame_loss(turned, c @ _rz(33).T, R_gt, t_gt, 0.5).item() == \
+        pytest.approx(0, abs=1e-5)
 
 
 def test_contrastive_discriminator_loss_hand_computed() -> None:
@@ -138,9 +156,10 @@ def test_aden_inference_is_the_argmax_hypothesis() -> None:
     net = AdenNet(AdenConfig(**TINY)).eval()
     images = torch.rand(2, 3, 3, 32, 32)
     R, t, prob = net.predict(images, seed=5)
-    fused = net.encode(images)
-    R_h, t_h = net.generate(fused, 12, generator=torch.Generator().manual_seed(5))
-    s = net.score(fused, R_h, t_h)
+    with torch.no_grad():  # as predict: the transformer's inference path
+        fused = net.encode(images)
+        R_h, t_h = net.generate(fused, 12, generator=torch.Generator().manual_seed(5))
+        s = net.score(fused, R_h, t_h)
     best = s.argmax(-1)
     for b in range(2):
         for j in range(2):
@@ -151,7 +170,7 @@ def test_aden_inference_is_the_argmax_hypothesis() -> None:
 
 def test_negatives_near_the_truth_are_left_out() -> None:
     torch.manual_seed(0)
-    net = AdenNet(AdenConfig(**{**TINY, "random_negatives": 0}))
+    net = AdenNet(AdenConfig(**{**TINY, "random_negatives": 0, "local_negatives": 0}))
     batch = batch_from(_sequences(), 2, 2, np.random.default_rng(0))
     fused = net.encode(batch["images"])
     R_h, t_h = net.generate(fused)

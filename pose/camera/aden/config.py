@@ -35,6 +35,10 @@ class AdenConfig:
     in this encoder's state dict, prefix ``encoder.``); from scratch otherwise."""
     d_model: int = 128
     """Width of the view tokens and of the fusion transformer."""
+    patch_tokens: int = 4
+    """P > 0: every view also gives ``P x P`` tokens of its last feature map (pooled) to the
+    fusion transformer (on synthetic objects the view frames learned only with them); 0: one
+    token per view."""
     layers: int = 2
     """Transformer encoder layers fusing the views."""
     heads: int = 4
@@ -50,6 +54,14 @@ class AdenConfig:
     """Hypotheses per non-first view at inference (queries x noise draws), argmax score."""
     grid_size: int = 20000
     """Rotations of the uniform grid scored at inference in grid mode."""
+    view_frames: bool = True
+    """Every view also predicts its camera in a learned frame of the sequence; relative
+    poses are composed from them (generator hypotheses as residuals around the composed
+    pose, the discriminator reads the residual too) and the frames are trained on all view
+    pairs. False: pair features only (the generator's MLP must learn the composition)."""
+    frame_weight: float = 1.0
+    """Weight of the all-pairs loss of the view frames (chordal rotation + weighted
+    translation error of every ordered pair's composed pose)."""
     pose_frequencies: int = 4
     """Fourier frequencies of the pose encoding the discriminator reads."""
     translation_weight: float = 0.5
@@ -62,6 +74,15 @@ class AdenConfig:
     grid mode the only negatives, with the GT translation)."""
     negative_margin_deg: float = 5.0
     """Generated hypotheses closer than this to the GT rotation are not negatives."""
+    generated_negatives: bool = True
+    """The generator's hypotheses (farther than the margin from the GT) are negatives of the
+    discriminator too (the paper's scheme); False: random and local negatives only."""
+    local_negatives: int = 32
+    """Hard negatives per pair for the discriminator: the GT rotation turned about a random
+    axis by ``negative_margin_deg`` to ``local_negative_max_deg`` degrees (teach it to rank
+    the hypotheses near the truth, not only to reject far ones)."""
+    local_negative_max_deg: float = 45.0
+    """Largest turn of the local negatives (degrees)."""
     focal_ndc: float = 2.0
     """Focal length assumed for predicted cameras, in units of half the shorter image side
     (CO3D's isotropic NDC); the network does not estimate intrinsics."""
@@ -94,8 +115,8 @@ class AdenTrainConfig:
     """Sequences per step (per process under DDP)."""
     views: str = "2-8"
     """Views per sequence: a range 'A-B' drawn uniformly each step, or one number."""
-    lr: float = 3e-4
-    """AdamW learning rate."""
+    lr: float = 1e-3
+    """AdamW learning rate (from scratch at 32 px, 1e-3 learned where 2e-3 and 3e-4 stalled)."""
     weight_decay: float = 1e-4
     """AdamW weight decay."""
     grad_clip: float = 1.0

@@ -1,12 +1,12 @@
 """``pose aden eval``: the RelPose++ protocol on held-out sequences.
 
 For each view count ``V`` and each sequence, the first ``V`` views of a seeded random
-order are estimated; over all sequences: RRA@5/15/30 (share of view pairs whose relative
-rotation is within the threshold) and CC@10 (share of camera centres within 10 % of the
-scene extent after a similarity alignment), from
-:func:`geometry.pose_metrics.relative_rotation_errors` and
-:func:`geometry.pose_metrics.camera_centre_accuracy`. Per category and for the symmetric /
-asymmetric groups too, when the sequences carry categories.
+order are estimated and scored by the shared :func:`geometry.pose_metrics.relpose_metrics`
+(RRA@5/15/30: share of view pairs whose relative rotation is within the threshold; CC@10:
+share of camera centres within 10 % of the scene scale after a similarity alignment),
+averaged over the sets (:func:`geometry.pose_metrics.average_relpose_metrics`, each set
+weighs the same, as RelPose++). Per category and for the symmetric / asymmetric groups too,
+when the sequences carry categories.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geometry.pose_metrics import accuracy_under, camera_centre_accuracy
-from geometry.pose_metrics import relative_rotation_errors as _rre
+from geometry.pose_metrics import average_relpose_metrics, relpose_metrics
 from pose.camera.aden.data import PoseSequence, poses_from_relative
 from pose.camera.aden.model import AdenNet
 
@@ -29,11 +28,8 @@ __all__ = ["evaluate", "metrics_table", "run_eval"]
 METRICS = ("rra5", "rra15", "rra30", "cc10")
 
 
-def _summary(errors: list[torch.Tensor], cc: list[float]) -> dict[str, float]:
-    err = torch.cat(errors) if errors else torch.zeros(0)
-    rra = accuracy_under(err, (5.0, 15.0, 30.0))
-    return {"rra5": float(rra[0]), "rra15": float(rra[1]), "rra30": float(rra[2]),
-            "cc10": float(np.mean(cc)) if cc else float("nan"), "pairs": int(err.numel())}
+def _summary(per_set: list[dict[str, float]], pairs: int) -> dict[str, float]:
+    return {**average_relpose_metrics(per_set), "pairs": pairs}
 
 
 def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[int, ...],
@@ -53,8 +49,8 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
               for _ in range(sets_per_sequence)]
     for V in view_counts:
         usable = [(s, o[:V]) for s, o in orders if len(s.images) >= V]
-        errors, cc = [], []
-        groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+        per_set: list[dict[str, float]] = []
+        groups: dict[str, list[dict[str, float]]] = defaultdict(list)
         seconds = 0.0
         for k in range(0, len(usable), batch):
             chunk = usable[k:k + batch]
@@ -65,17 +61,14 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
             for b, (seq, order) in enumerate(chunk):
                 T_est = poses_from_relative(R[b].cpu(), t[b].cpu())
                 T_gt = seq.T_world_cam[torch.as_tensor(order)].double()
-                e = _rre(T_est, T_gt)
-                c = float(camera_centre_accuracy(T_est, T_gt, (0.1,))[0])
-                errors.append(e)
-                cc.append(c)
-                names = [f"category:{seq.category}", f"symmetry:{seq.symmetry}"]
-                for name in names:
-                    groups[name][0].append(e)
-                    groups[name][1].append(c)
+                m = relpose_metrics(T_est, T_gt)
+                per_set.append(m)
+                for name in (f"category:{seq.category}", f"symmetry:{seq.symmetry}"):
+                    groups[name].append(m)
         key = str(V)
-        out["views"][key] = _summary(errors, cc)
-        out["groups"][key] = {g: _summary(*v) for g, v in sorted(groups.items())}
+        pairs = V * (V - 1) // 2
+        out["views"][key] = _summary(per_set, pairs * len(per_set))
+        out["groups"][key] = {g: _summary(v, pairs * len(v)) for g, v in sorted(groups.items())}
         out["seconds_per_set"][key] = seconds / max(1, len(usable))
     return out
 

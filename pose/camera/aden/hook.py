@@ -24,6 +24,13 @@ def register_aden(checkpoint: str | Path, base: str = "sfm", name: str = "aden",
     from pose.camera.aden.train import KIND
     from pose.camera.initialiser import register_camera_estimator
 
-    read_checkpoint_config(Path(checkpoint), kind=KIND)
-    register_camera_estimator(name, lambda: AdenEstimator(checkpoint, seed=seed), base=base)
+    read_checkpoint_config(Path(checkpoint), kind=KIND, command="pose aden train")
+
+    def build() -> AdenEstimator:
+        from geometry.progress import log_stage
+
+        log_stage(f"camera initialiser: ADen ({checkpoint}), cloud by {base}")
+        return AdenEstimator(checkpoint, seed=seed)
+
+    register_camera_estimator(name, build, base=base)
     return name

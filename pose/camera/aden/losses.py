@@ -13,10 +13,10 @@ import math
 import torch
 from torch import Tensor
 
-from geometry.so3 import random_rotation
+from geometry.so3 import axis_angle_to_matrix, random_rotation
 
-__all__ = ["aden_loss", "contrastive_discriminator_loss", "hypothesis_nearest_loss",
-           "pose_distance"]
+__all__ = ["aden_loss", "all_pairs_frame_loss", "contrastive_discriminator_loss",
+           "hypothesis_nearest_loss", "pose_distance"]
 
 
 def pose_distance(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor,
@@ -68,6 +68,36 @@ def contrastive_discriminator_loss(scores: Tensor, valid: Tensor | None = None,
     return (torch.logsumexp(s, -1) - s[..., 0]).mean()
 
 
+def all_pairs_frame_loss(F: Tensor, c: Tensor, R_gt: Tensor, t_gt: Tensor,
+                         translation_weight: float) -> Tensor:
+    """Mean :func:`pose_distance` of every ordered pair's composed pose.
+
+    Pair ``(i, j)``: predicted ``F_i^T F_j``, ``F_i^T (c_j - c_i)``; true ``R_i^T R_j``,
+    ``R_i^T (x_j - x_i)`` with ``R_0 = I``, ``x_0 = 0``, ``R_j = R_gt[j-1]``,
+    ``x_j = t_gt[j-1]`` (every camera in the first one's frame).
+
+    Args:
+        F: ``[B, V, 3, 3]`` view frames; c: ``[B, V, 3]`` centres.
+        R_gt: ``[B, V-1, 3, 3]``; t_gt: ``[B, V-1, 3]`` first-view-relative truth.
+    """
+    B = R_gt.shape[0]
+    eye = torch.eye(3, dtype=R_gt.dtype, device=R_gt.device).expand(B, 1, 3, 3)
+    R_all = torch.cat([eye, R_gt], 1)
+    x_all = torch.cat([t_gt.new_zeros(B, 1, 3), t_gt], 1)
+
+    def pairs(R: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        Rt = R.transpose(-1, -2)[:, :, None]  # [B, V, 1, 3, 3]: i
+        rel_R = Rt @ R[:, None]  # [B, V, V, 3, 3]
+        rel_t = (Rt @ (x[:, None] - x[:, :, None])[..., None])[..., 0]
+        return rel_R, rel_t
+
+    R_p, t_p = pairs(F, c)
+    R_g, t_g = pairs(R_all, x_all)
+    V = F.shape[1]
+    off = ~torch.eye(V, dtype=torch.bool, device=F.device)
+    return pose_distance(R_p, t_p, R_g, t_g, translation_weight)[:, off].mean()
+
+
 def aden_loss(net, batch: dict) -> dict[str, Tensor]:
     """The training objective of ``net`` (an :class:`~pose.camera.aden.model.AdenNet`; its
     ``forward`` calls this, so that a DDP-wrapped model syncs every gradient) on a batch of
@@ -75,13 +105,16 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
 
     - aden: hypothesis-nearest loss of the M generated hypotheses + the contrastive loss of
       the discriminator over (GT, the detached hypotheses farther than the margin from the
-      GT, uniformly random rotations with the GT translation);
+      GT, uniformly random rotations and ``local_negatives`` rotations of the GT by
+      margin..``local_negative_max_deg`` degrees, both with the GT translation);
     - regression: the same generator loss with one hypothesis;
-    - grid: the contrastive loss over (GT rotation, random rotations), plus the squared
+    - grid: the contrastive loss over (GT rotation, random and local rotations), plus the squared
       error of the regressed translation.
 
+    With ``view_frames``, plus :func:`all_pairs_frame_loss` (weight ``frame_weight``).
+
     Returns ``{"loss", "gen", "disc", "rot_err_deg"}`` (the last: mean angle of the nearest
-    hypothesis, for the log).
+    hypothesis, for the log), and ``"frame"`` with view frames.
     """
     c = net.config
     images, R_gt, t_gt = batch["images"], batch["R_rel"], batch["t_rel"]
@@ -106,7 +139,17 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
         cand_t = [t_gt[:, :, None], t_rand]
         valid = [torch.ones(B, V1, 1 + c.random_negatives, dtype=torch.bool,
                             device=R_gt.device)]
-        if c.mode == "aden":
+        if c.local_negatives > 0:  # hard negatives: the truth turned by margin..max degrees
+            L = c.local_negatives
+            axis = torch.randn(B, V1, L, 3, generator=gen_rand, dtype=torch.float64)
+            lo, hi = math.radians(c.negative_margin_deg), math.radians(c.local_negative_max_deg)
+            angle = lo + (hi - lo) * torch.rand(B, V1, L, 1, generator=gen_rand,
+                                                dtype=torch.float64)
+            turn = axis_angle_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * angle)
+            cand_R.append(R_gt[:, :, None] @ turn.to(R_gt))
+            cand_t.append(t_gt[:, :, None].expand(-1, -1, L, -1))
+            valid.append(torch.ones(B, V1, L, dtype=torch.bool, device=R_gt.device))
+        if c.mode == "aden" and c.generated_negatives:
             R_neg, t_neg = R_h.detach(), t_h.detach()
             cos = ((R_neg * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
             far = cos < math.cos(math.radians(c.negative_margin_deg))
@@ -116,6 +159,11 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
         scores = net.score(fused, torch.cat(cand_R, 2), torch.cat(cand_t, 2))
         disc = contrastive_discriminator_loss(scores, torch.cat(valid, -1), c.temperature)
     out = {"loss": gen + disc, "gen": gen.detach(), "disc": disc.detach()}
+    if c.view_frames:
+        F, cen = net.frames(fused)
+        frame = all_pairs_frame_loss(F, cen, R_gt, t_gt, c.translation_weight)
+        out["loss"] = out["loss"] + c.frame_weight * frame
+        out["frame"] = frame.detach()
     if R_h is not None:
         with torch.no_grad():
             R_best = R_h.gather(2, idx[..., None, None, None].expand(-1, -1, 1, 3, 3))[:, :, 0]

@@ -4,12 +4,23 @@
   from scratch, or initialised from a local weights file; its last feature map is pooled
   to 2x2 and projected to a ``d_model`` token per view.
 - **Fusion**: a transformer encoder over the view tokens, with a learned embedding for the
-  first view (the reference frame) and another for every other view.
+  first view (the reference frame) and another for every other view; with
+  ``patch_tokens = P`` each view also brings ``P x P`` tokens of its feature map (learned
+  position embeddings), so that attention can compare image regions across views.
+- **View frames** (``view_frames``): every fused token also gives its camera in a learned
+  frame of the sequence (rotation ``F_i``, centre ``c_i``); a pair's *composed* pose is
+  ``R = F_0^T F_j``, ``t = F_0^T (c_j - c_0)``. Rotations compose by construction, so the
+  network only has to find per-view cues (gravity, shadow, the object's front) instead of
+  learning the composition of two views inside an MLP; trained on all view pairs at once.
 - **Generator**: ``M`` learnable queries, each plus projected Gaussian noise, combined with
   the (view, first view) token pair through an MLP into one relative pose hypothesis
   (6D rotation + translation in the first camera's frame, scaled by the first camera's
-  distance to the object).
-- **Discriminator**: an MLP scoring a (view, first view, Fourier-encoded pose) triple.
+  distance to the object). With view frames the MLP outputs a residual ``D`` applied in the
+  learned frame, ``R = F_0^T D F_j``, ``t = t_composed + dt`` (so the hypotheses spread
+  around the composed pose: e.g. along the ambiguity of a symmetric object).
+- **Discriminator**: an MLP scoring a (view, first view, Fourier-encoded pose) triple; with
+  view frames it also reads the pose's residual w.r.t. the composed pose
+  (``F_0 R F_j^T``, ``t - t_composed``).
 
 Inference (:meth:`AdenNet.predict`): ``hypotheses`` poses per non-first view (the queries
 repeated with fresh noise), the discriminator's argmax wins. Regression mode returns the
@@ -66,9 +77,16 @@ class ResNetEncoder(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(2)
         self.proj = nn.Linear(cin * 4, d_model)
 
+    def feature_map(self, images: Tensor) -> Tensor:
+        """Images ``[N, 3, S, S]`` -> the last stage's map ``[N, widths[-1], s, s]``."""
+        return self.stages(self.stem(images * 2.0 - 1.0))
+
     def forward(self, images: Tensor) -> Tensor:
-        x = self.stages(self.stem(images * 2.0 - 1.0))
-        return self.proj(self.pool(x).flatten(1))
+        return self.tokens(self.feature_map(images))
+
+    def tokens(self, fmap: Tensor) -> Tensor:
+        """The view token ``[N, d_model]`` of a feature map."""
+        return self.proj(self.pool(fmap).flatten(1))
 
 
 def _mlp(din: int, hidden: int, dout: int, layers: int = 3) -> nn.Sequential:
@@ -100,6 +118,9 @@ class AdenNet(nn.Module):
                                            batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.fusion_norm = nn.LayerNorm(c.d_model)
+        if c.patch_tokens:
+            self.patch_proj = nn.Linear(c.widths[-1], c.d_model)
+            self.patch_pos = nn.Parameter(torch.randn(c.patch_tokens ** 2, c.d_model) * 0.02)
         # generator: first layer split into context (view pair) and query (+ noise) parts
         self.queries = nn.Parameter(torch.randn(c.queries, c.hidden) * 0.5)
         self.noise_proj = nn.Linear(c.noise_dim, c.hidden) if c.noise_dim > 0 else None
@@ -109,8 +130,10 @@ class AdenNet(nn.Module):
             last = self.gen_head[-1]
             last.weight.mul_(0.1)
             last.bias.copy_(torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0, 0]))
+        if c.view_frames:  # per view: 6D rotation + centre in the learned sequence frame
+            self.frame_head = _mlp(c.d_model, c.hidden, 9, layers=2)
         if c.mode != "regression":
-            pose_dim = 12 * (1 + 2 * c.pose_frequencies)
+            pose_dim = 12 * (1 + 2 * c.pose_frequencies) * (2 if c.view_frames else 1)
             self.disc_context = nn.Linear(2 * c.d_model, c.hidden)
             self.disc_pose = nn.Linear(pose_dim, c.hidden)
             self.disc_head = _mlp(c.hidden, c.hidden, 1, layers=3)
@@ -144,9 +167,35 @@ class AdenNet(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Images ``[B, V, 3, S, S]`` -> fused view tokens ``[B, V, d_model]``."""
         B, V = images.shape[:2]
-        tokens = self.encoder(images.flatten(0, 1)).view(B, V, -1)
+        fmap = self.encoder.feature_map(images.flatten(0, 1))
+        tokens = self.encoder.tokens(fmap).view(B, V, -1)
         kind = torch.cat([self.first_embed[None], self.other_embed[None].expand(V - 1, -1)])
-        return self.fusion_norm(self.fusion(tokens + kind[None]))
+        tokens = tokens + kind[None]
+        P = self.config.patch_tokens
+        if not P:
+            return self.fusion_norm(self.fusion(tokens))
+        patches = nn.functional.adaptive_avg_pool2d(fmap, P).flatten(2).transpose(1, 2)
+        patches = self.patch_proj(patches).view(B, V, P * P, -1) + self.patch_pos
+        patches = patches + kind[None, :, None]
+        seq = torch.cat([tokens[:, :, None], patches], 2).flatten(1, 2)  # [B, V (1+P^2), d]
+        fused = self.fusion(seq).view(B, V, 1 + P * P, -1)[:, :, 0]
+        return self.fusion_norm(fused)
+
+    def frames(self, fused: Tensor) -> tuple[Tensor, Tensor]:
+        """Every view's camera in the learned sequence frame: rotation ``F [B, V, 3, 3]``
+        and centre ``c [B, V, 3]`` (``view_frames`` only)."""
+        out = self.frame_head(fused)
+        return rot6d_to_matrix(out[..., :6]), out[..., 6:]
+
+    def composed(self, fused: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The composed pose of every non-first view relative to the first:
+        ``R [B, V-1, 3, 3] = F_0^T F_j``, ``t [B, V-1, 3] = F_0^T (c_j - c_0)``, and the
+        frames ``F [B, V, 3, 3]``."""
+        F, c = self.frames(fused)
+        F0t = F[:, :1].transpose(-1, -2)
+        R = F0t @ F[:, 1:]
+        t = (F0t @ (c[:, 1:] - c[:, :1])[..., None])[..., 0]
+        return R, t, F
 
     @staticmethod
     def pair_features(fused: Tensor) -> Tensor:
@@ -179,7 +228,15 @@ class AdenNet(nn.Module):
             q = q + self.noise_proj(z.to(q.device, q.dtype))
         ctx = self.gen_context(self.pair_features(fused))  # [B, V-1, hidden]
         out = self.gen_head(torch.relu(ctx[:, :, None] + q[None, None]))
-        return rot6d_to_matrix(out[..., :6]), out[..., 6:]
+        R, t = rot6d_to_matrix(out[..., :6]), out[..., 6:]
+        if self.config.view_frames:  # residual in the learned frame around the composed pose
+            _, t_c, F = self.composed(fused)
+            if self.config.frame_weight > 0:  # the frames learn from their own loss only
+                t_c, F = t_c.detach(), F.detach()
+            F0t = F[:, :1, None].transpose(-1, -2)  # [B, 1, 1, 3, 3]
+            R = F0t @ R @ F[:, 1:, None]
+            t = t + t_c[:, :, None]
+        return R, t
 
     # ------------------------------------------------------------------ discriminator
 
@@ -197,7 +254,23 @@ class AdenNet(nn.Module):
         if self.config.mode == "grid":
             t = torch.zeros_like(t)
         return self.score_features(self.disc_context(self.pair_features(fused)),
-                                   self.disc_pose(self.encode_pose(R, t)))
+                                   self.disc_pose(self.pose_features(fused, R, t)))
+
+    def pose_features(self, fused: Tensor, R: Tensor, t: Tensor,
+                      composed: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """What the discriminator reads of hypotheses ``R [B, V-1, H, 3, 3]``,
+        ``t [B, V-1, H, 3]`` (or ``[H, ...]``, shared by all pairs): the Fourier features of
+        the pose and, with view frames, of its residual ``(F_0 R F_j^T, t - t_composed)``
+        (zero translations in grid mode)."""
+        enc = self.encode_pose(R, t)
+        if not self.config.view_frames:
+            return enc
+        _, t_c, F = composed if composed is not None else self.composed(fused)
+        if self.config.frame_weight > 0:
+            t_c, F = t_c.detach(), F.detach()
+        E = F[:, :1, None] @ R @ F[:, 1:, None].transpose(-1, -2)
+        dt = (t - t_c[:, :, None]) if self.config.mode != "grid" else torch.zeros_like(E[..., 0])
+        return torch.cat([enc.expand(*E.shape[:3], -1), self.encode_pose(E, dt)], -1)
 
     def score_features(self, context: Tensor, pose: Tensor) -> Tensor:
         """Scores from the discriminator's first-layer parts: ``context [B, V-1, hidden]``
@@ -243,11 +316,14 @@ class AdenNet(nn.Module):
             t = t_reg[:, :, 0]
             grid = rotation_grid(c.grid_size, seed, images.device, images.dtype)
             context = self.disc_context(self.pair_features(fused))
+            comp = self.composed(fused) if c.view_frames else None
+            if c.view_frames:  # the residual features are per pair: bound the rows per chunk
+                chunk = max(1, min(chunk, 65536 // max(1, B * (V - 1))))
             scores = []
             for k in range(0, len(grid), chunk):
                 g = grid[k:k + chunk]
-                pose = self.disc_pose(self.encode_pose(g, torch.zeros(len(g), 3).to(g)))
-                scores.append(self.score_features(context, pose))
+                feats = self.pose_features(fused, g, torch.zeros(len(g), 3).to(g), comp)
+                scores.append(self.score_features(context, self.disc_pose(feats)))
             s = torch.cat(scores, -1)
             best = s.argmax(-1)
             prob = torch.softmax(s, -1).gather(-1, best[..., None])[..., 0]

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from geometry.errors import UserError
+from geometry.training import check_checkpoint_out
 from pose.camera.aden.config import AdenConfig, AdenTrainConfig, SynthData
 from pose.camera.aden.data import PoseSequence, batch_from, co3d_sequences, synthetic_sequences
 from pose.camera.aden.model import AdenNet
@@ -71,21 +72,6 @@ def make_batch_fn(sequences: list[PoseSequence], train: AdenTrainConfig,
     return batch_fn
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    from geometry.io.atomic import check_output_folder
-
-    check_output_folder(out)
-    if resume or not out.is_dir():
-        return
-    if (out / "config.json").is_file():
-        if not overwrite:
-            raise UserError(f"{out} already holds a checkpoint; pass --resume to continue "
-                            "it, --overwrite to replace it, or choose a new --out.")
-    elif any(out.iterdir()):
-        raise UserError(f"{out} is a non-empty folder that is not a checkpoint; choose a "
-                        "new --out.")
-
-
 def run_train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
               train: AdenTrainConfig, synth: SynthData, max_minutes: float | None = None,
               resume: bool = False, overwrite: bool = False, quiet: bool = False):
@@ -105,7 +91,7 @@ def run_train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
     if synthetic and synth.frames < hi:
         raise UserError(f"--synth.frames {synth.frames} is below the most views per "
                         f"sequence ({hi}); raise it or lower --views.")
-    _check_out(Path(out), resume, overwrite)
+    check_checkpoint_out(Path(out), resume, overwrite)
     dist = ddp_setup()
     if synthetic:
         log_stage(f"rendering {synth.sequences} object sequences of {synth.frames} views…",
