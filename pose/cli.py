@@ -24,7 +24,7 @@ from pose.body.egoposer.config import (
     VisibilityMode,
 )
 from pose.camera.aden.cli import AdenCommand
-from pose.camera.sparp.cli import SpaRPCommand
+from pose.camera.sparp.cli import SpaRPCommand, SpaRPTrain
 from pose.camera.sparseags.cli import SparseAGSCommand
 from pose.object.shapo.cli import ShapoCommand
 
@@ -171,6 +171,7 @@ COMMANDS = {
     "egoposer": EgoPoser,
     "sparseags": SparseAGSCommand,
     "sparp": SpaRPCommand,
+    "sparp-train": SpaRPTrain,
     "aden": AdenCommand,
     "shapo": ShapoCommand,
 }

@@ -87,6 +87,7 @@ __all__ = [
     "object_sequences",
     "read_object_dataset",
     "render_object_views",
+    "scene_and_cameras",
     "write_object_dataset",
 ]
 
@@ -856,9 +857,11 @@ class ObjectSequence:
                                        width=cams.width[idx], height=cams.height[idx]))
 
 
-def _scene_and_cameras(seed: int, config: ObjectSequenceConfig
-                       ) -> tuple[ObjectModel, np.ndarray, _Scene, np.ndarray, np.ndarray, bool]:
-    """Draw everything of a sequence from its seed, in a fixed order."""
+def scene_and_cameras(seed: int, config: ObjectSequenceConfig
+                      ) -> tuple[ObjectModel, np.ndarray, _Scene, np.ndarray, np.ndarray, bool]:
+    """Draw everything of a sequence from its seed, in a fixed order: ``(model,
+    T_world_obj, scene, K, camera poses, textureless)``. Public so that other views of the
+    same object (e.g. SpaRP's fixed novel views) can be rendered."""
     from geometry.se3 import look_at
 
     rng = np.random.default_rng([seed, 0x0B1EC7])
@@ -901,7 +904,7 @@ def _scene_and_cameras(seed: int, config: ObjectSequenceConfig
 
 def _render_arrays(seed: int, config: ObjectSequenceConfig) -> dict:
     """A sequence as plain numpy arrays and scalars (what worker processes return)."""
-    model, T_world_obj, scene, K, poses, textureless = _scene_and_cameras(seed, config)
+    model, T_world_obj, scene, K, poses, textureless = scene_and_cameras(seed, config)
     maps = render_object_views(model, T_world_obj, K, poses, config.image_size,
                                config.supersample, scene)
     return {**maps, "K": np.broadcast_to(K, (len(poses), 3, 3)).copy(), "T_world_cam": poses,

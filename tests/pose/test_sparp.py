@@ -219,3 +219,20 @@ def test_co3d_apple_cameras_come_back_from_rendered_nocs_maps():
     assert check.rot_err_median_deg < 2.0, check.rot_err_median_deg
     assert check.rel_rot_err_median_deg < 2.0, check.rel_rot_err_median_deg
     assert check.rra15 == 1.0 and check.cca10 == 1.0
+
+
+@pytest.mark.slow
+def test_co3d_apple_cameras_come_back_from_nocs_maps_of_fitted_splats():
+    """The issue's criterion: splats fitted to the real apple photos with all ground-truth
+    cameras fixed -> NOCS maps rendered from the splats -> the solver gives the cameras
+    back within 2 deg (median). Measured 0.65 deg; the whole check took 7.7 min on 2
+    heavily loaded cores (fit 7.4 min)."""
+    if not (CO3D_APPLE / "gt_cameras.npz").is_file():
+        pytest.skip(f"the CO3D apple sequence is not at {CO3D_APPLE}")
+    from pose.camera.sparp.co3d_splats import run_co3d_splats_check
+
+    check = run_co3d_splats_check(CO3D_APPLE)
+    assert check.views == 20 and check.image_size == (144, 256)
+    assert check.object_pixels_median > 1000
+    assert check.rot_err_median_deg < 2.0, check.rot_err_median_deg
+    assert check.rra15 == 1.0 and check.cca10 == 1.0

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+import tyro
+
+from pose.camera.sparp.config import SparpData, SparpTrainConfig
 from pose.camera.sparp.solver import SolverConfig
 
 
@@ -14,12 +17,14 @@ class SpaRPCommand:
     """Camera poses of 2-12 photos of one object from per-view NOCS maps (SpaRP's pose stage:
     PnP + RANSAC per view, robust refinement, symmetry hypotheses chosen across views).
 
-    The NOCS maps are given (from a sensor pipeline or another network); SpaRP's diffusion
-    model, which predicts them from the photos, needs its checkpoint. Writes
-    OUT/transforms.json and OUT/cameras/ (COLMAP text model), OUT/images/ (the photos),
-    OUT/nocs/ (the NOCS maps as images, RGB = NOCS * 255) and OUT/poses.json (per view:
-    inliers, reprojection error, symmetry hypothesis, poses). Translations are in NOCS
-    units (the object's bounding-box diagonal = 1).
+    The NOCS maps are given (from a sensor pipeline or another network), or sampled for 2-6
+    photos by a SpaRP model trained with 'pose sparp-train', which also generates six novel
+    views around the first photo and fits splats to all views (SpaRP's 3D stage, optionally
+    after a SparseAGS refinement of the cameras). Writes OUT/transforms.json and
+    OUT/cameras/ (COLMAP text model), OUT/images/ (the photos), OUT/nocs/ (the NOCS maps as
+    images, RGB = NOCS * 255), OUT/poses.json (per view: inliers, reprojection error,
+    symmetry hypothesis, poses) and with a model OUT/generated/ and OUT/splats.ply.
+    Translations are in NOCS units (the object's bounding-box diagonal = 1).
     """
 
     images: Path
@@ -30,7 +35,23 @@ class SpaRPCommand:
     """Folder of NOCS maps named like the photos: PNG (RGB = NOCS * 255, black =
     background) or .npy float [H, W, 3] in [0, 1] (zeros or NaN = background)."""
     checkpoint: Path | None = None
-    """SpaRP diffusion checkpoint (predicts the NOCS maps when --nocs is not given)."""
+    """SpaRP model checkpoint written by 'pose sparp-train' (predicts the NOCS maps of 2-6 photos
+    when --nocs is not given)."""
+    steps: int = 10
+    """DDIM steps of the model's sampling."""
+    seed: int = 0
+    """Seed of the sampling noise."""
+    novel_views: bool = True
+    """With --checkpoint: also generate the six novel views around the first photo (OUT/generated/,
+    with their cameras)."""
+    splats: bool = True
+    """With --checkpoint: fit Gaussian splats to the inputs at their solved poses and the generated
+    views at theirs (OUT/splats.ply, in the output's world frame)."""
+    splat_iterations: int = 300
+    """Optimisation steps of the splat fit."""
+    refine: bool = False
+    """With --checkpoint: refine the cameras of the inputs and generated views with SparseAGS
+    (analysis by synthesis on the model's tiles) before the splat fit."""
     fov_deg: float = 50.0
     """Field of view across the longer image side, when --intrinsics is not given."""
     intrinsics: Path | None = None
@@ -51,3 +72,46 @@ class SpaRPCommand:
         from pose.camera.sparp.run import run_command
 
         run_command(self)
+
+
+@dataclass
+class SpaRPTrain:
+    """Fine-tune the small SpaRP model (Zero123++'s architecture with the domain switcher, in
+    pixel space) on generated object sequences: NOCS maps of the input photos and six novel
+    views around the first. Writes a checkpoint folder (model.safetensors, config.json,
+    trainer_state.pt, history.json, loss.png) for 'pose sparp'. Under torchrun
+    every process trains on its own batches (DDP, gloo on the CPU)."""
+
+    out: Path
+    """Checkpoint folder."""
+    max_minutes: float | None = None
+    """Stop after this many minutes of training (with a checkpoint)."""
+    resume: bool = False
+    """Continue the checkpoint in --out (same options)."""
+    overwrite: bool = False
+    """Replace a checkpoint already in --out."""
+    tile: int = 16
+    """Tile side in pixels (the model's inputs and outputs are 3 x 2 tiles)."""
+    width: int = 16
+    """Channels of the UNet's first level (doubled at the next two)."""
+    threads: int | None = None
+    """CPU threads (default: all cores)."""
+    quiet: bool = False
+    """No progress bar or stage lines."""
+    cache: Path | None = None
+    """An .npz file that keeps the rendered objects (reused when the options match)."""
+    train: Annotated[SparpTrainConfig, tyro.conf.OmitArgPrefixes] = field(
+        default_factory=SparpTrainConfig)
+    data: SparpData = field(default_factory=SparpData)
+
+    def run(self) -> None:
+        from geometry.threads import set_threads
+        from pose.camera.sparp.model import SparpModelConfig, small_unet_config
+        from pose.camera.sparp.train import run_train
+
+        set_threads(self.threads)
+        model = SparpModelConfig(tile=self.tile, unet=small_unet_config(self.width),
+                                 encoder_width=self.width)
+        run_train(self.out, model, self.train, self.data, max_minutes=self.max_minutes,
+                  resume=self.resume, overwrite=self.overwrite, quiet=self.quiet,
+                  cache=self.cache)

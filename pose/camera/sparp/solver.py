@@ -346,7 +346,12 @@ def _gauss_newton(K, R, t, pts, uv, weights_fn, iterations):
         W = np.repeat(w, 2)
         A = J.T @ (J * W[:, None]) + 1e-9 * np.eye(6)
         b = J.T @ (W * res.reshape(-1))
-        delta = -np.linalg.solve(A, b)
+        try:
+            delta = -np.linalg.solve(A, b)
+        except np.linalg.LinAlgError:  # degenerate points (e.g. a collapsed map): keep R, t
+            break
+        if not np.isfinite(delta).all():
+            break
         R = axis_angle(delta[:3]) @ R
         t = t + delta[3:]
         if np.linalg.norm(delta) < 1e-12:

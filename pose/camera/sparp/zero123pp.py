@@ -1,5 +1,6 @@
 """The Zero123++ architecture on diffusers with SpaRP's domain switcher (architecture and
-weight loading; training and sampling are later steps).
+weight loading; the small trainable model, its training and sampling: :mod:`.model`,
+:mod:`.train`).
 
 Zero123++ (Shi et al. 2023, v1.2 weights ``sudo-ai/zero123plus-v1.2``) is Stable Diffusion
 2's UNet (v-prediction) fine-tuned to draw six views of an object, tiled 3 rows x 2 columns
