@@ -95,3 +95,31 @@ def test_refinement_recovers_pose_scale_shape_and_colour():
     assert abs(out.scale * (1 + float(out.z_shape[0])) - true_s * 1.1) < 0.01
     np.testing.assert_allclose(out.size.numpy(), (2 * true_s * 1.1 * AXES).numpy(), rtol=0.05)
     np.testing.assert_allclose(torch.sigmoid(out.z_app).numpy(), [0.8, 0.2, 0.4], atol=0.05)
+
+
+def test_yaw_search_recovers_a_turned_start():
+    from pose.object.shapo.refine import best_yaw, sdf_distance
+
+    prior = EllipsoidPrior()
+    true_R, true_t, s, z = _rot([0, 1, 0], 20), torch.tensor([0.0, 0.0, 0.7]), 0.2, \
+        torch.zeros(1)
+    surf = octree_surface_points(lambda x: prior.sdf(z, x), depth=4)
+    obs = s * surf @ true_R.T + true_t
+    truth = ObjectState(R=true_R, t=true_t, scale=s, z_shape=z, z_app=torch.zeros(3))
+    assert sdf_distance(prior, truth, obs) < 1e-4
+    start = ObjectState(R=true_R @ _rot([0, 1, 0], 95), t=true_t, scale=s, z_shape=z,
+                        z_app=torch.zeros(3))
+    assert sdf_distance(prior, start, obs) > 0.01
+    best = best_yaw(prior, obs, start, 12)
+    # the ellipsoid is symmetric under a half turn about y: 0 or 180 degrees off, up to the
+    # 30-degree grid (95 -> 5 degrees off the nearest hypothesis)
+    cos = float(((best.R.T @ true_R).trace() - 1) / 2)
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    assert min(angle, 180 - angle) < 5.5
+    out = refine_object(prior, obs, None, start, RefineConfig(iterations=40, seed=2),
+                        yaw_search=True)
+    cos = float(((out.R.T @ true_R).trace() - 1) / 2)
+    angle = math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    assert min(angle, 180 - angle) < 2.0
+    no_search = refine_object(prior, obs, None, start, RefineConfig(iterations=40, seed=2))
+    assert sdf_distance(prior, no_search, obs) > 2 * sdf_distance(prior, out, obs)

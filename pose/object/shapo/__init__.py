@@ -13,7 +13,10 @@ Modules (import what you need; this package imports nothing heavy):
   and appearance decoders, auto-decoded (``pose shapo train-priors``);
 - :mod:`~pose.object.shapo.surface`: octree surface points and marching-cubes meshes
   (``pose shapo mesh``);
-- :mod:`~pose.object.shapo.refine`: the test-time optimisation of pose, scale and codes.
-
-Not built yet: the single-shot network (``pose shapo train``), ``predict`` and ``eval``.
+- :mod:`~pose.object.shapo.refine`: the test-time optimisation of pose, scale and codes;
+- :mod:`~pose.object.shapo.network` and :mod:`~pose.object.shapo.train`: the single-shot
+  RGB-D network (centre heatmaps, segmentation, depth, codes, pose, size;
+  ``pose shapo train``);
+- :mod:`~pose.object.shapo.predict`: ``pose shapo predict`` (one frame, or REAL275
+  frames) and ``pose shapo eval`` (NOCS metrics, single shot vs refined).
 """

@@ -17,6 +17,7 @@ handle is visible. Pixel ``(u, v)`` is the ray through ``(u + 0.5, v + 0.5)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +67,8 @@ class ObjectGT:
     shape: Shape
     pixels: int
     """Visible pixels of the object."""
+    instance_index: int = -1
+    """Index into the ``pool`` the shape came from (-1: a new random instance)."""
 
 
 @dataclass
@@ -163,8 +166,15 @@ def _R_world_obj(yaw: float) -> np.ndarray:
     return Rz @ Rx
 
 
-def render_scene(seed: int, config: SceneConfig | None = None) -> TabletopScene:
-    """One tabletop scene; the same ``seed`` and ``config`` give the same arrays."""
+def render_scene(seed: int, config: SceneConfig | None = None,
+                 pool: Sequence[Shape] | None = None) -> TabletopScene:
+    """One tabletop scene; the same ``seed``, ``config`` and ``pool`` give the same arrays.
+
+    ``pool``: instances to place (e.g. the priors' training shapes,
+    :func:`~pose.object.shapo.priors.prior_shapes`) instead of new random ones; a category
+    missing from the pool gets a random instance. :attr:`ObjectGT.instance_index` tells
+    which.
+    """
     from geometry.se3 import look_at
     from reconstruction.procedural.raycast import Quad, Solid, cast_rays
     from reconstruction.procedural.textures import solid_albedo
@@ -174,10 +184,23 @@ def render_scene(seed: int, config: SceneConfig | None = None) -> TabletopScene:
     W, H = config.width, config.height
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     cats = [config.categories[int(i)] for i in rng.integers(0, len(config.categories), count)]
-    shapes = [random_shape(c, rng) for c in cats]
+    if pool is None:
+        shapes = [random_shape(c, rng) for c in cats]
+        pool_index = [-1] * len(shapes)
+    else:
+        shapes, pool_index = [], []
+        for c in cats:
+            choices = [k for k, s in enumerate(pool) if s.category == c]
+            if choices:
+                pool_index.append(choices[int(rng.integers(len(choices)))])
+                shapes.append(pool[pool_index[-1]])
+            else:
+                pool_index.append(-1)
+                shapes.append(random_shape(c, rng))
     places = _place_objects(rng, shapes, 0.2)
     keep = [i for i, p in enumerate(places) if not math.isnan(p[0])]
     shapes, places = [shapes[i] for i in keep], [places[i] for i in keep]
+    pool_index = [pool_index[i] for i in keep]
 
     # clutter: small solids in free places
     clutter: list[Solid] = []
@@ -274,7 +297,7 @@ def render_scene(seed: int, config: SceneConfig | None = None) -> TabletopScene:
             visible = bool(shape.on_handle(p_obj, tol=1e-3).sum() >= 3)
         objects.append(ObjectGT(shape.category, CATEGORIES.index(shape.category) + 1,
                                 T_cam_world @ T, shape.size.copy(), visible, shape,
-                                int(sel.sum())))
+                                int(sel.sum()), pool_index[i]))
     # shading: a light near the camera, above
     light = eye + np.array([0.0, 0.0, 0.6])
     to_light = light - hitpts

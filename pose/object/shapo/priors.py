@@ -29,7 +29,7 @@ from pose.object.shapo.shapes import CATEGORIES, Shape, random_shape
 KIND = "shapo_priors"
 
 __all__ = ["KIND", "PriorConfig", "PriorData", "PriorModel", "PriorTrainConfig",
-           "make_prior_data", "surface_points"]
+           "make_prior_data", "prior_shapes", "surface_points"]
 
 
 @dataclass
@@ -57,7 +57,7 @@ class PriorConfig:
 
 @dataclass
 class PriorTrainConfig:
-    """Data and optimisation of ``pose shapo train-priors``."""
+    """Data and optimisation of 'pose shapo train-priors'."""
 
     instances_per_category: int = 24
     """Random instances of each of the six categories (one code pair each)."""
@@ -222,14 +222,27 @@ def sample_shape(shape: Shape, n_sdf: int, n_color: int, rng: np.random.Generato
     return pts, shape.sdf_unit(pts), cpts, colors
 
 
+def _draw_shapes(config: PriorTrainConfig, categories: tuple[str, ...],
+                 rng: np.random.Generator) -> list[Shape]:
+    return [random_shape(c, rng) for c in categories
+            for _ in range(config.instances_per_category)]
+
+
+def prior_shapes(config: PriorTrainConfig, categories: tuple[str, ...] = CATEGORIES
+                 ) -> list[Shape]:
+    """The training instances of priors trained with ``config``, in code order (the same
+    shapes :func:`make_prior_data` samples, without the sampling): scenes built from them
+    have known codes, the targets of the single-shot network."""
+    return _draw_shapes(config, categories, np.random.default_rng(config.seed))
+
+
 def make_prior_data(config: PriorTrainConfig, categories: tuple[str, ...] = CATEGORIES,
                     quiet: bool = True) -> PriorData:
     """Random instances of ``categories`` and their samples (deterministic by seed)."""
     from geometry.progress import progress_bar
 
     rng = np.random.default_rng(config.seed)
-    shapes = [random_shape(c, rng) for c in categories
-              for _ in range(config.instances_per_category)]
+    shapes = _draw_shapes(config, categories, rng)
     pts, sdf, cpts, cols = [], [], [], []
     with progress_bar("sampling shapes", quiet=quiet) as bar:
         task = bar.add_task("", total=len(shapes))
