@@ -37,32 +37,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pose.camera.sparp.solver import MultiViewPoses, NocsView, SolverConfig, solve_views
+from pose.camera.sparp.co3d_check import Co3dCheck
+from pose.camera.sparp.solver import NocsView, SolverConfig, solve_views
 
 __all__ = ["Co3dSplatsCheck", "check_from_splats", "fit_splats", "nocs_views_from_splats",
            "run_co3d_splats_check"]
 
 
 @dataclass
-class Co3dSplatsCheck:
-    """What the check measured."""
+class Co3dSplatsCheck(Co3dCheck):
+    """What the check measured: :class:`Co3dCheck`'s figures and the splat fit's."""
 
-    rot_err_median_deg: float
-    """Median rotation error after the similarity alignment to the ground truth."""
-    rel_rot_err_median_deg: float
-    rra5: float
-    rra15: float
-    cca10: float
-    views: int
-    image_size: tuple[int, int]
     gaussians: int
     foreground_gaussians: int
     object_pixels_median: float
     fit_psnr: float
     fit_s: float
-    render_s: float
-    solve_s: float
-    result: MultiViewPoses
 
 
 def fit_splats(folder: str | os.PathLike, out: str | os.PathLike, cameras, max_size: int,
