@@ -289,3 +289,49 @@ def camera_rows(cameras, images: Sequence[LoadedImage], source: Path) -> list[in
     by_name = {Path(n).name: i for i, n in enumerate(names)}
     by_stem = {Path(n).stem: i for i, n in enumerate(names)}
     return [by_name.get(im.path.name, by_stem.get(im.path.stem)) for im in images]
+
+
+def output_names(images: Sequence[LoadedImage]) -> list[str]:
+    """PNG names for OUT/images: the photo's stem with whitespace as ``_`` (COLMAP's text
+    model cannot hold spaces), made unique (a.jpg and a.png both exist)."""
+    from geometry.io.colmap import colmap_safe_name
+
+    names, used = [], set()
+    for im in images:
+        stem = colmap_safe_name(im.path.stem)
+        name, k = f"{stem}.png", 1
+        while name in used:
+            name, k = f"{stem}_{k}.png", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def files_per_photo(folder: Path, images: Sequence[LoadedImage], suffixes: Sequence[str],
+                    what: str, option: str) -> list[Path]:
+    """The file of every photo in ``folder`` (same stem, one of ``suffixes``), in the
+    photos' order: per-photo masks, NOCS maps and the like (``what``: "mask", "NOCS map").
+
+    Raises:
+        UserError: no such folder, a file without a photo, a photo without a file.
+    """
+    if not folder.is_dir():
+        raise UserError(f"{what} folder {folder} does not exist; give {option} a folder with "
+                        f"one {what} per photo, named like the photo.")
+    files: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
+            files.setdefault(p.stem, p)
+    stems = {im.path.stem for im in images}
+    extra = sorted(s for s in files if s not in stems)
+    if extra:
+        raise UserError(f"{folder} has {what}s for photos that are not in the image folder "
+                        f"({', '.join(extra[:3])}); {what}s must match the photos one to one.")
+    paths = []
+    for im in images:
+        path = files.get(im.path.stem)
+        if path is None:
+            raise UserError(f"{folder} has no {what} for the photo {im.path.name}; give one "
+                            f"{what} per photo with the photo's name ({', '.join(suffixes)}).")
+        paths.append(path)
+    return paths

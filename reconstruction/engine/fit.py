@@ -69,7 +69,7 @@ from reconstruction.engine.schedule import (
 )
 from reconstruction.engine.trainer import GaussianTrainer, TrainData
 from reconstruction.gaussians import GaussianScene
-from reconstruction.images import LoadedImage, camera_rows, load_images, warn
+from reconstruction.images import LoadedImage, camera_rows, load_images, output_names, warn
 from reconstruction.init.registry import INITIALISERS
 
 if typing.TYPE_CHECKING:
@@ -585,7 +585,7 @@ def _fill_coverage(run: _Run) -> None:
         state["init.scale_cap"] = fill.scale_cap
     run.timings["init_fill"] = time.perf_counter() - t0
     before, after = float(np.mean(fill.coverage_before)), float(np.mean(fill.coverage_after))
-    names = _output_names(run.images)
+    names = output_names(run.images)
     run.init_meta["coverage"] = {
         "coverage_before_fill": before, "coverage_after_fill": after,
         "coverage_per_view": {name: {"before_fill": b, "after_fill": a} for name, b, a in zip(
@@ -791,14 +791,14 @@ def _final_scene(run: _Run, trainer: GaussianTrainer
         K=Ks, T_world_cam=invert_T(T_cam_world),
         width=torch.tensor([im.width for im in run.images]),
         height=torch.tensor([im.height for im in run.images]),
-        names=[f"images/{n}" for n in _output_names(run.images)])
+        names=[f"images/{n}" for n in output_names(run.images)])
     return scene, cameras, sparse_points
 
 
 def _metrics(run: _Run, trainer: GaussianTrainer, psnrs: list[float], meta: dict) -> dict:
     """What metrics.json holds (timings are added when the outputs are written)."""
     config, images = run.config, run.images
-    names = _output_names(images)
+    names = output_names(images)
     return {
         "images": [im.path.name for im in images],
         "method": config.method,
@@ -843,7 +843,7 @@ def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
     from reconstruction.gaussians import write_ply
 
     t0 = time.perf_counter()
-    names = _output_names(run.images)
+    names = output_names(run.images)
     scene, cameras, sparse_points = _final_scene(run, trainer)
     metrics = _metrics(run, trainer, psnrs, meta)
     if metrics["low_psnr_views"]:
@@ -888,20 +888,3 @@ def _observations(init_state: dict[str, torch.Tensor]
     valid = (point >= 0) & (point < len(init_state["init.sparse_points"])) & (view >= 0) \
         & (view < len(init_state["init.Ks"]))
     return point[valid], view[valid], xy[valid]
-
-
-def _output_names(images: list[LoadedImage]) -> list[str]:
-    """PNG names for OUT/images: the photo's stem with whitespace as ``_`` (COLMAP's text
-    model cannot hold spaces), made unique (a.jpg and a.png both exist)."""
-    from geometry.io.colmap import colmap_safe_name
-
-    names, used = [], set()
-    for im in images:
-        stem = colmap_safe_name(im.path.stem)
-        name, k = f"{stem}.png", 1
-        while name in used:
-            name, k = f"{stem}_{k}.png", k + 1
-        used.add(name)
-        names.append(name)
-    return names
-

@@ -96,26 +96,9 @@ def find_nocs_maps(folder: Path, images: list[LoadedImage]) -> list[Path]:
     Raises:
         UserError: no such folder, a photo without a map, maps without a photo.
     """
-    if not folder.is_dir():
-        raise UserError(f"NOCS folder {folder} does not exist; give --nocs a folder with one "
-                        "NOCS map per photo, named like the photo.")
-    files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in NOCS_SUFFIXES and not p.name.startswith("."):
-            files.setdefault(p.stem, p)
-    stems = {im.path.stem for im in images}
-    extra = sorted(s for s in files if s not in stems)
-    if extra:
-        raise UserError(f"{folder} has NOCS maps for photos that are not in the image folder "
-                        f"({', '.join(extra[:3])}); maps must match the photos one to one.")
-    paths = []
-    for im in images:
-        path = files.get(im.path.stem)
-        if path is None:
-            raise UserError(f"{folder} has no NOCS map for the photo {im.path.name}; give one "
-                            "map per photo with the photo's name (.png or .npy).")
-        paths.append(path)
-    return paths
+    from reconstruction.images import files_per_photo
+
+    return files_per_photo(folder, images, NOCS_SUFFIXES, "NOCS map", "--nocs")
 
 
 def _intrinsics(cmd: SpaRPCommand, images: list[LoadedImage]) -> np.ndarray:
@@ -198,20 +181,6 @@ def _check_options(cmd: SpaRPCommand) -> None:
             raise UserError(f"--out {cmd.out} overlaps the {option} folder {folder}; write "
                             "the outputs somewhere else.")
     Symmetry.from_tag(cmd.symmetry)
-
-
-def _output_names(images: list[LoadedImage]) -> list[str]:
-    from geometry.io.colmap import colmap_safe_name
-
-    names, used = [], set()
-    for im in images:
-        stem = colmap_safe_name(im.path.stem)
-        name, k = f"{stem}.png", 1
-        while name in used:
-            name, k = f"{stem}_{k}.png", k + 1
-        used.add(name)
-        names.append(name)
-    return names
 
 
 def _predict(cmd: SpaRPCommand, images: list[LoadedImage]):
@@ -364,7 +333,9 @@ def run_command(cmd: SpaRPCommand) -> dict:
         if prediction is not None and cmd.refine:
             T_world_cam, T_world_novel, refined = _refine(cmd, prediction, views, T_world_cam,
                                                           T_world_novel)
-        names = _output_names(images)
+        from reconstruction.images import output_names
+
+        names = output_names(images)
         cams = Cameras(K=torch.from_numpy(Ks), T_world_cam=torch.from_numpy(T_world_cam),
                        width=torch.tensor([im.width for im in images]),
                        height=torch.tensor([im.height for im in images]),
@@ -411,4 +382,3 @@ def run_command(cmd: SpaRPCommand) -> dict:
     log_stage(f"wrote {cmd.out}: {len(views)} cameras (inliers {inl}; "
               f"{record['time_s']:.1f} s)", cmd.quiet)
     return record
-

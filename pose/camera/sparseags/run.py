@@ -86,24 +86,11 @@ def load_masks(folder: Path, images: list[LoadedImage]) -> list[torch.Tensor]:
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not folder.is_dir():
-        raise UserError(f"mask folder {folder} does not exist; give --masks a folder with one "
-                        "mask per photo, named like the photo.")
-    files = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in _MASK_SUFFIXES and not p.name.startswith("."):
-            files.setdefault(p.stem, p)
-    stems = {im.path.stem for im in images}
-    extra = sorted(s for s in files if s not in stems)
-    if extra:
-        raise UserError(f"{folder} has masks for photos that are not in the image folder "
-                        f"({', '.join(extra[:3])}); masks must match the photos one to one.")
+    from reconstruction.images import files_per_photo
+
+    paths = files_per_photo(folder, images, _MASK_SUFFIXES, "mask", "--masks")
     masks = []
-    for im in images:
-        path = files.get(im.path.stem)
-        if path is None:
-            raise UserError(f"{folder} has no mask for the photo {im.path.name}; give one mask "
-                            "per photo with the photo's name.")
+    for im, path in zip(images, paths, strict=True):
         try:
             with Image.open(path) as img:
                 img.load()
@@ -125,21 +112,6 @@ def load_masks(folder: Path, images: list[LoadedImage]) -> list[torch.Tensor]:
                             "pixel); give a mask that covers the object.")
         masks.append(mask)
     return masks
-
-
-def _output_names(images: list[LoadedImage]) -> list[str]:
-    """PNG names for OUT/images: the photo's stem COLMAP-safe, made unique (as recon fit)."""
-    from geometry.io.colmap import colmap_safe_name
-
-    names, used = [], set()
-    for im in images:
-        stem = colmap_safe_name(im.path.stem)
-        name, k = f"{stem}.png", 1
-        while name in used:
-            name, k = f"{stem}_{k}.png", k + 1
-        used.add(name)
-        names.append(name)
-    return names
 
 
 def _sfm_cameras(images: list[LoadedImage], seed: int) -> Cameras:
@@ -265,8 +237,9 @@ def _write_outputs(cmd: SparseAGSCommand, images, masks, initial: Cameras, resul
     from geometry.io.images import write_png
     from geometry.io.transforms_json import write_transforms_json
     from reconstruction.gaussians import write_ply
+    from reconstruction.images import output_names
 
-    names = _output_names(images)
+    names = output_names(images)
     cams = result.cameras
     score_note = ("LPIPS" if result.perceptual_kind == "lpips" else
                   "1 - SSIM (no --lpips weights given: LPIPS was not used)")
