@@ -88,17 +88,25 @@ def ddp_setup(device: str | None = None) -> DistInfo:
     gloo otherwise.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or ``None`` (CUDA when available).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (a single process on GPU N; under
+            ``torchrun`` each process takes the GPU of its local rank) or ``None`` (CUDA
+            when available).
+
+    Raises:
+        UserError: ``device`` is misspelt or names a GPU this machine lacks.
     """
     import torch.distributed as dist
+
+    from geometry.device import check_device
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None:
+        check_device(device)
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but this machine has no CUDA device; "
-                        "use --device cpu.")
+    if use_cuda and world == 1 and device is not None and ":" in device:
+        local = int(device.split(":")[1])
     dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(dev)

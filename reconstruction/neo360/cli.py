@@ -8,19 +8,13 @@ from typing import Annotated, Union
 
 import tyro
 
+from geometry.threads import set_threads
 from reconstruction.neo360.config import NeO360Config
 from reconstruction.neo360.data import SyntheticScenes
 from reconstruction.neo360.train import TrainOptions
 
 #: Seeds of held-out scenes start here (training scenes use small seeds).
 HELD_OUT_SEED = 1_000_000
-
-
-def _threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
 
 
 @dataclass
@@ -46,20 +40,25 @@ class NeO360Train:
     resnet18/resnet34)."""
     eval_scenes: int = 0
     """After training, the PSNR on this many held-out generated scenes."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (under torchrun: one process per GPU)."""
     threads: int | None = None
-    """CPU threads (default: torch's)."""
+    """CPU threads (default: all cores)."""
     quiet: bool = False
+    """No progress output."""
     model: NeO360Config = field(default_factory=NeO360Config)
     train: TrainOptions = field(default_factory=TrainOptions)
     data: SyntheticScenes = field(default_factory=SyntheticScenes)
 
     def run(self) -> dict:
+        from geometry.device import check_device
         from geometry.errors import UserError
         from geometry.io.atomic import check_output_folder, check_replaceable
         from reconstruction.neo360.data import generate_scenes
         from reconstruction.neo360.train import evaluate, train
 
-        _threads(self.threads)
+        set_threads(self.threads)
+        check_device(self.device)
         if self.synthetic == (self.nerds360 is not None):
             raise UserError("give the training data: --synthetic (generated outdoor scenes) "
                             "or --nerds360 DIR, one of them.")
@@ -77,7 +76,8 @@ class NeO360Train:
             scenes = generate_scenes(self.data, self.model.camera_radius, quiet=self.quiet)
             info = {"synthetic": self.data.__dict__}
         model, result = train(scenes, self.model, self.train, self.out, self.max_minutes,
-                              self.resume, self.backbone_weights, self.quiet, info)
+                              self.resume, self.backbone_weights, self.quiet, info,
+                              device=self.device)
         report = {"steps": result.step, "stopped_by": result.stopped_by,
                   "elapsed_s": result.elapsed_s}
         if self.eval_scenes > 0:
@@ -112,14 +112,18 @@ class NeO360Eval:
     """Score the scenes of this NeRDS360 folder instead (views resized to --data.size, at
     most --data.views per scene)."""
     data: SyntheticScenes = field(default_factory=lambda: SyntheticScenes(seed=HELD_OUT_SEED))
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
+    """CPU threads (default: all cores)."""
 
     def run(self) -> dict:
+        from geometry.device import check_device
         from reconstruction.neo360.data import generate_scenes
         from reconstruction.neo360.train import evaluate, load_model
 
-        _threads(self.threads)
-        model = load_model(self.checkpoint)
+        set_threads(self.threads)
+        model = load_model(self.checkpoint, check_device(self.device))
         if self.nerds360 is not None:
             held = _nerds360_scenes(self.nerds360, self.data, model.config.camera_radius)
         else:

@@ -73,12 +73,26 @@ def loss_terms(model: NeO360, batch: Batch, options: TrainOptions,
 def train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions,
           out: Path | None, max_minutes: float | None = None, resume: bool = False,
           backbone: Path | None = None, quiet: bool = False, data_info: dict | None = None,
-          model: NeO360 | None = None):
+          model: NeO360 | None = None, device: str | None = "cpu"):
     """Train (or continue training) a NeO 360 model on ``scenes``; returns ``(model,
-    TrainResult)``. ``backbone``: a local torchvision ResNet checkpoint for the encoder."""
-    from geometry.training import TrainLoop, ddp_setup, train_loop
+    TrainResult)``. ``backbone``: a local torchvision ResNet checkpoint for the encoder;
+    ``device``: cpu, cuda or cuda:N (None: CUDA when available)."""
+    from geometry.training import ddp_cleanup, ddp_setup
 
-    dist = ddp_setup("cpu" if not torch.cuda.is_available() else None)
+    dist = ddp_setup(device)
+    try:
+        return _train(scenes, config, options, out, max_minutes, resume, backbone, quiet,
+                      data_info, model, dist)
+    finally:
+        ddp_cleanup()
+
+
+def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions,
+           out: Path | None, max_minutes: float | None, resume: bool, backbone: Path | None,
+           quiet: bool, data_info: dict | None, model: NeO360 | None, dist):
+    """:func:`train` inside the process group."""
+    from geometry.training import TrainLoop, train_loop
+
     torch.manual_seed(options.seed)
     if model is None:
         model = NeO360(config)
@@ -158,6 +172,7 @@ def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
     (:func:`evaluation_views` of ``first_index + k``) and ``num_targets`` other views
     rendered whole."""
     model.eval()
+    device = next(model.parameters()).device
     values = []
     for k, scene in enumerate(scenes):
         V = len(scene.images)
@@ -165,13 +180,13 @@ def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
         others = [v for v in range(V) if v not in src]
         targets = [others[int(i)] for i in
                    np.linspace(0, len(others) - 1, min(num_targets, len(others))).round()]
-        cams = scene.cameras[src]
-        enc = model.encode(scene.images[src], cams.K, cams.T_world_cam)
+        cams = scene.cameras[src].to(device)
+        enc = model.encode(scene.images[src].to(device), cams.K, cams.T_world_cam)
         for t in targets:
-            rays = scene.rays(t).reshape(-1)
+            rays = scene.rays(t).reshape(-1).to(device)
             rgb = torch.cat([model.render_rays(enc, rays[i:i + chunk])["rgb"]
                              for i in range(0, len(rays), chunk)])
-            values.append(psnr(rgb.clamp(0, 1), scene.images[t].reshape(-1, 3)))
+            values.append(psnr(rgb.clamp(0, 1).cpu(), scene.images[t].reshape(-1, 3)))
     return {"psnr": float(np.mean(values)), "views": len(values)}
 
 

@@ -317,7 +317,34 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     err = _user_error(["train", "--synthetic", "--views", "1-3", "--out",
                        str(tmp_path / "t")], capsys)
     assert "--views" in err
+    err = _user_error(["train", "--synthetic", "--device", "gpu", "--out",
+                       str(tmp_path / "t")], capsys)
+    assert "--device gpu is not a device" in err
+    err = _user_error(["predict", "--checkpoint", str(ck), "--images", str(good), "--out",
+                       out, "--device", "cuda:x"], capsys)
+    assert "--device cuda:x is not a device" in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "t").exists()
+
+
+def test_predict_replaces_only_its_own_output(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    ck = _tiny_checkpoint(tmp_path / "ck")
+    photos = _photos(tmp_path / "photos", [(32, 32)] * 2)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "keep.txt").write_text("keep")
+    args = ["predict", "--checkpoint", str(ck), "--images", str(photos), "--threads", "1",
+            "--quiet"]
+    err = _user_error([*args, "--out", str(notes)], capsys)
+    assert "pass --overwrite" in err and (notes / "keep.txt").read_text() == "keep"
+    out = tmp_path / "out"
+    pose_main(["aden", *args, "--out", str(out)])
+    first = (out / "transforms.json").read_text()
+    pose_main(["aden", *args, "--out", str(out)])  # its own earlier output is replaced
+    assert (out / "transforms.json").read_text() == first
+    pose_main(["aden", *args, "--out", str(notes), "--overwrite"])
+    assert not (notes / "keep.txt").exists() and (notes / "scores.json").is_file()
+    assert capsys.readouterr().out == ""  # --quiet
 
 
 def test_recon_initialiser_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -276,6 +276,11 @@ def test_train_command_end_to_end(tmp_path, capsys):
     with pytest.raises(UserError, match="overwrite"):
         NeO360Train(out=other, synthetic=True, quiet=True, model=tiny_config(),
                     train=TrainOptions(steps=1, num_rays=8), data=data).run()
+    with pytest.raises(UserError, match="--device gpu is not a device"):
+        NeO360Train(out=tmp_path / "new", synthetic=True, quiet=True, device="gpu",
+                    model=tiny_config(), train=TrainOptions(steps=1, num_rays=8),
+                    data=data).run()
+    assert not (tmp_path / "new").exists()
     score = NeO360Eval(checkpoint=tmp_path / "ckpt", scenes=1,
                        data=SyntheticScenes(views=4, size=16, supersample=1, seed=7)).run()
     assert score["views"] == 1  # 4 views: 3 sources, 1 target

@@ -32,8 +32,12 @@ class AdenTrain:
     """Continue the checkpoint in --out (same options)."""
     overwrite: bool = False
     """Replace a checkpoint already in --out."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (under torchrun: one process per GPU)."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
+    quiet: bool = False
+    """No progress output."""
     model: AdenConfig = field(default_factory=AdenConfig)
     train: Annotated[AdenTrainConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=AdenTrainConfig)
@@ -45,7 +49,7 @@ class AdenTrain:
         set_threads(self.threads)
         run_train(self.out, self.synthetic, self.co3d, self.model, self.train, self.synth,
                   max_minutes=self.max_minutes, resume=self.resume,
-                  overwrite=self.overwrite)
+                  overwrite=self.overwrite, quiet=self.quiet, device=self.device)
 
 
 @dataclass
@@ -61,14 +65,21 @@ class AdenPredict:
     """Output folder."""
     seed: int = 0
     """Seed of the hypotheses' noise."""
+    overwrite: bool = False
+    """Replace a non-empty --out that an earlier 'pose aden predict' did not write."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
+    quiet: bool = False
+    """No progress output."""
 
     def run(self) -> None:
         from pose.camera.aden.predict import run_predict
 
         set_threads(self.threads)
-        run_predict(self.checkpoint, self.images, self.out, self.seed)
+        run_predict(self.checkpoint, self.images, self.out, self.seed, quiet=self.quiet,
+                    overwrite=self.overwrite, device=self.device)
 
 
 @dataclass

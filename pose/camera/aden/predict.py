@@ -28,11 +28,12 @@ __all__ = ["AdenEstimator", "run_predict"]
 class AdenEstimator:
     """``estimate(images) -> CameraPoseResult`` with a trained :class:`AdenNet`."""
 
-    def __init__(self, model: AdenNet | str | Path, seed: int = 0) -> None:
+    def __init__(self, model: AdenNet | str | Path, seed: int = 0,
+                 device: str = "cpu") -> None:
         if not isinstance(model, AdenNet):
             from pose.camera.aden.train import load_model
 
-            model = load_model(model)
+            model = load_model(model, device)
         self.model = model.eval()
         self.seed = seed
         self.last_scores: Tensor | None = None
@@ -65,16 +66,22 @@ class AdenEstimator:
 
 
 def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
-                quiet: bool = False) -> dict:
+                quiet: bool = False, overwrite: bool = False, device: str = "cpu") -> dict:
     """Estimate the cameras of the photos in ``images``; write ``out/transforms.json``,
-    ``out/sparse/0/`` (COLMAP text) and ``out/scores.json``. Returns the scores dict."""
-    from geometry.io.atomic import atomic_directory, check_output_folder
+    ``out/sparse/0/`` (COLMAP text) and ``out/scores.json``. Returns the scores dict.
+
+    ``out`` may be an earlier output of this command (it is replaced); another non-empty
+    folder only with ``overwrite``."""
+    from geometry.device import check_device
+    from geometry.io.atomic import atomic_directory, check_output_folder, check_replaceable
     from geometry.io.colmap import write_colmap_model
     from geometry.io.transforms_json import write_transforms_json
     from geometry.progress import log_stage
 
     check_output_folder(out)
-    estimator = AdenEstimator(checkpoint, seed=seed)
+    check_replaceable(out, "scores.json", overwrite)
+    check_device(device)
+    estimator = AdenEstimator(checkpoint, seed=seed, device=device)
     files, photos = load_photos(images)
     start = time.perf_counter()
     result = estimator.estimate(photos)

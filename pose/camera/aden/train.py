@@ -74,12 +74,12 @@ def make_batch_fn(sequences: list[PoseSequence], train: AdenTrainConfig,
 
 def run_train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
               train: AdenTrainConfig, synth: SynthData, max_minutes: float | None = None,
-              resume: bool = False, overwrite: bool = False, quiet: bool = False):
+              resume: bool = False, overwrite: bool = False, quiet: bool = False,
+              device: str | None = "cpu"):
     """Train and write the checkpoint folder ``out``; returns the
     :class:`geometry.training.TrainResult`. With ``resume`` the options must be those of
     the checkpoint (the loop refuses others)."""
-    from geometry.progress import log_stage
-    from geometry.training import TrainLoop, ddp_setup, train_loop
+    from geometry.training import ddp_cleanup, ddp_setup
 
     if synthetic == (co3d is not None):
         raise UserError("give exactly one of --synthetic and --co3d DIR.")
@@ -92,7 +92,21 @@ def run_train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
         raise UserError(f"--synth.frames {synth.frames} is below the most views per "
                         f"sequence ({hi}); raise it or lower --views.")
     check_checkpoint_out(Path(out), resume, overwrite)
-    dist = ddp_setup()
+    dist = ddp_setup(device)
+    try:
+        return _train(out, synthetic, co3d, model, train, synth, max_minutes, resume, quiet,
+                      dist, min_views=lo)
+    finally:
+        ddp_cleanup()
+
+
+def _train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
+           train: AdenTrainConfig, synth: SynthData, max_minutes: float | None, resume: bool,
+           quiet: bool, dist, min_views: int):
+    """:func:`run_train` after its checks, inside the process group."""
+    from geometry.progress import log_stage
+    from geometry.training import TrainLoop, train_loop
+
     if synthetic:
         log_stage(f"rendering {synth.sequences} object sequences of {synth.frames} views…",
                   quiet=quiet or not dist.is_main)
@@ -101,7 +115,7 @@ def run_train(out: Path, synthetic: bool, co3d: Path | None, model: AdenConfig,
             synth.supersample, synth.cache if dist.is_main else None, synth.workers,
             synth.background, quiet=quiet or not dist.is_main)
     else:
-        sequences = co3d_sequences(co3d, model.image_size, min_views=lo)
+        sequences = co3d_sequences(co3d, model.image_size, min_views=min_views)
     net = build_model(model, train.seed).to(dist.device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr,
                                   weight_decay=train.weight_decay)
