@@ -255,3 +255,100 @@ def compile_cuda_sources(nvcc: Path | None = None, verbose: bool = False) -> lis
                                 f"sm_{'/sm_'.join(CUDA_CHECK_ARCHS)} ({first.strip()}); "
                                 "fix it (rerun with --verbose for nvcc's full output).")
     return sources
+
+
+# --- torch-binding syntax check (also `recon build-ops --cuda-compile-only`) --------------
+#: What the CPU wheel of torch lacks to parse ``c10/cuda`` headers: the header CMake writes
+#: for a CUDA build (``c10/cuda/impl/cuda_cmake_macros.h``), here as torch's template fills it.
+_CUDA_CMAKE_MACROS = ("#pragma once\n"
+                      "// written by sparseview's binding check: the CPU wheel of torch lacks\n"
+                      "// this CMake-generated header; this is what a shared-library build has\n"
+                      "#define C10_CUDA_BUILD_SHARED_LIBS\n")
+
+
+def find_cuda_include(nvcc: Path) -> Path | None:
+    """The CUDA toolkit's include folder (the one with ``cuda_runtime_api.h``):
+    ``$CUDA_HOME/include``, else beside ``nvcc`` (``nvcc`` may be a wrapper script on PATH),
+    else ``/usr/local/cuda-13.0`` or ``/usr/local/cuda``; None when there is none."""
+    candidates = []
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(Path(os.environ["CUDA_HOME"]) / "include")
+    candidates += [nvcc.resolve().parent.parent / "include",
+                   Path("/usr/local/cuda-13.0/include"), Path("/usr/local/cuda/include")]
+    return next((path for path in candidates if (path / "cuda_runtime_api.h").is_file()), None)
+
+
+def binding_check_command(compiler: str, source: Path, cuda_include: Path,
+                          stub_include: Path | None) -> list[str]:
+    """The ``-fsyntax-only`` command that parses one torch-facing CUDA binding
+    (``cuda/<op>/*_cuda.cpp``) against torch's headers and the CUDA runtime's, as
+    torch's extension build would (C++20)."""
+    from torch.utils.cpp_extension import include_paths
+
+    stub = ["-I", str(stub_include)] if stub_include is not None else []
+    torch_includes = [arg for path in include_paths() for arg in ("-I", path)]
+    return [compiler, "-std=c++20", "-fsyntax-only", *stub, *torch_includes, "-I",
+            str(cuda_include), "-I", str(source.parent), "-I", str(sources_dir()),
+            str(source)]
+
+
+def check_cuda_bindings(nvcc: Path | None = None, verbose: bool = False) -> list[Path]:
+    """Parse every torch-facing CUDA binding (``cuda/<op>/*_cuda.cpp``) with the host C++
+    compiler (``-fsyntax-only``) against torch's headers and the CUDA toolkit's next to
+    ``nvcc``; returns the sources.
+
+    On a CPU wheel of torch, which lacks ``c10/cuda/impl/cuda_cmake_macros.h``, that one
+    generated header is supplied from a temporary folder, so the check needs no GPU and no
+    CUDA build of torch. Raises :class:`~geometry.errors.UserError` when nvcc (whose toolkit
+    has the CUDA headers) or a C++ compiler is missing, or a binding does not parse (the
+    first error line is in the sentence; the compiler's full output with ``verbose``).
+    """
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    from geometry.errors import UserError
+    from geometry.progress import log_stage
+
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise UserError("nvcc (the CUDA compiler) was not found: install the CUDA toolkit and "
+                        "set CUDA_HOME or put nvcc on PATH to check the CUDA sources.")
+    cuda_include = find_cuda_include(nvcc)
+    if cuda_include is None:
+        raise UserError(f"the CUDA runtime headers (cuda_runtime_api.h) were not found next to "
+                        f"{nvcc}; set CUDA_HOME to the CUDA toolkit's folder.")
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        raise UserError("no C++ compiler (c++ or g++, or $CXX) was found to check the CUDA "
+                        "bindings; install one (e.g. apt-get install g++).")
+    root = sources_dir()
+    sources = sorted(root.glob("*/*_cuda.cpp"))
+    has_macros = any((Path(p) / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").is_file()
+                     for p in cpp_extension.include_paths())
+    with tempfile.TemporaryDirectory(prefix="sparseview-bindings-") as tmp:
+        stub = None
+        if not has_macros:
+            stub = Path(tmp)
+            header = stub / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h"
+            header.parent.mkdir(parents=True)
+            header.write_text(_CUDA_CMAKE_MACROS)
+        for source in sources:
+            name = source.relative_to(root.parent)
+            log_stage(f"{Path(compiler).name} -fsyntax-only {name} (torch binding)…")
+            result = subprocess.run(binding_check_command(compiler, source, cuda_include, stub),
+                                    capture_output=True, text=True)
+            output = (result.stdout + result.stderr).strip()
+            if verbose and output:
+                print(output, file=sys.stderr)
+            if result.returncode != 0:
+                lines = output.splitlines()
+                first = next((line for line in lines if "error" in line.lower()),
+                             lines[0] if lines else f"exit status {result.returncode}")
+                raise UserError(f"{name} does not compile against torch's headers "
+                                f"({first.strip()}); fix it (rerun with --verbose for the "
+                                "compiler's full output).")
+    return sources

@@ -31,17 +31,22 @@ class BuildOps:
     """Show the compiler's output."""
     cuda_compile_only: bool = False
     """Only check that every CUDA source (cuda/**/*.cu) compiles with nvcc for sm_80 and
-    sm_90 (objects in a temporary folder; no GPU needed); exit 2 naming the file that fails."""
+    sm_90 (objects in a temporary folder; no GPU needed) and that every torch binding of
+    them (cuda/*/*_cuda.cpp) parses against torch's headers; exit 2 naming the file that
+    fails."""
 
     def run(self) -> None:
         from geometry.ops.loader import build_ops, build_plan
         from geometry.progress import log_stage
 
         if self.cuda_compile_only:
-            from geometry.ops.loader import compile_cuda_sources
+            from geometry.ops.loader import check_cuda_bindings, compile_cuda_sources
 
             sources = compile_cuda_sources(verbose=self.verbose)
             print(f"CUDA sources compile for sm_80 and sm_90: {len(sources)} file(s)")
+            bindings = check_cuda_bindings(verbose=self.verbose)
+            print(f"CUDA torch bindings parse against torch's headers: {len(bindings)} "
+                  "file(s)")
             return
         plan = build_plan()
         if (plan.build_dir / f"{plan.name}.so").is_file():
