@@ -38,7 +38,8 @@ class SpaRPCommand:
     """SpaRP model checkpoint written by 'pose sparp-train' (predicts the NOCS maps of 2-6 photos
     when --nocs is not given)."""
     steps: int = 10
-    """DDIM steps of the model's sampling."""
+    """DDIM steps of the model's sampling (models trained with the v-ddim objective; an
+    x0-single-step model makes one deterministic pass)."""
     seed: int = 0
     """Seed of the sampling noise."""
     novel_views: bool = True
@@ -64,13 +65,17 @@ class SpaRPCommand:
     """World frame of the outputs: the first photo's camera, or the object (NOCS) frame."""
     overwrite: bool = False
     """Replace --out even when it is a non-empty folder this command did not write."""
+    threads: int | None = None
+    """CPU threads (default: all cores)."""
     quiet: bool = False
     """No stage lines."""
     solver: SolverConfig = field(default_factory=SolverConfig)
 
     def run(self) -> None:
+        from geometry.threads import set_threads
         from pose.camera.sparp.run import run_command
 
+        set_threads(self.threads)
         run_command(self)
 
 
@@ -78,9 +83,12 @@ class SpaRPCommand:
 class SpaRPTrain:
     """Fine-tune the small SpaRP model (Zero123++'s architecture with the domain switcher, in
     pixel space) on generated object sequences: NOCS maps of the input photos and six novel
-    views around the first. Writes a checkpoint folder (model.safetensors, config.json,
-    trainer_state.pt, history.json, loss.png) for 'pose sparp'. Under torchrun
-    every process trains on its own batches (DDP, gloo on the CPU)."""
+    views around the first. The default objective, x0-single-step, trains the UNet to
+    predict the tiles in one deterministic pass (single-step fine-tuning as in Garcia et al.
+    2024 / Lotus); v-ddim is Zero123++'s v-prediction with DDIM sampling. Writes a
+    checkpoint folder (model.safetensors, config.json, trainer_state.pt, history.json,
+    loss.png) for 'pose sparp'. Under torchrun every process trains on its own batches
+    (DDP, gloo on the CPU)."""
 
     out: Path
     """Checkpoint folder."""
@@ -90,10 +98,17 @@ class SpaRPTrain:
     """Continue the checkpoint in --out (same options)."""
     overwrite: bool = False
     """Replace a checkpoint already in --out."""
-    tile: int = 16
+    tile: int = 32
     """Tile side in pixels (the model's inputs and outputs are 3 x 2 tiles)."""
     width: int = 16
-    """Channels of the UNet's first level (doubled at the next two)."""
+    """Channels of the UNet's first level (doubled at the next two, quadrupled at a
+    fourth)."""
+    levels: Literal[3, 4] = 4
+    """UNet levels; the attention sits at the lowest (1/4 or 1/8 of the resolution)."""
+    objective: Literal["x0-single-step", "v-ddim"] = "x0-single-step"
+    """x0-single-step: one deterministic UNet pass predicts the tiles (direct L1 loss on
+    the NOCS maps, masked by the object, plus the mask); v-ddim: v-prediction at random
+    timesteps, DDIM sampling."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
     quiet: bool = False
@@ -110,8 +125,8 @@ class SpaRPTrain:
         from pose.camera.sparp.train import run_train
 
         set_threads(self.threads)
-        model = SparpModelConfig(tile=self.tile, unet=small_unet_config(self.width),
-                                 encoder_width=self.width)
+        model = SparpModelConfig(tile=self.tile, unet=small_unet_config(self.width, self.levels),
+                                 encoder_width=self.width, objective=self.objective)
         run_train(self.out, model, self.train, self.data, max_minutes=self.max_minutes,
                   resume=self.resume, overwrite=self.overwrite, quiet=self.quiet,
                   cache=self.cache)

@@ -5,6 +5,14 @@ rough orbit with their exact NOCS maps and masks, and the six novel views of
 :func:`~pose.camera.sparp.model.novel_view_poses` around frame 0 (same field of view). An
 example takes frame 0 and ``k - 1`` other frames (shuffled) as its inputs; its NOCS target
 holds their maps in the inputs' tiles, its views target the six novel views.
+
+The NOCS maps are in the object's canonical frame (the generator's: z up, x towards the
+front), the same frame in every view. For objects symmetric in shape and texture about
+their z axis (``axis``) that frame's rotation about z cannot be told from the photos, so
+the maps (and ``T_world_nocs``) are turned about the NOCS z axis to put the first camera at
+azimuth 0 (on the +x side): the first view's map then follows from its photo, as a
+deterministic predictor needs (SpaRP's symmetry-aware canonicalisation; the solver's
+symmetry hypotheses recover the others).
 """
 
 from __future__ import annotations
@@ -70,7 +78,17 @@ def render_example(seed: int, tile: int, frames: int = 6, supersample: int = 2,
     S = np.eye(4)
     S[:3, :3] *= model.nocs_scale
     S[:3, 3] = -0.5 * model.nocs_scale
-    return SparpExample(images=maps["images"], nocs=maps["nocs"], masks=maps["masks"],
+    nocs = maps["nocs"]
+    if model.symmetry == "axis":
+        az = float(np.arctan2(T_obj_cam0[1, 3], T_obj_cam0[0, 3]))
+        Rz = np.eye(4)
+        Rz[:2, :2] = [[np.cos(az), -np.sin(az)], [np.sin(az), np.cos(az)]]
+        # p_canonical = Rz^T p_obj: the first camera's centre at azimuth 0
+        centred = nocs.astype(np.float64) - 0.5
+        turned = centred @ Rz[:3, :3]  # rows: Rz^T p
+        nocs = np.where(maps["masks"][..., None], turned + 0.5, 0.0).astype(nocs.dtype)
+        S = Rz @ S
+    return SparpExample(images=maps["images"], nocs=nocs, masks=maps["masks"],
                         novel_images=novel["images"], novel_masks=novel["masks"], K=K,
                         T_world_cam=poses, T_world_nocs=T_world_obj @ S, seed=int(seed),
                         category=model.category, symmetry=model.symmetry)
@@ -90,12 +108,13 @@ def render_examples(data: SparpData, tile: int, quiet: bool = False,
 
     from geometry.progress import progress_bar
 
-    key = json.dumps({"data": asdict(data), "tile": tile, "format": 1}, sort_keys=True)
+    key = json.dumps({"data": asdict(data), "tile": tile, "format": 2}, sort_keys=True)
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 meta = json.loads(str(z["meta"]))
-                return [SparpExample(**{f: z[f][k] for f in _CACHE_FIELDS}, **meta[k])
+                arrays = {f: z[f] for f in _CACHE_FIELDS}  # each read once (z[f] re-reads)
+                return [SparpExample(**{f: arrays[f][k] for f in _CACHE_FIELDS}, **meta[k])
                         for k in range(len(meta))]
     out = []
     with progress_bar(None, quiet=quiet) as bar:
