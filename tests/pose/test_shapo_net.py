@@ -267,6 +267,30 @@ def test_eval_prints_and_writes_metrics(trained, tmp_path, capsys):
         render_scene(5, SceneConfig(width=SIZE, height=SIZE)).objects)
 
 
+def test_eval_out_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
+    """``eval --out`` refuses a non-empty folder it did not write (exit 2, one line, the
+    folder untouched); ``--overwrite`` replaces it; an earlier eval output is replaced."""
+    _, ck = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("keep")
+    base = ["eval", "--checkpoint", str(ck), "--synthetic", "--seed", "5", "--no-refine",
+            "--out", str(other), "--quiet", "--threads", "1"]
+    err = _user_error([*base, "--scenes", "1"], capsys)
+    assert "--overwrite" in err and "other" in err
+    assert sorted(p.name for p in other.iterdir()) == ["keep.txt"]
+    assert (other / "keep.txt").read_text() == "keep"
+    pose_main(["shapo", *base, "--scenes", "1", "--overwrite"])
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.json"]
+    first = json.loads((other / "metrics.json").read_text())
+    assert first["frames"] == 1 and "refined" not in first
+    # an earlier output of eval (it holds metrics.json) is replaced without --overwrite
+    pose_main(["shapo", *base, "--scenes", "2"])
+    again = json.loads((other / "metrics.json").read_text())
+    assert again["frames"] == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_eval_on_a_nocs_folder(trained, tmp_path):
     """``eval --nocs``: the training scene in NOCS's full layout (mask, meta, NOCS map:
     ground-truth poses by Umeyama); the overfitted network gets its object right."""

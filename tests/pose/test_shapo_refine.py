@@ -123,3 +123,72 @@ def test_yaw_search_recovers_a_turned_start():
     assert min(angle, 180 - angle) < 2.0
     no_search = refine_object(prior, obs, None, start, RefineConfig(iterations=40, seed=2))
     assert sdf_distance(prior, no_search, obs) > 2 * sdf_distance(prior, out, obs)
+
+
+class BoxPrior(nn.Module):
+    """A box whose width (x) is ``1 + z[0]`` times ``BOX_HALF[0]``; grey."""
+
+    def sdf(self, z, x):
+        half = BOX_HALF * torch.cat([1 + z[..., :1], torch.ones(2)])
+        d = x.abs() - half
+        return d.clamp_min(0).norm(dim=-1) + d.max(-1).values.clamp_max(0)
+
+    def color(self, z_app, z_shape, x):
+        return torch.full((*x.shape[:-1], 3), 0.5)
+
+
+BOX_HALF = torch.tensor([0.3, 0.2, 0.15])
+
+
+def _box_view(scale, centre, size=96, focal=120.0, wall=1.5):
+    """Depth and mask of the true box (width code 0) seen face-on along its z axis from
+    the origin (only its front face is visible), a wall behind it."""
+    K = torch.tensor([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
+    v, u = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    front = float(centre[2]) - scale * float(BOX_HALF[2])
+    x = (u - K[0, 2]) / focal * front - float(centre[0])
+    y = (v - K[1, 2]) / focal * front - float(centre[1])
+    mask = (x.abs() < scale * BOX_HALF[0]) & (y.abs() < scale * BOX_HALF[1])
+    depth = torch.where(mask, torch.tensor(front), torch.tensor(wall))
+    return K, mask, depth
+
+
+def test_silhouette_term_shrinks_a_shape_too_wide_for_the_mask():
+    """Face-on, the visible points fit a box of any width at least the true one (they all
+    lie on its front face): only the mask tells the width. Without it the start's 40 % too
+    wide box stays too wide; with :class:`ImageEvidence` the width comes back."""
+    from pose.object.shapo.refine import ImageEvidence, masked_points
+
+    prior, s, t = BoxPrior(), 0.25, torch.tensor([0.0, 0.0, 0.6])
+    K, mask, depth = _box_view(s, t)
+    points, _ = masked_points(depth, None, K, mask)
+    init = ObjectState(R=torch.eye(3), t=t + torch.tensor([0.004, -0.003, 0.005]), scale=s,
+                       z_shape=torch.tensor([0.4]), z_app=torch.zeros(3))
+    config = RefineConfig(iterations=60, seed=3, lr_shape=0.02)
+    true_size = (2 * s * BOX_HALF).numpy()
+    plain = refine_object(prior, points, None, init, config)
+    assert plain.size[0] > 1.25 * true_size[0]
+    out = refine_object(prior, points, None, init, config,
+                        evidence=ImageEvidence(K, mask, depth))
+    np.testing.assert_allclose(out.size.numpy(), true_size, rtol=0.08)
+    assert torch.linalg.norm(out.t - t) < 0.006
+    # the silhouette cost itself: zero inside the mask, about the pixel distance outside,
+    # zero behind an occluder
+    ev = ImageEvidence(K, mask, depth)
+    cfg = RefineConfig(silhouette_slack_px=0.0, silhouette_cap_px=100.0)
+    edge = s * float(BOX_HALF[0])
+    front = 0.6 - s * float(BOX_HALF[2])
+    cam = torch.tensor([[0.0, 0.0, front], [edge + 5 * front / 120, 0.0, front],
+                        [edge + 5 * 2.0 / 120, 0.0, 2.0]])
+    cost = ev.silhouette_cost(cam, cfg)
+    assert float(cost[0]) == 0.0 and 4.0 < float(cost[1]) < 6.0 and float(cost[2]) == 0.0
+    # the coverage cost: each mask pixel's distance to the nearest projected point
+    assert len(ev.mask_uv) == 400 and bool(mask[ev.mask_uv[:, 1].long(),
+                                               ev.mask_uv[:, 0].long()].all())
+    centre = torch.tensor([[0.0, 0.0, front]])  # projects to (48, 48)
+    np.testing.assert_allclose(ev.coverage_cost(centre, cfg).numpy(),
+                               (ev.mask_uv - 48.0).norm(dim=-1).numpy(), atol=1e-4)
+    capped = ev.coverage_cost(centre, RefineConfig(silhouette_slack_px=1.0,
+                                                   silhouette_cap_px=3.0))
+    np.testing.assert_allclose(capped.numpy(), ((ev.mask_uv - 48.0).norm(dim=-1) - 1.0)
+                               .clamp(0, 3).numpy(), atol=1e-4)

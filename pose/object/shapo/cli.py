@@ -198,13 +198,15 @@ class ShapoEval:
     scenes: int = 10
     """Generated scenes to evaluate."""
     out: Path | None = None
-    """Folder for metrics.json."""
+    """Folder for metrics.json (replaced as a whole)."""
     refine: bool = True
     """Also evaluate the refined estimates (--no-refine: single shot only)."""
     threshold: float = 0.3
     """Heatmap score an object centre needs."""
     intrinsics: str = "real"
     """Intrinsics of --nocs frames: real, camera or fx,fy,cx,cy."""
+    overwrite: bool = False
+    """Replace --out even when it is a non-empty folder this command did not write."""
     quiet: bool = False
     """No progress bar."""
     threads: int | None = None
@@ -217,7 +219,7 @@ class ShapoEval:
         set_threads(self.threads)
         run_eval(self.checkpoint, self.synthetic, self.nocs, self.seed, self.scenes,
                  self.out, self.refine, self.refinement, self.threshold, self.intrinsics,
-                 self.quiet)
+                 self.quiet, self.overwrite)
 
 
 ShapoSubcommand = Union[  # noqa: UP007 (tyro reads the Union of annotated subcommands)

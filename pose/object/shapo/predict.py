@@ -22,11 +22,13 @@ from pose.object.shapo.refine import ObjectState, RefineConfig
 
 MARKER = "detections.json"
 """Written into every output folder of ``pose shapo predict``."""
+EVAL_MARKER = "metrics.json"
+"""Written into every output folder of ``pose shapo eval``."""
 MIN_POINTS = 20
 """Objects with fewer valid depth points in their mask are not refined."""
 
-__all__ = ["MARKER", "ObjectResult", "parse_intrinsics", "predict_frame", "read_rgbd",
-           "run_eval", "run_predict"]
+__all__ = ["EVAL_MARKER", "MARKER", "ObjectResult", "parse_intrinsics", "predict_frame",
+           "read_rgbd", "run_eval", "run_predict"]
 
 
 # ----------------------------------------------------------------------------- input
@@ -189,7 +191,13 @@ def predict_frame(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
         measure: compute the depth-to-surface distances before/after.
     """
     from pose.object.shapo.metrics import SYMMETRIC_CLASSES
-    from pose.object.shapo.refine import masked_points, refine_object, sdf_distance, shape_size
+    from pose.object.shapo.refine import (
+        ImageEvidence,
+        masked_points,
+        refine_object,
+        sdf_distance,
+        shape_size,
+    )
 
     priors = system.priors
     dets = _single_shot(system, rgb, depth, K, threshold, max_objects)
@@ -210,8 +218,10 @@ def predict_frame(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
                 res.notes.append(f"not refined: {len(pts)} depth points in the mask")
             else:
                 tic = time.perf_counter()
+                evidence = ImageEvidence(K_t, det.mask, depth_t)
                 state = refine_object(priors, pts, cols, init, refine_config,
-                                      yaw_search=det.class_name not in SYMMETRIC_CLASSES)
+                                      yaw_search=det.class_name not in SYMMETRIC_CLASSES,
+                                      evidence=evidence)
                 res.refine_s = time.perf_counter() - tic
                 if state.size is None or not bool(torch.isfinite(state.size).all()):
                     state.size = init.size
@@ -454,10 +464,13 @@ def _eval_frames(synthetic: bool, nocs: Path | None, seed: int, scenes: int, net
 def run_eval(checkpoint: Path, synthetic: bool = False, nocs: Path | None = None,
              seed: int = 1000, scenes: int = 10, out: Path | None = None,
              refine: bool = True, refine_config: RefineConfig | None = None,
-             threshold: float = 0.3, intrinsics: str = "real", quiet: bool = False) -> dict:
+             threshold: float = 0.3, intrinsics: str = "real", quiet: bool = False,
+             overwrite: bool = False) -> dict:
     """NOCS mAPs of the single-shot and the refined estimates on held-out generated scenes
     (``seed``, ``seed + 1``, ...: new random instances, not the priors' ones) or NOCS
-    frames; prints them and writes ``out/metrics.json`` when ``out`` is given."""
+    frames; prints them and writes the folder ``out`` (``metrics.json``) when ``out`` is
+    given, replaced as a whole: an earlier output of this command (it holds
+    ``metrics.json``) is replaced, any other non-empty folder only with ``overwrite``."""
     from geometry.io.jsonio import dumps_json
     from geometry.progress import progress_bar
     from pose.object.shapo.metrics import METRIC_NAMES, nocs_map
@@ -468,9 +481,10 @@ def run_eval(checkpoint: Path, synthetic: bool = False, nocs: Path | None = None
     if synthetic and scenes < 1:
         raise UserError(f"--scenes {scenes} must be at least 1.")
     if out is not None:
-        from geometry.io.atomic import check_output_folder
+        from geometry.io.atomic import check_output_folder, check_replaceable
 
         check_output_folder(out)
+        check_replaceable(out, EVAL_MARKER, overwrite)
     system, _ = load_system(checkpoint)
     frames_single, frames_refined = [], []
     times, before, after = [], [], []
@@ -515,8 +529,8 @@ def run_eval(checkpoint: Path, synthetic: bool = False, nocs: Path | None = None
         print(f"depth-to-surface (mean, capped at 2 cm): {1000 * np.mean(before):.1f} mm -> "
               f"{1000 * np.mean(after):.1f} mm; refinement {np.mean(times):.2f} s per object")
     if out is not None:
-        from geometry.io.atomic import atomic_write_text
+        from geometry.io.atomic import atomic_directory
 
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(out) / "metrics.json", dumps_json(metrics) + "\n")
+        with atomic_directory(out) as tmp:
+            (tmp / EVAL_MARKER).write_text(dumps_json(metrics) + "\n")
     return metrics
