@@ -97,8 +97,11 @@ class TrainConfig:
     they start visible rather than at 3DGS's 0.1)."""
     checkpoint_every: int = 100
     """Write a resumable checkpoint every this many iterations (0: never)."""
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    """Colour behind the Gaussians (also the one transparent images are composited on)."""
+    background: tuple[float, float, float] | None = None
+    """Colour behind the Gaussians (also the one transparent images are composited on).
+    None: the mean colour of the training photos (black where a photo has transparency),
+    so that every pixel needs opaque Gaussians: over black, a dark surface can stay
+    transparent and open holes in other views. What no photo saw renders as that colour."""
     max_rollbacks: int = 3
     """Non-finite losses tolerated (each halves the learning rates) before stopping."""
 

@@ -67,7 +67,7 @@ from reconstruction.engine.schedule import (
     low_psnr_views,
     schedule_rule,
 )
-from reconstruction.engine.trainer import GaussianTrainer, TrainData
+from reconstruction.engine.trainer import GaussianTrainer, TrainData, training_background
 from reconstruction.gaussians import GaussianScene
 from reconstruction.images import LoadedImage, camera_rows, load_images, output_names, warn
 from reconstruction.init.registry import INITIALISERS
@@ -422,6 +422,14 @@ class _Run:
     init_state: dict[str, torch.Tensor] = field(default_factory=dict)
     init_meta: dict = field(default_factory=dict)
 
+    @property
+    def background(self) -> tuple[float, float, float]:
+        """The colour behind the Gaussians (:func:`~reconstruction.engine.trainer.
+        training_background`)."""
+        return training_background(self.config.train.background,
+                                   [im.rgb for im in self.images],
+                                   any(im.had_alpha for im in self.images))
+
 
 def fit(config: FitConfig, cameras: Cameras | None = None,
         callbacks: list[Monitor] | None = None, build: BuildTrainer = default_trainer,
@@ -484,7 +492,9 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     config.init_options.sfm.threads = threads
 
     t0 = time.perf_counter()
-    images = load_images(config.images, config.max_size, config.train.background, min_images)
+    composite = config.train.background if config.train.background is not None \
+        else (0.0, 0.0, 0.0)
+    images = load_images(config.images, config.max_size, composite, min_images)
     _apply_focal(images, config.focal_35mm)
     config.train.iterations = config.iterations if config.iterations is not None \
         else default_iterations(len(images))
@@ -578,7 +588,7 @@ def _fill_coverage(run: _Run) -> None:
     fill = fill_coverage(state["init.points"], [im.rgb for im in run.images],
                          state["init.Ks"], state["init.T_cam_world"], options,
                          seed_fill=options.fill_coverage,
-                         background=run.config.train.background)
+                         background=run.background)
     state.update({"init.fill_points": fill.points, "init.fill_colors": fill.colors,
                   "init.fill_scales": fill.scales})
     if options.fill_coverage and options.fill_cap_scales and fill.scale_cap is not None:
@@ -623,6 +633,7 @@ def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dic
         Ks=init_state["init.Ks"],
         T_cam_world_init=init_state["init.T_cam_world"],
         scene_scale=1.0,  # the world is normalised to a mean camera distance of 1
+        background=run.background,
     )
     scene = GaussianScene.from_points(
         init_state["init.points"], init_state["init.colors"].clamp(0, 1),
@@ -822,6 +833,7 @@ def _metrics(run: _Run, trainer: GaussianTrainer, psnrs: list[float], meta: dict
         "normalisation": run.init_meta["normalisation"],
         **{k: v for k, v in run.init_meta.get("coverage", {}).items() if k != "fill"},
         "coverage_fill": run.init_meta.get("coverage", {}).get("fill"),
+        "background": [round(float(c), 4) for c in trainer.background.cpu()],
         "nan_rollbacks": trainer.rollbacks,
         **trainer.extra_metrics(),
     }
@@ -867,6 +879,11 @@ def _write_outputs(run: _Run, trainer: GaussianTrainer, psnrs: list[float],
         write_transforms_json(tmp / "transforms.json", cameras,
                               file_paths=[f"images/{n}" for n in names],
                               extra={"ply_file_path": "sparse_pc.ply"})
+        background = [float(c) for c in trainer.background.cpu()]
+        if any(background):  # the scene model renders over it (GaussianSceneModel.load)
+            (tmp / "scene_model.json").write_text(
+                json.dumps({"kind": "gaussians", "background": background}) + "\n",
+                encoding="utf-8")
         run.timings["write"] = time.perf_counter() - t0
         run.timings["total"] = time.perf_counter() - run.t_start
         metrics["timings_s"] = {k: round(v, 3) for k, v in run.timings.items()}

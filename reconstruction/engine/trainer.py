@@ -56,10 +56,29 @@ class TrainData:
     Ks: Tensor  # [V, 3, 3] pixels (corner-at-0 convention)
     T_cam_world_init: Tensor  # [V, 4, 4]
     scene_scale: float  # typical camera distance to the scene centre
+    background: tuple[float, float, float] | None = None
+    """The colour behind the Gaussians where ``TrainConfig.background`` is None (recon fit:
+    :func:`training_background`); None: black."""
 
     @property
     def num_views(self) -> int:
         return len(self.images)
+
+
+def training_background(background: tuple[float, float, float] | None,
+                        images: list[Tensor], transparent: bool = False
+                        ) -> tuple[float, float, float]:
+    """The colour behind the Gaussians: ``background`` where given, else black for photos
+    with transparency (``transparent``: they were composited on black), else the mean
+    colour of the photos ``V x [H, W, 3]`` (every pixel counted once), rounded to 1/1000."""
+    if background is not None:
+        return (float(background[0]), float(background[1]), float(background[2]))
+    if transparent or not images:
+        return (0.0, 0.0, 0.0)
+    total = sum(im.double().reshape(-1, 3).sum(0) for im in images)
+    count = sum(im.shape[0] * im.shape[1] for im in images)
+    mean = (total / count).clamp(0, 1)
+    return tuple(round(float(c), 3) for c in mean)  # type: ignore[return-value]
 
 
 def _downsample(image: Tensor, scale: float) -> tuple[Tensor, float, float]:
@@ -100,8 +119,9 @@ class GaussianTrainer:
         v = data.num_views
         self.T_init = data.T_cam_world_init.to(self.device, torch.float32)
         self.Ks = data.Ks.to(self.device, torch.float32)
-        self.background = torch.tensor(config.background, dtype=torch.float32,
-                                       device=self.device)
+        colour = config.background if config.background is not None \
+            else data.background if data.background is not None else (0.0, 0.0, 0.0)
+        self.background = torch.tensor(colour, dtype=torch.float32, device=self.device)
         self.targets = [im.to(self.device, torch.float32) for im in data.images]
         self.coarse_targets = [_downsample(im, config.coarse_scale) for im in self.targets]
         self.params: dict[str, torch.nn.Parameter] = {}

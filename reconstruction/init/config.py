@@ -115,9 +115,9 @@ class InitConfig:
     points' kNN sizes do not blur over the seeds (sharper start; on DTU scan 24 0.1 dB of
     held-out PSNR lower)."""
     fill_background_tolerance: float = 0.08
-    """Uncovered pixels whose colour is within this (per channel) of the background colour
-    (--train.background: a black backdrop) get no seed and count as covered: the empty
-    background already renders them."""
+    """Uncovered pixels whose colour is within this (per channel) of the colour behind the
+    Gaussians (--train.background; by default the photos' mean colour) get no seed and
+    count as covered: the empty background already renders them."""
     fill_margin: float = 0.1
     """A seed that another view sees more than this share in front of the surface it
     observes there is pushed back along its ray (or dropped)."""

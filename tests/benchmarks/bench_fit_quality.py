@@ -8,12 +8,15 @@ to the row above:
 row         options (``recon fit`` / ``recon eval``)
 ==========  ===================================================================================
 before      today's behaviour: ``--init-options.no-fill-coverage --train.no-coverage-densify``,
-            ``--iterations 250``; test poses one view at a time (``--test-pose-batch 1
-            --test-pose-options.coarse-levels 1 --test-pose-options.patience 0``)
+            ``--iterations 250``, ``--train.background 0 0 0``; test poses one view at a
+            time (``--test-pose-batch 1 --test-pose-options.coarse-levels 1
+            --test-pose-options.patience 0``)
 +fill       1. dense coverage at initialisation (``InitConfig.fill_coverage``)
 +densify    2. coverage densification during optimisation (``TrainConfig.coverage_densify``)
 +batch      4. test poses batched, coarse to fine, early stopping (eval time)
-after       5. the schedule by photo count (no ``--iterations``): every default
+after       5. the schedule by photo count (no ``--iterations``) and the background
+            behind the Gaussians the photos' mean colour (``TrainConfig.background`` None;
+            the rows above keep black): every default
 ==========  ===================================================================================
 
 A row whose options this checkout does not have (a change not merged yet) prints ``n/a``.
@@ -66,6 +69,7 @@ _BEFORE = {
     "eval.test_pose_batch": 1,
     "eval.test_pose_options.coarse_levels": 1,
     "eval.test_pose_options.patience": 0,
+    "fit.train.background": (0.0, 0.0, 0.0),
 }
 ROWS: dict[str, dict[str, object]] = {
     "before": _BEFORE,
@@ -73,7 +77,7 @@ ROWS: dict[str, dict[str, object]] = {
     "+densify": {**_BEFORE, "fit.init_options.fill_coverage": True,
                  "fit.train.coverage_densify": True},
     "+batch": {"fit.init_options.fill_coverage": True, "fit.train.coverage_densify": True,
-               "eval.iterations": 250},
+               "eval.iterations": 250, "fit.train.background": (0.0, 0.0, 0.0)},
     "after": {},
 }
 #: What each row needs this checkout to have besides the options it sets (the defaults it
