@@ -26,6 +26,14 @@ TORCH_LIBRARY(sparseview, m) {
       "Tensor tile_offsets, Tensor flatten_ids, Tensor v_render_colors, "
       "Tensor v_render_alphas, int width, int height, int tile_size) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // 3DGS's view-dependent colour max(SH(dirs / |dirs|) . coeffs + 0.5, 0) for C cameras
+  // sharing the coefficients: dirs [C,N,3] (Gaussian minus camera centre), coeffs [N,K,3]
+  // with K >= (degree + 1)^2 (only those are read). Returns colors [C,N,3].
+  m.def("sh_to_color_fwd(int degree, Tensor dirs, Tensor coeffs) -> Tensor");
+  // Backward of sh_to_color_fwd: v_dirs [C,N,3], v_coeffs [N,K,3].
+  m.def(
+      "sh_to_color_bwd(int degree, Tensor dirs, Tensor coeffs, Tensor v_colors) "
+      "-> (Tensor, Tensor)");
   // Hard voxelization of a point cloud (mmcv's hard_voxelize). points [N,C] (x, y, z
   // first), voxel_size (x, y, z), point_range (x0, y0, z0, x1, y1, z1). Returns voxels
   // [M,max_points,C] (zero padded), coords [M,3] int32 (z, y, x), num_points [M] int32;

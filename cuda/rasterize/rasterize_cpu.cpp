@@ -9,8 +9,10 @@
 // The pure-PyTorch oracle is geometry/ops/rasterize/_torch_impl.py.
 //
 // Work is split by tiles (OpenMP, dynamic schedule: tiles differ a lot in cost). Inside a
-// tile the loop runs Gaussian-outer / pixel-inner over the Gaussian's pixel bounding box,
-// so each Gaussian's parameters are loaded once per tile; the pixels of a row are SIMD
+// tile the loop runs Gaussian-outer / pixel-inner over the pixels of the Gaussian's
+// alpha-cut ellipse (per row, the span of its bounding box that the ellipse reaches; tiles
+// it does not reach are not binned at all: PackedSplat), so each Gaussian's parameters are
+// loaded once per tile (one packed cache line, prefetched); the pixels of a row are SIMD
 // lanes (see kLanes), branch-free, with a vectorisable exp (exp_lanes) for float. The
 // forward saves per pixel the last contributor and the final transmittance (1 - alpha);
 // the backward walks each tile's list back from its last contributor (gsplat's scheme),
@@ -25,7 +27,7 @@
 // run of tests/benchmarks/bench_train_step.py, the flag alone leaves the compositing ~15 %
 // slower than flag + pragma (GCC 12 then vectorises more of the inlined helpers).
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("no-trapping-math")
+#pragma GCC optimize("no-trapping-math", "no-math-errno")
 #endif
 
 #include <ATen/ATen.h>
@@ -37,6 +39,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -115,6 +118,114 @@ inline float exp_lanes(float x) {
 
 inline double exp_lanes(double x) { return std::exp(x); }
 
+// The pixels a Gaussian can keep, tighter than its bounding box: the ellipse where the
+// alpha cut can pass (the exact footprint of Speedy-Splat / gsplat). A pixel is kept only
+// if op * exp(-sigma) >= 1/255, i.e. sigma <= ln(255 op), where sigma is the quadratic
+// form q(dx, dy) = 0.5 (a dx^2 + c dy^2) + b dx dy. The ellipse here is q <= t, with t
+// above ln(255 op) by more than every rounding error of the kernel's sigma (float products
+// of terms no larger than q's absolute terms over the bounding box, m below) and of its exp
+// (a few ulps), and its spans are widened by a small slack: it holds every pixel either
+// pass can keep, so the pixels and tiles it leaves out are ones whose alpha is 0 anyway
+// (the renders and gradients stay the same, bit for bit). Computed in double, once per
+// Gaussian and pass. Where the conic is not safely positive definite or something is not
+// finite, `mode` is kBox and the whole bounding box is used, as before.
+//
+// In pixel columns x (centre x + 0.5, dx = mx - x - 0.5) and for a row at dy, q <= t is
+//   x in centre(dy) -/+ half(dy),  centre = mx - 0.5 + (b / a) dy,
+//   half^2 = 2t / a - (det / a^2) dy^2,  det = a c - b^2.
+//
+// Everything a pass reads of one Gaussian (apart from its colour) is packed into one
+// cache line per Gaussian (PackedSplat), built once per pass: a tile reads its Gaussians
+// in depth order, i.e. scattered over memory, and loading six separate arrays per
+// Gaussian (means, conics, opacities, radii, footprint) cost a cache miss each.
+template <typename scalar_t>
+struct alignas(64) PackedSplat {
+  enum Mode : int32_t { kBox = 0, kEllipse = 1, kEmpty = 2 };
+  scalar_t mx, my, ca, cb, cc, op;
+  int32_t rx, ry, mode;
+  double slope, k0, k1;  // kEllipse: centre slope b / a, 2t / a, det / a^2
+
+  static PackedSplat make(const scalar_t* mean, const scalar_t* conic, scalar_t opacity,
+                          const int32_t* radii) {
+    PackedSplat g{};
+    g.mx = mean[0];
+    g.my = mean[1];
+    g.ca = conic[0];
+    g.cb = conic[1];
+    g.cc = conic[2];
+    g.op = opacity;
+    g.rx = radii[0];
+    g.ry = radii[1];
+    g.mode = kBox;
+    const double A = g.ca, B = g.cb, C = g.cc, O = g.op;
+    if (!(std::isfinite(A) && std::isfinite(B) && std::isfinite(C) && std::isfinite(O) &&
+          std::isfinite(static_cast<double>(g.mx)) && std::isfinite(static_cast<double>(g.my))))
+      return g;
+    if (!(A > 0 && C > 0)) return g;
+    const double det = A * C - B * B;
+    // Well conditioned only, so that det is accurate in double whatever scalar_t is.
+    if (!(det > 1e-6 * A * C)) return g;
+    if (!(O > 0)) {  // raw alpha = op * exp(-sigma) <= 0: never kept
+      g.mode = kEmpty;
+      return g;
+    }
+    const double thr = std::log(255.0 * O);
+    // exp_lanes clamps its argument at -87; beyond that sigma the bound would not hold
+    // unless op * e^-87 < 1/255 (thr < 87), true for any op <= 1.
+    if (!(thr < 80.0)) return g;
+    const double rxd = static_cast<double>(g.rx) + 1.0, ryd = static_cast<double>(g.ry) + 1.0;
+    const double m = 0.5 * A * rxd * rxd + std::abs(B) * rxd * ryd + 0.5 * C * ryd * ryd;
+    const double eps = static_cast<double>(std::numeric_limits<scalar_t>::epsilon());
+    const double t = thr + 1e-5 * (1.0 + std::abs(thr)) + 16.0 * eps * m;
+    if (!(t > 0)) {
+      g.mode = kEmpty;
+      return g;
+    }
+    g.mode = kEllipse;
+    g.slope = B / A;
+    g.k0 = 2.0 * t / A;
+    g.k1 = det / (A * A);
+    return g;
+  }
+
+  inline double slack() const {
+    return 1e-3 + 1e-9 * (std::abs(static_cast<double>(mx)) + std::abs(static_cast<double>(my)));
+  }
+
+  // kEllipse: pixel columns [*x0, *x1] (inclusive; empty when *x0 > *x1) of the pixel row
+  // whose centre is at my - dy.
+  inline void row(double dy, double slack, double* x0, double* x1) const {
+    const double h2 = k0 - k1 * dy * dy;
+    const double half = std::sqrt(std::max(h2, 0.0)) + slack;
+    const double centre = (static_cast<double>(mx) - 0.5) + slope * dy;
+    const bool none = h2 < 0.0;
+    *x0 = none ? 1.0 : std::ceil(centre - half);
+    *x1 = none ? 0.0 : std::floor(centre + half);
+  }
+
+  // The same over all rows with dy in [dy_lo, dy_hi]: centre + half is concave in dy and
+  // largest at dy_peak, centre - half convex and smallest at -dy_peak.
+  inline void band(double dy_lo, double dy_hi, double* x0, double* x1) const {
+    const double dy_max = std::sqrt(k0 / k1);
+    dy_lo = std::max(dy_lo, -dy_max);
+    dy_hi = std::min(dy_hi, dy_max);
+    if (!(dy_lo <= dy_hi)) {
+      *x0 = 1.0;
+      *x1 = 0.0;
+      return;
+    }
+    const double dy_peak = slope * std::sqrt(k0 / (k1 * (k1 + slope * slope)));
+    const double yr = std::min(std::max(dy_peak, dy_lo), dy_hi);
+    const double yl = std::min(std::max(-dy_peak, dy_lo), dy_hi);
+    const double pad = slack();
+    const double hr = std::sqrt(std::max(k0 - k1 * yr * yr, 0.0)) + pad;
+    const double hl = std::sqrt(std::max(k0 - k1 * yl * yl, 0.0)) + pad;
+    const double centre = static_cast<double>(mx) - 0.5;
+    *x0 = std::ceil(centre + slope * yl - hl);
+    *x1 = std::floor(centre + slope * yr + hr);
+  }
+};
+
 // One projected Gaussian as both passes read it. Forward and backward must take exactly
 // the same per-pixel decisions (which pixels, which alphas), so both go through this.
 template <typename scalar_t>
@@ -122,15 +233,38 @@ struct Splat2D {
   scalar_t mx, my, ca, cb, cc, op;
   const scalar_t* color;
   PixelRange pixels;
+  const PackedSplat<scalar_t>& packed;
 
-  Splat2D(const scalar_t* means, const scalar_t* conics, const scalar_t* colors,
-          const scalar_t* opacities, const int32_t* radii, int64_t cg, int64_t D, int64_t px0,
-          int64_t px1, int64_t py0, int64_t py1)
-      : mx(means[cg * 2]), my(means[cg * 2 + 1]), ca(conics[cg * 3]), cb(conics[cg * 3 + 1]),
-        cc(conics[cg * 3 + 2]), op(opacities[cg]),
-        color(colors + cg * D),
-        pixels(pixel_range<scalar_t>(mx, my, radii[cg * 2], radii[cg * 2 + 1], px0, px1, py0,
-                                     py1)) {}
+  Splat2D(const PackedSplat<scalar_t>& g, const scalar_t* color_, int64_t px0, int64_t px1,
+          int64_t py0, int64_t py1)
+      : mx(g.mx), my(g.my), ca(g.ca), cb(g.cb), cc(g.cc), op(g.op), color(color_),
+        pixels(pixel_range<scalar_t>(mx, my, g.rx, g.ry, px0, px1, py0, py1)), packed(g) {}
+
+  // Per row y of `pixels` (index y - pixels.y0): the pixel columns [x0[i], x1[i]) the
+  // Gaussian can keep (x0 >= x1: none), within `pixels`. Both passes loop over these.
+  inline void row_spans(int32_t* x0, int32_t* x1) const {
+    const int32_t rows = static_cast<int32_t>(std::max<int64_t>(pixels.y1 - pixels.y0, 0));
+    const int32_t lo = static_cast<int32_t>(pixels.x0), hi = static_cast<int32_t>(pixels.x1);
+    const PackedSplat<scalar_t> g = packed;
+    if (g.mode != PackedSplat<scalar_t>::kEllipse) {
+      const int32_t h = g.mode == PackedSplat<scalar_t>::kEmpty ? lo : hi;
+      for (int32_t i = 0; i < rows; ++i) {
+        x0[i] = lo;
+        x1[i] = h;
+      }
+      return;
+    }
+    const double flo = lo, fhi = hi, slack = g.slack();
+    const double dy0 = static_cast<double>(g.my) - (static_cast<double>(pixels.y0) + 0.5);
+#pragma omp simd
+    for (int32_t i = 0; i < rows; ++i) {
+      double a, b;
+      g.row(dy0 - i, slack, &a, &b);
+      // Clamped in double before the conversion (the span may be far off the tile).
+      x0[i] = static_cast<int32_t>(std::min(std::max(a, flo), fhi));
+      x1[i] = static_cast<int32_t>(std::min(std::max(b + 1.0, flo), fhi));
+    }
+  }
 
   // alpha = min(0.999, op * exp(-sigma)) at offset (dx, dy), or 0 where the pixel is
   // skipped (sigma < 0 or alpha < 1/255): a kept alpha is >= 1/255, so alpha > 0 means
@@ -150,41 +284,93 @@ int num_threads() {
   return std::max(1, at::get_num_threads());
 }
 
-// Bins every visible Gaussian of every camera into the tiles its bounding box touches.
+// The packed Gaussians of all cameras, [C*N] (culled ones, radii 0, are never read).
+template <typename scalar_t>
+std::vector<PackedSplat<scalar_t>> pack_splats(const at::Tensor& means2d,
+                                               const at::Tensor& conics,
+                                               const at::Tensor& opacities,
+                                               const at::Tensor& radii) {
+  const int64_t total = means2d.size(0) * means2d.size(1);
+  const scalar_t* m = means2d.data_ptr<scalar_t>();
+  const scalar_t* q = conics.data_ptr<scalar_t>();
+  const scalar_t* o = opacities.data_ptr<scalar_t>();
+  const int32_t* r = radii.data_ptr<int32_t>();
+  std::vector<PackedSplat<scalar_t>> out(total);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t i = 0; i < total; ++i) {
+    if (r[i * 2] > 0 && r[i * 2 + 1] > 0)
+      out[i] = PackedSplat<scalar_t>::make(m + i * 2, q + i * 3, o[i], r + i * 2);
+  }
+  return out;
+}
+
+template <typename scalar_t, typename Fn>
+inline void for_each_tile(const PackedSplat<scalar_t>& f, const TileGrid& grid, Fn&& fn) {
+  int64_t x0, x1, y0, y1;
+  tile_rect<scalar_t>(f.mx, f.my, f.rx, f.ry, grid, &x0, &x1, &y0, &y1);
+  // A single column of tiles: the ellipse's rows reach each of them (up to the rounding of
+  // the radius), not worth the test.
+  if (f.mode == PackedSplat<scalar_t>::kBox || x1 - x0 < 2) {
+    if (f.mode == PackedSplat<scalar_t>::kEmpty) return;
+    for (int64_t ty = y0; ty < y1; ++ty)
+      for (int64_t tx = x0; tx < x1; ++tx) fn(ty * grid.tiles_x + tx);
+    return;
+  }
+  if (f.mode == PackedSplat<scalar_t>::kEmpty) return;
+  const int64_t ts = grid.tile_size;
+  for (int64_t ty = y0; ty < y1; ++ty) {
+    const int64_t row0 = ty * ts, row1 = std::min(row0 + ts, grid.height) - 1;
+    double c0, c1;
+    const double my = f.my;
+    f.band(my - (static_cast<double>(row1) + 0.5), my - (static_cast<double>(row0) + 0.5), &c0,
+           &c1);
+    c0 = std::max(c0, static_cast<double>(x0 * ts));
+    c1 = std::min(c1, static_cast<double>(std::min(x1 * ts, grid.width) - 1));
+    if (!(c0 <= c1)) continue;
+    const int64_t tx0 = static_cast<int64_t>(c0) / ts, tx1 = static_cast<int64_t>(c1) / ts + 1;
+    for (int64_t tx = tx0; tx < tx1; ++tx) fn(ty * grid.tiles_x + tx);
+  }
+}
+
+// Bins every visible Gaussian of every camera into the tiles it can reach (for_each_tile).
 // Each tile's list is sorted front to back (stable: ties keep index order).
 template <typename scalar_t>
-void bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at::Tensor& radii,
+void bin_gaussians(const PackedSplat<scalar_t>* splats, const at::Tensor& depths,
                    const TileGrid& grid, at::Tensor* tile_offsets_out,
                    at::Tensor* flatten_ids_out) {
   const int64_t C = grid.cameras;
-  const int64_t N = means2d.size(1);
+  const int64_t N = depths.size(1);
   const int64_t T = grid.tiles_per_camera();
-  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
   const scalar_t* depth_ptr = depths.data_ptr<scalar_t>();
-  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
 
   std::vector<int64_t> counts(grid.num_tiles() + 1, 0);
-  std::vector<std::vector<int32_t>> order(C);
+  // Per camera: its visible Gaussians front to back, and their tiles in that order (the
+  // footprint test runs once; the second pass only scatters).
+  std::vector<std::vector<int32_t>> order(C), tiles(C), n_tiles(C);
 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t c = 0; c < C; ++c) {
     std::vector<int32_t>& ids = order[c];
     ids.reserve(N);
     for (int64_t n = 0; n < N; ++n) {
-      const int32_t* r = radii_ptr + (c * N + n) * 2;
-      if (r[0] > 0 && r[1] > 0) ids.push_back(static_cast<int32_t>(n));
+      const PackedSplat<scalar_t>& g = splats[c * N + n];
+      if (g.rx > 0 && g.ry > 0) ids.push_back(static_cast<int32_t>(n));
     }
     const scalar_t* depth_c = depth_ptr + c * N;
     std::stable_sort(ids.begin(), ids.end(),
                      [depth_c](int32_t a, int32_t b) { return depth_c[a] < depth_c[b]; });
     int64_t* count_c = counts.data() + c * T;
-    for (int32_t n : ids) {
-      const scalar_t* m = means_ptr + (c * N + n) * 2;
-      const int32_t* r = radii_ptr + (c * N + n) * 2;
-      int64_t x0, x1, y0, y1;
-      tile_rect<scalar_t>(m[0], m[1], r[0], r[1], grid, &x0, &x1, &y0, &y1);
-      for (int64_t ty = y0; ty < y1; ++ty)
-        for (int64_t tx = x0; tx < x1; ++tx) ++count_c[ty * grid.tiles_x + tx];
+    std::vector<int32_t>& tiles_c = tiles[c];
+    std::vector<int32_t>& n_tiles_c = n_tiles[c];
+    tiles_c.reserve(ids.size() * 4);
+    n_tiles_c.resize(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const size_t before = tiles_c.size();
+      for_each_tile<scalar_t>(splats[c * N + ids[i]], grid, [&](int64_t t) {
+        ++count_c[t];
+        tiles_c.push_back(static_cast<int32_t>(t));
+      });
+      n_tiles_c[i] = static_cast<int32_t>(tiles_c.size() - before);
     }
   }
 
@@ -200,13 +386,10 @@ void bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t c = 0; c < C; ++c) {
     std::vector<int64_t> cursor(offsets + c * T, offsets + (c + 1) * T);
-    for (int32_t n : order[c]) {
-      const scalar_t* m = means_ptr + (c * N + n) * 2;
-      const int32_t* r = radii_ptr + (c * N + n) * 2;
-      int64_t x0, x1, y0, y1;
-      tile_rect<scalar_t>(m[0], m[1], r[0], r[1], grid, &x0, &x1, &y0, &y1);
-      for (int64_t ty = y0; ty < y1; ++ty)
-        for (int64_t tx = x0; tx < x1; ++tx) flat[cursor[ty * grid.tiles_x + tx]++] = n;
+    const int32_t* t = tiles[c].data();
+    for (size_t i = 0; i < order[c].size(); ++i) {
+      const int32_t n = order[c][i];
+      for (int32_t j = 0; j < n_tiles[c][i]; ++j) flat[cursor[*t++]++] = n;
     }
   }
   *tile_offsets_out = tile_offsets;
@@ -218,9 +401,16 @@ void bin_gaussians(const at::Tensor& means2d, const at::Tensor& depths, const at
 // chunk is one AVX-512 vector (or two AVX2 vectors) of floats: the trip count is a
 // constant and the per-tile arrays are 64-byte aligned with rows padded to a multiple of
 // kLanes, so the compiler emits whole vectors with neither alignment peeling nor scalar
-// remainders (looping over just the Gaussian's few pixels ran mostly in those). Lanes
-// outside the Gaussian's pixel range are masked: they leave their pixel's state unchanged.
+// remainders (looping over just the Gaussian's few pixels ran mostly in those). Only the
+// rows whose footprint span (PackedSplat::row) is not empty are run. Lanes outside the
+// span are masked: they leave their pixel's state unchanged. (Half-row chunks of 8, run
+// only where the span reaches, were measured slower: 8-lane chunks cost about as much as
+// 16-lane ones here, and the forward got slower overall, in CPU time over alternating runs.)
 constexpr int32_t kLanes = 16;
+// The backward's per-lane gradient sums are kept per pixel column modulo kGradLanes (a
+// chunk adds into the kLanes of them its columns map to) and summed in column order.
+constexpr int32_t kGradLanes = 16;
+static_assert(kGradLanes % kLanes == 0, "a chunk must map to whole gradient lanes");
 
 // A zero-filled, 64-byte aligned per-thread array (std::vector does not promise alignment).
 template <typename T>
@@ -245,23 +435,30 @@ class AlignedArray {
 // Tile row stride in the per-tile arrays: the tile width padded to whole chunks of lanes.
 inline int64_t padded_row(int64_t tile_size) { return (tile_size + kLanes - 1) / kLanes * kLanes; }
 
+// Both passes walk a tile's list in order and each Gaussian takes a while (its rows of
+// pixels), so the packed data and colour of the one kPrefetch entries ahead are requested
+// before they are needed (they are scattered over memory: lists are in depth order).
+constexpr int64_t kPrefetch = 2;
+
 template <typename scalar_t>
-void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
-                       const at::Tensor& colors, const at::Tensor& opacities,
-                       const at::Tensor& radii, const at::Tensor& tile_offsets,
-                       const at::Tensor& flatten_ids, const TileGrid& grid,
-                       at::Tensor& render_colors, at::Tensor& render_alphas,
-                       at::Tensor& last_ids) {
-  const int64_t N = means2d.size(1);
+inline void prefetch_splat(const PackedSplat<scalar_t>* splats, const scalar_t* colors,
+                           int64_t cg, int64_t D) {
+  __builtin_prefetch(splats + cg);
+  __builtin_prefetch(colors + cg * D);
+  __builtin_prefetch(colors + cg * D + D - 1);
+}
+
+template <typename scalar_t>
+void composite_forward(const PackedSplat<scalar_t>* splats, const at::Tensor& colors,
+                       const at::Tensor& tile_offsets, const at::Tensor& flatten_ids,
+                       const TileGrid& grid, at::Tensor& render_colors,
+                       at::Tensor& render_alphas, at::Tensor& last_ids) {
+  const int64_t N = colors.size(1);
   const int64_t D = colors.size(2);
   const int64_t T = grid.tiles_per_camera();
   const int64_t W = grid.width, H = grid.height, ts = grid.tile_size;
   const int64_t R = padded_row(ts), S = R * ts;  // row stride, colour plane stride
-  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
-  const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
   const scalar_t* color_ptr = colors.data_ptr<scalar_t>();
-  const scalar_t* opac_ptr = opacities.data_ptr<scalar_t>();
-  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
   const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
   const int32_t* flat = flatten_ids.data_ptr<int32_t>();
   scalar_t* out_color = render_colors.data_ptr<scalar_t>();
@@ -275,7 +472,7 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
     // Per-pixel state of one tile. Colours are stored as D planes (not D interleaved
     // channels) so that every loop below runs over consecutive pixels: the SIMD lanes.
     AlignedArray<scalar_t> trans(S), accum(S * D), weight(kLanes);
-    AlignedArray<int32_t> last(S), done(S);
+    AlignedArray<int32_t> last(S), done(S), span_x0(ts), span_x1(ts);
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < grid.num_tiles(); ++tile) {
@@ -292,18 +489,21 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
 
       const int64_t begin = offsets[tile], end = offsets[tile + 1];
       for (int64_t k = begin; k < end && n_done < npix; ++k) {
-        const Splat2D<scalar_t> sp(means_ptr, conic_ptr, color_ptr, opac_ptr, radii_ptr,
-                                   c * N + flat[k], D, px0, px1, py0, py1);
+        if (k + kPrefetch < end) prefetch_splat(splats, color_ptr, c * N + flat[k + kPrefetch], D);
+        const int64_t cg = c * N + flat[k];
+        const Splat2D<scalar_t> sp(splats[cg], color_ptr + cg * D, px0, px1, py0, py1);
         const PixelRange& pr = sp.pixels;
         const int32_t kid = static_cast<int32_t>(k - begin + 1);
+        sp.row_spans(span_x0.data(), span_x1.data());
         for (int64_t y = pr.y0; y < pr.y1; ++y) {
+          const int64_t row_x0 = span_x0[y - pr.y0], row_x1 = span_x1[y - pr.y0];
           const scalar_t dy = sp.my - (static_cast<scalar_t>(y) + scalar_t(0.5));
-          for (int64_t cx = px0 + (pr.x0 - px0) / kLanes * kLanes; cx < pr.x1; cx += kLanes) {
+          for (int64_t cx = px0 + (row_x0 - px0) / kLanes * kLanes; cx < row_x1; cx += kLanes) {
             const int64_t p0 = (y - py0) * R + (cx - px0);
             const int32_t x0 = static_cast<int32_t>(cx);
             // Lanes [lane0, lane1) of the chunk are the Gaussian's pixels.
-            const int32_t lane0 = static_cast<int32_t>(pr.x0 - cx);
-            const int32_t lane1 = static_cast<int32_t>(pr.x1 - cx);
+            const int32_t lane0 = static_cast<int32_t>(row_x0 - cx);
+            const int32_t lane1 = static_cast<int32_t>(row_x1 - cx);
             scalar_t* tr = trans.data() + p0;
             int32_t* dn = done.data() + p0;
             int32_t* ls = last.data() + p0;
@@ -356,24 +556,19 @@ void composite_forward(const at::Tensor& means2d, const at::Tensor& conics,
 }
 
 template <typename scalar_t>
-void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
-                        const at::Tensor& colors, const at::Tensor& opacities,
-                        const at::Tensor& radii, const at::Tensor& render_alphas,
+void composite_backward(const PackedSplat<scalar_t>* splats, const at::Tensor& colors,
+                        const at::Tensor& render_alphas,
                         const at::Tensor& last_ids, const at::Tensor& tile_offsets,
                         const at::Tensor& flatten_ids, const at::Tensor& v_render_colors,
                         const at::Tensor& v_render_alphas, const TileGrid& grid,
                         at::Tensor& v_isect) {
-  const int64_t N = means2d.size(1);
+  const int64_t N = colors.size(1);
   const int64_t D = colors.size(2);
   const int64_t P = v_isect.size(1);  // 2 mean + 3 conic + 1 opacity + D colour + 2 |mean|
   const int64_t T = grid.tiles_per_camera();
   const int64_t W = grid.width, H = grid.height, ts = grid.tile_size;
   const int64_t R = padded_row(ts), S = R * ts;  // row stride, colour plane stride
-  const scalar_t* means_ptr = means2d.data_ptr<scalar_t>();
-  const scalar_t* conic_ptr = conics.data_ptr<scalar_t>();
   const scalar_t* color_ptr = colors.data_ptr<scalar_t>();
-  const scalar_t* opac_ptr = opacities.data_ptr<scalar_t>();
-  const int32_t* radii_ptr = radii.data_ptr<int32_t>();
   const scalar_t* alpha_ptr = render_alphas.data_ptr<scalar_t>();
   const int32_t* last_ptr = last_ids.data_ptr<int32_t>();
   const int64_t* offsets = tile_offsets.data_ptr<int64_t>();
@@ -389,7 +584,7 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
     // Per-pixel state of one tile (colours as D planes, as in the forward; the padding
     // stays zero), and per-lane scratch of the Gaussian being walked.
     AlignedArray<scalar_t> trans(S), t_final(S), v_alpha_px(S), buffer(S * D), v_color_px(S * D);
-    AlignedArray<int32_t> last(S);
+    AlignedArray<int32_t> last(S), span_x0(ts), span_x1(ts);
     AlignedArray<scalar_t> lanes_buf(5 * kLanes);
     scalar_t* r_alpha = lanes_buf.data();
     scalar_t* r_vis = r_alpha + kLanes;
@@ -399,7 +594,7 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
     // Gradient sums of the Gaussian being walked, kept per lane over all its rows and
     // summed across lanes once at the end (in lane order): one horizontal sum per
     // Gaussian instead of one per row.
-    AlignedArray<scalar_t> lane_grad(P * kLanes);
+    AlignedArray<scalar_t> lane_grad(P * kGradLanes);
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t tile = 0; tile < grid.num_tiles(); ++tile) {
@@ -430,22 +625,27 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
       const int64_t begin = offsets[tile];
       for (int64_t kl = static_cast<int64_t>(max_last) - 1; kl >= 0; --kl) {
         const int64_t k = begin + kl;
-        const Splat2D<scalar_t> sp(means_ptr, conic_ptr, color_ptr, opac_ptr, radii_ptr,
-                                   c * N + flat[k], D, px0, px1, py0, py1);
+        if (kl >= kPrefetch) prefetch_splat(splats, color_ptr, c * N + flat[k - kPrefetch], D);
+        const int64_t cg = c * N + flat[k];
+        const Splat2D<scalar_t> sp(splats[cg], color_ptr + cg * D, px0, px1, py0, py1);
         const PixelRange& pr = sp.pixels;
         const scalar_t ca = sp.ca, cb = sp.cb, cc = sp.cc, op = sp.op;
         const scalar_t* col = sp.color;
         const int32_t kl32 = static_cast<int32_t>(kl);
-        std::fill(lane_grad.data(), lane_grad.data() + P * kLanes, scalar_t(0));
+        std::fill(lane_grad.data(), lane_grad.data() + P * kGradLanes, scalar_t(0));
         int32_t hits = 0;
+        sp.row_spans(span_x0.data(), span_x1.data());
         for (int64_t y = pr.y0; y < pr.y1; ++y) {
+          const int64_t row_x0 = span_x0[y - pr.y0], row_x1 = span_x1[y - pr.y0];
           const scalar_t dy = sp.my - (static_cast<scalar_t>(y) + scalar_t(0.5));
-          for (int64_t cx = px0 + (pr.x0 - px0) / kLanes * kLanes; cx < pr.x1; cx += kLanes) {
+          for (int64_t cx = px0 + (row_x0 - px0) / kLanes * kLanes; cx < row_x1; cx += kLanes) {
             const int64_t p0 = (y - py0) * R + (cx - px0);
             const int32_t x0 = static_cast<int32_t>(cx);
             // Lanes [lane0, lane1) of the chunk are the Gaussian's pixels.
-            const int32_t lane0 = static_cast<int32_t>(pr.x0 - cx);
-            const int32_t lane1 = static_cast<int32_t>(pr.x1 - cx);
+            const int32_t lane0 = static_cast<int32_t>(row_x0 - cx);
+            const int32_t lane1 = static_cast<int32_t>(row_x1 - cx);
+            // This chunk's columns in the per-lane gradient sums.
+            const int64_t g_off = (cx - px0) % kGradLanes;
             scalar_t* tr = trans.data() + p0;
             const scalar_t* tf = t_final.data() + p0;
             const scalar_t* va = v_alpha_px.data() + p0;
@@ -475,7 +675,7 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
               const scalar_t cd = col[d];
               const scalar_t* vc = v_color_px.data() + d * S + p0;
               scalar_t* buf = buffer.data() + d * S + p0;
-              scalar_t* g_color = lane_grad.data() + (6 + d) * kLanes;
+              scalar_t* g_color = lane_grad.data() + (6 + d) * kGradLanes + g_off;
 #pragma omp simd aligned(vc, buf, g_color, r_alpha, r_ra, r_trans, r_v_alpha : 64)
               for (int32_t l = 0; l < kLanes; ++l) {
                 const bool hit = r_alpha[l] > 0;
@@ -486,14 +686,14 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
               }
             }
             // 3. Through alpha = opacity * exp(-sigma) (not where alpha was capped).
-            scalar_t* g0 = lane_grad.data();
-            scalar_t* g1 = g0 + kLanes;
-            scalar_t* g2 = g1 + kLanes;
-            scalar_t* g3 = g2 + kLanes;
-            scalar_t* g4 = g3 + kLanes;
-            scalar_t* g5 = g4 + kLanes;
-            scalar_t* gx_abs = lane_grad.data() + (6 + D) * kLanes;
-            scalar_t* gy_abs = gx_abs + kLanes;
+            scalar_t* g0 = lane_grad.data() + g_off;
+            scalar_t* g1 = g0 + kGradLanes;
+            scalar_t* g2 = g1 + kGradLanes;
+            scalar_t* g3 = g2 + kGradLanes;
+            scalar_t* g4 = g3 + kGradLanes;
+            scalar_t* g5 = g4 + kGradLanes;
+            scalar_t* gx_abs = lane_grad.data() + (6 + D) * kGradLanes + g_off;
+            scalar_t* gy_abs = gx_abs + kGradLanes;
 #pragma omp simd aligned(g0, g1, g2, g3, g4, g5, gx_abs, gy_abs, r_alpha, r_vis, r_v_alpha : 64)
             for (int32_t l = 0; l < kLanes; ++l) {
               const scalar_t dx = sp.mx - (static_cast<scalar_t>(x0 + l) + scalar_t(0.5));
@@ -514,9 +714,9 @@ void composite_backward(const at::Tensor& means2d, const at::Tensor& conics,
         }
         if (hits > 0) {
           for (int64_t q = 0; q < P; ++q) {
-            const scalar_t* g = lane_grad.data() + q * kLanes;
+            const scalar_t* g = lane_grad.data() + q * kGradLanes;
             scalar_t sum = 0;
-            for (int32_t l = 0; l < kLanes; ++l) sum += g[l];
+            for (int32_t l = 0; l < kGradLanes; ++l) sum += g[l];
             v_out[k * P + q] = sum;
           }
         }
@@ -584,9 +784,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize
   at::Tensor last_ids = at::empty({C, height, width}, opts.dtype(at::kInt));
   at::Tensor tile_offsets, flatten_ids;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_to_pixels_fwd", [&] {
-    bin_gaussians<scalar_t>(means2d, depths, radii, grid, &tile_offsets, &flatten_ids);
-    composite_forward<scalar_t>(means2d, conics, colors, opacities, radii, tile_offsets,
-                                flatten_ids, grid, render_colors, render_alphas, last_ids);
+    const auto splats = pack_splats<scalar_t>(means2d, conics, opacities, radii);
+    bin_gaussians<scalar_t>(splats.data(), depths, grid, &tile_offsets, &flatten_ids);
+    composite_forward<scalar_t>(splats.data(), colors, tile_offsets, flatten_ids, grid,
+                                render_colors, render_alphas, last_ids);
   });
   return {render_colors, render_alphas, last_ids, tile_offsets, flatten_ids};
 }
@@ -609,8 +810,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rasterize
   const int64_t P = 8 + D;
   at::Tensor v_isect = at::zeros({M, P}, means2d.options());
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_to_pixels_bwd", [&] {
-    composite_backward<scalar_t>(means2d, conics, colors, opacities, radii,
-                                 render_alphas.contiguous(), last_ids.contiguous(),
+    const auto splats = pack_splats<scalar_t>(means2d, conics, opacities, radii);
+    composite_backward<scalar_t>(splats.data(), colors, render_alphas.contiguous(),
+                                 last_ids.contiguous(),
                                  tile_offsets, flatten_ids, vc, va, grid, v_isect);
   });
 

@@ -128,18 +128,21 @@ def rasterization(
     return render_cpu(
         rasterize_to_pixels, means, quats, scales, opacities, colors, viewmats, Ks,
         width, height, near_plane, far_plane, radius_clip, eps2d, sh_degree, backgrounds,
-        render_mode, rasterize_mode, tile_size,
+        render_mode, rasterize_mode, tile_size, native_sh=True,
     )
 
 
 def render_cpu(composite, means, quats, scales, opacities, colors, viewmats, Ks, width,
                height, near_plane, far_plane, radius_clip, eps2d, sh_degree, backgrounds,
-               render_mode, rasterize_mode, tile_size) -> tuple[Tensor, Tensor, dict]:
+               render_mode, rasterize_mode, tile_size,
+               native_sh: bool = False) -> tuple[Tensor, Tensor, dict]:
     """The CPU pipeline behind :func:`rasterization` with a pluggable compositor.
 
     ``composite(means2d, conics, colors, opacities, depths, radii, width, height,
     tile_size) -> (render_colors, render_alphas)`` is the native kernel in production and
-    the PyTorch reference in tests and benchmarks; inputs are assumed validated.
+    the PyTorch reference in tests and benchmarks; inputs are assumed validated. SH colours
+    come from the native kernel with ``native_sh`` (production), else from the PyTorch
+    reference :func:`~reconstruction.splatting.sh.sh_to_color`.
     """
     proj = project_gaussians(
         means, quats, scales, opacities, viewmats, Ks, width, height,
@@ -151,7 +154,12 @@ def render_cpu(composite, means, quats, scales, opacities, colors, viewmats, Ks,
         rgb = colors[None].expand(C, N, colors.shape[-1])
     else:
         dirs = means[None] - camera_centers(viewmats)[:, None]  # [C, N, 3]
-        rgb = sh_to_color(sh_degree, dirs, colors[None].expand(C, *colors.shape))
+        if native_sh:
+            from geometry.ops.rasterize import sh_to_color_native
+
+            rgb = sh_to_color_native(sh_degree, dirs, colors)
+        else:
+            rgb = sh_to_color(sh_degree, dirs, colors[None].expand(C, *colors.shape))
     feats = {
         "RGB": rgb,
         "D": proj.depths[..., None],

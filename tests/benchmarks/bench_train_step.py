@@ -19,7 +19,12 @@ and loading cost cancels. Nothing is written outside a temporary folder (apart f
 kernel build cache).
 
     python tests/benchmarks/bench_train_step.py [--threads 2] [--repeats 5]
-        [--kernel-sources /tmp/cuda_orig] [--opensplat /path/to/opensplat]
+        [--kernel-sources /tmp/cuda_orig [--reference-torch-sh]] [--torch-sh]
+        [--opensplat /path/to/opensplat]
+
+``--torch-sh`` evaluates SH colours with the PyTorch reference instead of the native op
+(the code before it); ``--reference-torch-sh`` does so in the ``--kernel-sources`` run,
+which a kernel folder without the SH op needs.
 
 Recorded on the 2-core AMD EPYC VM (AVX-512; 2 threads, medians; the VM is noisy, so
 compare rows of one run): 6.29e7 Gaussian-pixel pairs per pass, mean radius 8.3 px.
@@ -29,6 +34,24 @@ compare rows of one run): 6.29e7 Gaussian-pixel pairs per pass, mean radius 8.3 
     before issue 20 (--kernel-sources, same run as below)
                                    1047.6   337.6   576.9        9.3e7             5.5e7
     SIMD lanes + lane-wise bwd sums 467.4   124.5   204.9        2.5e8             1.5e8
+
+Then footprint culling (tiles and row spans from the alpha-cut ellipse, bit-identical
+results), packed + prefetched Gaussian data, and the native SH op; same machine under load
+from other jobs (load ~5), ``OMP_WAIT_POLICY=PASSIVE``, 2 threads, each pair one run of
+``--kernel-sources <the SIMD-lanes kernel> --reference-torch-sh`` (reference: that kernel
+and the PyTorch SH), 717744 instead of 862444 tile intersections:
+
+    run                                    step ms  fwd ms  bwd ms   step speed-up
+    this checkout                           1135.0   359.4   507.8
+    SIMD-lanes kernel, PyTorch SH           1706.5   465.5   732.5      1.50x
+    this checkout                            811.2   249.5   384.5
+    SIMD-lanes kernel, PyTorch SH           1355.6   214.3   595.3      1.67x
+    this checkout, --torch-sh (kernel only) 1550.5   399.2   524.8
+    SIMD-lanes kernel, PyTorch SH           1845.3   443.3   704.6      1.19x
+
+Wall times on the loaded machine swing by 2x between the two halves of a run; op CPU time
+(1 thread, alternating processes, min of 5) is steadier: forward ~230-270 ms both,
+backward ~340-360 ms vs ~440-490 ms.
 """
 
 from __future__ import annotations
@@ -85,6 +108,16 @@ def make_input(n: int, seed: int = 0) -> dict:
                 quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
                 opacities=torch.full((n,), 0.1), viewmats=torch.stack(viewmats),
                 Ks=Ks.repeat(VIEWS, 1, 1))
+
+
+def use_torch_sh() -> None:
+    """Make rasterization evaluate SH colours in PyTorch (the path before the native SH op)."""
+    import importlib
+
+    # (the package's `rasterization` attribute is the function, not the module)
+    module = importlib.import_module("reconstruction.splatting.rasterization")
+    render_cpu = module.render_cpu
+    module.render_cpu = lambda *a, **k: render_cpu(*a, **{**k, "native_sh": False})
 
 
 def render(inp: dict, means, quats, log_scales, logit_opacities, sh):
@@ -166,6 +199,8 @@ def run_reference(args, sources: str) -> dict:
     """This benchmark in a subprocess whose kernel is built from ``sources``."""
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeats",
            str(args.repeats), "--points", str(args.points), "--json", "--_sources", sources]
+    if args.reference_torch_sh:
+        cmd.append("--torch-sh")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -228,6 +263,11 @@ def main() -> None:
     parser.add_argument("--kernel-sources", help="a cuda/ folder to time as the reference")
     parser.add_argument("--opensplat", help="path to a user-built OpenSplat binary")
     parser.add_argument("--opensplat-steps", type=int, default=10)
+    parser.add_argument("--torch-sh", action="store_true",
+                        help="evaluate SH colours in PyTorch instead of the native op")
+    parser.add_argument("--reference-torch-sh", action="store_true",
+                        help="with --kernel-sources: the reference evaluates SH in PyTorch "
+                             "(the code before the native SH op; needed for kernels without it)")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--_sources", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -236,22 +276,26 @@ def main() -> None:
         import geometry.ops.loader as loader
 
         loader.sources_dir = lambda: Path(args._sources)
+    if args.torch_sh:
+        use_torch_sh()
     ours = bench_ours(args)
     if args.json:
         print(json.dumps(ours))
         return
-    rows = [("this checkout", ours)]
+    rows = [("this checkout" + (" (PyTorch SH)" if args.torch_sh else ""), ours)]
     if args.kernel_sources:
-        rows.append((f"kernel from {args.kernel_sources}", run_reference(args,
-                                                                         args.kernel_sources)))
+        name = f"kernel from {args.kernel_sources}"
+        if args.reference_torch_sh:
+            name += " (PyTorch SH)"
+        rows.append((name, run_reference(args, args.kernel_sources)))
     print(f"{args.points} points, {VIEWS} views {WIDTH}x{HEIGHT}, SH {SH_DEGREE}, L1 + Adam, "
           f"{args.threads} threads (median of {args.repeats}); mean radius "
           f"{ours['mean_radius_px']:.1f} px, {ours['intersections']} tile intersections, "
           f"{ours['pairs']:.3e} Gaussian-pixel pairs per pass")
-    print(f"{'':34}{'step ms':>9}{'fwd ms':>9}{'bwd ms':>9}{'fwd pairs/s/core':>18}"
+    print(f"{'':48}{'step ms':>9}{'fwd ms':>9}{'bwd ms':>9}{'fwd pairs/s/core':>18}"
           f"{'bwd pairs/s/core':>18}")
     for name, r in rows:
-        print(f"{name[:34]:34}{r['step_ms']:9.1f}{r['fwd_ms']:9.1f}{r['bwd_ms']:9.1f}"
+        print(f"{name[:48]:48}{r['step_ms']:9.1f}{r['fwd_ms']:9.1f}{r['bwd_ms']:9.1f}"
               f"{r['fwd_pairs_per_s_core']:18.3e}{r['bwd_pairs_per_s_core']:18.3e}")
     if len(rows) > 1:
         print(f"step speed-up vs reference kernel: {rows[1][1]['step_ms'] / ours['step_ms']:.2f}x")

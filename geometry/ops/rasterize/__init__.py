@@ -9,13 +9,17 @@ CPU; on CUDA it calls gsplat instead).
 - :func:`rasterize_to_pixels_native` (``_wrapper.py``): the native op with its autograd
   (``cuda/rasterize/rasterize_cpu.cpp``, compiled on first use);
 - :func:`rasterize_to_pixels_torch` (``_torch_impl.py``): the pure-PyTorch reference, the
-  test oracle (never a silent fallback).
+  test oracle (never a silent fallback);
+- :func:`sh_to_color_native` (``_sh.py``): 3DGS's SH colours for C cameras sharing the
+  coefficients, native forward and backward (``cuda/rasterize/sh_cpu.cpp``); the PyTorch
+  reference is :func:`reconstruction.splatting.sh.sh_to_color`.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from geometry.ops.rasterize._sh import sh_to_color_native
 from geometry.ops.rasterize._torch_impl import (
     ALPHA_THRESHOLD,
     MAX_ALPHA,
@@ -32,6 +36,7 @@ __all__ = [
     "rasterize_to_pixels",
     "rasterize_to_pixels_native",
     "rasterize_to_pixels_torch",
+    "sh_to_color_native",
     "tile_ranges",
 ]
 
