@@ -56,6 +56,8 @@ SV_HD uint64_t mix_hash(uint64_t x) {
 // Point -> voxel (voxel_hash). The same expression as sparseview::voxelize:
 //   q = (p - range_min) / voxel_size in the points' dtype; c = floor(q);
 //   kept when q is finite and 0 <= c < grid. Linear key (z * gy + y) * gx + x, -1 outside.
+// The CPU backend evaluates this expression over blocks of points so that the compiler
+// vectorises it (voxel_keys in sparse_voxel_cpu.cpp): keep the two in step.
 // ---------------------------------------------------------------------------------------
 template <typename scalar_t>
 SV_HD int64_t point_linear_key(const scalar_t* p, const scalar_t lo[3], const scalar_t size[3],
@@ -83,6 +85,33 @@ SV_HD int64_t coord_key(int64_t x, int64_t y, int64_t z) {
   return ((x + kCoordOffset) << 42) | ((y + kCoordOffset) << 21) | (z + kCoordOffset);
 }
 
+// The lower corner floor(u) and the fractions u - floor(u) of one query; false when the
+// query is not finite or lies beyond the coordinate range.
+template <typename scalar_t>
+SV_HD bool trilinear_base(const scalar_t* p, const scalar_t origin[3], const scalar_t size[3],
+                          int64_t base[3], scalar_t frac[3]) {
+  for (int d = 0; d < 3; ++d) {
+    const scalar_t u = (p[d] - origin[d]) / size[d] - static_cast<scalar_t>(0.5);
+    // also false for NaN
+    if (!(static_cast<double>(u) > -static_cast<double>(kCoordOffset + 2) &&
+          static_cast<double>(u) < static_cast<double>(kCoordOffset + 2)))
+      return false;
+    const scalar_t b = floor(u);
+    frac[d] = u - b;
+    base[d] = static_cast<int64_t>(b);
+  }
+  return true;
+}
+
+// Weight of corner k (bit0 x | bit1 y | bit2 z) from the fractions.
+template <typename scalar_t>
+SV_HD scalar_t trilinear_weight(const scalar_t frac[3], int k) {
+  const scalar_t wx = (k & 1) ? frac[0] : static_cast<scalar_t>(1) - frac[0];
+  const scalar_t wy = ((k >> 1) & 1) ? frac[1] : static_cast<scalar_t>(1) - frac[1];
+  const scalar_t wz = ((k >> 2) & 1) ? frac[2] : static_cast<scalar_t>(1) - frac[2];
+  return (wx * wy) * wz;
+}
+
 // Corner keys and weights of one query; returns false (keys -1, weights 0) when the query
 // is not finite or lies beyond the coordinate range.
 template <typename scalar_t>
@@ -90,20 +119,7 @@ SV_HD bool trilinear_corners(const scalar_t* p, const scalar_t origin[3], const 
                              int64_t keys[8], scalar_t weights[8]) {
   scalar_t frac[3];
   int64_t base[3];
-  bool ok = true;
-  for (int d = 0; d < 3; ++d) {
-    const scalar_t u = (p[d] - origin[d]) / size[d] - static_cast<scalar_t>(0.5);
-    // also false for NaN
-    if (!(static_cast<double>(u) > -static_cast<double>(kCoordOffset + 2) &&
-          static_cast<double>(u) < static_cast<double>(kCoordOffset + 2))) {
-      ok = false;
-      break;
-    }
-    const scalar_t b = floor(u);
-    frac[d] = u - b;
-    base[d] = static_cast<int64_t>(b);
-  }
-  if (!ok) {
+  if (!trilinear_base<scalar_t>(p, origin, size, base, frac)) {
     for (int k = 0; k < 8; ++k) {
       keys[k] = -1;
       weights[k] = 0;
@@ -111,12 +127,8 @@ SV_HD bool trilinear_corners(const scalar_t* p, const scalar_t origin[3], const 
     return false;
   }
   for (int k = 0; k < 8; ++k) {
-    const int dx = k & 1, dy = (k >> 1) & 1, dz = (k >> 2) & 1;
-    const scalar_t wx = dx ? frac[0] : static_cast<scalar_t>(1) - frac[0];
-    const scalar_t wy = dy ? frac[1] : static_cast<scalar_t>(1) - frac[1];
-    const scalar_t wz = dz ? frac[2] : static_cast<scalar_t>(1) - frac[2];
-    weights[k] = (wx * wy) * wz;
-    keys[k] = coord_key(base[0] + dx, base[1] + dy, base[2] + dz);
+    weights[k] = trilinear_weight<scalar_t>(frac, k);
+    keys[k] = coord_key(base[0] + (k & 1), base[1] + ((k >> 1) & 1), base[2] + ((k >> 2) & 1));
   }
   return true;
 }

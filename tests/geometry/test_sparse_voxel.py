@@ -203,6 +203,34 @@ def test_voxel_scatter_matches_reference(dtype, max_points, max_voxels):
     assert torch.equal(mx, mx_ref)
 
 
+def test_voxel_hash_fine_grid_matches_reference():
+    # 8e5 voxels per axis: the voxel keys take 60 bits, too many to pack with the voxel ids
+    # into one table word, so the native kernel uses its wide table.
+    points = _cloud(3000, seed=11)
+    size = (1e-5, 1e-5, 5e-6)
+    for max_points, max_voxels in ((-1, -1), (2, 500)):
+        native = sv.voxel_hash_native(points, size, RANGE, max_points, max_voxels)
+        _assert_equal(native, sv.voxel_hash_torch(points, size, RANGE, max_points, max_voxels))
+        assert native[0].shape[0] > 100
+
+
+@pytest.mark.parametrize("change", ["more", "fewer", "zero"])
+def test_voxel_reduce_counts_unlike_inverse_match_reference(change):
+    # counts need not be the number of points per voxel (the mean divides by counts): the
+    # native one-pass kernel detects this and falls back to its two-pass kernel.
+    points = _cloud(800, seed=12)
+    _, inverse, counts = sv.voxel_hash(points, SIZE, RANGE)
+    counts = counts.clone()
+    counts[::3] += {"more": 2, "fewer": -1, "zero": 0}[change]
+    if change == "zero":
+        counts[::5] = 0
+    counts = torch.cat([counts, torch.tensor([4, 0])])  # voxels without points
+    mean, mx = sv.voxel_reduce_native(points, inverse, counts)
+    mean_ref, mx_ref = sv.voxel_reduce_torch(points, inverse, counts)
+    assert_close(mean, mean_ref)
+    assert torch.equal(mx, mx_ref)
+
+
 def test_voxel_scatter_hand_computed():
     points = torch.tensor([
         [0.1, 0.1, 0.1],    # voxel (x8, y8, z2)
@@ -307,8 +335,13 @@ def _sparse_field(m: int, c: int, seed: int, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_trilinear_matches_reference(dtype):
+@pytest.mark.parametrize("spread", [1, 300, 50000])
+def test_trilinear_matches_reference(dtype, spread):
+    # spread 1: a compact block of voxels (the native kernel's dense occupancy index);
+    # spread 300 / 50000: voxels scattered over a box far too large for it (its hash table,
+    # packed / wide slots).
     coords, features, queries = _sparse_field(500, 6, seed=3, dtype=dtype)
+    coords[5: coords.shape[0] // 6] *= spread  # (the last 5 rows repeat the first 5)
     features.requires_grad_(True)
     size, origin = (0.45, 0.5, 0.55), (-0.1, 0.2, 0.0)
     native = sv.sparse_trilinear_native(queries, coords, features, size, origin, True)
