@@ -33,6 +33,23 @@ class Projected:
     compensations: Tensor  # [C, N] sqrt(det(cov2d) / det(cov2d + eps2d I))
 
 
+def covariance_entries(quats: Tensor, scales: Tensor) -> tuple[Tensor, ...]:
+    """The six unique entries of the world-space covariances ``R S S^T R^T``.
+
+    Args:
+        quats: ``[N, 4]`` wxyz (normalised here).
+        scales: ``[N, 3]`` standard deviations along the Gaussian's axes, metres.
+
+    Returns:
+        ``(xx, xy, xz, yy, yz, zz)``, each ``[N]``.
+    """
+    M = quat_to_matrix(quats) * scales[..., None, :]  # [N, 3, 3], rows i of R S
+    rows = M.unbind(-2)
+    return tuple(
+        (rows[i] * rows[j]).sum(-1) for i, j in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+    )
+
+
 def covariances_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """World-space covariances ``R S S^T R^T``.
 
@@ -43,8 +60,12 @@ def covariances_3d(quats: Tensor, scales: Tensor) -> Tensor:
     Returns:
         ``[N, 3, 3]``.
     """
-    M = quat_to_matrix(quats) * scales[..., None, :]
-    return M @ M.transpose(-1, -2)
+    xx, xy, xz, yy, yz, zz = covariance_entries(quats, scales)
+    return torch.stack(
+        (torch.stack((xx, xy, xz), -1), torch.stack((xy, yy, yz), -1),
+         torch.stack((xz, yz, zz), -1)),
+        -2,
+    )
 
 
 def project_gaussians(
@@ -66,8 +87,6 @@ def project_gaussians(
     R_cam_world = viewmats[:, :3, :3]  # [C, 3, 3]
     t_cam_world = viewmats[:, :3, 3]  # [C, 3]
     means_cam = torch.einsum("cij,nj->cni", R_cam_world, means) + t_cam_world[:, None, :]
-    covs_world = covariances_3d(quats, scales)  # [N, 3, 3]
-    covs_cam = R_cam_world[:, None] @ covs_world[None] @ R_cam_world.transpose(-1, -2)[:, None]
 
     x, y, z = means_cam.unbind(-1)  # [C, N]
     in_depth = (z > near_plane) & (z < far_plane)
@@ -85,16 +104,26 @@ def project_gaussians(
     lim_y_neg = cy / fy + 0.3 * tan_fovy
     tx = z_safe * torch.minimum(torch.maximum(x / z_safe, -lim_x_neg), lim_x_pos)
     ty = z_safe * torch.minimum(torch.maximum(y / z_safe, -lim_y_neg), lim_y_pos)
-    zeros = torch.zeros_like(z_safe)
-    J = torch.stack(
-        (
-            torch.stack((fx / z_safe, zeros, -fx * tx / z_safe**2), -1),
-            torch.stack((zeros, fy / z_safe, -fy * ty / z_safe**2), -1),
-        ),
-        -2,
-    )  # [C, N, 2, 3]
-    cov2d = J @ covs_cam @ J.transpose(-1, -2)  # [C, N, 2, 2]
-    a, b, c = cov2d[..., 0, 0], cov2d[..., 0, 1], cov2d[..., 1, 1]
+    # cov2d = J W Σ W^T J^T with W = R_cam_world and the 2x3 Jacobian J = [[j00, 0, j02],
+    # [0, j11, j12]], written out on [C, N] component tensors: a few dozen large elementwise
+    # ops (and their autograd) instead of many tiny batched 3x3 matmuls, which dominated
+    # the cost on CPU. T = J W first (2x3), then U = Σ T^T (Σ symmetric: 6 unique
+    # entries), then the 3 unique entries of T U.
+    j00, j11 = fx / z_safe, fy / z_safe
+    j02, j12 = -fx * tx / z_safe**2, -fy * ty / z_safe**2
+    w = [[R_cam_world[:, i, k, None] for k in range(3)] for i in range(3)]  # [C, 1] each
+    T0 = [j00 * w[0][k] + j02 * w[2][k] for k in range(3)]  # [C, N] each
+    T1 = [j11 * w[1][k] + j12 * w[2][k] for k in range(3)]
+    xx, xy, xz, yy, yz, zz = covariance_entries(quats, scales)  # [N] each
+    sigma = ((xx, xy, xz), (xy, yy, yz), (xz, yz, zz))
+
+    def sigma_times(t: list[Tensor]) -> list[Tensor]:  # Σ t for a row t of T
+        return [sigma[i][0] * t[0] + sigma[i][1] * t[1] + sigma[i][2] * t[2] for i in range(3)]
+
+    U0, U1 = sigma_times(T0), sigma_times(T1)
+    a = T0[0] * U0[0] + T0[1] * U0[1] + T0[2] * U0[2]  # cov2d[0, 0]
+    b = T0[0] * U1[0] + T0[1] * U1[1] + T0[2] * U1[2]  # cov2d[0, 1]
+    c = T1[0] * U1[0] + T1[1] * U1[1] + T1[2] * U1[2]  # cov2d[1, 1]
     det_orig = a * c - b * b
     a, c = a + eps2d, c + eps2d
     det = a * c - b * b
