@@ -84,7 +84,10 @@ CENTRE_TOL, ROTATION_TOL_DEG, FOCAL_TOL = 0.08, 3.0, 0.10
 def test_sfm_recovers_the_cameras(scene_dir, tmp_path, mapper, exif):
     folder, scene = scene_dir
     images = load_images(folder / ("images" if exif else "no_exif"))
-    config = InitConfig(sfm=SfmConfig(mapper=mapper))
+    # One COLMAP thread: multi-threaded extraction/matching is not bit-reproducible, and
+    # one clean-clone CI run in about seven got a wrong two-view registration without EXIF
+    # (centre errors 0.7-1.3) that no rerun reproduced.
+    config = InitConfig(sfm=SfmConfig(mapper=mapper, threads=1))
     result = INITIALISERS["sfm-sparse"](images, tmp_path, config, 0)
     model = result.model
     assert model.registered.all() and model.mapper == mapper
