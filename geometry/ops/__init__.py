@@ -23,8 +23,9 @@ Adding an op ``foo``:
    pays, ``cuda/foo/foo_cuda.cu`` + ``cuda/foo/foo_cuda.cpp``; the loader globs them, so no
    list needs editing;
 3. write ``geometry/ops/foo/_torch_impl.py`` (the reference), ``_wrapper.py`` (calls
-   :func:`geometry.ops.loader.load_ops`, then ``torch.ops.sparseview.foo``; attaches
-   ``torch.library.register_autograd`` if the op is differentiable) and ``__init__.py``
+   :func:`geometry.ops.loader.load_ops`, or :func:`~geometry.ops.loader.load_ops_with_autograd`
+   with its backward if the op is differentiable, then ``torch.ops.sparseview.foo``) and
+   ``__init__.py``
    (the entry point that picks the backend by device);
 4. compare native and reference in ``tests/geometry/test_ops_foo.py``.
 """

@@ -183,6 +183,23 @@ def load_ops() -> None:
         build_ops()
 
 
+_AUTOGRAD_LOCK = threading.Lock()
+_AUTOGRAD: set[str] = set()
+
+
+def load_ops_with_autograd(formulas: dict[str, tuple]) -> None:
+    """:func:`load_ops`, then give each op of ``formulas`` (``"sparseview::name"`` ->
+    ``(backward, setup_context)``) its autograd formula, once per process (thread-safe)."""
+    if _AUTOGRAD.issuperset(formulas):
+        return
+    with _AUTOGRAD_LOCK:
+        load_ops()
+        for op, (backward, setup_context) in formulas.items():
+            if op not in _AUTOGRAD:
+                torch.library.register_autograd(op, backward, setup_context=setup_context)
+                _AUTOGRAD.add(op)
+
+
 # --- CUDA compile check (`recon build-ops --cuda-compile-only`) ----------------------------
 # The architectures CI checks: A100 (sm_80) and H100/H200 (sm_90).
 CUDA_CHECK_ARCHS = ("80", "90")
@@ -216,6 +233,24 @@ def cuda_compile_command(nvcc: Path, source: Path, output: Path) -> list[str]:
             "-o", str(output)]
 
 
+def _compile_error(command: list[str], verbose: bool) -> str | None:
+    """Run one compiler ``command``; None when it succeeds, else its first error line (the
+    whole output goes to stderr with ``verbose``)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(command, capture_output=True, text=True)
+    output = (result.stdout + result.stderr).strip()
+    if verbose and output:
+        print(output, file=sys.stderr)
+    if result.returncode == 0:
+        return None
+    lines = output.splitlines()
+    first = next((line for line in lines if "error" in line.lower()),
+                 lines[0] if lines else f"exit status {result.returncode}")
+    return first.strip()
+
+
 def compile_cuda_sources(nvcc: Path | None = None, verbose: bool = False) -> list[Path]:
     """Compile every ``.cu`` under ``cuda/`` with nvcc for sm_80 and sm_90 into objects in a
     temporary folder (a compile check: nothing is linked or kept); returns the sources.
@@ -225,8 +260,6 @@ def compile_cuda_sources(nvcc: Path | None = None, verbose: bool = False) -> lis
     (nvcc's own messages go to stderr with ``verbose``; the first error line is in the
     sentence).
     """
-    import subprocess
-    import sys
     import tempfile
 
     from geometry.errors import UserError
@@ -242,17 +275,11 @@ def compile_cuda_sources(nvcc: Path | None = None, verbose: bool = False) -> lis
         for index, source in enumerate(sources):
             name = source.relative_to(root.parent)
             log_stage(f"nvcc {name} (sm_{', sm_'.join(CUDA_CHECK_ARCHS)})…")
-            command = cuda_compile_command(nvcc, source, Path(tmp) / f"{index}.o")
-            result = subprocess.run(command, capture_output=True, text=True)
-            output = (result.stdout + result.stderr).strip()
-            if verbose and output:
-                print(output, file=sys.stderr)
-            if result.returncode != 0:
-                lines = output.splitlines()
-                first = next((line for line in lines if "error" in line.lower()),
-                             lines[0] if lines else f"exit status {result.returncode}")
+            first = _compile_error(cuda_compile_command(nvcc, source, Path(tmp) / f"{index}.o"),
+                                   verbose)
+            if first is not None:
                 raise UserError(f"{name} does not compile with {nvcc} for "
-                                f"sm_{'/sm_'.join(CUDA_CHECK_ARCHS)} ({first.strip()}); "
+                                f"sm_{'/sm_'.join(CUDA_CHECK_ARCHS)} ({first}); "
                                 "fix it (rerun with --verbose for nvcc's full output).")
     return sources
 
@@ -304,8 +331,6 @@ def check_cuda_bindings(nvcc: Path | None = None, verbose: bool = False) -> list
     first error line is in the sentence; the compiler's full output with ``verbose``).
     """
     import shutil
-    import subprocess
-    import sys
     import tempfile
 
     import torch.utils.cpp_extension as cpp_extension
@@ -339,16 +364,10 @@ def check_cuda_bindings(nvcc: Path | None = None, verbose: bool = False) -> list
         for source in sources:
             name = source.relative_to(root.parent)
             log_stage(f"{Path(compiler).name} -fsyntax-only {name} (torch binding)…")
-            result = subprocess.run(binding_check_command(compiler, source, cuda_include, stub),
-                                    capture_output=True, text=True)
-            output = (result.stdout + result.stderr).strip()
-            if verbose and output:
-                print(output, file=sys.stderr)
-            if result.returncode != 0:
-                lines = output.splitlines()
-                first = next((line for line in lines if "error" in line.lower()),
-                             lines[0] if lines else f"exit status {result.returncode}")
+            first = _compile_error(binding_check_command(compiler, source, cuda_include, stub),
+                                   verbose)
+            if first is not None:
                 raise UserError(f"{name} does not compile against torch's headers "
-                                f"({first.strip()}); fix it (rerun with --verbose for the "
+                                f"({first}); fix it (rerun with --verbose for the "
                                 "compiler's full output).")
     return sources

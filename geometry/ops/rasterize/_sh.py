@@ -8,15 +8,10 @@ products over an expanded ``[C, N, K, 3]`` tensor. The PyTorch version,
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import Tensor
 
-from geometry.ops.loader import load_ops
-
-_REGISTERED = False
-_LOCK = threading.Lock()
+from geometry.ops.loader import load_ops_with_autograd
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -32,17 +27,7 @@ def _backward(ctx, v_colors):
 
 
 def _ensure_registered() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    with _LOCK:
-        if _REGISTERED:
-            return
-        load_ops()
-        torch.library.register_autograd(
-            "sparseview::sh_to_color_fwd", _backward, setup_context=_setup_context
-        )
-        _REGISTERED = True
+    load_ops_with_autograd({"sparseview::sh_to_color_fwd": (_backward, _setup_context)})
 
 
 def sh_to_color_native(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:

@@ -8,15 +8,10 @@ first call, never at import.
 
 from __future__ import annotations
 
-import threading
-
 import torch
 from torch import Tensor
 
-from geometry.ops.loader import load_ops
-
-_REGISTERED = False
-_LOCK = threading.Lock()
+from geometry.ops.loader import load_ops_with_autograd
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -49,17 +44,7 @@ def _backward(ctx, v_render_colors, v_render_alphas, *_unused):
 
 
 def _ensure_registered() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    with _LOCK:
-        if _REGISTERED:
-            return
-        load_ops()
-        torch.library.register_autograd(
-            "sparseview::rasterize_to_pixels_fwd", _backward, setup_context=_setup_context
-        )
-        _REGISTERED = True
+    load_ops_with_autograd({"sparseview::rasterize_to_pixels_fwd": (_backward, _setup_context)})
 
 
 def rasterize_to_pixels_native(

@@ -10,17 +10,13 @@ backward ops) with ``torch.library.register_autograd``. Kernels compile on the f
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from geometry.ops.loader import load_ops
+from geometry.ops.loader import load_ops_with_autograd
 from geometry.ops.sparse_voxel._torch_impl import RayMarchSamples
-
-_REGISTERED = False
-_LOCK = threading.Lock()
 
 
 def _reduce_setup_context(ctx, inputs, output) -> None:
@@ -54,18 +50,10 @@ def _trilinear_backward(ctx, grad_out, _grad_rows, _grad_weights):
 
 
 def _ensure_registered() -> None:
-    global _REGISTERED
-    if _REGISTERED:
-        return
-    with _LOCK:
-        if _REGISTERED:
-            return
-        load_ops()
-        torch.library.register_autograd("sparseview::voxel_reduce", _reduce_backward,
-                                        setup_context=_reduce_setup_context)
-        torch.library.register_autograd("sparseview::sparse_trilinear_fwd", _trilinear_backward,
-                                        setup_context=_trilinear_setup_context)
-        _REGISTERED = True
+    load_ops_with_autograd({
+        "sparseview::voxel_reduce": (_reduce_backward, _reduce_setup_context),
+        "sparseview::sparse_trilinear_fwd": (_trilinear_backward, _trilinear_setup_context),
+    })
 
 
 def has_native(op: str, device: torch.device | str) -> bool:
