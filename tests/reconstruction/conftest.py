@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 
 
 def _runner(monkeypatch, capsys, keep_stdout: bool):
@@ -33,3 +34,10 @@ def run_recon(monkeypatch, capsys):
 def run_recon_output(monkeypatch, capsys):
     """Run ``recon ARGS...`` in-process; returns ``(exit code, stdout + stderr)`` (help)."""
     return _runner(monkeypatch, capsys, keep_stdout=True)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: a single torch thread avoids stalls when other jobs share the cores
+    (the root conftest restores the count after the test)."""
+    torch.set_num_threads(1)

@@ -20,12 +20,7 @@ from reconstruction.scene_model import GaussianSceneModel
 W, H = 24, 18
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_training_background_values():

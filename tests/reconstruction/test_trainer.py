@@ -20,13 +20,7 @@ from reconstruction.splatting import rasterization
 W, H = 48, 36
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a single thread avoids stalls when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ssim_of_constant_images_matches_the_closed_form():
