@@ -377,6 +377,26 @@ void check_reduce_inputs(const at::Tensor& features, const at::Tensor& inverse,
 // only its voxels' rows), so no two threads write one row and the sums keep input order.
 // Returns false when counts says fewer points than inverse holds for some voxel (the rows
 // are then unusable: the caller runs reduce_two_pass).
+// A voxel's first point: its sum (0 + f, as the reference's zero-initialised sum) and max.
+template <typename scalar_t>
+inline void reduce_first_row(const scalar_t* __restrict__ fi, scalar_t* __restrict__ s,
+                             scalar_t* __restrict__ x, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) {
+    s[j] = static_cast<scalar_t>(0) + fi[j];
+    x[j] = fi[j];
+  }
+}
+
+// A voxel's next point, in input order: the sum grows, the max keeps a NaN once seen.
+template <typename scalar_t>
+inline void reduce_add_row(const scalar_t* __restrict__ fi, scalar_t* __restrict__ s,
+                           scalar_t* __restrict__ x, int64_t c) {
+  for (int64_t j = 0; j < c; ++j) {
+    s[j] += fi[j];
+    x[j] = (fi[j] > x[j] || fi[j] != fi[j]) ? fi[j] : x[j];
+  }
+}
+
 template <typename scalar_t>
 bool reduce_one_pass(const scalar_t* __restrict__ f, const int64_t* __restrict__ inv,
                      const int64_t* __restrict__ cnt, int64_t n, int64_t c, int64_t m,
@@ -418,16 +438,10 @@ bool reduce_one_pass(const scalar_t* __restrict__ f, const int64_t* __restrict__
       }
       state[v] = ((word & ~kLeft) | kSeen) | (left - 1);
       if (!(word & kSeen)) {  // (a voxel of one point needs no division: (0 + f) / 1 == 0 + f)
-        for (int64_t j = 0; j < c; ++j) {
-          s[j] = static_cast<scalar_t>(0) + fi[j];
-          x[j] = fi[j];
-        }
+        reduce_first_row(fi, s, x, c);
         continue;
       }
-      for (int64_t j = 0; j < c; ++j) {
-        s[j] += fi[j];
-        x[j] = (fi[j] > x[j] || fi[j] != fi[j]) ? fi[j] : x[j];
-      }
+      reduce_add_row(fi, s, x, c);
       if (left == 1) {  // the last point: the count is the one of counts (<= n)
         const scalar_t den = static_cast<scalar_t>(static_cast<int64_t>(word >> 32));
         for (int64_t j = 0; j < c; ++j) s[j] = s[j] / den;
@@ -466,16 +480,10 @@ void reduce_two_pass(const scalar_t* __restrict__ f, const int64_t* __restrict__
     scalar_t* __restrict__ x = mx + v * c;
     if (!seen[v]) {
       seen[v] = 1;
-      for (int64_t k = 0; k < c; ++k) {
-        s[k] = static_cast<scalar_t>(0) + fi[k];
-        x[k] = fi[k];
-      }
+      reduce_first_row(fi, s, x, c);
       continue;
     }
-    for (int64_t k = 0; k < c; ++k) {
-      s[k] += fi[k];
-      x[k] = (fi[k] > x[k] || fi[k] != fi[k]) ? fi[k] : x[k];
-    }
+    reduce_add_row(fi, s, x, c);
   }
   at::parallel_for(0, m, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
