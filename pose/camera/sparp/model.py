@@ -104,6 +104,17 @@ def small_unet_config(width: int = 32, levels: int = 3) -> dict:
     }
 
 
+def _domain_terms(per_item: Tensor, domain: Tensor) -> dict[str, Tensor]:
+    """The training terms of per-item losses: ``loss`` (their mean, differentiable) and,
+    for logging, the mean over the ``views`` (domain 0) and ``nocs`` (domain 1) items."""
+    terms = {"loss": per_item.mean()}
+    for name, d in (("views", 0), ("nocs", 1)):
+        sel = domain == d
+        if bool(sel.any()):
+            terms[name] = per_item[sel].mean().detach()
+    return terms
+
+
 @dataclass
 class SparpModelConfig:
     """The small SpaRP model (everything that rebuilds it from a checkpoint)."""
@@ -228,12 +239,7 @@ class SparpModel(nn.Module):
         v = sched.get_velocity(target, noise, t)
         pred = self(noisy, t, cond, domain, noise=cond_noise)
         per_item = ((pred - v) ** 2).mean((1, 2, 3))
-        terms = {"loss": per_item.mean()}
-        for name, d in (("views", 0), ("nocs", 1)):
-            sel = domain == d
-            if bool(sel.any()):
-                terms[name] = per_item[sel].mean().detach()
-        return terms
+        return _domain_terms(per_item, domain)
 
     def x0_loss(self, cond: Tensor, target: Tensor, domain: Tensor) -> dict[str, Tensor]:
         """The direct loss of ``x0-single-step``: NOCS items: mean L1 of the coordinates
@@ -247,12 +253,7 @@ class SparpModel(nn.Module):
         nocs_mask = ((pred[:, 3] - target[:, 3]) ** 2).mean((1, 2))
         views = (pred - target).abs().mean((1, 2, 3))
         per_item = is_nocs * (nocs_rgb + nocs_mask) + (1 - is_nocs) * views
-        terms = {"loss": per_item.mean()}
-        for name, d in (("views", 0), ("nocs", 1)):
-            sel = domain == d
-            if bool(sel.any()):
-                terms[name] = per_item[sel].mean().detach()
-        return terms
+        return _domain_terms(per_item, domain)
 
     @torch.no_grad()
     def sample(self, cond: Tensor, domain: Tensor, steps: int = 10, seed: int = 0) -> Tensor:
