@@ -111,13 +111,17 @@ def run_train(out: Path, synthetic: bool, co3d: Path | None, config: UpSRTConfig
               quiet: bool = False):
     """Train an UpSRT into the checkpoint folder ``out`` (see the module doc)."""
     from geometry.progress import log_stage
-    from geometry.training import TrainLoop, ddp_cleanup, ddp_setup, train_loop
+    from geometry.training import (
+        TrainLoop,
+        check_checkpoint_out,
+        ddp_cleanup,
+        ddp_setup,
+        train_loop,
+    )
 
     parse_views(options.views)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise UserError(f"{out} is not empty; pass --resume to continue it, --overwrite to "
-                        "replace it, or choose another --out.")
+    check_checkpoint_out(out, resume, overwrite)
     dist = ddp_setup(device)
     try:
         torch.manual_seed(options.seed)

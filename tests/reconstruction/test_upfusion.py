@@ -272,8 +272,17 @@ def test_train_checkpoint_resume_and_load(tmp_path, scene):
     options.steps = 5
     _, again = T.run_train(out, True, None, preset("test"), options, resume=True, quiet=True)
     assert again.step == 5
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="holds a checkpoint"):
         T.run_train(out, True, None, preset("test"), options, quiet=True)
+    # --overwrite replaces a checkpoint, never a folder of something else (or a file)
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "a.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="not a checkpoint"):
+        T.run_train(other, True, None, preset("test"), options, overwrite=True, quiet=True)
+    assert sorted(p.name for p in other.iterdir()) == ["a.png"]
+    with pytest.raises(UserError):
+        T.run_train(other / "a.png", True, None, preset("test"), options, quiet=True)
     with pytest.raises(UserError, match="exactly one"):
         T.run_train(tmp_path / "x", False, None, preset("test"), options, quiet=True)
     with pytest.raises(UserError, match="view count"):
