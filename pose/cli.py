@@ -47,8 +47,12 @@ class EgoTrain:
     """Continue the checkpoint in --out."""
     overwrite: bool = False
     """Replace an existing checkpoint in --out."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
+    quiet: bool = False
+    """No progress output."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(
         default_factory=TrainConfig)
@@ -61,7 +65,8 @@ class EgoTrain:
         set_threads(self.threads)
         run_train(self.out, self.amass, self.synthetic, self.model, self.train, self.fov,
                   self.synth, num_synthetic=self.synthetic_sequences, smplh_dir=self.smplh_dir,
-                  resume=self.resume, overwrite=self.overwrite)
+                  resume=self.resume, overwrite=self.overwrite, quiet=self.quiet,
+                  device=self.device)
 
 
 @dataclass

@@ -222,10 +222,13 @@ def test_train_cli_refuses_bad_options(tmp_path: Path, capsys):
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.slow
 def test_splats_fitted_to_exact_views_cover_the_object(tmp_path: Path):
     """The 3D stage on exact data: the photos' exact NOCS maps at their true poses (NOCS
     units) and the six novel views at Zero123++'s poses; the fitted splats, rendered into a
-    photo's camera, cover its object mask and leave the background empty."""
+    photo's camera, cover its object mask and leave the background empty (about 37 s on
+    one thread; the default run covers the stage through
+    test_cli_with_a_model_solves_writes_generated_views_and_splats)."""
     from pose.camera.sparp.data import render_example
     from pose.camera.sparp.solver import NocsView
     from pose.camera.sparp.splats import fit_object_splats

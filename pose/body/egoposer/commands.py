@@ -62,12 +62,16 @@ def load_motion(amass: Path | None, synthetic: bool, fps: float, seed: int,
 def run_train(out: Path, amass: Path | None, synthetic: bool, model: ModelConfig,
               train_cfg: TrainConfig, fov: FovConfig, synth: SynthConfig,
               num_synthetic: int = 200, smplh_dir: Path | None = None, resume: bool = False,
-              overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Train EgoPoser (or the MLP baseline); returns the final training state."""
+              overwrite: bool = False, quiet: bool = False,
+              device: str = "cpu") -> dict[str, Any]:
+    """Train EgoPoser (or the MLP baseline) on ``device`` (``cpu``, ``cuda``, ``cuda:N``);
+    returns the final training state. ``quiet``: no progress bar nor summary lines."""
+    from geometry.device import check_device
     from geometry.training import check_checkpoint_out
     from pose.body.egoposer.data import prepare_sequences
     from pose.body.egoposer.train import read_checkpoint_config, train
 
+    check_device(device)
     check_checkpoint_out(out, resume, overwrite)
     if resume:
         read_checkpoint_config(out)
@@ -76,12 +80,14 @@ def run_train(out: Path, amass: Path | None, synthetic: bool, model: ModelConfig
     data = prepare_sequences(seqs, fov)
     source = {"amass": str(amass)} if amass is not None else {
         "synthetic": {"sequences": num_synthetic, "seed": train_cfg.seed, **synth.__dict__}}
-    print(f"training on {len(seqs)} sequences, {data.num_frames} frames "
-          f"({data.num_frames / model.fps / 60:.1f} min of motion)")
+    if not quiet:
+        print(f"training on {len(seqs)} sequences, {data.num_frames} frames "
+              f"({data.num_frames / model.fps / 60:.1f} min of motion)")
     _, losses = train(data, model, train_cfg, fov, out_dir=out, resume=resume,
-                      show_progress=show_progress, extra_state={"data": source})
+                      show_progress=not quiet, extra_state={"data": source}, device=device)
     last = f"{losses[-1]:.4f}" if losses else "n/a"
-    print(f"saved checkpoint {out} ({len(losses)} steps this run, last loss {last})")
+    if not quiet:
+        print(f"saved checkpoint {out} ({len(losses)} steps this run, last loss {last})")
     return {"steps_this_run": len(losses), "losses": losses}
 
 

@@ -58,7 +58,9 @@ def pose_loss(out: Tensor, batch: dict[str, Tensor], weights: LossWeights,
     gt_rots, gt_root = batch["rots_c"], batch["root_c"]
     d6, gt_d6 = matrix_to_rot6d(rots), matrix_to_rot6d(gt_rots)
     scale = batch["scale"]
-    rest = scaled_default_skeleton(scale, dtype=out.dtype)[:, None]  # [B, 1, 22, 3]
+    # the default skeleton is built on the CPU: scale it there, then move it to the batch
+    rest = scaled_default_skeleton(scale.cpu(), dtype=out.dtype).to(out.device)[:, None]
+    # rest: [B, 1, 22, 3]
     _, joints = forward_kinematics(rots, root * scale[:, None, None], rest)
     gt_joints = batch["joints_c"]
     vel = (joints[:, 1] - joints[:, 0]) * fps
@@ -116,14 +118,14 @@ def save_checkpoint(out_dir: Path, model: nn.Module, model_cfg: ModelConfig, fov
     config = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
               "model": asdict(model_cfg), "fov": asdict(fov), "state": state}
     with atomic_directory(out_dir) as tmp:
-        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"))
         if optimizer is not None:
             opt = optimizer.state_dict()
             tensors: dict[str, Tensor] = {}
             for pid, st in opt["state"].items():
                 for key, val in st.items():
-                    tensors[f"{pid}.{key}"] = torch.as_tensor(val).contiguous()
+                    tensors[f"{pid}.{key}"] = torch.as_tensor(val).cpu().contiguous()
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             config["optimizer_param_groups"] = opt["param_groups"]
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -153,8 +155,10 @@ def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
     return config
 
 
-def load_checkpoint(ckpt_dir: Path) -> tuple[nn.Module, ModelConfig, FovConfig, dict[str, Any]]:
-    """Load a checkpoint: ``(model in eval mode, model config, FoV config, full config)``."""
+def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, ModelConfig, FovConfig, dict[str, Any]]:
+    """Load a checkpoint: ``(model in eval mode on device, model config, FoV config, full
+    config)``."""
     from geometry.io.checkpoints import load_safetensors
 
     config = read_checkpoint_config(ckpt_dir)
@@ -168,7 +172,7 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[nn.Module, ModelConfig, FovConfig, 
     except (OSError, RuntimeError) as err:
         raise UserError(f"the weights in {ckpt_dir} do not match its config ({err}); "
                         "retrain or restore the checkpoint.") from None
-    model.eval()
+    model.to(device).eval()
     return model, model_cfg, fov, config
 
 
@@ -203,18 +207,22 @@ def _lr_factor(step: int, progress: float, warmup: int) -> float:
 
 def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: FovConfig,
           out_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
-          extra_state: dict[str, Any] | None = None) -> tuple[nn.Module, list[float]]:
-    """Train a network; returns it (eval mode) and the loss of every step.
+          extra_state: dict[str, Any] | None = None,
+          device: str | torch.device = "cpu") -> tuple[nn.Module, list[float]]:
+    """Train a network on ``device``; returns it (eval mode, on ``device``) and the loss of
+    every step.
 
     With ``out_dir``, saves resumable checkpoints every ``checkpoint_every_s`` seconds, on
-    Ctrl-C (then re-raises) and at the end. ``resume`` continues from ``out_dir``.
+    Ctrl-C (then re-raises) and at the end (weights and optimiser state moved to the CPU).
+    ``resume`` continues from ``out_dir``. The batches are drawn on the CPU (one generator:
+    the same data on every device) and moved to ``device``.
     """
     from geometry.progress import progress_bar
 
     if abs(data.fps - model_cfg.fps) > 1e-6:
         raise ValueError("data and model frame rates differ")
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg)
+    model = build_model(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed_before = 0, 0.0
     if resume:
@@ -261,6 +269,7 @@ def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: Fov
                     group["lr"] = cfg.lr * _lr_factor(step, progress, cfg.warmup_steps)
                 batch = sample_batch(data, cfg.batch_size, model_cfg.frame_offsets(),
                                      cfg.visibility, gen)
+                batch = {k: v.to(device) for k, v in batch.items()}
                 out = model(batch["features"])
                 loss, terms = pose_loss(out, batch, cfg.loss, data.fps)
                 optimizer.zero_grad(set_to_none=True)

@@ -65,6 +65,9 @@ class SpaRPCommand:
     """World frame of the outputs: the first photo's camera, or the object (NOCS) frame."""
     overwrite: bool = False
     """Replace --out even when it is a non-empty folder this command did not write."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (the model's sampling, the SparseAGS refinement and the splat
+    fit)."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
     quiet: bool = False
@@ -88,7 +91,7 @@ class SpaRPTrain:
     2024 / Lotus); v-ddim is Zero123++'s v-prediction with DDIM sampling. Writes a
     checkpoint folder (model.safetensors, config.json, trainer_state.pt, history.json,
     loss.png) for 'pose sparp'. Under torchrun every process trains on its own batches
-    (DDP, gloo on the CPU)."""
+    (DDP: gloo on the CPU, NCCL on GPUs)."""
 
     out: Path
     """Checkpoint folder."""
@@ -109,6 +112,8 @@ class SpaRPTrain:
     """x0-single-step: one deterministic UNet pass predicts the tiles (direct L1 loss on
     the NOCS maps, masked by the object, plus the mask); v-ddim: v-prediction at random
     timesteps, DDIM sampling."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (under torchrun: one process per GPU)."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
     quiet: bool = False
@@ -129,4 +134,4 @@ class SpaRPTrain:
                                  encoder_width=self.width, objective=self.objective)
         run_train(self.out, model, self.train, self.data, max_minutes=self.max_minutes,
                   resume=self.resume, overwrite=self.overwrite, quiet=self.quiet,
-                  cache=self.cache)
+                  cache=self.cache, device=self.device)

@@ -2,7 +2,8 @@
 our rasterizer -> :func:`~pose.camera.sparp.solver.solve_views` -> the cameras back.
 
 The object is a point set fitted to the sequence with its known cameras: its centre is the
-least-squares intersection of the cameras' optical axes (CO3D orbits aim at the object),
+least-squares intersection of the cameras' optical axes
+(:func:`~pose.camera.aden.data.look_at_point`; CO3D orbits aim at the object),
 its size a share of the mean camera distance, its shape an irregular star-shaped surface
 (a sphere whose radius varies with low-order harmonics: no symmetry), its axes turned by a
 fixed rotation (the NOCS frame is not the world's). Its surface is covered by small opaque
@@ -41,17 +42,6 @@ class Co3dCheck:
     render_s: float
     solve_s: float
     result: MultiViewPoses
-
-
-def _optical_axes_centre(T_world_cam: np.ndarray) -> np.ndarray:
-    """``[3]`` the point closest (least squares) to every camera's optical axis."""
-    A, b = np.zeros((3, 3)), np.zeros(3)
-    for T in T_world_cam:
-        d = T[:3, 2] / np.linalg.norm(T[:3, 2])
-        P = np.eye(3) - np.outer(d, d)
-        A += P
-        b += P @ T[:3, 3]
-    return np.linalg.solve(A, b)
 
 
 def object_points(num: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -156,15 +146,14 @@ def run_co3d_check(folder: str | os.PathLike, scale: float = 0.25,
     from geometry.io.co3d import read_co3d
     from geometry.pose_metrics import accuracy_under, pose_metrics
     from geometry.so3 import random_rotation
+    from pose.camera.aden.data import look_at_point
 
     cams = read_co3d(folder, dtype=torch.float64)
     W = int(round(float(cams.width[0]) * scale))
     H = int(round(float(cams.height[0]) * scale))
-    K = cams.K.clone()
-    K[:, 0] *= W / cams.width.double()[:, None]
-    K[:, 1] *= H / cams.height.double()[:, None]
+    K = cams.resize(W, H).K
     T_world_cam = cams.T_world_cam
-    centre = _optical_axes_centre(T_world_cam.numpy())
+    centre = look_at_point(T_world_cam).numpy()
     size = object_share * float(np.linalg.norm(T_world_cam[:, :3, 3].numpy() - centre,
                                                 axis=1).mean())
     gen = torch.Generator().manual_seed(1)

@@ -158,17 +158,15 @@ def check_from_splats(scene, cams, max_size: int, radius_share: float = 0.22,
     """Steps 2-4 of the module doc on fitted ``scene`` for the ground-truth ``cams``."""
     from geometry.pose_metrics import accuracy_under, pose_metrics
     from geometry.so3 import random_rotation
-    from pose.camera.sparp.co3d_check import _optical_axes_centre
+    from pose.camera.aden.data import look_at_point
 
     t1 = time.perf_counter()
     scale = max_size / float(max(cams.width.max(), cams.height.max()))
     W = int(round(float(cams.width[0]) * scale))
     H = int(round(float(cams.height[0]) * scale))
-    K = cams.K.clone()
-    K[:, 0] *= W / cams.width.double()[:, None]
-    K[:, 1] *= H / cams.height.double()[:, None]
+    K = cams.resize(W, H).K
     T_world_cam = cams.T_world_cam
-    centre = _optical_axes_centre(T_world_cam.numpy())
+    centre = look_at_point(T_world_cam).numpy()
     distance = float(np.linalg.norm(T_world_cam[:, :3, 3].numpy() - centre, axis=1).mean())
     gen = torch.Generator().manual_seed(1)
     R_world_nocs = random_rotation((), generator=gen, dtype=torch.float64).numpy()

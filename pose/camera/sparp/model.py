@@ -227,14 +227,17 @@ class SparpModel(nn.Module):
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """The objective's loss; ``{"loss", "nocs", "views"}`` (the per-domain terms are the
         means over the batch's items of that domain). ``v-ddim``: v-prediction MSE at
-        uniformly drawn timesteps; ``x0-single-step``: :meth:`x0_loss`."""
+        uniformly drawn timesteps; ``x0-single-step``: :meth:`x0_loss`. The timesteps and
+        noise come from ``generator`` (a CPU generator: the same draws on every device)."""
         if self.config.objective == "x0-single-step":
             return self.x0_loss(cond, target, domain)
         b = len(target)
         sched = self.scheduler
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=generator)
-        noise = torch.randn(target.shape, generator=generator)
-        cond_noise = torch.randn(cond.shape, generator=generator)
+        device = target.device
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,),
+                          generator=generator).to(device)
+        noise = torch.randn(target.shape, generator=generator).to(device)
+        cond_noise = torch.randn(cond.shape, generator=generator).to(device)
         noisy = sched.add_noise(target, noise, t)
         v = sched.get_velocity(target, noise, t)
         pred = self(noisy, t, cond, domain, noise=cond_noise)
@@ -260,7 +263,8 @@ class SparpModel(nn.Module):
         """The output tiles ``[B, 4, H, W]`` (codec image in [-1, 1]): ``x0-single-step``
         makes its one pass (``steps``, ``seed`` unused); ``v-ddim`` samples with DDIM
         (``eta = 0``) in ``steps`` steps, the condition latent noised afresh at every step
-        (Zero123++'s pipeline), with noise drawn from ``seed`` (deterministic)."""
+        (Zero123++'s pipeline), with noise drawn from ``seed`` on the CPU (deterministic,
+        the same draws on every device)."""
         from diffusers import DDIMScheduler
 
         if self.config.objective == "x0-single-step":
@@ -270,12 +274,13 @@ class SparpModel(nn.Module):
                                           clip_sample=False, set_alpha_to_one=False)
         sched.set_timesteps(steps)
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(cond.shape, generator=g)
+        device = cond.device
+        x = torch.randn(cond.shape, generator=g).to(device)
         ctx = self.context(cond)
         for t in sched.timesteps:
-            tt = torch.full((len(cond),), int(t), dtype=torch.long)
-            v = self(x, tt, cond, domain, noise=torch.randn(cond.shape, generator=g),
-                     context=ctx)
+            tt = torch.full((len(cond),), int(t), dtype=torch.long, device=device)
+            v = self(x, tt, cond, domain,
+                     noise=torch.randn(cond.shape, generator=g).to(device), context=ctx)
             x = sched.step(v, t, x).prev_sample
         return x.clamp(-1, 1)
 

@@ -65,7 +65,8 @@ def prepare_inputs(photos: list[np.ndarray], tile: int) -> torch.Tensor:
 
 def predict(model: SparpModel, photos: list[np.ndarray], Ks: np.ndarray, steps: int = 10,
             seed: int = 0, novel_views: bool = False) -> Prediction:
-    """Sample the NOCS maps (and the novel views) of 1-6 photos.
+    """Sample the NOCS maps (and the novel views) of 1-6 photos on the model's device (the
+    results are numpy arrays, on the CPU).
 
     Args:
         model: a trained :class:`SparpModel` (eval mode).
@@ -83,11 +84,12 @@ def predict(model: SparpModel, photos: list[np.ndarray], Ks: np.ndarray, steps: 
         raise UserError(f"the SpaRP model takes 1 to 6 photos, got {len(photos)}.")
     tile = model.config.tile
     tiles = prepare_inputs(photos, tile)
-    cond = condition_tiles(tiles[None])
+    device = next(model.parameters()).device
+    cond = condition_tiles(tiles[None]).to(device)
     domains = [1, 0] if novel_views else [1]
     out = model.sample(cond.expand(len(domains), -1, -1, -1),
-                       torch.tensor(domains), steps=steps, seed=seed)
-    rgb, mask = decode_tiles(out)
+                       torch.tensor(domains, device=device), steps=steps, seed=seed)
+    rgb, mask = decode_tiles(out.cpu())
     views = []
     for k, (photo, K) in enumerate(zip(photos, Ks, strict=True)):
         h, w = photo.shape[:2]

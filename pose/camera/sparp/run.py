@@ -159,9 +159,11 @@ def load_views(cmd: SpaRPCommand, images: list[LoadedImage]):
 
 
 def _check_options(cmd: SpaRPCommand) -> None:
+    from geometry.device import check_device
     from geometry.io.atomic import check_output_folder, check_replaceable
     from pose.camera.sparp.solver import Symmetry
 
+    check_device(cmd.device)
     if cmd.nocs is None:
         if cmd.checkpoint is None:
             raise UserError("predicting NOCS maps needs SpaRP's diffusion model: pass its "
@@ -193,7 +195,7 @@ def _predict(cmd: SpaRPCommand, images: list[LoadedImage]):
         raise UserError(f"{cmd.images} has {len(images)} photos; SpaRP's model takes 2 to 6 "
                         "(or give NOCS maps with --nocs).")
     Ks = _intrinsics(cmd, images)
-    model, _ = load_model(cmd.checkpoint)
+    model, _ = load_model(cmd.checkpoint, cmd.device)
     log_stage(f"sampling the NOCS maps{' and six novel views' if cmd.novel_views else ''} "
               f"({cmd.steps} DDIM steps, {model.config.tile} px tiles)…", cmd.quiet)
     prediction = predict(model, [im.rgb.numpy() for im in images], Ks, steps=cmd.steps,
@@ -229,10 +231,10 @@ def _refine(cmd: SpaRPCommand, prediction, views, T_world_cam: np.ndarray,
     initial = Cameras(K=torch.from_numpy(np.stack(Ks)), T_world_cam=torch.from_numpy(np.stack(Ts)),
                       width=torch.tensor([r.shape[1] for r in rgbs]),
                       height=torch.tensor([r.shape[0] for r in rgbs]))
-    refiner = SparseAGSRefiner(SparseAGSConfig(seed=cmd.seed))
+    refiner = SparseAGSRefiner(SparseAGSConfig(seed=cmd.seed), device=cmd.device)
     result = refiner.estimate([torch.from_numpy(np.asarray(r, np.float32)) for r in rgbs],
                               masks=[torch.from_numpy(m) for m in masks], initial=initial)
-    T = result.cameras.T_world_cam.detach().double().numpy()
+    T = result.cameras.T_world_cam.detach().double().cpu().numpy()
     if cmd.frame == "first":
         T = np.linalg.inv(T[0]) @ T
     k = len(views)
@@ -286,7 +288,7 @@ def _fit_splats(cmd: SpaRPCommand, tmp: Path, prediction, views, T_world_cam: np
     metrics = fit_object_splats(
         fit_out, views, T_world_cam, T_world_obj, prediction.generated,
         prediction.generated_masks, T_world_novel, views[0].K, cmd.splat_iterations,
-        quiet=True, seed=cmd.seed)
+        quiet=True, seed=cmd.seed, device=cmd.device)
     shutil.move(str(fit_out / "splats.ply"), str(tmp / "splats.ply"))
     shutil.rmtree(fit_out, ignore_errors=True)
     record["splats"] = {"file": "splats.ply", "iterations": cmd.splat_iterations,
@@ -357,7 +359,8 @@ def run_command(cmd: SpaRPCommand) -> dict:
         }
         if prediction is not None:
             record["model"] = {"checkpoint": str(cmd.checkpoint), "ddim_steps": cmd.steps,
-                               "seed": cmd.seed, "tile_px": int(views[0].width)}
+                               "seed": cmd.seed, "tile_px": int(views[0].width),
+                               "device": cmd.device}
         if refined is not None:
             record["refine"] = refined
         with atomic_directory(cmd.out) as tmp:

@@ -55,7 +55,7 @@ def fit_object_splats(out: Path, inputs: Sequence[NocsView], T_world_inputs: np.
                       T_world_obj: np.ndarray, generated: np.ndarray | None,
                       generated_masks: np.ndarray | None, T_world_generated: np.ndarray | None,
                       K_generated: np.ndarray | None, iterations: int = 300,
-                      quiet: bool = True, seed: int = 0) -> dict:
+                      quiet: bool = True, seed: int = 0, device: str = "cpu") -> dict:
     """Fit splats; writes ``out`` (``recon fit``'s outputs: ``splats.ply`` ...), returns the
     fit's metrics.
 
@@ -65,6 +65,8 @@ def fit_object_splats(out: Path, inputs: Sequence[NocsView], T_world_inputs: np.
         T_world_obj: ``[4, 4]`` the object (NOCS - 0.5) frame in that world (NOCS units).
         generated, generated_masks: ``[6, t, t, 3]`` / ``[6, t, t]`` novel views (or None).
         T_world_generated: ``[6, 4, 4]``; K_generated: ``[3, 3]``.
+        device: where the fit runs (``cpu``, ``cuda``, ``cuda:N``; the engine's
+            ``--device``).
     """
     from geometry.cameras import Cameras
     from geometry.io.images import write_png
@@ -106,7 +108,8 @@ def fit_object_splats(out: Path, inputs: Sequence[NocsView], T_world_inputs: np.
                        width=torch.tensor([r.shape[1] for r in rgbs]),
                        height=torch.tensor([r.shape[0] for r in rgbs]), names=names)
         cfg = FitConfig(images=folder, out=Path(out), iterations=iterations, max_size=None,
-                        init=INITIALISER, threads=None, overwrite=True, quiet=quiet, seed=seed)
+                        init=INITIALISER, threads=None, overwrite=True, quiet=quiet, seed=seed,
+                        device=device)
         cfg.init_options.fill_coverage = False
         previous = INITIALISERS.get(INITIALISER)
         INITIALISERS[INITIALISER] = _nocs_initialiser(points, colors)

@@ -1,7 +1,7 @@
 """``pose sparp-train``: fine-tune the small SpaRP model on generated object sequences.
 
 Runs :func:`geometry.training.train_loop` (one process, or one per rank under ``torchrun``:
-gloo on the CPU; every rank draws its own batches). The checkpoint folder holds
+gloo on the CPU, NCCL on GPUs; every rank draws its own batches). The checkpoint folder holds
 ``model.safetensors``, ``config.json`` (kind ``sparp``: the model, training and data
 configs), ``trainer_state.pt`` (``--resume``), ``history.json`` and ``loss.png``.
 """
@@ -32,8 +32,10 @@ def build_model(config: SparpModelConfig, seed: int = 0) -> SparpModel:
     return SparpModel(config)
 
 
-def load_model(checkpoint: str | Path) -> tuple[SparpModel, dict]:
-    """The model of a ``pose sparp-train`` checkpoint folder (eval mode) and its record.
+def load_model(checkpoint: str | Path,
+               device: str | torch.device = "cpu") -> tuple[SparpModel, dict]:
+    """The model of a ``pose sparp-train`` checkpoint folder (eval mode, on ``device``) and
+    its record.
 
     Raises:
         UserError: not a checkpoint folder, another model's, weights that do not fit.
@@ -52,14 +54,16 @@ def load_model(checkpoint: str | Path) -> tuple[SparpModel, dict]:
                         f"give the folder written by '{COMMAND}'.") from None
     model = SparpModel(cfg)
     load_weights(checkpoint, model, KIND, COMMAND)
-    return model.eval(), record
+    return model.to(device).eval(), record
 
 
 def run_train(out: Path, model: SparpModelConfig, train: SparpTrainConfig, data: SparpData,
               max_minutes: float | None = None, resume: bool = False, overwrite: bool = False,
-              quiet: bool = False, cache: Path | None = None):
-    """Render the data (or read it from the ``cache`` .npz), train, write the checkpoint
-    folder ``out``; returns the :class:`geometry.training.TrainResult`."""
+              quiet: bool = False, cache: Path | None = None, device: str | None = "cpu"):
+    """Render the data (or read it from the ``cache`` .npz), train on ``device`` (``cpu``,
+    ``cuda``, ``cuda:N``; under ``torchrun`` each process takes the GPU of its local rank),
+    write the checkpoint folder ``out``; returns the
+    :class:`geometry.training.TrainResult`."""
     from geometry.progress import log_stage
     from geometry.training import TrainLoop, ddp_cleanup, ddp_setup, train_loop
 
@@ -74,14 +78,14 @@ def run_train(out: Path, model: SparpModelConfig, train: SparpTrainConfig, data:
     if model.tile < 8 or model.tile % 8:
         raise UserError(f"--tile {model.tile} must be a multiple of 8 (at least 8).")
     check_checkpoint_out(Path(out), resume, overwrite)
-    dist = ddp_setup("cpu")
+    dist = ddp_setup(device)
     try:
         main_quiet = quiet or not dist.is_main
         log_stage(f"rendering {data.sequences} objects ({data.frames} photos + 6 novel views, "
                   f"{model.tile} px)…", main_quiet)
         examples = render_examples(data, model.tile, quiet=main_quiet,
                                    cache=cache if dist.is_main else None)
-        net = build_model(model, train.seed)
+        net = build_model(model, train.seed).to(dist.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr,
                                       weight_decay=train.weight_decay)
         fixed = {k: v for k, v in asdict(train).items()
@@ -91,7 +95,9 @@ def run_train(out: Path, model: SparpModelConfig, train: SparpTrainConfig, data:
         def batch_fn(step: int, rank: int, world_size: int) -> dict:
             rng = np.random.default_rng([train.seed, step, rank, world_size])
             batch = make_batch(examples, train.batch, views, train.p_nocs, rng)
-            # the timesteps and noise of this step (a resumed run draws the same)
+            batch = {k: v.to(dist.device) for k, v in batch.items()}
+            # the timesteps and noise of this step (a resumed run draws the same; drawn on
+            # the CPU, so that every device trains on the same noise)
             batch["noise_seed"] = int(rng.integers(1 << 62))
             return batch
 

@@ -33,6 +33,8 @@ class ShapoTrainPriors:
     """Continue the checkpoint in --out (same options)."""
     overwrite: bool = False
     """Replace a checkpoint already in --out."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (under torchrun: one process per GPU)."""
     quiet: bool = False
     """No progress bar or stage lines."""
     threads: int | None = None
@@ -47,8 +49,11 @@ class ShapoTrainPriors:
         set_threads(self.threads)
         result = run_train_priors(self.out, self.synthetic, self.model, self.train,
                                   max_minutes=self.max_minutes, resume=self.resume,
-                                  overwrite=self.overwrite, quiet=self.quiet)
+                                  overwrite=self.overwrite, quiet=self.quiet,
+                                  device=self.device)
         last = result.history[-1] if result.history else {}
+        if os.environ.get("RANK", "0") != "0":
+            return
         print(f"priors: {result.step} steps ({result.stopped_by}), sdf L1 "
               f"{last.get('sdf', float('nan')):.4f}, colour L1 "
               f"{last.get('color', float('nan')):.4f} -> {self.out}")
@@ -69,6 +74,8 @@ class ShapoMesh:
     """Also mesh the first this many training instances."""
     overwrite: bool = False
     """Replace --out even when it is a non-empty folder this command did not write."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (the decoders)."""
     quiet: bool = False
     """No progress bar."""
     threads: int | None = None
@@ -79,7 +86,7 @@ class ShapoMesh:
 
         set_threads(self.threads)
         record = run_mesh(self.priors, self.out, self.resolution, self.instances,
-                          self.overwrite, self.quiet)
+                          self.overwrite, self.quiet, device=self.device)
         made = sum(1 for m in record["meshes"].values() if m["faces"])
         print(f"{made} of {len(record['meshes'])} meshes -> {self.out}")
 
@@ -107,6 +114,8 @@ class ShapoTrain:
     """Continue the checkpoint in --out (same options)."""
     overwrite: bool = False
     """Replace a checkpoint already in --out."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (under torchrun: one process per GPU)."""
     quiet: bool = False
     """No progress bar or stage lines."""
     threads: int | None = None
@@ -121,7 +130,8 @@ class ShapoTrain:
         set_threads(self.threads)
         result = run_train_net(self.out, self.synthetic, self.priors, self.model, self.train,
                                max_minutes=self.max_minutes, resume=self.resume,
-                               overwrite=self.overwrite, quiet=self.quiet, nocs=self.nocs)
+                               overwrite=self.overwrite, quiet=self.quiet, nocs=self.nocs,
+                               device=self.device)
         last = result.history[-1] if result.history else {}
         if os.environ.get("RANK", "0") != "0":
             return
@@ -162,6 +172,8 @@ class ShapoPredict:
     """Marching-cubes cells per side of the meshes."""
     overwrite: bool = False
     """Replace --out even when it is a non-empty folder this command did not write."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (the network and the refinement)."""
     quiet: bool = False
     """No stage lines."""
     threads: int | None = None
@@ -175,7 +187,7 @@ class ShapoPredict:
         records = run_predict(self.checkpoint, self.out, self.rgb, self.depth,
                               self.intrinsics, self.real275, self.refine, self.refinement,
                               self.depth_scale, self.threshold, self.mesh_resolution,
-                              self.overwrite, self.quiet)
+                              self.overwrite, self.quiet, device=self.device)
         count = sum(len(r["objects"]) for r in records)
         print(f"{count} object(s) in {len(records)} frame(s) -> {self.out}")
 
@@ -207,6 +219,8 @@ class ShapoEval:
     """Intrinsics of --nocs frames: real, camera or fx,fy,cx,cy."""
     overwrite: bool = False
     """Replace --out even when it is a non-empty folder this command did not write."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N (the network and the refinement)."""
     quiet: bool = False
     """No progress bar."""
     threads: int | None = None
@@ -219,7 +233,7 @@ class ShapoEval:
         set_threads(self.threads)
         run_eval(self.checkpoint, self.synthetic, self.nocs, self.seed, self.scenes,
                  self.out, self.refine, self.refinement, self.threshold, self.intrinsics,
-                 self.quiet, self.overwrite)
+                 self.quiet, self.overwrite, device=self.device)
 
 
 ShapoSubcommand = Union[  # noqa: UP007 (tyro reads the Union of annotated subcommands)

@@ -18,19 +18,24 @@ __all__ = ["MARKER", "run_mesh"]
 def _mesh(priors, z_shape, z_app, resolution: int):
     from pose.object.shapo.surface import mesh_from_sdf
 
-    verts, faces = mesh_from_sdf(lambda x: priors.sdf(z_shape, x), res=resolution)
+    device = z_shape.device
+    verts, faces = mesh_from_sdf(lambda x: priors.sdf(z_shape, x), res=resolution,
+                                 device=device)
     colors = None
     if len(verts):
         with torch.no_grad():
-            colors = priors.color(z_app, z_shape, torch.from_numpy(verts).float()).numpy()
+            v = torch.from_numpy(verts).float().to(device)
+            colors = priors.color(z_app, z_shape, v).cpu().numpy()
     return verts, faces, colors
 
 
 def run_mesh(priors_dir: Path, out: Path, resolution: int = 64, instances: int = 0,
-             overwrite: bool = False, quiet: bool = False) -> dict:
+             overwrite: bool = False, quiet: bool = False, device: str = "cpu") -> dict:
     """Write ``OUT/<category>_mean.ply`` (the category's mean codes) and
     ``OUT/instance_<k>_<category>.ply`` for the first ``instances`` training instances
-    (NOCS-normalised frame), and ``OUT/meshes.json``; returns its content."""
+    (NOCS-normalised frame), and ``OUT/meshes.json``; returns its content. The decoders
+    run on ``device``."""
+    from geometry.device import check_device
     from geometry.errors import UserError
     from geometry.io.atomic import atomic_directory, check_output_folder, check_replaceable
     from geometry.io.jsonio import dumps_json
@@ -40,9 +45,10 @@ def run_mesh(priors_dir: Path, out: Path, resolution: int = 64, instances: int =
 
     if not 16 <= resolution <= 256:
         raise UserError(f"--resolution {resolution} must be between 16 and 256.")
+    check_device(device)
     check_output_folder(out)
     check_replaceable(out, MARKER, overwrite)
-    priors = load_priors(priors_dir)
+    priors = load_priors(priors_dir, device)
     jobs = [(f"{c}_mean", *priors.mean_codes(c)) for c in CATEGORIES]
     count = min(max(instances, 0), len(priors.instance_class))
     for k in range(count):

@@ -356,8 +356,9 @@ def decode(out: dict[str, Tensor], inputs_depth: Tensor, K: Tensor, threshold: f
     seg_up = F.interpolate(out["seg"], size=(H, W), mode="bilinear", align_corners=False)
     vtx_up = F.interpolate(out["vertex"], size=(H, W), mode="bilinear", align_corners=False)
     fg = seg_up.argmax(1) > 0  # [B, H, W]
-    py = (torch.arange(H, dtype=torch.float32) + 0.5) / STRIDE - 0.5
-    px = (torch.arange(W, dtype=torch.float32) + 0.5) / STRIDE - 0.5
+    device = inputs_depth.device
+    py = (torch.arange(H, dtype=torch.float32, device=device) + 0.5) / STRIDE - 0.5
+    px = (torch.arange(W, dtype=torch.float32, device=device) + 0.5) / STRIDE - 0.5
     results = []
     for b in range(B):
         dets = []
@@ -372,7 +373,8 @@ def decode(out: dict[str, Tensor], inputs_depth: Tensor, K: Tensor, threshold: f
                                   out["shape"][b, :, r, c], out["appearance"][b, :, r, c],
                                   (r, c)))
         if dets:
-            peaks = torch.tensor([d.peak for d in dets], dtype=torch.float32)  # [N, 2]
+            peaks = torch.tensor([d.peak for d in dets], dtype=torch.float32,
+                                 device=device)  # [N, 2]
             target_y = py[:, None] + vtx_up[b, 0] * 4.0
             target_x = px[None, :] + vtx_up[b, 1] * 4.0
             d2 = ((target_y[None] - peaks[:, 0, None, None]) ** 2

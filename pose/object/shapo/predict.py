@@ -166,12 +166,14 @@ def _single_shot(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
 
     from pose.object.shapo.network import decode, make_inputs
 
+    device = next(system.parameters()).device
     rgb_t, depth_t, K_t, (h, w) = _resize_for_net(rgb, depth, K, system.net.config)
+    rgb_t, depth_t, K_t = rgb_t.to(device), depth_t.to(device), K_t.to(device)
     out = system.net(make_inputs(rgb_t, depth_t, K_t))
     dets = decode(out, depth_t, K_t, threshold, max_objects)[0]
     H, W = depth.shape
     for det in dets:
-        m = det.mask[:h, :w].numpy().astype(np.uint8)
+        m = det.mask[:h, :w].cpu().numpy().astype(np.uint8)
         det.mask = torch.from_numpy(cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST)
                                     > 0)
     return dets
@@ -181,7 +183,8 @@ def predict_frame(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
                   refine: bool = True, refine_config: RefineConfig | None = None,
                   threshold: float = 0.3, max_objects: int = 20,
                   measure: bool = True) -> list[ObjectResult]:
-    """Detect, pose, size and shape every object of one RGB-D frame.
+    """Detect, pose, size and shape every object of one RGB-D frame (on the device of
+    ``system``; the results' tensors are on the CPU).
 
     Args:
         system: a :class:`~pose.object.shapo.train.ShapoSystem` (``load_system``).
@@ -200,17 +203,20 @@ def predict_frame(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
     )
 
     priors = system.priors
+    device = next(system.parameters()).device
     dets = _single_shot(system, rgb, depth, K, threshold, max_objects)
-    depth_t, rgb_t = torch.from_numpy(depth).float(), torch.from_numpy(rgb).float()
-    K_t = torch.from_numpy(K).float()
+    depth_t = torch.from_numpy(depth).float().to(device)
+    rgb_t = torch.from_numpy(rgb).float().to(device)
+    K_t = torch.from_numpy(K).float().to(device)
     results = []
     for det in dets:
         init = ObjectState(R=det.R.float(), t=det.t.float(), scale=det.scale,
                            z_shape=det.z_shape.detach().float(),
                            z_app=det.z_app.detach().float())
         init.size = shape_size(priors, init.z_shape, init.scale)
-        pts, cols = masked_points(depth_t, rgb_t, K_t, det.mask)
-        res = ObjectResult(det.class_name, det.score, init, None, det.mask.numpy(), len(pts))
+        pts, cols = masked_points(depth_t, rgb_t, K_t, det.mask.to(device))
+        res = ObjectResult(det.class_name, det.score, init.to("cpu"), None,
+                           det.mask.numpy(), len(pts))
         if measure and len(pts):
             res.before_m = sdf_distance(priors, init, pts)
         if refine:
@@ -225,7 +231,7 @@ def predict_frame(system, rgb: np.ndarray, depth: np.ndarray, K: np.ndarray,
                 res.refine_s = time.perf_counter() - tic
                 if state.size is None or not bool(torch.isfinite(state.size).all()):
                     state.size = init.size
-                res.refined = state
+                res.refined = state.to("cpu")
                 if measure:
                     res.after_m = sdf_distance(priors, state, pts)
         results.append(res)
@@ -290,16 +296,18 @@ def _write_results(folder: Path, priors, results: list[ObjectResult], rgb: np.nd
     from geometry.io.jsonio import dumps_json
     from pose.object.shapo.surface import mesh_from_sdf, write_mesh_ply
 
+    device = next(priors.parameters()).device
     objects = []
     for k, res in enumerate(results):
         state = res.final
         name = f"object_{k:02d}_{res.class_name}.ply"
         with torch.no_grad():
-            verts, faces = mesh_from_sdf(lambda x, z=state.z_shape: priors.sdf(z, x),
-                                         res=mesh_resolution)
+            z_shape, z_app = state.z_shape.to(device), state.z_app.to(device)
+            verts, faces = mesh_from_sdf(lambda x, z=z_shape: priors.sdf(z, x),
+                                         res=mesh_resolution, device=device)
             if len(faces):
                 v = torch.from_numpy(verts).float()
-                colors = priors.color(state.z_app, state.z_shape, v).numpy()
+                colors = priors.color(z_app, z_shape, v.to(device)).cpu().numpy()
                 cam = (state.scale * v @ state.R.float().T + state.t.float()).numpy()
                 write_mesh_ply(folder / name, cam, faces, colors)
         objects.append({
@@ -369,14 +377,17 @@ def run_predict(checkpoint: Path, out: Path, rgb: Path | None = None,
                 real275: Path | None = None, refine: bool = True,
                 refine_config: RefineConfig | None = None, depth_scale: float = 0.001,
                 threshold: float = 0.3, mesh_resolution: int = 48, overwrite: bool = False,
-                quiet: bool = False) -> list[dict]:
+                quiet: bool = False, device: str = "cpu") -> list[dict]:
     """Predict one frame (``--rgb/--depth/--intrinsics``) or REAL275 frames (``--real275``
     prefix or folder) into ``out``: ``detections.json``, a mesh per object and
-    ``overlay.png`` (one subfolder per frame for a folder). Returns the records."""
+    ``overlay.png`` (one subfolder per frame for a folder), on ``device``. Returns the
+    records."""
+    from geometry.device import check_device
     from geometry.io.atomic import atomic_directory, check_output_folder, check_replaceable
     from geometry.progress import log_stage
     from pose.object.shapo.train import load_system
 
+    check_device(device)
     frames = _frames_to_predict(rgb, depth, intrinsics, real275)
     if not 8 <= mesh_resolution <= 256:
         raise UserError(f"--mesh-resolution {mesh_resolution} must be between 8 and 256.")
@@ -386,7 +397,7 @@ def run_predict(checkpoint: Path, out: Path, rgb: Path | None = None,
               for name, c, d, i in frames]
     check_output_folder(out)
     check_replaceable(out, MARKER if len(frames) == 1 else "frames.json", overwrite)
-    system, _ = load_system(checkpoint)
+    system, _ = load_system(checkpoint, device)
     records = []
     with atomic_directory(out) as tmp:
         for name, rgb_a, depth_a, K in loaded:
@@ -465,12 +476,14 @@ def run_eval(checkpoint: Path, synthetic: bool = False, nocs: Path | None = None
              seed: int = 1000, scenes: int = 10, out: Path | None = None,
              refine: bool = True, refine_config: RefineConfig | None = None,
              threshold: float = 0.3, intrinsics: str = "real", quiet: bool = False,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, device: str = "cpu") -> dict:
     """NOCS mAPs of the single-shot and the refined estimates on held-out generated scenes
     (``seed``, ``seed + 1``, ...: new random instances, not the priors' ones) or NOCS
     frames; prints them and writes the folder ``out`` (``metrics.json``) when ``out`` is
     given, replaced as a whole: an earlier output of this command (it holds
-    ``metrics.json``) is replaced, any other non-empty folder only with ``overwrite``."""
+    ``metrics.json``) is replaced, any other non-empty folder only with ``overwrite``. The
+    network and the refinement run on ``device``."""
+    from geometry.device import check_device
     from geometry.io.jsonio import dumps_json
     from geometry.progress import progress_bar
     from pose.object.shapo.metrics import METRIC_NAMES, nocs_map
@@ -480,12 +493,13 @@ def run_eval(checkpoint: Path, synthetic: bool = False, nocs: Path | None = None
         raise UserError("give exactly one of --synthetic and --nocs DIR.")
     if synthetic and scenes < 1:
         raise UserError(f"--scenes {scenes} must be at least 1.")
+    check_device(device)
     if out is not None:
         from geometry.io.atomic import check_output_folder, check_replaceable
 
         check_output_folder(out)
         check_replaceable(out, EVAL_MARKER, overwrite)
-    system, _ = load_system(checkpoint)
+    system, _ = load_system(checkpoint, device)
     frames_single, frames_refined = [], []
     times, before, after = [], [], []
     detected = gt_count = 0

@@ -120,14 +120,22 @@ class ObjectState:
     history: list[float] = field(default_factory=list)
 
     def T_cam_obj(self) -> Tensor:
-        T = torch.eye(4, dtype=self.R.dtype)
+        T = torch.eye(4, dtype=self.R.dtype, device=self.R.device)
         T[:3, :3], T[:3, 3] = self.R, self.t
         return T
+
+    def to(self, device: torch.device | str) -> ObjectState:
+        """This state with its tensors on ``device``."""
+        return ObjectState(R=self.R.to(device), t=self.t.to(device), scale=self.scale,
+                           z_shape=self.z_shape.to(device), z_app=self.z_app.to(device),
+                           size=self.size.to(device) if self.size is not None else None,
+                           history=list(self.history))
 
 
 @dataclass
 class ImageEvidence:
-    """One object's view for the silhouette term: its mask and the frame's depth."""
+    """One object's view for the silhouette term: its mask and the frame's depth (the
+    costs are computed on the device of ``K``)."""
 
     K: Tensor
     """``[3, 3]`` intrinsics (pixel centres at +0.5)."""
@@ -143,16 +151,17 @@ class ImageEvidence:
     def __post_init__(self) -> None:
         from scipy.ndimage import distance_transform_edt
 
-        mask = self.mask.bool().numpy()
+        device = self.K.device
+        mask = self.mask.bool().cpu().numpy()
         dt = distance_transform_edt(~mask) if mask.any() else \
             np.full(mask.shape, float(max(mask.shape)))
-        self.outside_px = torch.from_numpy(dt).float()[None, None]
-        self.K, self.depth = self.K.float(), self.depth.float()
-        v, u = torch.nonzero(self.mask.bool(), as_tuple=True)
+        self.outside_px = torch.from_numpy(dt).float()[None, None].to(device)
+        self.K, self.depth = self.K.float(), self.depth.float().to(device)
+        v, u = torch.nonzero(self.mask.bool().cpu(), as_tuple=True)
         uv = torch.stack([u, v], -1).float() + 0.5
         if len(uv) > 400:
             uv = uv[torch.randperm(len(uv), generator=torch.Generator().manual_seed(0))[:400]]
-        self.mask_uv = uv
+        self.mask_uv = uv.to(device)
 
     def _project(self, cam: Tensor) -> Tensor:
         z = cam[:, 2].clamp_min(1e-3)
@@ -199,13 +208,14 @@ def depth_to_surface(priors, state: ObjectState, points: Tensor, cap: float = 0.
     """Mean distance (metres, each capped at ``cap``) of observed points ``[N, 3]``
     (camera frame) to the object's posed surface (octree points)."""
     fn = _sdf_fn(priors, state.z_shape)
-    surf = octree_surface_points(fn, depth=depth, max_cells=50000)
+    surf = octree_surface_points(fn, depth=depth, max_cells=50000,
+                                 device=state.z_shape.device)
     if len(surf) == 0:
         return cap
     from scipy.spatial import cKDTree
 
-    posed = (state.scale * surf @ state.R.T + state.t).double().numpy()
-    d, _ = cKDTree(posed).query(points.double().numpy(), k=1)
+    posed = (state.scale * surf @ state.R.T + state.t).double().cpu().numpy()
+    d, _ = cKDTree(posed).query(points.double().cpu().numpy(), k=1)
     return float(d.clip(max=cap).mean())
 
 
@@ -249,7 +259,7 @@ def _silhouette_points(priors, z_shape: Tensor, config: RefineConfig) -> Tensor:
     return octree_surface_points(_sdf_fn(priors, z_shape.float()), depth=SIZE_DEPTH,
                                  max_points=config.surface_points,
                                  generator=torch.Generator().manual_seed(config.seed),
-                                 max_cells=50000)
+                                 max_cells=50000, device=z_shape.device)
 
 
 def best_yaw(priors, points: Tensor, init: ObjectState, hypotheses: int,
@@ -266,7 +276,7 @@ def best_yaw(priors, points: Tensor, init: ObjectState, hypotheses: int,
     best, best_d = init, math.inf
     for k in range(max(1, hypotheses)):
         angle = 2 * math.pi * k / max(1, hypotheses)
-        R = init.R.float() @ so3_exp(torch.tensor([0.0, angle, 0.0]))
+        R = init.R.float() @ so3_exp(torch.tensor([0.0, angle, 0.0], device=init.R.device))
         cand = ObjectState(R=R, t=init.t, scale=init.scale, z_shape=init.z_shape,
                            z_app=init.z_app, size=init.size)
         d = (fit_cost(priors, cand, points, config, evidence, surface) if evidence is not None
@@ -297,7 +307,7 @@ def refine_object(priors, points: Tensor, colors: Tensor | None, init: ObjectSta
     config = config or RefineConfig()
     g = torch.Generator().manual_seed(config.seed)
     if len(points) > config.max_points:
-        pick = torch.randperm(len(points), generator=g)[:config.max_points]
+        pick = torch.randperm(len(points), generator=g)[:config.max_points].to(points.device)
         points = points[pick]
         colors = colors[pick] if colors is not None else None
     points = points.float()
@@ -328,11 +338,13 @@ def refine_object(priors, points: Tensor, colors: Tensor | None, init: ObjectSta
 def _refine_from(priors, points: Tensor, colors: Tensor | None, init: ObjectState,
                  config: RefineConfig, g: torch.Generator,
                  evidence: ImageEvidence | None = None) -> ObjectState:
-    R0 = init.R.float()
-    omega = torch.zeros(3, requires_grad=True)
-    t = init.t.float().clone().requires_grad_(True)
-    log_s = torch.tensor(math.log(init.scale), requires_grad=True)
-    zs0, za0 = init.z_shape.float().detach(), init.z_app.float().detach()
+    device = points.device
+    R0 = init.R.float().to(device)
+    omega = torch.zeros(3, device=device, requires_grad=True)
+    t = init.t.float().to(device).clone().requires_grad_(True)
+    log_s = torch.tensor(math.log(init.scale), device=device, requires_grad=True)
+    zs0 = init.z_shape.float().detach().to(device)
+    za0 = init.z_app.float().detach().to(device)
     zs, za = zs0.clone().requires_grad_(True), za0.clone().requires_grad_(True)
     groups = [{"params": [omega], "lr": config.lr_rotation},
               {"params": [t], "lr": config.lr_translation},
@@ -349,14 +361,15 @@ def _optimise(priors, points, colors, init, config, g, opt, R0, omega, t, log_s,
               zs0, za0, evidence=None) -> ObjectState:
     from geometry.so3 import so3_exp
 
-    surf = torch.zeros(0, 3)
+    device = points.device
+    surf = torch.zeros(0, 3, device=device)
     history = []
     for it in range(config.iterations):
         if it % config.reextract_every == 0:
             surf = octree_surface_points(_sdf_fn(priors, zs.detach()),
                                          depth=config.octree_depth, newton=1,
                                          max_points=config.surface_points, generator=g,
-                                         max_cells=4 * config.surface_points)
+                                         max_cells=4 * config.surface_points, device=device)
         R = R0 @ so3_exp(omega)
         s = log_s.exp()
         loss = zs.new_zeros(())
@@ -398,7 +411,7 @@ def _optimise(priors, points, colors, init, config, g, opt, R0, omega, t, log_s,
         R = R0 @ so3_exp(omega)
         s = float(log_s.exp())
         final = octree_surface_points(_sdf_fn(priors, zs.detach()), depth=SIZE_DEPTH,
-                                      max_cells=50000)
+                                      max_cells=50000, device=device)
         size = s * _extent(final) if len(final) else init.size
     return ObjectState(R=R.detach(), t=t.detach(), scale=s, z_shape=zs.detach(),
                        z_app=za.detach(), size=size, history=history)
@@ -419,15 +432,17 @@ def masked_points(depth: Tensor, rgb: Tensor | None, K: Tensor, mask: Tensor
 @torch.no_grad()
 def shape_size(priors, z_shape: Tensor, scale: float, depth: int = 3) -> Tensor:
     """``[3]`` box extents (metres) of the decoded shape at ``scale``."""
-    pts = octree_surface_points(_sdf_fn(priors, z_shape), depth=depth, max_cells=50000)
+    pts = octree_surface_points(_sdf_fn(priors, z_shape), depth=depth, max_cells=50000,
+                                device=z_shape.device)
     if len(pts) == 0:
-        return torch.zeros(3)
+        return torch.zeros(3, device=z_shape.device)
     return scale * _extent(pts)
 
 
 def _extent(pts: Tensor) -> Tensor:
     """``[3]`` extent of surface points between their 0.5 % and 99.5 % quantiles per axis
     (small stray blobs of a learned SDF do not inflate the box)."""
-    q = torch.quantile(pts[torch.randperm(len(pts))[:100000]].float(),
-                       torch.tensor([0.005, 0.995]), dim=0)
+    pick = torch.randperm(len(pts))[:100000].to(pts.device)
+    q = torch.quantile(pts[pick].float(), torch.tensor([0.005, 0.995], device=pts.device),
+                       dim=0)
     return q[1] - q[0]

@@ -55,8 +55,10 @@ def _grid_centres(res: int, bound: float, device=None) -> Tensor:
 def octree_surface_points(fn: SdfFn, depth: int = 6, base: int = 8, bound: float = BOUND,
                           newton: int = 2, max_points: int | None = None,
                           generator: torch.Generator | None = None,
-                          max_cells: int | None = None) -> Tensor:
-    """``[N, 3]`` surface points of the SDF (cells of size ``2 bound / (base 2^depth)``).
+                          max_cells: int | None = None,
+                          device: torch.device | str | None = None) -> Tensor:
+    """``[N, 3]`` surface points of the SDF (cells of size ``2 bound / (base 2^depth)``),
+    on ``device`` (where ``fn`` evaluates; default the CPU).
 
     Args:
         fn: the SDF (NOCS frame).
@@ -66,11 +68,12 @@ def octree_surface_points(fn: SdfFn, depth: int = 6, base: int = 8, bound: float
         max_points: keep a random subset of at most this many.
         max_cells: split at most this many cells per level (a random subset): bounds the
             cost for an SDF whose zero set is not a thin surface (an untrained decoder).
+        generator: a CPU generator of the random subsets (the same draws on every device).
     """
     size = 2 * bound / base
-    centres = _grid_centres(base, bound)
+    centres = _grid_centres(base, bound, device)
     offsets = torch.tensor([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1)
-                            for sz in (-1, 1)], dtype=torch.float32) * 0.25
+                            for sz in (-1, 1)], dtype=torch.float32, device=device) * 0.25
     for level in range(depth + 1):
         f = _chunked(fn, centres)
         keep = f.abs() <= size * (0.5 * 3 ** 0.5) * 1.05
@@ -78,38 +81,39 @@ def octree_surface_points(fn: SdfFn, depth: int = 6, base: int = 8, bound: float
         if level == depth or len(centres) == 0:
             break
         if max_cells is not None and len(centres) > max_cells:
-            centres = centres[torch.randperm(len(centres), generator=generator)[:max_cells]]
+            pick = torch.randperm(len(centres), generator=generator)[:max_cells]
+            centres = centres[pick.to(centres.device)]
         centres = (centres[:, None, :] + offsets * size).reshape(-1, 3)
         size /= 2
     if max_points is not None and len(centres) > max_points:
         pick = torch.randperm(len(centres), generator=generator)[:max_points]
-        centres = centres[pick]
+        centres = centres[pick.to(centres.device)]
     if newton:
         centres = project_to_surface(fn, centres, newton)
     return centres
 
 
 @torch.no_grad()
-def dense_surface_points(fn: SdfFn, res: int, bound: float = BOUND, newton: int = 2
-                         ) -> Tensor:
+def dense_surface_points(fn: SdfFn, res: int, bound: float = BOUND, newton: int = 2,
+                         device: torch.device | str | None = None) -> Tensor:
     """The dense reference: every cell of a ``res^3`` grid that the surface may cross."""
-    centres = _grid_centres(res, bound)
+    centres = _grid_centres(res, bound, device)
     f = _chunked(fn, centres)
     centres = centres[f.abs() <= (2 * bound / res) * (0.5 * 3 ** 0.5) * 1.05]
     return project_to_surface(fn, centres, newton) if newton else centres
 
 
 @torch.no_grad()
-def mesh_from_sdf(fn: SdfFn, res: int = 64, bound: float = BOUND
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Marching cubes of the SDF on a ``res^3`` grid of ``[-bound, bound]^3``: vertices
-    ``[V, 3]`` (NOCS frame) and faces ``[F, 3]``; empty arrays when the level set does not
-    cross the grid."""
+def mesh_from_sdf(fn: SdfFn, res: int = 64, bound: float = BOUND,
+                  device: torch.device | str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Marching cubes of the SDF (evaluated on ``device``) on a ``res^3`` grid of
+    ``[-bound, bound]^3``: vertices ``[V, 3]`` (NOCS frame) and faces ``[F, 3]``; empty
+    arrays when the level set does not cross the grid."""
     from skimage.measure import marching_cubes
 
-    c = torch.linspace(-bound, bound, res)
+    c = torch.linspace(-bound, bound, res, device=device)
     grid = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    vol = _chunked(fn, grid).reshape(res, res, res).numpy()
+    vol = _chunked(fn, grid).reshape(res, res, res).cpu().numpy()
     if not (vol.min() < 0 < vol.max()):
         return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
     spacing = 2 * bound / (res - 1)

@@ -1,9 +1,9 @@
 """Training of ShAPO's priors (``pose shapo train-priors``) through the shared loop.
 
 Runs :func:`geometry.training.train_loop` (one process, or one per rank under
-``torchrun``: every rank generates the same instances, draws its own batches, and the
-gradients are averaged). The checkpoint folder holds the decoders and every training
-instance's codes (``kind = "shapo_priors"``).
+``torchrun``: gloo on the CPU, NCCL on GPUs; every rank generates the same instances, draws
+its own batches, and the gradients are averaged). The checkpoint folder holds the decoders
+and every training instance's codes (``kind = "shapo_priors"``).
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ __all__ = ["ShapoSystem", "load_priors", "load_system", "make_net_batch", "make_
 
 def run_train_priors(out: Path, synthetic: bool, model: PriorConfig, train: PriorTrainConfig,
                      max_minutes: float | None = None, resume: bool = False,
-                     overwrite: bool = False, quiet: bool = False):
-    """Train the priors into the checkpoint folder ``out``; returns the
-    :class:`geometry.training.TrainResult`."""
-    from geometry.progress import log_stage
-    from geometry.training import TrainLoop, ddp_setup, train_loop
+                     overwrite: bool = False, quiet: bool = False,
+                     device: str | None = "cpu"):
+    """Train the priors on ``device`` (``cpu``, ``cuda``, ``cuda:N``; under ``torchrun``
+    each process takes the GPU of its local rank) into the checkpoint folder ``out``;
+    returns the :class:`geometry.training.TrainResult`."""
+    from geometry.training import ddp_cleanup, ddp_setup
 
     if not synthetic:
         raise UserError("give --synthetic: the priors train on the generated categories "
@@ -46,7 +47,19 @@ def run_train_priors(out: Path, synthetic: bool, model: PriorConfig, train: Prio
         raise UserError("--instances-per-category, --sdf-samples and --color-samples must be "
                         "at least 1, 10 and 1.")
     check_checkpoint_out(Path(out), resume, overwrite)
-    dist = ddp_setup()
+    dist = ddp_setup(device)
+    try:
+        return _train_priors(out, model, train, max_minutes, resume, quiet, dist)
+    finally:
+        ddp_cleanup()
+
+
+def _train_priors(out: Path, model: PriorConfig, train: PriorTrainConfig,
+                  max_minutes: float | None, resume: bool, quiet: bool, dist):
+    """:func:`run_train_priors` after its checks, inside the process group."""
+    from geometry.progress import log_stage
+    from geometry.training import TrainLoop, train_loop
+
     log_stage(f"sampling {6 * train.instances_per_category} generated shapes…",
               quiet=quiet or not dist.is_main)
     data = make_prior_data(train, quiet=quiet or not dist.is_main)
@@ -66,8 +79,9 @@ def run_train_priors(out: Path, synthetic: bool, model: PriorConfig, train: Prio
                       lambda m, batch: m.losses(batch, train.code_reg), loop, dist=dist)
 
 
-def load_priors(folder: str | Path) -> PriorModel:
-    """The priors in a checkpoint folder written by ``pose shapo train-priors`` (eval mode).
+def load_priors(folder: str | Path, device: str | torch.device = "cpu") -> PriorModel:
+    """The priors in a checkpoint folder written by ``pose shapo train-priors`` (eval mode,
+    on ``device``).
 
     Raises:
         UserError: not such a checkpoint (one sentence).
@@ -83,7 +97,7 @@ def load_priors(folder: str | Path) -> PriorModel:
                         f"folder written by '{COMMAND}'.") from None
     net = PriorModel(config, torch.zeros(num, dtype=torch.long))
     load_weights(folder, net, KIND, COMMAND)
-    return net.eval()
+    return net.to(device).eval()
 
 
 # ------------------------------------------------------------------ the single-shot network
@@ -204,15 +218,13 @@ def _prior_record(priors_dir: Path) -> tuple[dict, PriorModel]:
 
 def run_train_net(out: Path, synthetic: bool, priors_dir: Path | None, net_config,
                   train, max_minutes: float | None = None, resume: bool = False,
-                  overwrite: bool = False, quiet: bool = False, nocs: Path | None = None):
+                  overwrite: bool = False, quiet: bool = False, nocs: Path | None = None,
+                  device: str | None = "cpu"):
     """Train the single-shot network on generated scenes made of the priors' training
-    instances (their codes are the targets) into the checkpoint folder ``out``; returns
-    the :class:`geometry.training.TrainResult`."""
-    from geometry.progress import log_stage
-    from geometry.training import TrainLoop, ddp_cleanup, ddp_setup, train_loop
-    from pose.object.shapo.network import KIND as NET_KIND
-    from pose.object.shapo.network import net_losses
-    from pose.object.shapo.priors import prior_shapes
+    instances (their codes are the targets) on ``device`` (``cpu``, ``cuda``, ``cuda:N``;
+    under ``torchrun`` each process takes the GPU of its local rank) into the checkpoint
+    folder ``out``; returns the :class:`geometry.training.TrainResult`."""
+    from geometry.training import ddp_cleanup, ddp_setup
 
     if nocs is not None:
         raise UserError("training on NOCS folders is not supported yet (their objects have "
@@ -230,9 +242,25 @@ def run_train_net(out: Path, synthetic: bool, priors_dir: Path | None, net_confi
     if train.scenes < 1 or train.batch_size < 1:
         raise UserError("--scenes and --batch-size must be at least 1.")
     check_checkpoint_out(Path(out), resume, overwrite)
-    record, priors = _prior_record(Path(priors_dir))
+    dist = ddp_setup(device)
+    try:
+        record, priors = _prior_record(Path(priors_dir))
+        return _train_net(out, priors_dir, record, priors, net_config, train, max_minutes,
+                          resume, quiet, dist)
+    finally:
+        ddp_cleanup()
+
+
+def _train_net(out: Path, priors_dir: Path, record: dict, priors: PriorModel, net_config,
+               train, max_minutes: float | None, resume: bool, quiet: bool, dist):
+    """:func:`run_train_net` after its checks, inside the process group."""
+    from geometry.progress import log_stage
+    from geometry.training import TrainLoop, train_loop
+    from pose.object.shapo.network import KIND as NET_KIND
+    from pose.object.shapo.network import net_losses
+    from pose.object.shapo.priors import prior_shapes
+
     prior_train = PriorTrainConfig(**record["config"]["train"])
-    dist = ddp_setup()
     main = dist.is_main
     log_stage(f"rendering {train.scenes} training scenes…", quiet=quiet or not main)
     pool = prior_shapes(prior_train)
@@ -266,14 +294,13 @@ def run_train_net(out: Path, synthetic: bool, priors_dir: Path | None, net_confi
         return net_losses(m.net, batch, m.priors.shape_codes.weight, m.priors.app_codes.weight,
                           train)
 
-    result = train_loop(system, optimizer, batch_fn, loss_fn, loop, dist=dist)
-    ddp_cleanup()
-    return result
+    return train_loop(system, optimizer, batch_fn, loss_fn, loop, dist=dist)
 
 
-def load_system(folder: str | Path) -> tuple[ShapoSystem, dict]:
+def load_system(folder: str | Path,
+                device: str | torch.device = "cpu") -> tuple[ShapoSystem, dict]:
     """The network and priors in a checkpoint folder written by ``pose shapo train`` (eval
-    mode) and its ``config.json``.
+    mode, on ``device``) and its ``config.json``.
 
     Raises:
         UserError: not such a checkpoint (one sentence).
@@ -295,4 +322,4 @@ def load_system(folder: str | Path) -> tuple[ShapoSystem, dict]:
         raise UserError(f"{folder}/config.json does not describe a ShAPO network; give the "
                         f"folder written by '{NET_COMMAND}'.") from None
     load_weights(folder, system, NET_KIND, NET_COMMAND)
-    return system.eval(), record
+    return system.to(device).eval(), record
