@@ -188,3 +188,28 @@ def look_at(eye: np.ndarray, target: np.ndarray,
     T = np.eye(4)
     T[:3, 0], T[:3, 1], T[:3, 2], T[:3, 3] = x, y, z, eye
     return T
+
+
+def optical_axes_point(T_world_cam: Tensor, rcond: float = 1e-3) -> Tensor | None:
+    """The point nearest (least squares) to every camera's optical axis, ``[3]`` float64 on
+    the CPU; ``None`` when it is not determined: fewer than two cameras, or axes (nearly)
+    parallel (the normal matrix's smallest eigenvalue under ``rcond`` times its largest).
+
+    This is the centre an orbit of photos looks at. What to do when there is none is the
+    caller's choice (a point in front of the cameras, or an error).
+
+    Args:
+        T_world_cam: ``[N, 4, 4]`` camera-to-world poses (OpenCV: z is the optical axis).
+        rcond: relative eigenvalue threshold.
+    """
+    T = T_world_cam.detach().double().cpu()
+    if T.shape[0] < 2:
+        return None
+    centres, axes = T[:, :3, 3], T[:, :3, 2]
+    axes = axes / axes.norm(dim=-1, keepdim=True)
+    P = torch.eye(3, dtype=torch.float64) - axes[:, :, None] * axes[:, None, :]
+    A, b = P.sum(0), (P @ centres[..., None]).sum(0)[:, 0]
+    eig = torch.linalg.eigvalsh(A)
+    if not float(eig[0]) > rcond * float(eig[-1]):
+        return None
+    return torch.linalg.solve(A, b)

@@ -64,20 +64,18 @@ def look_at(position: Tensor, up: Tensor, centre: Tensor | None = None) -> Tenso
 
 
 def axes_centre(T_cam_world: Tensor) -> Tensor:
-    """``[3]`` the point nearest to every camera's optical axis (least squares); the mean
-    camera centre pushed one mean distance forward when the axes are (nearly) parallel."""
-    T = T_cam_world.double()
-    R, t = T[:, :3, :3], T[:, :3, 3]
-    centres = -(R.transpose(1, 2) @ t[..., None])[..., 0]
-    dirs = R[:, 2, :]  # optical axes in the world
-    eye = torch.eye(3, dtype=torch.float64)
-    P = eye - dirs[:, :, None] * dirs[:, None, :]  # projectors orthogonal to each axis
-    A = P.sum(0)
-    b = (P @ centres[..., None]).sum(0)[:, 0]
-    if len(T) < 2 or float(torch.linalg.eigvalsh(A)[0]) < 1e-3 * len(T):
-        distance = float(centres.norm(dim=-1).mean()) or 1.0
-        return centres.mean(0) + distance * dirs.mean(0)
-    return torch.linalg.solve(A, b)
+    """``[3]`` the point nearest to every camera's optical axis (least squares,
+    :func:`geometry.se3.optical_axes_point`); the mean camera centre pushed one mean
+    distance forward when the axes are (nearly) parallel."""
+    from geometry.se3 import invert_T, optical_axes_point
+
+    T_world_cam = invert_T(T_cam_world.double())
+    point = optical_axes_point(T_world_cam)
+    if point is not None:
+        return point
+    centres, dirs = T_world_cam[:, :3, 3], T_world_cam[:, :3, 2]
+    distance = float(centres.norm(dim=-1).mean()) or 1.0
+    return centres.mean(0) + distance * dirs.mean(0)
 
 
 def level_up(R_cam_world: Tensor) -> Tensor:

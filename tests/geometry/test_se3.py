@@ -160,3 +160,22 @@ def test_float32() -> None:
     T = se3.se3_exp(xi)
     assert T.dtype == torch.float32
     np.testing.assert_allclose(se3.se3_log(T).numpy(), xi.numpy(), atol=1e-6)
+
+
+def test_optical_axes_point_is_the_orbit_centre_and_none_when_undetermined():
+    from geometry.se3 import look_at, optical_axes_point
+
+    centre = np.array([0.3, -1.2, 0.5])
+    eyes = [centre + 4.0 * np.array([np.cos(a), np.sin(a), 0.4]) for a in (0.1, 1.9, 3.7, 5.0)]
+    T = torch.as_tensor(np.stack([look_at(e, centre) for e in eyes]))
+    assert torch.allclose(optical_axes_point(T), torch.as_tensor(centre), atol=1e-9)
+    # a camera whose axis misses by d pulls the point towards itself: least squares, not
+    # the mean of the axes' closest points
+    off = T.clone()
+    off[0, :3, 3] += 0.2 * off[0, :3, 0]  # slide camera 0 sideways by 0.2
+    p = optical_axes_point(off)
+    assert 0.01 < float((p - torch.as_tensor(centre)).norm()) < 0.2
+    assert optical_axes_point(T[:1]) is None  # one camera
+    parallel = T[:1].repeat(3, 1, 1).clone()
+    parallel[:, :3, 3] += torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]], dtype=T.dtype)
+    assert optical_axes_point(parallel) is None

@@ -61,18 +61,17 @@ def prepare_images(images: list[Tensor] | Tensor, size: int) -> Tensor:
 
 
 def look_at_point(T_world_cam: Tensor) -> Tensor:
-    """The point nearest (least squares) to every camera's optical axis, ``[3]`` float64;
-    for (nearly) parallel axes, the point one mean camera spacing in front of camera 0."""
+    """The point nearest (least squares) to every camera's optical axis
+    (:func:`geometry.se3.optical_axes_point`), ``[3]`` float64; for (nearly) parallel axes,
+    or a point behind camera 0, the point one mean camera spacing in front of camera 0."""
+    from geometry.se3 import optical_axes_point
+
     T = T_world_cam.double()
     c, d = T[:, :3, 3], T[:, :3, 2]
     d = d / d.norm(dim=-1, keepdim=True)
-    A = torch.eye(3, dtype=T.dtype) - d[:, :, None] * d[:, None, :]  # [N, 3, 3]
-    lhs, rhs = A.sum(0), (A @ c[..., None]).sum(0)[:, 0]
-    eig = torch.linalg.eigvalsh(lhs)
-    if T.shape[0] >= 2 and float(eig[0]) > 1e-3 * float(eig[-1]):
-        p = torch.linalg.solve(lhs, rhs)
-        if float(((p - c[0]) * d[0]).sum()) > 0:  # in front of the first camera
-            return p
+    p = optical_axes_point(T)
+    if p is not None and float(((p - c[0]) * d[0]).sum()) > 0:  # in front of camera 0
+        return p
     spread = float((c - c.mean(0)).norm(dim=-1).mean()) if T.shape[0] > 1 else 0.0
     return c[0] + d[0] * max(spread, 1e-6)
 

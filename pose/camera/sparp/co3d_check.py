@@ -3,7 +3,7 @@ our rasterizer -> :func:`~pose.camera.sparp.solver.solve_views` -> the cameras b
 
 The object is a point set fitted to the sequence with its known cameras: its centre is the
 least-squares intersection of the cameras' optical axes
-(:func:`~pose.camera.aden.data.look_at_point`; CO3D orbits aim at the object),
+(:func:`~geometry.se3.optical_axes_point`; CO3D orbits aim at the object),
 its size a share of the mean camera distance, its shape an irregular star-shaped surface
 (a sphere whose radius varies with low-order harmonics: no symmetry), its axes turned by a
 fixed rotation (the NOCS frame is not the world's). Its surface is covered by small opaque
@@ -143,17 +143,22 @@ def run_co3d_check(folder: str | os.PathLike, scale: float = 0.25,
             distance to its centre (0.15: about 70 pixels across at scale 0.25).
         sigma_px: splat size in pixels (:func:`render_nocs_maps`).
     """
+    from geometry.errors import UserError
     from geometry.io.co3d import read_co3d
     from geometry.pose_metrics import accuracy_under, pose_metrics
+    from geometry.se3 import optical_axes_point
     from geometry.so3 import random_rotation
-    from pose.camera.aden.data import look_at_point
 
     cams = read_co3d(folder, dtype=torch.float64)
     W = int(round(float(cams.width[0]) * scale))
     H = int(round(float(cams.height[0]) * scale))
     K = cams.resize(W, H).K
     T_world_cam = cams.T_world_cam
-    centre = look_at_point(T_world_cam).numpy()
+    centre = optical_axes_point(T_world_cam)
+    if centre is None:
+        raise UserError("the sequence's optical axes do not converge; give an orbit "
+                        "around one object.")
+    centre = centre.numpy()
     size = object_share * float(np.linalg.norm(T_world_cam[:, :3, 3].numpy() - centre,
                                                 axis=1).mean())
     gen = torch.Generator().manual_seed(1)

@@ -156,9 +156,10 @@ def check_from_splats(scene, cams, max_size: int, radius_share: float = 0.22,
                       fit_psnr: float = float("nan"), opacity_gain: float = 4.0,
                       scale_factor: float = 0.5) -> Co3dSplatsCheck:
     """Steps 2-4 of the module doc on fitted ``scene`` for the ground-truth ``cams``."""
+    from geometry.errors import UserError
     from geometry.pose_metrics import accuracy_under, pose_metrics
+    from geometry.se3 import optical_axes_point
     from geometry.so3 import random_rotation
-    from pose.camera.aden.data import look_at_point
 
     t1 = time.perf_counter()
     scale = max_size / float(max(cams.width.max(), cams.height.max()))
@@ -166,7 +167,11 @@ def check_from_splats(scene, cams, max_size: int, radius_share: float = 0.22,
     H = int(round(float(cams.height[0]) * scale))
     K = cams.resize(W, H).K
     T_world_cam = cams.T_world_cam
-    centre = look_at_point(T_world_cam).numpy()
+    centre = optical_axes_point(T_world_cam)
+    if centre is None:
+        raise UserError("the sequence's optical axes do not converge; give an orbit "
+                        "around one object.")
+    centre = centre.numpy()
     distance = float(np.linalg.norm(T_world_cam[:, :3, 3].numpy() - centre, axis=1).mean())
     gen = torch.Generator().manual_seed(1)
     R_world_nocs = random_rotation((), generator=gen, dtype=torch.float64).numpy()
