@@ -16,12 +16,16 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "sparse_voxel.h"
 #include "sparse_voxel_args.h"
@@ -43,6 +47,45 @@ using sparse_voxel::MarchGrid;
 //   2^key_bits and values up to packed_value_limit(key_bits).
 // WideTable: {key, value} pairs (key -1 = empty), for any keys and values.
 // ---------------------------------------------------------------------------------------
+inline void prefetch_row(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+}
+
+// Scratch arrays kept by the calling thread between calls: the first touch of freshly mapped
+// pages costs more than the work on them (about 1.5 us per 4 KiB page on our machines), and
+// glibc hands large blocks back to the system when they are freed. Uninitialised, 64-byte
+// aligned; the arrays in use at one time need different slots. Arrays above kScratchKeep
+// bytes are allocated for the call only (a thread keeps at most a few tens of MiB).
+constexpr int kScratchSlots = 8;
+constexpr size_t kScratchKeep = size_t(8) << 20;
+
+inline char* align64(char* p) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+  return p + ((64 - (addr & 63)) & 63);
+}
+
+template <typename T>
+class ScratchArray {
+ public:
+  ScratchArray(int slot, int64_t count) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 64;
+    thread_local std::vector<char> kept[kScratchSlots];
+    std::vector<char>& buf = bytes <= kScratchKeep ? kept[slot] : own_;
+    if (buf.size() < bytes) {
+      std::vector<char>().swap(buf);
+      buf.resize(bytes);
+    }
+    data_ = reinterpret_cast<T*>(align64(buf.data()));
+  }
+  T* data() const { return data_; }
+  T& operator[](int64_t i) const { return data_[i]; }
+
+ private:
+  std::vector<char> own_;
+  T* data_;
+};
+
 inline int bit_width(uint64_t x) { return x == 0 ? 0 : 64 - __builtin_clzll(x); }
 
 inline int64_t table_capacity(int64_t keys) {
@@ -295,6 +338,94 @@ void number_voxels(Table& table, int64_t* keys, int64_t n, int64_t voxel_cap, in
   }
 }
 
+// Dense numbering, for grids whose key range [0, range) is small next to the points (and
+// n < 2^31): one bit per key, and per 64-bit word the number of set bits before it, so that
+// the rank of a set key among the set keys is two reads and a popcount. Two passes over the
+// keys: the first sets the bits, the second numbers the voxels in the order of their first
+// point through a rank-indexed array and counts their points. Both are free of branches
+// (whether a point opens a voxel is random, and mispredicted branches, not memory, cost
+// most here); keys outside the grid use one extra key, `range`, whose voxel stays unnumbered.
+// The arrays hold a few bytes per key or voxel, next to a hash table's 16 or more per point,
+// and need no hashing or probing. Same outputs as number_voxels.
+inline bool dense_keys_suit(int64_t key_range, int64_t n) {
+  return n < (int64_t(1) << 31) && key_range < (int64_t(1) << 32) &&
+         key_range <= std::max<int64_t>(int64_t(1) << 23, 64 * n);
+}
+
+// Turns keys [n] into voxel numbers (-1: dropped); voxel_keys[v] is voxel v's key and
+// counts[v] its points; returns the number of voxels.
+inline int64_t number_voxels_dense(int64_t* keys, int64_t n, int64_t key_range,
+                                   int64_t voxel_cap, int64_t point_cap,
+                                   const ScratchArray<uint32_t>& voxel_keys,
+                                   const ScratchArray<uint32_t>& counts) {
+  const int64_t words = (key_range >> 6) + 1;  // (+ the outside key)
+  const ScratchArray<uint64_t> bits(3, words);
+  const ScratchArray<uint32_t> before(4, words);
+  std::memset(bits.data(), 0, static_cast<size_t>(words) * sizeof(uint64_t));
+  const uint64_t outside = static_cast<uint64_t>(key_range);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t key = keys[i] >= 0 ? static_cast<uint64_t>(keys[i]) : outside;
+    bits[key >> 6] |= uint64_t(1) << (key & 63);
+  }
+  uint32_t occupied = 0;
+  for (int64_t w = 0; w < words; ++w) {
+    before[w] = occupied;
+    occupied += static_cast<uint32_t>(__builtin_popcountll(bits[w]));
+  }
+  // voxel + 1 of each set key (0: not numbered); counts[v + 1] (counts[0]: dropped points)
+  const ScratchArray<uint32_t> voxel_of(5, occupied);
+  std::memset(voxel_of.data(), 0, static_cast<size_t>(occupied) * sizeof(uint32_t));
+  const ScratchArray<uint32_t> count1(6, n + 1);
+  auto rank = [&](uint64_t key) {
+    const uint64_t w = key >> 6;
+    return before[w] +
+           static_cast<uint32_t>(__builtin_popcountll(bits[w] & ((uint64_t(1) << (key & 63)) - 1)));
+  };
+  const uint32_t outside_rank = rank(outside);
+  const uint32_t voxel_limit = static_cast<uint32_t>(std::min<int64_t>(voxel_cap, n));
+  const uint32_t point_limit =
+      static_cast<uint32_t>(point_cap < 0 ? n : std::min(point_cap, n));
+  uint32_t next = 0;
+  // The ranks first (independent reads), then the numbering, which requests the entries of
+  // the points kAhead ahead.
+  const ScratchArray<uint32_t> ranks(7, n);
+  for (int64_t i = 0; i < n; ++i)
+    ranks[i] = rank(keys[i] >= 0 ? static_cast<uint64_t>(keys[i]) : outside);
+  constexpr int64_t kAhead = 16;
+  auto number = [&](auto capped) {
+    for (int64_t i = 0; i < n; ++i) {
+      __builtin_prefetch(voxel_of.data() + ranks[std::min(i + kAhead, n - 1)], 1);
+      const uint64_t key = static_cast<uint64_t>(keys[i]);  // (outside: dropped anyway)
+      const uint32_t r = ranks[i];
+      uint32_t v1 = voxel_of[r];
+      // a new voxel, unless outside or past the voxel cap (its points are then dropped)
+      const uint32_t fresh = (v1 == 0) & (r != outside_rank) & (next < voxel_limit);
+      voxel_keys[next] = static_cast<uint32_t>(key);  // kept when fresh
+      v1 += (next + 1) & (0u - fresh);                // (masks, not branches)
+      next += fresh;
+      voxel_of[r] = v1;
+      if (capped) {
+        // past the point cap the point is dropped (and so are points of no voxel: v1 == 0)
+        const uint32_t keep = (v1 != 0) & (count1[v1] < point_limit);
+        count1[v1] += keep;
+        keys[i] = (static_cast<int64_t>(v1) - 1) | -static_cast<int64_t>(keep ^ 1);
+      } else {
+        keys[i] = static_cast<int64_t>(v1) - 1;
+      }
+    }
+  };
+  if (point_cap >= 0) {
+    std::memset(count1.data(), 0, (static_cast<size_t>(voxel_limit) + 1) * sizeof(uint32_t));
+    number(std::true_type());
+  } else {
+    number(std::false_type());
+    std::memset(count1.data(), 0, (static_cast<size_t>(next) + 1) * sizeof(uint32_t));
+    for (int64_t i = 0; i < n; ++i) count1[keys[i] + 1] += 1;
+  }
+  for (uint32_t v = 0; v < next; ++v) counts[v] = count1[v + 1];
+  return next;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> voxel_hash_cpu(
     const at::Tensor& points_in, at::ArrayRef<double> voxel_size,
     at::ArrayRef<double> point_range, int64_t max_points, int64_t max_voxels) {
@@ -324,6 +455,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> voxel_hash_cpu(
   });
 
   const int64_t voxel_cap = max_voxels < 0 ? std::numeric_limits<int64_t>::max() : max_voxels;
+  const int64_t mask_x = (int64_t(1) << shift_y) - 1;
+  const int64_t mask_y = (int64_t(1) << (shift_z - shift_y)) - 1;
+  auto write_coords = [&](const auto* voxel_keys, int64_t m) {
+    at::Tensor coords = at::empty({m, 3}, points.options().dtype(at::kInt));
+    int32_t* cp = coords.data_ptr<int32_t>();
+    at::parallel_for(0, m, 16384, [&](int64_t begin, int64_t end) {
+      for (int64_t v = begin; v < end; ++v) {
+        const int64_t key = static_cast<int64_t>(voxel_keys[v]);
+        cp[v * 3 + 0] = static_cast<int32_t>(key & mask_x);
+        cp[v * 3 + 1] = static_cast<int32_t>((key >> shift_y) & mask_y);
+        cp[v * 3 + 2] = static_cast<int32_t>(key >> shift_z);
+      }
+    });
+    return coords;
+  };
+  const int64_t key_range = grid[2] << shift_z;  // keys lie below (z < grid[2])
+  if (dense_keys_suit(key_range, n)) {
+    const int64_t most = std::min(n, voxel_cap);
+    const ScratchArray<uint32_t> voxel_keys(0, most + 1);
+    const ScratchArray<uint32_t> counts(1, most + 1);
+    const int64_t m = number_voxels_dense(inv, n, key_range, voxel_cap, max_points, voxel_keys,
+                                          counts);
+    at::Tensor count_t = at::empty({m}, points.options().dtype(at::kLong));
+    int64_t* np = count_t.data_ptr<int64_t>();
+    for (int64_t v = 0; v < m; ++v) np[v] = counts[v];
+    return {write_coords(voxel_keys.data(), m), inverse, count_t};
+  }
+
   std::vector<int64_t> voxel_keys;
   std::vector<int64_t> counts;
   voxel_keys.reserve(static_cast<size_t>(std::min<int64_t>(n, voxel_cap)));
@@ -336,17 +495,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> voxel_hash_cpu(
     number_voxels(table, inv, n, voxel_cap, max_points, voxel_keys, counts);
   }
   const int64_t m = static_cast<int64_t>(voxel_keys.size());
-  at::Tensor coords = at::empty({m, 3}, points.options().dtype(at::kInt));
-  int32_t* cp = coords.data_ptr<int32_t>();
-  const int64_t mask_x = (int64_t(1) << shift_y) - 1, mask_y = (int64_t(1) << (shift_z - shift_y)) - 1;
-  at::parallel_for(0, m, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      const int64_t key = voxel_keys[v];
-      cp[v * 3 + 0] = static_cast<int32_t>(key & mask_x);
-      cp[v * 3 + 1] = static_cast<int32_t>((key >> shift_y) & mask_y);
-      cp[v * 3 + 2] = static_cast<int32_t>(key >> shift_z);
-    }
-  });
+  at::Tensor coords = write_coords(voxel_keys.data(), m);
   at::Tensor count_t;
   if (max_points >= 0) {
     count_t = at::empty({m}, points.options().dtype(at::kLong));
@@ -370,13 +519,6 @@ void check_reduce_inputs(const at::Tensor& features, const at::Tensor& inverse,
 // input order (deterministic), as index_add: 0 + f, then + f ...; the max keeps NaN like
 // torch's amax; a voxel without points gets mean 0 and max -inf.
 // ---------------------------------------------------------------------------------------
-// One pass over the points: a voxel's first point initialises its rows (no fill pass), and
-// its row of sums is divided by its count as soon as its last point (by counts) is in, while
-// the row is still in cache. With voxel_hash's numbering the rows of new voxels come in
-// order, so most writes stream. Threads own voxel ranges (each reads all of inverse and
-// only its voxels' rows), so no two threads write one row and the sums keep input order.
-// Returns false when counts says fewer points than inverse holds for some voxel (the rows
-// are then unusable: the caller runs reduce_two_pass).
 // A voxel's first point: its sum (0 + f, as the reference's zero-initialised sum) and max.
 template <typename scalar_t>
 inline void reduce_first_row(const scalar_t* __restrict__ fi, scalar_t* __restrict__ s,
@@ -397,73 +539,149 @@ inline void reduce_add_row(const scalar_t* __restrict__ fi, scalar_t* __restrict
   }
 }
 
+// A cache line of channels as one value (GCC/Clang vector extension: AVX-512, or two AVX
+// registers, or four SSE ones), so that a voxel's sums and maxima stay in registers.
 template <typename scalar_t>
-bool reduce_one_pass(const scalar_t* __restrict__ f, const int64_t* __restrict__ inv,
-                     const int64_t* __restrict__ cnt, int64_t n, int64_t c, int64_t m,
-                     scalar_t* __restrict__ mean, scalar_t* __restrict__ mx) {
-  // Per voxel, one word (one cache miss per point): the count (capped at n + 1: a count
-  // beyond n is never reached) in the high half; in the low half the points still to come
-  // and a bit set once a point has been seen.
-  constexpr uint64_t kSeen = uint64_t(1) << 31;
-  constexpr uint64_t kLeft = kSeen - 1;
-  std::vector<uint64_t> state(static_cast<size_t>(m));
-  std::atomic<bool> consistent{true};
-  const int threads = std::max(1, at::get_num_threads());
-  const int64_t grain = std::max<int64_t>(32768, (m + threads - 1) / threads);
-  at::parallel_for(0, m, grain, [&](int64_t v0, int64_t v1) {
-    for (int64_t v = v0; v < v1; ++v) {
-      const uint64_t total = static_cast<uint64_t>(std::max<int64_t>(0, std::min(cnt[v], n + 1)));
-      state[v] = (total << 32) | total;
+struct LineOf;
+template <>
+struct LineOf<float> {
+  typedef float type __attribute__((vector_size(64), aligned(4)));
+};
+template <>
+struct LineOf<double> {
+  typedef double type __attribute__((vector_size(64), aligned(8)));
+};
+
+template <typename scalar_t>
+inline typename LineOf<scalar_t>::type load_line(const scalar_t* p) {
+  typename LineOf<scalar_t>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// Writes a line of channels; with AVX-512 a streaming store where it fills an aligned cache
+// line (the mean and max rows are written once, in order, and far exceed the caches: there
+// is no need to read them in first). The writer fences before its results are used.
+template <typename scalar_t>
+inline void store_line(scalar_t* p, const typename LineOf<scalar_t>::type& v) {
+#if defined(__AVX512F__)
+  if ((reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    __m512i bits;
+    std::memcpy(&bits, &v, sizeof(bits));
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(p), bits);
+    return;
+  }
+#endif
+  std::memcpy(p, &v, sizeof(v));
+}
+
+inline void store_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
+// One block of channels [j0, j0 + width) of one voxel: 0 + f, + f ... over its points in
+// input order, the max keeping NaN, then the division by den (exact when den is 1).
+template <typename scalar_t>
+inline void reduce_block(const scalar_t* __restrict__ f, const int32_t* __restrict__ list,
+                         int64_t p0, int64_t p1, int64_t c, int64_t j0, int64_t width,
+                         scalar_t den, scalar_t* __restrict__ s, scalar_t* __restrict__ x) {
+  using Line = typename LineOf<scalar_t>::type;
+  constexpr int64_t kWidth = sizeof(Line) / sizeof(scalar_t);
+  if (width == kWidth) {
+    Line fi = load_line(f + static_cast<int64_t>(list[p0]) * c + j0);
+    Line acc = static_cast<scalar_t>(0) + fi;
+    Line top = fi;
+    for (int64_t p = p0 + 1; p < p1; ++p) {
+      fi = load_line(f + static_cast<int64_t>(list[p]) * c + j0);
+      acc += fi;
+      top = ((fi > top) | (fi != fi)) ? fi : top;
     }
-    constexpr int64_t kAhead = 8;
-    for (int64_t i = 0; i < n; ++i) {
-      if (i + kAhead < n) {
-        const int64_t u = inv[i + kAhead];
-        if (u >= v0 && u < v1) {
-          __builtin_prefetch(&state[u], 1);
-          __builtin_prefetch(mean + u * c, 1);
-          __builtin_prefetch(mx + u * c, 1);
-        }
-      }
-      const int64_t v = inv[i];
-      if (v < v0 || v >= v1) continue;
-      const scalar_t* __restrict__ fi = f + i * c;
+    acc = acc / den;
+    store_line(s + j0, acc);
+    store_line(x + j0, top);
+    return;
+  }
+  scalar_t acc[kWidth], top[kWidth];
+  const scalar_t* fi = f + static_cast<int64_t>(list[p0]) * c + j0;
+  for (int64_t j = 0; j < width; ++j) {
+    acc[j] = static_cast<scalar_t>(0) + fi[j];
+    top[j] = fi[j];
+  }
+  for (int64_t p = p0 + 1; p < p1; ++p) {
+    fi = f + static_cast<int64_t>(list[p]) * c + j0;
+    for (int64_t j = 0; j < width; ++j) {
+      acc[j] += fi[j];
+      top[j] = (fi[j] > top[j] || fi[j] != fi[j]) ? fi[j] : top[j];
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    s[j0 + j] = acc[j] / den;
+    x[j0 + j] = top[j];
+  }
+}
+
+// Grouped by voxel (for n < 2^31): the points are first listed voxel by voxel (a counting
+// sort of inverse, with room for counts[v] points per voxel; stable, so input order within a
+// voxel), then each voxel's rows are computed at once, in registers, from its points'
+// features read in list order (requested a few voxels ahead), and written in voxel order:
+// the output rows are written once and in order, and only the feature rows are read at
+// random. Threads own voxel ranges. Returns false when a voxel has more points than counts
+// says, or counts add up to more than n (the caller then runs reduce_two_pass).
+template <typename scalar_t>
+bool reduce_grouped(const scalar_t* __restrict__ f, const int64_t* __restrict__ inv,
+                    const int64_t* __restrict__ cnt, int64_t n, int64_t c, int64_t m,
+                    scalar_t* __restrict__ mean, scalar_t* __restrict__ mx) {
+  const ScratchArray<int32_t> start(0, m + 1);  // list position of each voxel's points
+  const ScratchArray<int32_t> fill(1, m);       // the next free position
+  int64_t total = 0;
+  for (int64_t v = 0; v < m; ++v) {
+    start[v] = static_cast<int32_t>(total);
+    fill[v] = static_cast<int32_t>(total);
+    total += std::max<int64_t>(0, cnt[v]);
+    if (total > n) return false;
+  }
+  start[m] = static_cast<int32_t>(total);
+  const ScratchArray<int32_t> list(2, total);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t v = inv[i];
+    if (v < 0) continue;
+    const int32_t p = fill[v];
+    if (p >= start[v + 1]) return false;  // more points than counts says
+    list[p] = static_cast<int32_t>(i);
+    fill[v] = p + 1;
+  }
+  constexpr int64_t kWidth = 64 / sizeof(scalar_t);
+  const int64_t row_bytes = c * static_cast<int64_t>(sizeof(scalar_t));
+  const int32_t* lp = list.data();
+  at::parallel_for(0, m, 4096, [&](int64_t v0, int64_t v1) {
+    // a voxel holds about one point on average: rows two positions per voxel ahead
+    constexpr int64_t kAhead = 12;
+    const int64_t p_end = start[v1];
+    for (int64_t v = v0; v < v1; ++v) {
       scalar_t* __restrict__ s = mean + v * c;
       scalar_t* __restrict__ x = mx + v * c;
-      const uint64_t word = state[v];
-      const uint64_t left = word & kLeft;
-      if (left == 0) {  // more points than counts says
-        consistent = false;
-        return;
+      const int64_t p0 = start[v], p1 = fill[v];
+      for (int64_t p = p0 + kAhead; p < std::min(p0 + kAhead + 2, p_end); ++p) {
+        // (positions past a voxel's points, when counts says more, hold no point)
+        const uint32_t ahead = static_cast<uint32_t>(lp[p]);
+        if (ahead < static_cast<uint64_t>(n)) prefetch_row(f + ahead * c, row_bytes);
       }
-      state[v] = ((word & ~kLeft) | kSeen) | (left - 1);
-      if (!(word & kSeen)) {  // (a voxel of one point needs no division: (0 + f) / 1 == 0 + f)
-        reduce_first_row(fi, s, x, c);
-        continue;
-      }
-      reduce_add_row(fi, s, x, c);
-      if (left == 1) {  // the last point: the count is the one of counts (<= n)
-        const scalar_t den = static_cast<scalar_t>(static_cast<int64_t>(word >> 32));
-        for (int64_t j = 0; j < c; ++j) s[j] = s[j] / den;
-      }
-    }
-    // Voxels without points, and voxels with fewer points than counts says.
-    for (int64_t v = v0; v < v1; ++v) {
-      if ((state[v] & kSeen) && !(state[v] & kLeft)) continue;  // complete
-      scalar_t* s = mean + v * c;
-      scalar_t* x = mx + v * c;
-      if (!(state[v] & kSeen)) {
+      if (p0 == p1) {  // no points: mean 0, max -inf
         for (int64_t j = 0; j < c; ++j) {
           s[j] = 0;
           x[j] = -std::numeric_limits<scalar_t>::infinity();
         }
         continue;
       }
-      const scalar_t den = static_cast<scalar_t>(cnt[v]);  // > the points seen >= 1
-      for (int64_t j = 0; j < c; ++j) s[j] = s[j] / den;
+      const scalar_t den = static_cast<scalar_t>(cnt[v]);  // >= the points seen >= 1
+      for (int64_t j0 = 0; j0 < c; j0 += kWidth)
+        reduce_block<scalar_t>(f, lp, p0, p1, c, j0, std::min(kWidth, c - j0), den, s, x);
     }
+    store_fence();
   });
-  return consistent;
+  return true;
 }
 
 // Any counts: sums and maxima first (in input order), then the division.
@@ -516,8 +734,7 @@ std::tuple<at::Tensor, at::Tensor> voxel_reduce_cpu(const at::Tensor& features_i
     const int64_t* cnt = counts.data_ptr<int64_t>();
     scalar_t* sum = mean.data_ptr<scalar_t>();
     scalar_t* mx = max.data_ptr<scalar_t>();
-    if (n >= (int64_t(1) << 30) ||
-        !reduce_one_pass<scalar_t>(f, inv, cnt, n, c, m, sum, mx))
+    if (n >= (int64_t(1) << 31) || !reduce_grouped<scalar_t>(f, inv, cnt, n, c, m, sum, mx))
       reduce_two_pass<scalar_t>(f, inv, cnt, n, c, m, sum, mx);
   });
   return {mean, max};
@@ -612,17 +829,28 @@ inline void axpy(scalar_t* __restrict__ out, const scalar_t* __restrict__ row, s
   for (int64_t ch = 0; ch < c; ++ch) out[ch] += w * row[ch];
 }
 
+// Branch-free (which corners exist is random): a missing corner reads `zeros` (a row of +0),
+// whose terms w * 0 = +0 leave the sum as it is (a sum that starts at +0 never becomes -0).
+// Blocks of a cache line of channels are summed in registers.
 template <typename scalar_t>
-inline void sum_corners(scalar_t* out, const int64_t* rows, const scalar_t* weights,
-                        const scalar_t* features, int64_t c) {
-  for (int64_t ch = 0; ch < c; ++ch) out[ch] = 0;
-  for (int k = 0; k < 8; ++k)
-    if (rows[k] >= 0) axpy<scalar_t>(out, features + rows[k] * c, weights[k], c);
-}
-
-inline void prefetch_row(const void* row, int64_t bytes) {
-  const char* p = static_cast<const char*>(row);
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(p + b);
+inline void sum_corners(scalar_t* __restrict__ out, const int64_t* rows,
+                        const scalar_t* weights, const scalar_t* __restrict__ features,
+                        const scalar_t* __restrict__ zeros, int64_t c) {
+  using Line = typename LineOf<scalar_t>::type;
+  constexpr int64_t kWidth = sizeof(Line) / sizeof(scalar_t);
+  const scalar_t* src[8];
+  for (int k = 0; k < 8; ++k) src[k] = rows[k] >= 0 ? features + rows[k] * c : zeros;
+  int64_t j0 = 0;
+  for (; j0 + kWidth <= c; j0 += kWidth) {
+    Line acc = {};  // 0 + w f ... in corner order
+    for (int k = 0; k < 8; ++k) acc = acc + weights[k] * load_line(src[k] + j0);
+    std::memcpy(out + j0, &acc, sizeof(Line));
+  }
+  for (int64_t ch = j0; ch < c; ++ch) {
+    scalar_t acc = 0;
+    for (int k = 0; k < 8; ++k) acc = acc + weights[k] * src[k][ch];
+    out[ch] = acc;
+  }
 }
 
 // Dense occupancy index of the voxels over their box, for boxes of at most a few bits per
@@ -662,13 +890,17 @@ class OccupancyIndex {
   const VoxelBox& box() const { return box_; }
   const uint64_t* words() const { return words_.data(); }
   const int32_t* rows() const { return rows_.data(); }
+  int64_t occupied() const { return static_cast<int64_t>(rows_.size()) - 1; }
   // Rank of an occupied cell among the occupied cells, or -1 (also for cell -1: outside).
   int64_t rank(int64_t cell) const {
-    const int64_t safe = cell < 0 ? 0 : cell;
+    // (masks, not branches)
+    const int64_t outside = cell >> 63;  // -1 for cell -1, else 0
+    const int64_t safe = cell & ~outside;
     const uint64_t w = words_[safe >> 5];
     const uint64_t bit = uint64_t(1) << (safe & 31);
     const int64_t r = static_cast<int64_t>(w >> 32) + __builtin_popcountll(w & (bit - 1));
-    return (cell >= 0 && (w & bit)) ? r : -1;
+    const int64_t present = static_cast<int64_t>((w >> (safe & 31)) & 1) & ~outside;
+    return r | (present - 1);
   }
 
  private:
@@ -686,14 +918,16 @@ class OccupancyIndex {
 // follow, so each level is requested a batch before it is read): stage 1 computes the
 // weights and corner cells of batch b + 3 and requests their words; stage 2 ranks the cells
 // of batch b + 2 and requests their rows; stage 3 reads the rows of batch b + 1 and requests
-// their features; stage 4 sums batch b. Branch-free lookups: whether a corner exists is
+// their features; stage 4 sums batch b. Branch-free lookups and requests (masks and selects,
+// no branches): whether a corner exists is
 // random.
 template <typename scalar_t>
 void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
                              const scalar_t origin[3], const scalar_t size[3],
-                             const OccupancyIndex& index, const scalar_t* features, int64_t c,
-                             scalar_t* out, int64_t* rows, scalar_t* weights) {
-  constexpr int64_t kBatch = 8;
+                             const OccupancyIndex& index, const scalar_t* features,
+                             const scalar_t* zeros, int64_t c, scalar_t* out, int64_t* rows,
+                             scalar_t* weights) {
+  constexpr int64_t kBatch = 16;
   int64_t ring[4][kBatch][8];  // cells (stage 1 -> 2), then ranks (stage 2 -> 3)
   const int64_t batches = (end - begin + kBatch - 1) / kBatch;
   const int64_t row_bytes = c * static_cast<int64_t>(sizeof(scalar_t));
@@ -730,7 +964,7 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
       for (int64_t i = i0; i < i1; ++i)
         for (int k = 0; k < 8; ++k) {
           const int64_t rank = index.rank(cells[i - i0][k]);
-          __builtin_prefetch(ranked_rows + (rank < 0 ? 0 : rank));
+          __builtin_prefetch(ranked_rows + (rank & ~(rank >> 63)));
           cells[i - i0][k] = rank;
         }
     }
@@ -740,16 +974,21 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
       for (int64_t i = i0; i < i1; ++i)
         for (int k = 0; k < 8; ++k) {
           const int64_t rank = ranks[i - i0][k];
-          const int64_t found = ranked_rows[rank < 0 ? 0 : rank];
-          const int64_t row = rank < 0 ? -1 : found;
+          const int64_t missing = rank >> 63;  // -1 or 0 (masks, not branches)
+          const int64_t row = ranked_rows[rank & ~missing] | missing;
           rows[i * 8 + k] = row;
-          prefetch_row(features + (row < 0 ? 0 : row) * c, row_bytes);
+          // (a missing corner requests the zero row: a pointer select by masks, not a branch)
+          const uintptr_t sel = static_cast<uintptr_t>(missing);
+          const char* src = reinterpret_cast<const char*>(
+              (reinterpret_cast<uintptr_t>(features + (row & ~missing) * c) & ~sel) |
+              (reinterpret_cast<uintptr_t>(zeros) & sel));
+          for (int64_t byte = 0; byte < row_bytes; byte += 64) __builtin_prefetch(src + byte);
         }
     }
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, c);
+        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, zeros, c);
     }
   }
 }
@@ -808,7 +1047,8 @@ template <typename scalar_t, typename Table>
 void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end,
                               const scalar_t origin[3], const scalar_t size[3],
                               const CornerKeys& corners, const Table& table,
-                              const scalar_t* features, int64_t c, scalar_t* out,
+                              const scalar_t* features, const scalar_t* zeros, int64_t c,
+                              scalar_t* out,
                               int64_t* rows, scalar_t* weights) {
   constexpr int64_t kBatch = 8;
   struct Pending {
@@ -850,13 +1090,13 @@ void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end
           const int64_t key = pend.key[i - i0][k];
           const int64_t row = key < 0 ? -1 : table.find(key, pend.home[i - i0][k]);
           rows[i * 8 + k] = row;
-          if (row >= 0) prefetch_row(features + row * c, row_bytes);
+          prefetch_row(row >= 0 ? features + row * c : zeros, row_bytes);
         }
     }
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, c);
+        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, zeros, c);
     }
   }
 }
@@ -887,10 +1127,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
       scalar_t* o = out.data_ptr<scalar_t>();
       int64_t* rw = rows.data_ptr<int64_t>();
       scalar_t* wt = weights.data_ptr<scalar_t>();
+      const std::vector<scalar_t> zeros(static_cast<size_t>(c), static_cast<scalar_t>(0));
       if (OccupancyIndex::suits(box, m)) {
         const OccupancyIndex index(box, cd, m);
         at::parallel_for(0, q, 2048, [&](int64_t begin, int64_t end) {
-          trilinear_queries_dense<scalar_t>(p, begin, end, org, size, index, f, c, o, rw, wt);
+          trilinear_queries_dense<scalar_t>(p, begin, end, org, size, index, f, zeros.data(), c, o,
+                                            rw, wt);
         });
         return;
       }
@@ -898,7 +1140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
       auto run = [&](auto& table) {
         fill_corner_table(cd, m, corners, table);
         at::parallel_for(0, q, 2048, [&](int64_t begin, int64_t end) {
-          trilinear_queries_hashed<scalar_t>(p, begin, end, org, size, corners, table, f, c, o,
+          trilinear_queries_hashed<scalar_t>(p, begin, end, org, size, corners, table, f,
+                                             zeros.data(), c, o,
                                              rw, wt);
         });
       };

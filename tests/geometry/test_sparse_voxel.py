@@ -214,10 +214,42 @@ def test_voxel_hash_fine_grid_matches_reference():
         assert native[0].shape[0] > 100
 
 
+def test_voxel_hash_medium_grid_matches_reference():
+    # 2000 x 2000 x 8 voxels: too many for the native kernel's dense key bitmap with 3000
+    # points, few enough to pack keys and voxel ids into one hash-table word.
+    points = _cloud(3000, seed=13)
+    size = (0.004, 0.004, 0.5)
+    for max_points, max_voxels in ((-1, -1), (2, 500)):
+        native = sv.voxel_hash_native(points, size, RANGE, max_points, max_voxels)
+        _assert_equal(native, sv.voxel_hash_torch(points, size, RANGE, max_points, max_voxels))
+        assert native[0].shape[0] > 100
+
+
+@pytest.mark.parametrize("dtype,channels", [(torch.float32, 16), (torch.float32, 35),
+                                            (torch.float64, 8), (torch.float64, 13)])
+def test_voxel_reduce_wide_features_match_reference(dtype, channels):
+    # Whole cache lines of channels (16 float32 / 8 float64) are reduced in registers, the
+    # rest channel by channel: both, with NaN, inf and ties in the features.
+    points = _cloud(3000, seed=14, dtype=dtype)
+    _, inverse, counts = sv.voxel_hash(points, SIZE, RANGE)
+    g = torch.Generator().manual_seed(15)
+    features = torch.randn(points.shape[0], channels, generator=g, dtype=dtype)
+    kept = torch.nonzero(inverse >= 0)[:, 0]
+    features[kept[0], 3] = float("nan")
+    features[kept[1], channels - 1] = float("inf")
+    features[12:40:3] = features[13:41:3].round()
+    mean, mx = sv.voxel_reduce_native(features, inverse, counts)
+    mean_ref, mx_ref = sv.voxel_reduce_torch(features, inverse, counts)
+    assert_close(mean, mean_ref, equal_nan=True)
+    assert torch.equal(mx.nan_to_num(7.0), mx_ref.nan_to_num(7.0))
+    assert mx.isnan().any() and mx.isinf().any()
+
+
 @pytest.mark.parametrize("change", ["more", "fewer", "zero"])
 def test_voxel_reduce_counts_unlike_inverse_match_reference(change):
     # counts need not be the number of points per voxel (the mean divides by counts): the
-    # native one-pass kernel detects this and falls back to its two-pass kernel.
+    # native grouped kernel handles fewer points than counts, and falls back to its two-pass
+    # kernel when a voxel has more or the counts add up to more than the points.
     points = _cloud(800, seed=12)
     _, inverse, counts = sv.voxel_hash(points, SIZE, RANGE)
     counts = counts.clone()
@@ -355,6 +387,24 @@ def test_trilinear_matches_reference(dtype, spread):
     grad_native = torch.autograd.grad((native[0] * cotangent).sum(), features)[0]
     grad_reference = torch.autograd.grad((reference[0] * cotangent).sum(), features)[0]
     assert_close(grad_native, grad_reference)
+
+
+@pytest.mark.parametrize("dtype,channels", [(torch.float32, 16), (torch.float32, 21),
+                                            (torch.float64, 8)])
+def test_trilinear_wide_features_match_reference(dtype, channels):
+    # Whole cache lines of channels are summed in registers (missing corners read a zero row):
+    # the same sums as the reference, also with inf and NaN features.
+    coords, _, queries = _sparse_field(500, 1, seed=4, dtype=dtype)
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(coords.shape[0], channels, generator=g, dtype=dtype)
+    features[7, 2] = float("inf")
+    features[8, channels - 1] = float("nan")
+    size, origin = (0.45, 0.5, 0.55), (-0.1, 0.2, 0.0)
+    native = sv.sparse_trilinear_native(queries, coords, features, size, origin, True)
+    reference = sv.sparse_trilinear_torch(queries, coords, features, size, origin, True)
+    assert torch.equal(native[1], reference[1]) and torch.equal(native[2], reference[2])
+    assert_close(native[0], reference[0], equal_nan=True)
+    assert (native[1] == 7).any() and (native[1] == 8).any()
 
 
 def test_trilinear_hand_computed():
