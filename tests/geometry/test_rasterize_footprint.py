@@ -1,5 +1,5 @@
 """The compositing op lists a Gaussian only in the tiles, and walks only the pixels, that its
-alpha-cut ellipse can reach (cuda/rasterize/rasterize_cpu.cpp, PackedSplat): the pixels it
+alpha-cut ellipse can reach (cuda/rasterize/rasterize_cpu.cpp, Ellipse): the pixels it
 leaves out must be exactly ones the kernel skips anyway (alpha < 1/255), so the native op
 still matches the PyTorch reference, which tests every pixel of every bounding box tile."""
 
