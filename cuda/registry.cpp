@@ -68,4 +68,35 @@ TORCH_LIBRARY(sparseview, m) {
   m.def(
       "sparse_trilinear_bwd(Tensor grad_out, Tensor rows, Tensor weights, int num_rows) "
       "-> Tensor");
+  // Projection of 3D Gaussians into cameras (cuda/projection/).
+  // EWA projection of Gaussians means [N,3], quats [N,4] wxyz (any norm), scales [N,3],
+  // opacities [N] into cameras viewmats [C,4,4] (T_cam_world, OpenCV), Ks [C,3,3].
+  // Returns means2d [C,N,2] px, conics [C,N,3], depths [C,N] (camera z), radii [C,N,2]
+  // int32 (0 = culled), opacities [C,N] (times the compensation if antialiased),
+  // compensations [C,N].
+  m.def(
+      "project_gaussians_fwd(Tensor means, Tensor quats, Tensor scales, Tensor opacities, "
+      "Tensor viewmats, Tensor Ks, int width, int height, float near_plane, "
+      "float far_plane, float eps2d, float radius_clip, bool antialiased, "
+      "float alpha_threshold, float max_extent) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Backward of project_gaussians_fwd (undefined output gradients count as zero). Returns
+  // v_means [N,3], v_quats [N,4], v_scales [N,3], v_opacities [N], v_viewmats [C,4,4],
+  // v_Ks [C,3,3].
+  m.def(
+      "project_gaussians_bwd(Tensor means, Tensor quats, Tensor scales, Tensor opacities, "
+      "Tensor viewmats, Tensor Ks, int width, int height, float near_plane, "
+      "float far_plane, float eps2d, bool antialiased, Tensor? v_means2d, "
+      "Tensor? v_conics, Tensor? v_depths, Tensor? v_opacities, Tensor? v_compensations) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Fused SSIM + L1 photometric loss (cuda/ssim/).
+  // SSIM (Gaussian window of taps window [k], 'valid' positions) and L1 of images x, y
+  // [B,H,W,C]. Returns ssim (mean, scalar), l1 (mean, scalar) and the window means
+  // stats [B,5,H-k+1,W-k+1,C] (mu_x, mu_y, E[x^2], E[y^2], E[xy]) for the backward.
+  m.def("ssim_l1_fwd(Tensor x, Tensor y, Tensor window) -> (Tensor, Tensor, Tensor)");
+  // Backward of ssim_l1_fwd for the scalar gradients v_ssim, v_l1: v_x, and v_y with
+  // y_grad (else an empty tensor).
+  m.def(
+      "ssim_l1_bwd(Tensor x, Tensor y, Tensor window, Tensor stats, Tensor v_ssim, "
+      "Tensor v_l1, bool y_grad) -> (Tensor, Tensor)");
 }

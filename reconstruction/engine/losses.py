@@ -40,19 +40,25 @@ def _blur(x: Tensor, window: Tensor) -> Tensor:
     return torch.nn.functional.conv2d(x, window.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
 
 
+def _window_for(height: int, width: int, window_size: int, sigma: float, dtype: torch.dtype,
+                device: torch.device) -> Tensor:
+    # Images smaller than the window (tiny photos at the coarse level) get a smaller one.
+    window_size = min(window_size, width, height)
+    window_size -= 1 - window_size % 2
+    return _gaussian_window(window_size, sigma, dtype).to(device)
+
+
 def ssim(image: Tensor, reference: Tensor, window_size: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean structural similarity of ``image`` and ``reference`` (``[..., H, W, C]`` in [0, 1]).
 
     Wang et al. 2004 with a Gaussian window over the 'valid' region (no padding), the form
     used by most SSIM references (skimage with ``gaussian_weights=True``,
-    ``use_sample_covariance=False``). Differentiable; returns a scalar.
+    ``use_sample_covariance=False``). Differentiable; returns a scalar. In PyTorch: the
+    reference of the native op that :func:`ssim_and_l1` runs on the CPU.
     """
     x = image.reshape(-1, *image.shape[-3:]).permute(0, 3, 1, 2)
     y = reference.reshape(-1, *reference.shape[-3:]).permute(0, 3, 1, 2)
-    # Images smaller than the window (tiny photos at the coarse level) get a smaller one.
-    window_size = min(window_size, x.shape[-1], x.shape[-2])
-    window_size -= 1 - window_size % 2
-    window = _gaussian_window(window_size, sigma, x.dtype).to(x.device)
+    window = _window_for(x.shape[-2], x.shape[-1], window_size, sigma, x.dtype, x.device)
     mu_x, mu_y = _blur(x, window), _blur(y, window)
     var_x = _blur(x * x, window) - mu_x**2
     var_y = _blur(y * y, window) - mu_y**2
@@ -62,10 +68,28 @@ def ssim(image: Tensor, reference: Tensor, window_size: int = 11, sigma: float =
     return (num / den).mean()
 
 
+def ssim_and_l1(image: Tensor, reference: Tensor, window_size: int = 11,
+                sigma: float = 1.5) -> tuple[Tensor, Tensor]:
+    """``(ssim(image, reference), mean |image - reference|)``, differentiable.
+
+    On the CPU both come from one native pass (:mod:`geometry.ops.ssim`: no permuted
+    copies, five window means in two separable passes, a fused backward); elsewhere from
+    PyTorch (:func:`ssim`). The two agree to float rounding.
+    """
+    if image.device.type != "cpu" or image.dtype not in (torch.float32, torch.float64) \
+            or reference.dtype != image.dtype or reference.device != image.device:
+        return ssim(image, reference, window_size, sigma), (image - reference).abs().mean()
+    from geometry.ops.ssim import ssim_l1_native
+
+    x = image.reshape(-1, *image.shape[-3:])
+    window = _window_for(x.shape[-3], x.shape[-2], window_size, sigma, x.dtype, x.device)
+    return ssim_l1_native(x, reference.reshape(x.shape), window)
+
+
 def photometric_loss(image: Tensor, reference: Tensor, ssim_weight: float = 0.2) -> Tensor:
     """3DGS's loss ``(1 - w) * L1 + w * (1 - SSIM)`` (``w = 0.2``), ``[H, W, 3]`` each."""
-    l1 = (image - reference).abs().mean()
-    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - ssim(image, reference))
+    value, l1 = ssim_and_l1(image, reference)
+    return (1.0 - ssim_weight) * l1 + ssim_weight * (1.0 - value)
 
 
 def psnr(image: Tensor, reference: Tensor) -> Tensor:

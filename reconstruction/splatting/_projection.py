@@ -1,10 +1,13 @@
-"""Projection of 3D Gaussians to 2D screen-space Gaussians, in PyTorch.
+"""Projection of 3D Gaussians to 2D screen-space Gaussians.
 
-Kept in PyTorch on purpose: autograd then gives gradients for every Gaussian parameter
-and for the camera poses (``viewmats``) with no hand-written backward, and the cost is
-O(C·N), small next to the per-pixel compositing that the native kernel does. The maths
-is gsplat's ``fully_fused_projection`` (EWA splatting with the Jacobian evaluated at a
-frustum-clamped mean, a 0.3 px low-pass ``eps2d``, opacity-aware 2D extents).
+:func:`project_gaussians` is written in PyTorch, so that autograd gives gradients for
+every Gaussian parameter and for the cameras (``viewmats``, ``Ks``) with no hand-written
+backward: it is the reference. With ``native=True`` it runs the fused CPU op
+(:mod:`geometry.ops.projection`, hand-written backward) instead, which the splatting API
+uses in production: a few hundred elementwise ops and their autograd nodes per step cost
+more than the compositing of small scenes. The maths is gsplat's
+``fully_fused_projection`` (EWA splatting with the Jacobian evaluated at a frustum-clamped
+mean, a 0.3 px low-pass ``eps2d``, opacity-aware 2D extents).
 """
 
 from __future__ import annotations
@@ -82,8 +85,20 @@ def project_gaussians(
     eps2d: float = 0.3,
     radius_clip: float = 0.0,
     antialiased: bool = False,
+    native: bool = False,
 ) -> Projected:
-    """Project 3D Gaussians into C pinhole cameras (OpenCV convention: z forward)."""
+    """Project 3D Gaussians into C pinhole cameras (OpenCV convention: z forward).
+
+    ``native``: the fused CPU kernel (CPU tensors only) instead of the PyTorch reference.
+    """
+    if native:
+        from geometry.ops.projection import project_gaussians_native
+
+        means2d, conics, depths, radii, opac, compensations = project_gaussians_native(
+            means, quats, scales, opacities, viewmats, Ks, width, height, near_plane,
+            far_plane, eps2d, radius_clip, antialiased, ALPHA_THRESHOLD, MAX_EXTENT_SIGMAS)
+        return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii,
+                         opacities=opac, compensations=compensations)
     R_cam_world = viewmats[:, :3, :3]  # [C, 3, 3]
     t_cam_world = viewmats[:, :3, 3]  # [C, 3]
     means_cam = torch.einsum("cij,nj->cni", R_cam_world, means) + t_cam_world[:, None, :]

@@ -11,6 +11,7 @@ other method's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -198,18 +199,28 @@ def _method_in(argv: list[str]) -> str | None:
 
 
 def commands(argv: list[str]) -> dict[str, type]:
-    """The subcommands, ``fit``/``eval`` built for the method ``argv`` names."""
+    """The subcommands, ``fit``/``eval`` built for the method ``argv`` names.
+
+    When ``argv`` starts with one of the photo commands (``fit``, ``eval``, ``view``,
+    ``render``, ``build-ops``), only that one: the learned methods' training commands
+    import their data and model modules, which is start-up time every ``recon fit`` paid.
+    """
     from reconstruction.methods import DEFAULT_METHOD, METHODS, get_method, method_names
 
+    builders: dict[str, Callable[[], type]] = {
+        "fit": lambda: method_command(Fit, method, names),
+        "eval": lambda: method_command(Eval, method, names),
+        "view": lambda: View,
+        "render": lambda: Render,
+        "build-ops": lambda: BuildOps,
+    }
     names = method_names()
     chosen = _method_in(argv)
     method = get_method(chosen if chosen in METHODS else DEFAULT_METHOD)
+    if argv and argv[0] in builders:
+        return {argv[0]: builders[argv[0]]()}
     return {
-        "fit": method_command(Fit, method, names),
-        "eval": method_command(Eval, method, names),
-        "view": View,
-        "render": Render,
-        "build-ops": BuildOps,
+        **{name: build() for name, build in builders.items()},
         "neo360": _neo360_command(),
         "upsrt": _upsrt_command(),
         "sparse3d": _sparse3d_command(),

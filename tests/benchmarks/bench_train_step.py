@@ -22,9 +22,9 @@ kernel build cache).
         [--kernel-sources /tmp/cuda_orig [--reference-torch-sh]] [--torch-sh]
         [--opensplat /path/to/opensplat]
 
-``--torch-sh`` evaluates SH colours with the PyTorch reference instead of the native op
-(the code before it); ``--reference-torch-sh`` does so in the ``--kernel-sources`` run,
-which a kernel folder without the SH op needs.
+``--torch-sh`` evaluates SH colours and the projection with the PyTorch references instead
+of the native ops (the code before them); ``--reference-torch-sh`` does so in the
+``--kernel-sources`` run, which a kernel folder without those ops needs.
 
 Recorded on the 2-core AMD EPYC VM (AVX-512; 2 threads, medians; the VM is noisy, so
 compare rows of one run): 6.29e7 Gaussian-pixel pairs per pass, mean radius 8.3 px.
@@ -128,13 +128,15 @@ def make_input(n: int, seed: int = 0) -> dict:
 
 
 def use_torch_sh() -> None:
-    """Make rasterization evaluate SH colours in PyTorch (the path before the native SH op)."""
+    """Make rasterization evaluate SH colours and the projection in PyTorch (the paths
+    before the native SH and projection ops)."""
     import importlib
 
     # (the package's `rasterization` attribute is the function, not the module)
     module = importlib.import_module("reconstruction.splatting.rasterization")
     render_cpu = module.render_cpu
-    module.render_cpu = lambda *a, **k: render_cpu(*a, **{**k, "native_sh": False})
+    module.render_cpu = lambda *a, **k: render_cpu(
+        *a, **{**k, "native_sh": False, "native_projection": False})
 
 
 def render(inp: dict, means, quats, log_scales, logit_opacities, sh):
