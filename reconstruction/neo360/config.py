@@ -25,7 +25,12 @@ class NeO360Config:
     feature_dim: int = 64
     """Channels of the pixel-aligned feature maps (the stages upsampled and fused)."""
     grid: int = 24
-    """Voxels per side of the feature volume over the contracted scene (radius 2)."""
+    """Voxels per side of the feature volume over the contracted scene (``[-2, 2]^3``)."""
+    triplane_norm: Literal["l2", "linf"] = "linf"
+    """Norm of the scene contraction that places points on the voxel grid and triplanes:
+    ``linf`` (Zip-NeRF's box) fills the whole cube, the unit box (foreground) taking the
+    inner half of each axis; ``l2`` (mip-NeRF 360's ball) leaves the cube's corners (57 %
+    of the voxels) unused and gives the unit sphere only 6 % of the voxels."""
     voxel_dim: int = 32
     """Channels of the voxel and triplane features."""
     mlp_hidden: int = 64
@@ -36,6 +41,15 @@ class NeO360Config:
     """Positional-encoding frequencies of view directions."""
     refine_layers: int = 2
     """Conv layers refining the triplanes."""
+    plane_upsample: int = 1
+    """The triplanes are upsampled (bilinear) by this factor before the refining
+    convolutions, which can then sharpen them (``grid * plane_upsample`` texels a side)."""
+    triplane_reduce: Literal["sum", "concat"] = "sum"
+    """How the decoder combines a point's three plane reads: ``sum`` (``voxel_dim``
+    features) or ``concat`` (``3 voxel_dim``)."""
+    voxel_rgb: bool = False
+    """Give the voxel projection MLP the source colour where a voxel projects (with the
+    image features)."""
     num_fg: int = 24
     """Coarse samples inside the unit sphere (uniform in distance)."""
     num_bg: int = 16
@@ -56,6 +70,13 @@ class NeO360Config:
 
     def __post_init__(self) -> None:
         self.backbone_widths = tuple(int(w) for w in self.backbone_widths)
+        if self.triplane_norm not in ("l2", "linf"):
+            raise UserError(f"triplane_norm must be l2 or linf, not {self.triplane_norm!r}.")
+        if self.triplane_reduce not in ("sum", "concat"):
+            raise UserError("triplane_reduce must be sum or concat, not "
+                            f"{self.triplane_reduce!r}.")
+        if self.plane_upsample < 1:
+            raise UserError(f"plane_upsample must be at least 1, not {self.plane_upsample}.")
         if not (self.use_triplane or self.use_pixel):
             raise UserError("NeO 360 needs triplane or pixel-aligned features (or both).")
 

@@ -5,13 +5,16 @@ Encoder (Irshad et al. 2023, sec. 3):
 
 1. a ResNet (torchvision layout; its stem and first three stages) gives per-view feature
    maps at half resolution (the stages upsampled and fused, as pixelNeRF does);
-2. a ``G^3`` grid of points over the contracted scene (``contract(x) / 2`` in ``[-1, 1]^3``:
-   the voxels reach the background too) is projected into every source view; each view's
-   feature, with the voxel's position and the view direction (positional encodings), goes
-   through an MLP that returns a feature and a score; a softmax over the views pools them
-   into the voxel's feature;
+2. a ``G^3`` grid of points over the contracted scene (``contract(x) / 2`` in ``[-1, 1]^3``,
+   by default the L-infinity contraction as the reference code: the box fills the cube and
+   the unit box takes the inner half of each axis; the voxels reach the background too) is
+   projected into every source view; each visible (view, voxel) pair's feature, with the
+   voxel's position and the view direction (positional encodings), goes through an MLP
+   that returns a feature and a score; a softmax over the views that see the voxel pools
+   them into its feature (zero where no view sees it);
 3. the volume collapses into the xy, xz and yz planes by a softmax over the third axis
-   (learned scores), and a few residual convolutions refine the planes.
+   (learned scores), and a few residual convolutions refine the planes (optionally
+   upsampled first).
 
 Decoder: a point ``x`` of the field frame reads the triplanes at ``contract(x) / 2`` and the
 source views' feature maps where it projects (mean and variance over the views that see
@@ -165,11 +168,13 @@ class Views:
     centres: Tensor  # [V, 3]
     width: int
     height: int
+    images: Tensor | None = None  # [V, 3, H, W] in [0, 1] (for voxel_rgb)
 
 
-def sample_views(views: Views, pts: Tensor) -> tuple[Tensor, Tensor]:
-    """Bilinear features ``[V, P, C]`` of field-frame points ``[P, 3]`` in every view, and
-    ``[V, P]`` bool: in front of the camera and inside the image."""
+def project_views(views: Views, pts: Tensor) -> tuple[Tensor, Tensor]:
+    """``grid_sample`` coordinates ``[V, P, 2]`` of field-frame points ``[P, 3]`` in every
+    view (zeros where invalid), and ``[V, P]`` bool: in front of the camera and inside the
+    image."""
     R, t = views.T_cam_world[:, :3, :3], views.T_cam_world[:, :3, 3]
     pts_cam = torch.einsum("vij,pj->vpi", R, pts) + t[:, None]
     z = pts_cam[..., 2]
@@ -179,10 +184,40 @@ def sample_views(views: Views, pts: Tensor) -> tuple[Tensor, Tensor]:
     # align_corners=False: -1 and +1 are the image's outer edges (pixel centres at +0.5)
     grid = torch.stack((u / views.width * 2 - 1, v / views.height * 2 - 1), -1)
     valid = (z > 1e-4) & (grid.abs() <= 1).all(-1)
-    grid = torch.where(valid[..., None], grid, torch.zeros_like(grid))
+    return torch.where(valid[..., None], grid, torch.zeros_like(grid)), valid
+
+
+def sample_views(views: Views, pts: Tensor) -> tuple[Tensor, Tensor]:
+    """Bilinear features ``[V, P, C]`` of field-frame points ``[P, 3]`` in every view, and
+    ``[V, P]`` bool: in front of the camera and inside the image."""
+    grid, valid = project_views(views, pts)
     feats = F.grid_sample(views.features, grid[:, :, None].to(views.features.dtype),
                           mode="bilinear", padding_mode="border", align_corners=False)
     return feats[..., 0].permute(0, 2, 1), valid
+
+
+def sample_visible(views: Views, pts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Features ``[M, C]`` of the (view, point) pairs where field-frame points ``[P, 3]``
+    are visible, with the pairs' view and point indices ``[M]`` (sorted by view): what
+    :func:`sample_views` returns at ``valid``, without sampling the invisible pairs."""
+    grid, valid = project_views(views, pts)
+    vi, pi = valid.nonzero(as_tuple=True)
+    counts = valid.sum(1).tolist()
+    g = grid[vi, pi].to(views.features.dtype)
+    out = []
+    for v, part in enumerate(g.split(counts)):
+        if len(part):
+            f = F.grid_sample(views.features[v:v + 1], part[None, :, None], mode="bilinear",
+                              padding_mode="border", align_corners=False)
+            out.append(f[0, :, :, 0].T)
+    feats = (torch.cat(out) if out else
+             views.features.new_zeros(0, views.features.shape[1]))
+    if views.images is not None:
+        rgb = [F.grid_sample(views.images[v:v + 1], part[None, :, None], mode="bilinear",
+                             padding_mode="border", align_corners=False)[0, :, :, 0].T
+               for v, part in enumerate(g.split(counts)) if len(part)]
+        feats = torch.cat((feats, torch.cat(rgb) if rgb else feats.new_zeros(0, 3)), -1)
+    return feats, vi, pi
 
 
 def _mlp(cin: int, hidden: int, cout: int, layers: int = 2) -> nn.Sequential:
@@ -229,12 +264,14 @@ class NeO360(nn.Module):
         super().__init__()
         self.config = c = config
         self.encoder = ImageEncoder(c)
-        self.project = _mlp(c.feature_dim + posenc_dim(3, c.pos_freqs)
+        self.project = _mlp(c.feature_dim + (3 if c.voxel_rgb else 0)
+                            + posenc_dim(3, c.pos_freqs)
                             + posenc_dim(3, c.dir_freqs), c.mlp_hidden, c.voxel_dim + 1)
         self.plane_score = nn.Linear(c.voxel_dim, 3)
         self.refine = nn.ModuleList(nn.Conv2d(c.voxel_dim, c.voxel_dim, 3, 1, 1)
                                     for _ in range(c.refine_layers))
-        feat = (c.voxel_dim if c.use_triplane else 0) + (2 * c.feature_dim if c.use_pixel else 0)
+        tri = c.voxel_dim * (3 if c.triplane_reduce == "concat" else 1)
+        feat = (tri if c.use_triplane else 0) + (2 * c.feature_dim if c.use_pixel else 0)
         passes = ("coarse", "fine") if c.num_fine > 0 else ("coarse",)
         self.decoders = nn.ModuleDict({
             f"{p}_{region}": FieldDecoder(feat, 3 if region == "fg" else 4, c)
@@ -244,15 +281,24 @@ class NeO360(nn.Module):
 
     def voxel_points(self) -> tuple[Tensor, Tensor]:
         """``[G, G, G, 3]`` normalised grid positions in ``[-1, 1]^3`` (indexed x, y, z;
-        corners at +-1 as the triplanes' ``align_corners``) and their field-frame points."""
+        corners at +-1 as the triplanes' ``align_corners``) and their field-frame points
+        (:meth:`grid_coords` inverted; the outermost layer, at infinity, is pulled in to a
+        contracted radius of 1.95)."""
         g = self.config.grid
         device = self.plane_score.weight.device
         lin = torch.linspace(-1.0, 1.0, g, device=device)
         p = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), -1)
         y = 2.0 * p
-        n = y.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-        y = torch.where(n > 1.95, y / n * 1.95, y)  # keep the far corners finite
-        return p, uncontract(y)
+        norm = self.config.triplane_norm
+        n = (y.norm(dim=-1, keepdim=True) if norm == "l2"
+             else y.abs().amax(-1, keepdim=True)).clamp_min(1e-9)
+        y = torch.where(n > 1.95, y / n * 1.95, y)  # keep the far voxels finite
+        return p, uncontract(y, norm)
+
+    def grid_coords(self, pts: Tensor) -> Tensor:
+        """Field-frame points ``[..., 3]`` -> their triplane coordinates ``contract(x) / 2``
+        in ``[-1, 1]^3`` (contraction norm :attr:`NeO360Config.triplane_norm`)."""
+        return contract(pts, self.config.triplane_norm) / 2.0
 
     def encode(self, images: Tensor, K: Tensor, T_world_cam: Tensor) -> Encoding:
         """Encode source views.
@@ -273,32 +319,46 @@ class NeO360(nn.Module):
         T_cam_world[:, :3, 3] = -(R.transpose(1, 2) @ t[:, :, None])[..., 0]
         T_cam_world[:, 3, 3] = 1.0
         views = Views(feats, K.to(dtype), T_cam_world, t, W, H)
-        planes = torch.zeros(3, c.voxel_dim, c.grid, c.grid, dtype=dtype, device=feats.device)
+        r = c.grid * c.plane_upsample
+        planes = torch.zeros(3, c.voxel_dim, r, r, dtype=dtype, device=feats.device)
         if c.use_triplane:
+            if c.voxel_rgb:
+                views.images = images.permute(0, 3, 1, 2).to(dtype).contiguous()
             planes = self._triplanes(views)
+            views.images = None
         return Encoding(planes, views)
 
-    def _triplanes(self, views: Views) -> Tensor:
+    def voxel_volume(self, views: Views) -> Tensor:
+        """The feature volume ``[G, G, G, voxel_dim]`` (indexed x, y, z): every voxel's
+        features in the views that see it, pooled by a softmax of their scores (zero where
+        no view sees it)."""
         c = self.config
         g = c.grid
         p, x = self.voxel_points()
         p, x = p.reshape(-1, 3), x.reshape(-1, 3)
-        f, valid = sample_views(views, x)  # [V, P, C]
-        dirs = F.normalize(x[None] - views.centres[:, None], dim=-1)
-        V = f.shape[0]
-        inp = torch.cat((f, posenc(p, c.pos_freqs)[None].expand(V, -1, -1),
-                         posenc(dirs, c.dir_freqs)), -1)
-        out = self.project(inp)
-        feat, score = out[..., :-1], out[..., -1]
-        score = score.masked_fill(~valid, -1e4)
-        w = torch.softmax(score, 0) * valid.any(0, keepdim=True)
-        vol = (w[..., None] * feat).sum(0).reshape(g, g, g, c.voxel_dim)  # [x, y, z, C]
+        V, P = len(views.features), len(p)
+        # the projection MLP runs on visible (view, voxel) pairs only: an invisible pair
+        # has no weight in the pooling
+        f, vi, pi = sample_visible(views, x)  # [M, C]
+        dirs = F.normalize(x[pi] - views.centres[vi], dim=-1)
+        out = self.project(torch.cat((f, posenc(p, c.pos_freqs)[pi],
+                                      posenc(dirs, c.dir_freqs)), -1))
+        score = out.new_full((V, P), -1e4).index_put((vi, pi), out[:, -1])
+        w = torch.softmax(score, 0)[vi, pi]  # views without the voxel have weight 0
+        vol = out.new_zeros(P, c.voxel_dim).index_add(0, pi, w[:, None] * out[:, :-1])
+        return vol.reshape(g, g, g, c.voxel_dim)
+
+    def _triplanes(self, views: Views) -> Tensor:
+        vol = self.voxel_volume(views)  # [x, y, z, C]
         scores = self.plane_score(vol)  # [x, y, z, 3]
         xy = (torch.softmax(scores[..., 0], 2)[..., None] * vol).sum(2)  # [x, y, C]
         xz = (torch.softmax(scores[..., 1], 1)[..., None] * vol).sum(1)  # [x, z, C]
         yz = (torch.softmax(scores[..., 2], 0)[..., None] * vol).sum(0)  # [y, z, C]
         # plane images are [C, height, width] with width along the first coordinate
         planes = torch.stack([xy.permute(2, 1, 0), xz.permute(2, 1, 0), yz.permute(2, 1, 0)])
+        if self.config.plane_upsample > 1:
+            r = self.config.grid * self.config.plane_upsample
+            planes = F.interpolate(planes, size=(r, r), mode="bilinear", align_corners=True)
         for i, conv in enumerate(self.refine):
             update = conv(planes)
             planes = planes + (F.relu(update) if i < len(self.refine) - 1 else update)
@@ -313,7 +373,8 @@ class NeO360(nn.Module):
         c = self.config
         parts = []
         if c.use_triplane:
-            parts.append(sample_triplanes(enc.planes[None], contract(pts)[None] / 2.0)[0])
+            parts.append(sample_triplanes(enc.planes[None], self.grid_coords(pts)[None],
+                                          c.triplane_reduce)[0])
         if c.use_pixel:
             f, valid = sample_views(enc.views, pts)
             w = valid.to(f.dtype)[..., None]

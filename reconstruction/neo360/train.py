@@ -46,6 +46,9 @@ class TrainOptions:
     """Seed of the batches and the initial weights."""
     warmup_steps: int = 20
     """Linear warm-up of the learning rate."""
+    triplane_lr_scale: float = 1.0
+    """Learning rate of the triplane encoder (voxel projection, plane pooling and
+    refinement) relative to ``lr``."""
     log_every: int = 20
     checkpoint_every_s: float = 300.0
 
@@ -107,7 +110,7 @@ def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions
     def loss_fn(m, batch: Batch) -> dict[str, Tensor]:
         return loss_terms(m, batch, options)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
+    optimizer = torch.optim.Adam(param_groups(model, options.lr, options.triplane_lr_scale))
     loop = TrainLoop(out=out, kind=KIND, config=config.to_dict(), steps=options.steps,
                      max_minutes=max_minutes, resume=resume, warmup_steps=options.warmup_steps,
                      log_every=options.log_every,
@@ -115,6 +118,18 @@ def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions
                      quiet=quiet, extra={"data": data_info or {}})
     result = train_loop(model, optimizer, batch_fn, loss_fn, loop, dist=dist)
     return model, result
+
+
+TRIPLANE_MODULES = ("project", "plane_score", "refine")
+
+
+def param_groups(model: NeO360, lr: float, triplane_lr_scale: float = 1.0) -> list[dict]:
+    """Adam parameter groups: the triplane encoder at ``lr * triplane_lr_scale``, the rest
+    at ``lr``."""
+    tri = [p for name, p in model.named_parameters() if name.split(".")[0] in TRIPLANE_MODULES]
+    rest = [p for name, p in model.named_parameters()
+            if name.split(".")[0] not in TRIPLANE_MODULES]
+    return [{"params": rest, "lr": lr}, {"params": tri, "lr": lr * triplane_lr_scale}]
 
 
 def load_backbone(model: NeO360, path: Path) -> int:

@@ -1,6 +1,6 @@
 """NeO 360 benchmark: held-out novel-view PSNR with 3 source views on generated outdoor scenes.
 
-    python tests/benchmarks/neo360_bench.py [--seed S] [--minutes M] [--threads T]
+    python tests/benchmarks/neo360_bench.py [--seed S] [--minutes M] [--steps N] [--threads T]
 
 Trains, each for a third of ``--minutes`` (default 45, on the CPU), NeO 360 (triplane +
 pixel-aligned features), the pixel-aligned-features-only baseline (pixelNeRF-like, same
@@ -8,6 +8,11 @@ time) and the triplane-only ablation on ``--scenes`` generated outdoor scenes; s
 on 5 held-out scenes (3 spread source views, 2 other views each), and NeO 360 again after
 fine-tuning on each scene's source views. Writes only to a temp dir (or --out). Its last
 line is ``neo360_psnr=X pixel_baseline_psnr=Y triplane_only_psnr=Z finetuned_psnr=W``.
+
+On a shared, loaded machine a time budget gives each model the CPU share it happens to
+get; ``--steps N`` instead trains every model for ``N`` optimiser steps (the learning-rate
+schedule then runs over the steps), a budget that load does not change. The line of each
+model gives its steps and seconds.
 
 Kernel speed (native vs reference ray marching and voxel scatter) is printed when the
 sparse-voxel ops (``geometry.ops.sparse_voxel``) are importable, else said to be skipped.
@@ -45,6 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--minutes", type=float, default=45.0,
                         help="training time of the three models together")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train each model for this many steps instead of a time budget")
     parser.add_argument("--scenes", type=int, default=24)
     parser.add_argument("--views", type=int, default=12)
     parser.add_argument("--size", type=int, default=64)
@@ -67,16 +74,22 @@ def main() -> None:
     base = NeO360Config()
     variants = {"neo360": base, "pixel_baseline": replace(base, use_triplane=False),
                 "triplane_only": replace(base, use_pixel=False)}
-    opts = TrainOptions(steps=10 ** 6, num_rays=args.rays, seed=args.seed, log_every=50)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    opts = TrainOptions(steps=args.steps or 10 ** 6, num_rays=args.rays, seed=args.seed,
+                        log_every=50)
+    max_minutes = None if args.steps else args.minutes / 3
     results, models = {}, {}
     for name, cfg in variants.items():
         torch.manual_seed(args.seed)
-        model, res = train(scenes, cfg, opts, out / name, max_minutes=args.minutes / 3,
+        model, res = train(scenes, cfg, opts, out / name, max_minutes=max_minutes,
                            quiet=True)
         score = evaluate(model, held, 3, seed=args.seed)
         results[name], models[name] = score["psnr"], model
-        print(f"{name:15s} {res.step:6d} steps  held-out PSNR {score['psnr']:.2f} dB "
-              f"({score['views']} views)")
+        print(f"{name:15s} {res.step:6d} steps {res.elapsed_s:6.0f} s  held-out PSNR "
+              f"{score['psnr']:.2f} dB ({score['views']} views)")
     ft_scores = []
     for k, scene in enumerate(held):
         model = copy.deepcopy(models["neo360"])

@@ -49,10 +49,75 @@ def test_sample_views_reads_features_where_points_project():
     assert torch.allclose(f[0, :2], uv, atol=1e-4)  # linear maps are read exactly
 
 
-def test_triplane_pooling_orientation(monkeypatch):
+def test_sample_visible_is_sample_views_at_the_visible_pairs():
+    from reconstruction.neo360.model import sample_visible
+
+    views, _, _ = _views(C=5)
+    views.features = torch.randn(1, 5, 12, 16)
+    views = Views(views.features.repeat(2, 1, 1, 1).contiguous(), views.K.repeat(2, 1, 1),
+                  views.T_cam_world.repeat(2, 1, 1), views.centres.repeat(2, 1), 32, 24)
+    views.features[1] *= -2.0
+    views.T_cam_world[1, :3, 3] += torch.tensor([0.4, 0.0, 0.3])  # another viewpoint
+    pts = torch.randn(400, 3)
+    dense, valid = sample_views(views, pts)
+    f, vi, pi = sample_visible(views, pts)
+    assert 0 < len(f) < valid.numel() and bool((valid[0] != valid[1]).any())
+    assert torch.equal(vi, valid.nonzero()[:, 0]) and torch.equal(pi, valid.nonzero()[:, 1])
+    assert torch.allclose(f, dense[vi, pi], atol=1e-6)
+
+
+def test_voxel_volume_matches_dense_pooling():
+    """Pooling over the visible pairs only = the dense softmax over all views with the
+    invisible ones masked (zero where no view sees a voxel)."""
+    import torch.nn.functional as F
+
+    from reconstruction.neo360.model import posenc
+
+    torch.manual_seed(0)
+    cfg = tiny_config(grid=7)
+    model = NeO360(cfg)
+    views, _, _ = _views(C=cfg.feature_dim)
+    views = Views(torch.randn(2, cfg.feature_dim, 12, 16), views.K.repeat(2, 1, 1),
+                  views.T_cam_world.repeat(2, 1, 1), views.centres.repeat(2, 1), 32, 24)
+    views.T_cam_world[1, :3, 3] += torch.tensor([0.5, 0.1, 0.2])
+    views.centres[1] = torch.linalg.inv(views.T_cam_world[1])[:3, 3]
+    p, x = model.voxel_points()
+    p, x = p.reshape(-1, 3), x.reshape(-1, 3)
+    f, valid = sample_views(views, x)
+    dirs = F.normalize(x[None] - views.centres[:, None], dim=-1)
+    inp = torch.cat((f, posenc(p, cfg.pos_freqs)[None].expand(2, -1, -1),
+                     posenc(dirs, cfg.dir_freqs)), -1)
+    out = model.project(inp)
+    w = torch.softmax(out[..., -1].masked_fill(~valid, -1e4), 0) * valid.any(0, keepdim=True)
+    expected = (w[..., None] * out[..., :-1]).sum(0).reshape(7, 7, 7, -1)
+    got = model.voxel_volume(views)
+    assert 0 < int(valid.any(0).sum()) < len(p)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_voxel_grid_round_trips_through_the_contraction(norm):
+    model = NeO360(tiny_config(grid=9, triplane_norm=norm))
+    p, x = model.voxel_points()
+    p, x = p.reshape(-1, 3), x.reshape(-1, 3)
+    back = model.grid_coords(x)
+    size = p.norm(dim=-1) if norm == "l2" else p.abs().amax(-1)
+    inner = size < 0.97  # the outermost voxels (at infinity) are pulled in
+    assert torch.allclose(back[inner], p[inner], atol=1e-5)
+    assert (back.abs() <= 1.0).all()
+    if norm == "linf":
+        # the box fills the cube: only the outer shell is pulled in, the unit box (the
+        # foreground) takes the inner half of each axis
+        assert int((~inner).sum()) == 9 ** 3 - 7 ** 3
+        unit_box = x.abs().amax(-1) <= 1.0 + 1e-6
+        assert torch.equal(unit_box, p.abs().amax(-1) <= 0.5 + 1e-6)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_triplane_pooling_orientation(monkeypatch, norm):
     """Voxel features = their own grid position: each plane then holds its two coordinates
     where sample_triplanes reads them (xy: x, y; xz: x, z; yz: y, z)."""
-    cfg = tiny_config(voxel_dim=3, refine_layers=0, grid=6)
+    cfg = tiny_config(voxel_dim=3, refine_layers=0, grid=6, triplane_norm=norm)
     model = NeO360(cfg)
     C = cfg.feature_dim
 
@@ -65,9 +130,10 @@ def test_triplane_pooling_orientation(monkeypatch):
     import reconstruction.neo360.model as neo_model
 
     def all_visible(views, pts):  # every voxel seen (the pooling, not the visibility)
-        return torch.zeros(1, len(pts), C), torch.ones(1, len(pts), dtype=torch.bool)
+        return torch.zeros(len(pts), C), torch.zeros(len(pts), dtype=torch.long), \
+            torch.arange(len(pts))
 
-    monkeypatch.setattr(neo_model, "sample_views", all_visible)
+    monkeypatch.setattr(neo_model, "sample_visible", all_visible)
     views, _, _ = _views(C=C)
     views.features = torch.rand(1, C, 12, 16)
     planes = model._triplanes(views)
@@ -101,10 +167,12 @@ def test_coarse_bins_split_at_the_unit_sphere():
     assert (s[:, 1:] > s[:, :-1]).all()
 
 
-@pytest.mark.parametrize("switches", [(True, True), (True, False), (False, True)])
-def test_gradients_reach_the_encoder(switches):
+@pytest.mark.parametrize("options", [{}, {"use_pixel": False}, {"use_triplane": False},
+                                     {"triplane_reduce": "concat", "plane_upsample": 2,
+                                      "voxel_rgb": True}])
+def test_gradients_reach_the_encoder(options):
     torch.manual_seed(0)
-    model = NeO360(tiny_config(use_triplane=switches[0], use_pixel=switches[1]))
+    model = NeO360(tiny_config(**options))
     images = torch.rand(2, 16, 16, 3)
     K = torch.tensor([[14.0, 0, 8], [0, 14.0, 8], [0, 0, 1]]).expand(2, 3, 3)
     import numpy as _np
@@ -118,6 +186,47 @@ def test_gradients_reach_the_encoder(switches):
     out["rgb"].sum().backward()
     assert float(model.encoder.conv1.weight.grad.abs().sum()) > 0
     assert out["alpha"].max() <= 1.0 + 1e-6
+    c = model.config
+    assert enc.planes.shape == (3, c.voxel_dim, c.grid * c.plane_upsample,
+                                c.grid * c.plane_upsample)
+    if c.use_triplane:
+        assert float(model.project[0].weight.grad.abs().sum()) > 0
+        assert enc.views.images is None  # the colours are only for the voxel projection
+
+
+def test_voxel_rgb_reads_the_source_colours():
+    from reconstruction.neo360.model import sample_visible
+
+    views, _, _ = _views(C=2)
+    rgb = torch.rand(1, 3, 24, 32)
+    pts = torch.randn(300, 3)
+    f, vi, pi = sample_visible(views, pts)
+    views.images = rgb
+    g, vi2, pi2 = sample_visible(views, pts)
+    colours, _ = sample_views(Views(rgb, views.K, views.T_cam_world, views.centres, 32, 24),
+                              pts)
+    assert torch.equal(vi, vi2) and torch.equal(pi, pi2) and len(vi) > 0
+    assert torch.equal(g[:, :2], f)
+    assert torch.allclose(g[:, 2:], colours[vi, pi], atol=1e-6)
+
+
+def test_triplane_learning_rate_groups_split_the_parameters():
+    from reconstruction.neo360.train import param_groups
+
+    model = NeO360(tiny_config())
+    groups = param_groups(model, 1e-3, 3.0)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 3e-3])
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # each once
+    tri = {id(p) for p in groups[1]["params"]}
+    assert id(model.project[0].weight) in tri and id(model.refine[0].weight) in tri
+    assert id(model.encoder.conv1.weight) not in tri
+
+
+def test_config_rejects_bad_triplane_options():
+    for bad in ({"triplane_reduce": "max"}, {"plane_upsample": 0}, {"triplane_norm": "l1"}):
+        with pytest.raises(UserError):
+            tiny_config(**bad)
 
 
 def test_training_fits_decreases_loss_checkpoints_and_resumes(outdoor_scenes, tmp_path):
