@@ -398,6 +398,104 @@ def voxel_average(points: np.ndarray, colors: np.ndarray,
     return merged / counts[:, None], merged_colors / counts[:, None]
 
 
+def _observed_depth(model: SparseModel, view: int, fused: np.ndarray, shape: tuple[int, int],
+                    grow: int = 0) -> np.ndarray:
+    """``[H, W]`` camera z of the nearest fused point per pixel of ``view`` (0: none), the
+    points grown to ``2 grow + 1`` pixel squares (nearest wins)."""
+    from scipy.ndimage import grey_erosion
+
+    K, T = model.Ks[view], model.T_cam_world[view]
+    h, w = shape
+    cam = fused @ T[:3, :3].T + T[:3, 3]
+    front = cam[:, 2] > 1e-9
+    uv = cam[front, :2] / cam[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
+    col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    known = np.zeros((h, w))
+    order = np.argsort(-cam[front][inside, 2])  # nearest last: it wins
+    known[row[inside][order], col[inside][order]] = cam[front][inside][order, 2]
+    if grow > 0:
+        near = grey_erosion(np.where(known > 0, known, np.inf), size=(2 * grow + 1,) * 2)
+        known = np.where(np.isfinite(near), near, 0.0)
+    return known
+
+
+def consistent_depths(model: SparseModel, view: int, u: np.ndarray, v: np.ndarray,
+                      z: np.ndarray, colors: np.ndarray, observed: dict[int, np.ndarray],
+                      blurred: dict[int, np.ndarray], config: StereoConfig,
+                      grid: tuple[int, int] | None = None) -> np.ndarray:
+    """Depths ``[P]`` along the rays of pixels ``u, v`` (corner at 0) of ``view`` that the
+    other views agree with best (0: every depth hides a surface another view observes).
+
+    A guessed depth ``z [P]`` (a textureless pixel's) is only a starting point: the depths
+    ``z`` times :data:`FILL_DEPTH_STEPS` factors spread geometrically over
+    ``fill_depth_range`` (and 1) are tried, and each is scored in every other view ``k`` it
+    projects into (``observed[k]``: the camera z that view observes, 0 where none):
+    *violated* where that view observes a surface behind the candidate (it would hide
+    it), *occluded* where the view observes one in front of it, else *seen*, scored by the
+    colour difference between the pixel (``colors [P, 3]``) and what the view shows there
+    (``blurred[k]``: its photo smoothed). A candidate costs the mean colour difference over
+    the views that see it, ``fill_unseen_cost`` where none does, plus ``fill_depth_prior``
+    per unit of ``|log factor|``; violated candidates are excluded.
+    With ``grid`` (the pixels are a row-major ``[gh, gw]`` lattice), the costs are averaged
+    over ``fill_window`` x ``fill_window`` neighbours first (one pixel's colour is no match).
+    So a black backdrop guessed at the object's depth, where another view shows the
+    object, moves back until that view shows the backdrop too (or hides the point), and
+    a white table guess stays where another view shows white.
+    """
+    lo, hi = config.fill_depth_range
+    factors = np.unique(np.concatenate([np.geomspace(lo, hi, FILL_DEPTH_STEPS), [1.0]]))
+    K = model.Ks[view]
+    T_world_cam = np.linalg.inv(model.T_cam_world[view])
+    zc = z[:, None] * factors[None, :]  # [P, C]
+    pts_cam = np.stack([(u[:, None] + 0.5 - K[0, 2]) * zc / K[0, 0],
+                        (v[:, None] + 0.5 - K[1, 2]) * zc / K[1, 1], zc], -1)
+    pts = pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]  # [P, C, 3]
+    diff_sum = np.zeros(zc.shape)
+    seen_count = np.zeros(zc.shape)
+    violated = np.zeros(zc.shape, dtype=bool)
+    margin = config.fill_margin
+    for k, depth_k in observed.items():
+        if k == view:
+            continue
+        Tk, Kk = model.T_cam_world[k], model.Ks[k]
+        pk = pts @ Tk[:3, :3].T + Tk[:3, 3]
+        zk = pk[..., 2]
+        front = zk > 1e-9
+        safe = np.where(front, zk, 1.0)
+        col = np.floor(pk[..., 0] / safe * Kk[0, 0] + Kk[0, 2]).astype(np.int64)
+        row = np.floor(pk[..., 1] / safe * Kk[1, 1] + Kk[1, 2]).astype(np.int64)
+        h, w = depth_k.shape
+        inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        r, c = np.where(inside, row, 0), np.where(inside, col, 0)
+        z_obs = np.where(inside, depth_k[r, c], 0.0)
+        violated |= inside & (z_obs > 0) & (zk < (1.0 - margin) * z_obs)
+        occluded = (z_obs > 0) & (zk > (1.0 + margin) * z_obs)
+        seen = inside & ~occluded
+        diff = np.abs(blurred[k][r, c] - colors[:, None, :]).mean(-1)
+        diff_sum += np.where(seen, diff, 0.0)
+        seen_count += seen
+    cost = np.where(seen_count > 0, diff_sum / np.maximum(seen_count, 1),
+                    config.fill_unseen_cost)
+    cost = np.where(violated, VIOLATION_COST, cost)
+    if grid is not None and config.fill_window > 1:  # aggregate over neighbouring pixels
+        from scipy.ndimage import uniform_filter
+
+        cost = uniform_filter(cost.reshape(*grid, -1), size=(config.fill_window,) * 2 + (1,),
+                              mode="nearest").reshape(cost.shape)
+    cost = cost + config.fill_depth_prior * np.abs(np.log(factors))[None, :]
+    cost = np.where(violated, np.inf, cost)
+    best = np.argmin(cost, axis=1)
+    ok = np.isfinite(cost[np.arange(len(z)), best])
+    return np.where(ok, zc[np.arange(len(z)), best], 0.0)
+
+
+#: The cost (before aggregation) of a candidate that hides an observed surface.
+VIOLATION_COST = 2.0
+#: Depth factors :func:`consistent_depths` tries: this many, geometric over the range.
+FILL_DEPTH_STEPS = 16
+
+
 def fill_points(model: SparseModel, images: Sequence[LoadedImage],
                 depths: dict[int, np.ndarray], fused: np.ndarray,
                 config: StereoConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -406,24 +504,24 @@ def fill_points(model: SparseModel, images: Sequence[LoadedImage],
     Textureless areas (a white table, a plain wall) get no stereo depth, and 3DGS cannot
     grow Gaussians where there are none nearby; a learned point-map initialiser covers
     every pixel. Here each uncovered pixel (on a ``fill_stride`` grid) borrows the depth of
-    the nearest pixel with a fused point and is back-projected: a guess, but with the
-    right colour near the right place, which the joint optimisation then refines.
+    the nearest pixel with a fused point, then (``fill_consistent``) moves along its ray to
+    the depth the other views agree with best (:func:`consistent_depths`), and is
+    back-projected: a guess, but with the right colour near the right place, which the
+    joint optimisation then refines.
     """
-    from scipy.ndimage import distance_transform_edt
+    from scipy.ndimage import distance_transform_edt, uniform_filter
 
     points, colors = [], []
+    shapes = {i: d.shape for i, d in depths.items()}
+    observed = {i: _observed_depth(model, i, fused, shapes[i], grow=config.fill_stride // 2)
+                for i in depths} if config.fill_consistent else {}
+    blurred = {i: uniform_filter(images[i].rgb.numpy().astype(np.float64), size=(5, 5, 1),
+                                 mode="nearest") for i in depths} if config.fill_consistent else {}
     for i, depth in depths.items():
         K, T = model.Ks[i], model.T_cam_world[i]
         h, w = depth.shape
         # Which pixels the fused cloud covers (its points seen from this view).
-        cam = fused @ T[:3, :3].T + T[:3, 3]
-        front = cam[:, 2] > 1e-9
-        uv = cam[front, :2] / cam[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
-        col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
-        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        known = np.zeros((h, w))
-        order = np.argsort(-cam[front][inside, 2])  # nearest last: it wins
-        known[row[inside][order], col[inside][order]] = cam[front][inside][order, 2]
+        known = _observed_depth(model, i, fused, (h, w))
         covered = known > 0
         if covered.mean() < 0.01:
             continue
@@ -433,15 +531,25 @@ def fill_points(model: SparseModel, images: Sequence[LoadedImage],
         first, step = config.fill_stride // 2, config.fill_stride
         grid[first::step, first::step] = True
         distance = np.hypot(near_r - np.arange(h)[:, None], near_c - np.arange(w)[None, :])
-        v, u = np.nonzero(grid & (distance > config.fill_stride))
+        need = grid & (distance > config.fill_stride)
+        if not need.any():
+            continue
+        v, u = np.nonzero(grid)  # row-major lattice
+        shape = (len(range(first, h, step)), len(range(first, w, step)))
+        z = known[near_r[v, u], near_c[v, u]]
+        if config.fill_consistent:
+            z = consistent_depths(model, i, u.astype(np.float64), v.astype(np.float64), z,
+                                  blurred[i][v, u], observed, blurred, config, grid=shape)
+        keep = need[v, u] & (z > 0)
+        v, u, z = v[keep], u[keep], z[keep]
         if len(v) == 0:
             continue
-        z = known[near_r[v, u], near_c[v, u]]
+        colour = images[i].rgb.numpy()[v, u].astype(np.float64)
         pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
                             (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
         T_world_cam = np.linalg.inv(T)
         points.append(pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3])
-        colors.append(images[i].rgb.numpy()[v, u].astype(np.float64))
+        colors.append(colour)
     if not points:
         return np.zeros((0, 3)), np.zeros((0, 3))
     return np.concatenate(points), np.concatenate(colors)

@@ -32,15 +32,14 @@ def check_inputs(options: NeO360Options, images: list) -> None:
 def normalisation(cameras, camera_radius: float) -> tuple[torch.Tensor, float]:
     """``centre [3]`` (float64; closest point to the optical axes) and the scale that puts
     the cameras ``camera_radius`` from it on average."""
+    from geometry.se3 import optical_axes_point
+
     T = cameras.T_world_cam.double().cpu()
-    centres, axes = T[:, :3, 3], T[:, :3, 2]
-    eye = torch.eye(3, dtype=torch.float64)
-    P = eye - axes[:, :, None] * axes[:, None, :]
-    A, b = P.sum(0), (P @ centres[:, :, None]).sum(0)[:, 0]
-    if len(T) < 2 or float(torch.linalg.det(A)) < 1e-9:
+    centres = T[:, :3, 3]
+    centre = optical_axes_point(T)
+    if centre is None:
         raise UserError("the cameras' optical axes do not converge (parallel or a single "
                         "camera); NeO 360 needs photos looking at a common centre.")
-    centre = torch.linalg.solve(A, b)
     dist = float((centres - centre).norm(dim=-1).mean())
     if dist < 1e-9:
         raise UserError("the cameras all sit at the scene centre; give cameras around it.")

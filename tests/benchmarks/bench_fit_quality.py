@@ -7,11 +7,14 @@ to the row above:
 ==========  ===================================================================================
 row         options (``recon fit`` / ``recon eval``)
 ==========  ===================================================================================
-before      today's behaviour: ``--init-options.no-fill-coverage --train.no-coverage-densify``,
+before      today's behaviour: ``--init-options.no-fill-coverage --train.no-coverage-densify
+            --init-options.stereo.no-fill-consistent``,
             ``--iterations 250``, ``--train.background 0 0 0``; test poses one view at a
             time (``--test-pose-batch 1 --test-pose-options.coarse-levels 1
             --test-pose-options.patience 0``)
-+fill       1. dense coverage at initialisation (``InitConfig.fill_coverage``)
++fill       1. dense coverage at initialisation (``InitConfig.fill_coverage``, and the stereo
+            stage's guessed points moved to a depth the other views agree with,
+            ``StereoConfig.fill_consistent``)
 +densify    2. coverage densification during optimisation (``TrainConfig.coverage_densify``)
 +batch      4. test poses batched, coarse to fine, early stopping (eval time)
 after       5. the schedule by photo count (no ``--iterations``) and the background
@@ -64,6 +67,7 @@ CO3D = SHARED / "co3d_apple"
 #: EvalConfig fields (recon eval). Cumulative: each row is the one above plus a change.
 _BEFORE = {
     "fit.init_options.fill_coverage": False,
+    "fit.init_options.stereo.fill_consistent": False,
     "fit.train.coverage_densify": False,
     "eval.iterations": 250,
     "eval.test_pose_batch": 1,
@@ -73,10 +77,13 @@ _BEFORE = {
 }
 ROWS: dict[str, dict[str, object]] = {
     "before": _BEFORE,
-    "+fill": {**_BEFORE, "fit.init_options.fill_coverage": True},
+    "+fill": {**_BEFORE, "fit.init_options.fill_coverage": True,
+              "fit.init_options.stereo.fill_consistent": True},
     "+densify": {**_BEFORE, "fit.init_options.fill_coverage": True,
+                 "fit.init_options.stereo.fill_consistent": True,
                  "fit.train.coverage_densify": True},
     "+batch": {"fit.init_options.fill_coverage": True, "fit.train.coverage_densify": True,
+               "fit.init_options.stereo.fill_consistent": True,
                "eval.iterations": 250, "fit.train.background": (0.0, 0.0, 0.0)},
     "after": {},
 }
@@ -85,7 +92,8 @@ ROWS: dict[str, dict[str, object]] = {
 _REQUIRES = {
     "+batch": ("eval.test_pose_batch", "eval.test_pose_options.coarse_levels",
                "eval.test_pose_options.patience"),
-    "after": ("fit.init_options.fill_coverage", "fit.train.coverage_densify",
+    "after": ("fit.init_options.fill_coverage", "fit.init_options.stereo.fill_consistent",
+              "fit.train.coverage_densify",
               "eval.test_pose_batch", "fit.time_budget"),
 }
 QUICK_ROWS = ("before", "after")
