@@ -84,8 +84,9 @@ def test_repository_sources_without_cuda_device(monkeypatch):
     assert root == Path(__file__).resolve().parents[2] / "cuda"
     plan = loader.build_plan()
     assert _rel(plan.sources, root) == [
-        "registry.cpp", "rasterize/rasterize_cpu.cpp", "rasterize/sh_cpu.cpp",
-        "sparse_voxel/sparse_voxel_cpu.cpp", "voxelize/voxelize_cpu.cpp"]
+        "registry.cpp", "projection/projection_cpu.cpp", "rasterize/rasterize_cpu.cpp",
+        "rasterize/sh_cpu.cpp", "sparse_voxel/sparse_voxel_cpu.cpp", "ssim/ssim_cpu.cpp",
+        "voxelize/voxelize_cpu.cpp"]
     assert not plan.with_cuda
 
 
