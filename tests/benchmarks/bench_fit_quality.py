@@ -86,6 +86,8 @@ ROWS: dict[str, dict[str, object]] = {
                "fit.init_options.stereo.fill_consistent": True,
                "eval.iterations": 250, "fit.train.background": (0.0, 0.0, 0.0)},
     "after": {},
+    # ablation: today's defaults without moving the stereo stage's guessed depths
+    "-consistent": {"fit.init_options.stereo.fill_consistent": False},
 }
 #: What each row needs this checkout to have besides the options it sets (the defaults it
 #: relies on): ``after`` is only "after" once every change exists.
