@@ -67,6 +67,17 @@ Camera<T> camera(const T* viewmat, const T* K, int64_t width, int64_t height) {
   return cam;
 }
 
+// The C cameras of viewmats [C,4,4] and Ks [C,3,3] (contiguous, of type T).
+template <typename T>
+std::vector<Camera<T>> cameras(const at::Tensor& viewmats, const at::Tensor& Ks,
+                               int64_t width, int64_t height) {
+  std::vector<Camera<T>> cams;
+  for (int64_t c = 0; c < viewmats.size(0); ++c)
+    cams.push_back(camera(viewmats.data_ptr<T>() + c * 16, Ks.data_ptr<T>() + c * 9, width,
+                          height));
+  return cams;
+}
+
 // Per Gaussian: the normalised quaternion, its rotation matrix, M = R S and the six unique
 // entries of the world covariance M M^T (xx, xy, xz, yy, yz, zz).
 template <typename T>
@@ -198,10 +209,7 @@ project_gaussians_fwd_cpu(const at::Tensor& means_in, const at::Tensor& quats_in
   at::Tensor radii = at::empty({C, N, 2}, opts.dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_gaussians_fwd", [&] {
     using T = scalar_t;
-    std::vector<Camera<T>> cams;
-    for (int64_t c = 0; c < C; ++c)
-      cams.push_back(camera(viewmats.data_ptr<T>() + c * 16, Ks.data_ptr<T>() + c * 9, width,
-                            height));
+    const std::vector<Camera<T>> cams = cameras<T>(viewmats, Ks, width, height);
     const T* m = means.data_ptr<T>();
     const T* q = quats.data_ptr<T>();
     const T* s = scales.data_ptr<T>();
@@ -298,10 +306,7 @@ project_gaussians_bwd_cpu(const at::Tensor& means_in, const at::Tensor& quats_in
   std::vector<double> cam_partial(std::max<int64_t>(blocks, 1) * C * kCamGrads, 0.0);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_gaussians_bwd", [&] {
     using T = scalar_t;
-    std::vector<Camera<T>> cams;
-    for (int64_t c = 0; c < C; ++c)
-      cams.push_back(camera(viewmats.data_ptr<T>() + c * 16, Ks.data_ptr<T>() + c * 9, width,
-                            height));
+    const std::vector<Camera<T>> cams = cameras<T>(viewmats, Ks, width, height);
     const T* m = means.data_ptr<T>();
     const T* q = quats.data_ptr<T>();
     const T* s = scales.data_ptr<T>();

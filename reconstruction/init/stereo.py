@@ -398,26 +398,39 @@ def voxel_average(points: np.ndarray, colors: np.ndarray,
     return merged / counts[:, None], merged_colors / counts[:, None]
 
 
-def _observed_depth(model: SparseModel, view: int, fused: np.ndarray, shape: tuple[int, int],
-                    grow: int = 0) -> np.ndarray:
-    """``[H, W]`` camera z of the nearest fused point per pixel of ``view`` (0: none), the
-    points grown to ``2 grow + 1`` pixel squares (nearest wins)."""
+def _pixels(K: np.ndarray, T_cam_world: np.ndarray,
+            points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Camera z, pixel column and row (floored; corner at 0) of ``points [..., 3]`` in a
+    view; points not in front (z <= 1e-9) get the pixel of z = 1 (mask them with z)."""
+    cam = points @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    z = cam[..., 2]
+    safe = np.where(z > 1e-9, z, 1.0)
+    col = np.floor(cam[..., 0] / safe * K[0, 0] + K[0, 2]).astype(np.int64)
+    row = np.floor(cam[..., 1] / safe * K[1, 1] + K[1, 2]).astype(np.int64)
+    return z, col, row
+
+
+def _observed_depth(model: SparseModel, view: int, fused: np.ndarray,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` camera z of the nearest fused point per pixel of ``view`` (0: none)."""
+    h, w = shape
+    z, col, row = _pixels(model.Ks[view], model.T_cam_world[view], fused)
+    inside = (z > 1e-9) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    known = np.zeros((h, w))
+    order = np.argsort(-z[inside])  # nearest last: it wins
+    known[row[inside][order], col[inside][order]] = z[inside][order]
+    return known
+
+
+def _grown(known: np.ndarray, grow: int) -> np.ndarray:
+    """``known`` (0: none) with every depth grown to a ``2 grow + 1`` pixel square
+    (nearest wins)."""
     from scipy.ndimage import grey_erosion
 
-    K, T = model.Ks[view], model.T_cam_world[view]
-    h, w = shape
-    cam = fused @ T[:3, :3].T + T[:3, 3]
-    front = cam[:, 2] > 1e-9
-    uv = cam[front, :2] / cam[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2]
-    col, row = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    known = np.zeros((h, w))
-    order = np.argsort(-cam[front][inside, 2])  # nearest last: it wins
-    known[row[inside][order], col[inside][order]] = cam[front][inside][order, 2]
-    if grow > 0:
-        near = grey_erosion(np.where(known > 0, known, np.inf), size=(2 * grow + 1,) * 2)
-        known = np.where(np.isfinite(near), near, 0.0)
-    return known
+    if grow <= 0:
+        return known
+    near = grey_erosion(np.where(known > 0, known, np.inf), size=(2 * grow + 1,) * 2)
+    return np.where(np.isfinite(near), near, 0.0)
 
 
 def consistent_depths(model: SparseModel, view: int, u: np.ndarray, v: np.ndarray,
@@ -458,15 +471,9 @@ def consistent_depths(model: SparseModel, view: int, u: np.ndarray, v: np.ndarra
     for k, depth_k in observed.items():
         if k == view:
             continue
-        Tk, Kk = model.T_cam_world[k], model.Ks[k]
-        pk = pts @ Tk[:3, :3].T + Tk[:3, 3]
-        zk = pk[..., 2]
-        front = zk > 1e-9
-        safe = np.where(front, zk, 1.0)
-        col = np.floor(pk[..., 0] / safe * Kk[0, 0] + Kk[0, 2]).astype(np.int64)
-        row = np.floor(pk[..., 1] / safe * Kk[1, 1] + Kk[1, 2]).astype(np.int64)
+        zk, col, row = _pixels(model.Ks[k], model.T_cam_world[k], pts)
         h, w = depth_k.shape
-        inside = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        inside = (zk > 1e-9) & (col >= 0) & (col < w) & (row >= 0) & (row < h)
         r, c = np.where(inside, row, 0), np.where(inside, col, 0)
         z_obs = np.where(inside, depth_k[r, c], 0.0)
         violated |= inside & (z_obs > 0) & (zk < (1.0 - margin) * z_obs)
@@ -512,16 +519,16 @@ def fill_points(model: SparseModel, images: Sequence[LoadedImage],
     from scipy.ndimage import distance_transform_edt, uniform_filter
 
     points, colors = [], []
-    shapes = {i: d.shape for i, d in depths.items()}
-    observed = {i: _observed_depth(model, i, fused, shapes[i], grow=config.fill_stride // 2)
-                for i in depths} if config.fill_consistent else {}
+    # Which pixels the fused cloud covers (its points seen from each view).
+    known_of = {i: _observed_depth(model, i, fused, d.shape) for i, d in depths.items()}
+    observed = {i: _grown(known, config.fill_stride // 2) for i, known in known_of.items()} \
+        if config.fill_consistent else {}
     blurred = {i: uniform_filter(images[i].rgb.numpy().astype(np.float64), size=(5, 5, 1),
                                  mode="nearest") for i in depths} if config.fill_consistent else {}
     for i, depth in depths.items():
         K, T = model.Ks[i], model.T_cam_world[i]
         h, w = depth.shape
-        # Which pixels the fused cloud covers (its points seen from this view).
-        known = _observed_depth(model, i, fused, (h, w))
+        known = known_of[i]
         covered = known > 0
         if covered.mean() < 0.01:
             continue
