@@ -34,7 +34,9 @@ _LOADED: Path | None = None
 
 # -fno-trapping-math lets GCC vectorise branch-free float selects (the compositing loops);
 # unlike -ffast-math it changes no result. -ffp-contract=off: no FMA, results match the
-# PyTorch reference's rounding and do not depend on the CPU's FMA support.
+# PyTorch reference's rounding and do not depend on the CPU's FMA support (except the
+# compositing kernels, cuda/rasterize/rasterize_cpu.cpp, which turn contraction back on for
+# speed and are compared with the reference within tolerances).
 _CFLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=off", "-fno-trapping-math"]
 _LDFLAGS = ["-fopenmp"]
 # nvcc: no fast-math, and no FMA contraction, so CUDA results can be compared with the CPU
