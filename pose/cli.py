@@ -81,6 +81,8 @@ class EgoPredict:
     """Output .npz (default: <tracking>_pose.npz)."""
     height_m: float | None = None
     """The user's stature in metres (default: the file's height_m, else 1.70 m)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
 
@@ -88,7 +90,8 @@ class EgoPredict:
         from pose.body.egoposer.commands import run_predict
 
         set_threads(self.threads)
-        run_predict(self.checkpoint, self.tracking, self.out, self.height_m)
+        run_predict(self.checkpoint, self.tracking, self.out, self.height_m,
+                    device=self.device)
 
 
 @dataclass
@@ -113,6 +116,8 @@ class EgoEval:
     """Seed of the synthetic data and visibility (default: training seed + 1000)."""
     smplh_dir: Path | None = None
     """Folder of SMPL-H model.npz files (exact SMPL-H joints)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
@@ -123,7 +128,7 @@ class EgoEval:
         set_threads(self.threads)
         run_eval(self.checkpoint, self.amass, self.synthetic, self.out, self.visibility,
                  self.baselines, self.synth, self.synthetic_sequences, self.seed,
-                 self.smplh_dir)
+                 self.smplh_dir, device=self.device)
 
 
 @dataclass

@@ -105,7 +105,7 @@ def _resume_key(config: FitConfig, options: Any, known: Cameras | None) -> dict:
                + known.K.double().numpy().tobytes()).hexdigest(),
            "train": dataclasses.asdict(config.train),
            "init_options": dataclasses.asdict(config.init_options)}
-    key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
+    key["init_options"]["sfm"].pop("threads", None)  # resuming keeps the initialisation
     return _comparable_key(json.loads(json.dumps(key, default=str)))  # as read from JSON
 
 
@@ -174,6 +174,11 @@ def check_fit_paths(config: FitConfig) -> None:
     if config.focal_35mm is not None and not (1.0 <= config.focal_35mm <= 2000.0):
         raise UserError(f"--focal-35mm {config.focal_35mm} is no focal length; give the "
                         "35 mm-equivalent focal in millimetres (e.g. 26 for a phone).")
+    opacities = {"--train.initial-opacity": config.train.initial_opacity,
+                 "--init-options.fill-opacity": config.init_options.fill_opacity}
+    for flag, value in opacities.items():
+        if not 0.0 < value < 1.0:
+            raise UserError(f"{flag} {value:g} must be an opacity strictly between 0 and 1.")
     from geometry.device import check_device
 
     check_device(config.device)
@@ -488,8 +493,7 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     if config.init not in INITIALISERS:
         raise UserError(f"there is no initialiser {config.init!r}; choose one of "
                         f"{', '.join(INITIALISERS)}.")
-    threads = set_threads(config.threads)
-    config.init_options.sfm.threads = threads
+    set_threads(config.threads)  # COLMAP keeps its own: SfmConfig.threads
 
     t0 = time.perf_counter()
     composite = config.train.background if config.train.background is not None \
@@ -623,6 +627,22 @@ def _restore_initialisation(run: _Run) -> None:
                         if k != "load_images"})
 
 
+def initial_scene(config: FitConfig, init_state: dict[str, torch.Tensor]) -> GaussianScene:
+    """The Gaussians the optimisation starts from: one per point of the initial cloud at
+    ``--train.initial-opacity``, then the coverage seeds (``init.fill_*``) at
+    ``--init-options.fill-opacity``."""
+    scene = GaussianScene.from_points(
+        init_state["init.points"], init_state["init.colors"].clamp(0, 1),
+        sh_degree=config.train.sh_degree, initial_opacity=config.train.initial_opacity)
+    if "init.fill_points" in init_state:  # the coverage seeds (reconstruction.init.coverage)
+        from reconstruction.init.coverage import seeded_scene
+
+        scene = seeded_scene(scene, init_state["init.fill_points"],
+                             init_state["init.fill_colors"], init_state["init.fill_scales"],
+                             config.init_options.fill_opacity, init_state.get("init.scale_cap"))
+    return scene
+
+
 def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dict]:
     """The method's trainer on the initial Gaussians (restored when resuming), and the
     checkpoint metadata."""
@@ -635,15 +655,7 @@ def _setup_trainer(run: _Run, build: BuildTrainer) -> tuple[GaussianTrainer, dic
         scene_scale=1.0,  # the world is normalised to a mean camera distance of 1
         background=run.background,
     )
-    scene = GaussianScene.from_points(
-        init_state["init.points"], init_state["init.colors"].clamp(0, 1),
-        sh_degree=config.train.sh_degree, initial_opacity=config.train.initial_opacity)
-    if "init.fill_points" in init_state:  # the coverage seeds (reconstruction.init.coverage)
-        from reconstruction.init.coverage import seeded_scene
-
-        scene = seeded_scene(scene, init_state["init.fill_points"],
-                             init_state["init.fill_colors"], init_state["init.fill_scales"],
-                             config.init_options.fill_opacity, init_state.get("init.scale_cap"))
+    scene = initial_scene(config, init_state)
     trainer = build(TrainerJob(config=config, options=run.options, data=data, scene=scene,
                                images=run.images, init_state=init_state))
     if run.resumed is not None:

@@ -40,8 +40,12 @@ class SfmConfig:
     """Pixels; observations further from their point's projection are dropped."""
     min_inliers: int = 15
     """Fewest verified matches that link two views."""
-    threads: int = 2
-    """CPU threads for COLMAP."""
+    threads: int = 1
+    """CPU threads of COLMAP's feature extraction, matching and mapping. 1 (the default):
+    the same cameras on every run; with more, each of COLMAP's stages gives slightly
+    different cameras from run to run, and from three photos that is sometimes the
+    difference between a good fit and a failed one. More threads cut the SfM time of
+    many photos by about a fifth."""
     verbose: bool = False
     """Show COLMAP's log."""
 

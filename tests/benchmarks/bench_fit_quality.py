@@ -39,11 +39,15 @@ renders and metrics: the total minus the fit). Then, per dataset, each row again
 Run from the repository root (one dataset and --quick take a few minutes on 2 cores)::
 
     .venv/bin/python tests/benchmarks/bench_fit_quality.py [--quick]
-        [--datasets dtu,co3d,textureless] [--rows before,after] [--threads T] [--out DIR]
+        [--datasets dtu,co3d,textureless] [--rows before,after] [--seeds 0,1,2,3]
+        [--threads T] [--out DIR]
 
-``--quick``: only ``before`` and ``after`` and a fifth of the test views. Outputs go to a
-temporary folder (deleted) unless ``--out`` is given: then every eval output is kept there,
-with the figures in ``OUT/bench_fit_quality.json``.
+``--quick``: only ``before`` and ``after`` and a fifth of the test views. ``--seeds 0,1,2,3``
+runs every row once per fit seed (SfM's random choices) and adds, per row, the mean PSNR,
+the median and worst rotation error and the runs whose cameras failed: from three photos a
+single seed's rotation error swings by tenths of a degree, and some seeds fail outright.
+Outputs go to a temporary folder (deleted) unless ``--out`` is given: then every eval output
+is kept there, with the figures in ``OUT/bench_fit_quality.json``.
 """
 
 from __future__ import annotations
@@ -210,15 +214,17 @@ def datasets(names: list[str], work: Path, quick: bool) -> list[tuple[str, dict 
     return out
 
 
-def run_row(dataset: dict, row: str, out: Path, threads: int | None, quiet: bool) -> dict:
-    """One recon eval run with the row's options; the bench's figures (or why n/a)."""
+def run_row(dataset: dict, row: str, out: Path, threads: int | None, quiet: bool,
+            seed: int = 0) -> dict:
+    """One recon eval run with the row's options (the fit's ``--seed`` ``seed``); the
+    bench's figures (or why n/a)."""
     from reconstruction.eval.config import EvalConfig
     from reconstruction.eval.protocol import run_eval
 
-    options = ROWS[row]
+    options = {**ROWS[row], "fit.seed": seed}
     missing = [p for p in (*options, *_REQUIRES.get(row, ())) if not supported(p)]
     if missing:
-        return {"row": row, "na": "needs " + ", ".join(
+        return {"row": row, "seed": seed, "na": "needs " + ", ".join(
             "--" + p.split(".", 1)[1].replace("_", "-") for p in missing)}
     config = EvalConfig(out=out, threads=threads, quiet=quiet, save_renders=False,
                         overwrite=True, **dataset)
@@ -234,7 +240,7 @@ def run_row(dataset: dict, row: str, out: Path, threads: int | None, quiet: bool
     fit_s = seconds.get("fit")
     metrics = captured.get("metrics", {})
     return {
-        "row": row,
+        "row": row, "seed": seed,
         "psnr": results.get("psnr"), "ssim": results.get("ssim"),
         "psnr_masked": results.get("psnr_masked"), "ssim_masked": results.get("ssim_masked"),
         "coverage_before_fill": _find(metrics, "coverage_before_fill"),
@@ -266,8 +272,13 @@ COLUMNS = (("PSNR", "psnr", 2, 1.0), ("SSIM", "ssim", 3, 1.0),
            ("eval s", "eval_s", 1, 1.0), ("pose s", "test_pose_s", 1, 1.0))
 
 
+def _label(r: dict) -> str:
+    return r["row"] if r.get("seed", 0) == 0 else f"{r['row']}@s{r['seed']}"
+
+
 def print_table(results: dict[str, dict]) -> None:
-    """The figures per dataset and row, then each row's change against ``before``."""
+    """The figures per dataset and row (and seed), each row's change against ``before``
+    (of the same seed), and with several seeds each row's spread over them."""
     head = f"{'dataset':<12} {'row':<9} " + " ".join(f"{c[0]:>8}" for c in COLUMNS)
     print(head)
     print("-" * len(head))
@@ -277,19 +288,18 @@ def print_table(results: dict[str, dict]) -> None:
             continue
         for r in entry["rows"]:
             if "na" in r:
-                print(f"{name:<12} {r['row']:<9} n/a ({r['na']})")
+                print(f"{name:<12} {_label(r):<9} n/a ({r['na']})")
                 continue
-            print(f"{name:<12} {r['row']:<9} " + " ".join(
+            print(f"{name:<12} {_label(r):<9} " + " ".join(
                 f"{_fmt(r.get(key), d, s):>8}" for _, key, d, s in COLUMNS))
     print()
     print("against 'before': PSNR / masked PSNR difference (dB), fit and eval time ratios")
     for name, entry in results.items():
-        rows = {r["row"]: r for r in entry.get("rows", []) if "na" not in r}
-        base = rows.get("before")
-        if base is None:
-            continue
-        for row, r in rows.items():
-            if row == "before":
+        rows = [r for r in entry.get("rows", []) if "na" not in r]
+        bases = {r.get("seed", 0): r for r in rows if r["row"] == "before"}
+        for r in rows:
+            base = bases.get(r.get("seed", 0))
+            if base is None or r["row"] == "before":
                 continue
             parts = []
             for key in ("psnr", "psnr_masked"):
@@ -298,7 +308,30 @@ def print_table(results: dict[str, dict]) -> None:
             for key in ("fit_s", "eval_s"):
                 if r.get(key) and base.get(key):
                     parts.append(f"{key[:-2]} x{r[key] / base[key]:.2f}")
-            print(f"  {name:<12} {row:<9} " + ", ".join(parts))
+            print(f"  {name:<12} {_label(r):<9} " + ", ".join(parts))
+    if len({r.get("seed", 0) for e in results.values() for r in e.get("rows", [])}) < 2:
+        return
+    # Camera-pose errors of a 3-view fit swing with the seed (SfM's random choices): over the
+    # seeds, the median and worst rotation error, and the runs whose cameras failed (> 10°).
+    print()
+    print("over the seeds: PSNR mean, rotation error median / worst (deg), failed runs")
+    for name, entry in results.items():
+        by_row: dict[str, list[dict]] = {}
+        for r in entry.get("rows", []):
+            if "na" not in r:
+                by_row.setdefault(r["row"], []).append(r)
+        for row, runs in by_row.items():
+            psnr = [r["psnr"] for r in runs if r.get("psnr") is not None]
+            rot = sorted(r["rot_err_mean_deg"] for r in runs
+                         if r.get("rot_err_mean_deg") is not None)
+            if not psnr or not rot:
+                continue
+            median = rot[len(rot) // 2] if len(rot) % 2 else \
+                0.5 * (rot[len(rot) // 2 - 1] + rot[len(rot) // 2])
+            failed = sum(v > 10.0 for v in rot)
+            print(f"  {name:<12} {row:<14} PSNR {sum(psnr) / len(psnr):.2f}, rotation "
+                  f"{median:.2f} / {rot[-1]:.2f}, failed {failed}/{len(rot)} "
+                  f"(seeds {','.join(str(r.get('seed', 0)) for r in runs)})")
 
 
 def main() -> None:
@@ -307,6 +340,8 @@ def main() -> None:
                         help="rows before and after only, a fifth of the test views")
     parser.add_argument("--datasets", default="dtu,co3d,textureless")
     parser.add_argument("--rows", default=None, help=f"comma-separated of {list(ROWS)}")
+    parser.add_argument("--seeds", default="0",
+                        help="comma-separated fit seeds: every row runs once per seed")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of the fits (default: all cores)")
     parser.add_argument("--out", type=Path, default=None,
@@ -317,6 +352,11 @@ def main() -> None:
     for row in rows:
         if row not in ROWS:
             raise SystemExit(f"unknown row {row!r}; use {list(ROWS)}")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r} is not a comma-separated list of "
+                         "integers") from None
     from geometry.threads import set_threads
 
     set_threads(args.threads)
@@ -332,13 +372,15 @@ def main() -> None:
             print(f"{name}: {note}", flush=True)
             results[name] = {"note": note, "rows": []}
             for row in rows:
-                figures = run_row(dataset, row, out / name / row.lstrip("+"), args.threads,
-                                  quiet=not args.verbose)
-                results[name]["rows"].append(figures)
-                shown = figures.get("na") or ", ".join(
-                    f"{key} {_fmt(figures.get(key), d, s)}" for _, key, d, s in COLUMNS
-                    if figures.get(key) is not None)
-                print(f"  {row}: {shown}", flush=True)
+                for seed in seeds:
+                    folder = row.lstrip("+") + (f"_s{seed}" if len(seeds) > 1 else "")
+                    figures = run_row(dataset, row, out / name / folder, args.threads,
+                                      quiet=not args.verbose, seed=seed)
+                    results[name]["rows"].append(figures)
+                    shown = figures.get("na") or ", ".join(
+                        f"{key} {_fmt(figures.get(key), d, s)}" for _, key, d, s in COLUMNS
+                        if figures.get(key) is not None)
+                    print(f"  {_label(figures)}: {shown}", flush=True)
         print()
         print_table(results)
         if args.out is not None:

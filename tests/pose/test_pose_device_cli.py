@@ -1,5 +1,6 @@
 """``--device`` and ``--quiet`` of ``pose sparp``, ``pose sparp-train``, ``pose shapo
-train-priors|mesh|train|predict|eval`` and ``pose egoposer train``: a device that is
+train-priors|mesh|train|predict|eval``, ``pose egoposer train|predict|eval`` and ``pose aden
+eval``: a device that is
 misspelt or absent ends in one sentence and exit 2 with nothing written; ``--device cpu``
 gives the default's result; ``--quiet`` prints nothing. The ``cuda`` tests run the same code
 on a GPU and compare it with the CPU (``-m cuda``)."""
@@ -49,6 +50,12 @@ def _commands(tmp: Path) -> dict[str, list[str]]:
         "shapo eval": ["shapo", "eval", "--checkpoint", str(tmp / "ck"), "--synthetic",
                        "--out", out],
         "egoposer train": ["egoposer", "train", "--synthetic", "--out", out],
+        "egoposer predict": ["egoposer", "predict", "--checkpoint", str(tmp / "ck"),
+                             "--tracking", str(tmp / "trk.npz"), "--out", out + ".npz"],
+        "egoposer eval": ["egoposer", "eval", "--checkpoint", str(tmp / "ck"), "--synthetic",
+                          "--out", out + ".json"],
+        "aden eval": ["aden", "eval", "--checkpoint", str(tmp / "ck"), "--synthetic", "--out",
+                      out],
     }
 
 
@@ -288,3 +295,112 @@ def test_egoposer_train_on_a_device_matches_the_cpu(tmp_path: Path, device: str)
                "--steps", "4", "--resume", "--quiet", *EGO_TINY])
     state = json.loads((tmp_path / "dev" / "config.json").read_text())["state"]
     assert state["step"] == 4
+
+
+# ------------------------------------------- egoposer predict|eval and aden eval on a device
+
+
+@pytest.fixture(scope="module")
+def ego_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny EgoPoser checkpoint and a synthetic tracking file (a few seconds)."""
+    root = tmp_path_factory.mktemp("ego")
+    pose_main(["egoposer", "train", "--synthetic", "--out", str(root / "ck"), "--steps", "2",
+               "--quiet", *EGO_TINY])
+    pose_main(["egoposer", "simulate", "--synthetic", "--out", str(root / "trk.npz"),
+               "--seed", "3", "--synth.seconds", "3"])
+    return root / "ck", root / "trk.npz"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_egoposer_predict_on_a_device_matches_the_default(ego_checkpoint: tuple[Path, Path],
+                                                          tmp_path: Path, device: str):
+    ck, trk = ego_checkpoint
+    outs = {"default": [], "dev": ["--device", device]}
+    for name, extra in outs.items():
+        pose_main(["egoposer", "predict", "--checkpoint", str(ck), "--tracking", str(trk),
+                   "--out", str(tmp_path / f"{name}.npz"), "--threads", "1", *extra])
+    a, b = (np.load(tmp_path / f"{n}.npz") for n in outs)
+    assert a.files == b.files and a["poses"].shape == (90, 66)
+    assert np.abs(a["poses"]).max() > 0.01  # a real pose, not a vacuous comparison
+    exact = device == "cpu"  # the same device: the same numbers
+    for key in ("poses", "trans", "joints"):
+        if exact:
+            np.testing.assert_array_equal(b[key], a[key])
+        else:
+            np.testing.assert_allclose(b[key], a[key], atol=1e-4)
+    assert float(b["body_scale"]) == float(a["body_scale"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_egoposer_eval_on_a_device_matches_the_default(ego_checkpoint: tuple[Path, Path],
+                                                       tmp_path: Path, device: str):
+    ck, _ = ego_checkpoint
+    common = ["egoposer", "eval", "--checkpoint", str(ck), "--synthetic",
+              "--synthetic-sequences", "2", "--synth.seconds", "3", "--threads", "1"]
+    pose_main([*common, "--out", str(tmp_path / "a.json")])
+    pose_main([*common, "--out", str(tmp_path / "b.json"), "--device", device])
+    a, b = (json.loads((tmp_path / n).read_text())["methods"] for n in ("a.json", "b.json"))
+    assert a.keys() == b.keys() == {"egoposer", "stand_still"}
+    assert a["egoposer"]["all"]["mpjpe_cm"] > 0
+    for method in a:
+        for group, metrics in a[method].items():
+            for key, value in metrics.items():
+                got = b[method][group][key]
+                if value is None:
+                    assert got is None
+                elif device == "cpu":
+                    assert got == value, (method, group, key)
+                else:
+                    assert got == pytest.approx(value, rel=1e-3, abs=1e-3), (method, group, key)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_aden_eval_on_a_device_matches_the_default(tmp_path: Path, device: str,
+                                                   monkeypatch: pytest.MonkeyPatch):
+    from geometry.training import save_checkpoint
+    from pose.camera.aden.config import AdenConfig
+    from pose.camera.aden.model import AdenNet
+
+    # an untrained net scores mostly 0 %: compare its predicted poses too, and where the
+    # images were when the net saw them
+    calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    predict = AdenNet.predict
+
+    def recording_predict(self, images, seed=0):
+        R, t, prob = predict(self, images, seed=seed)
+        calls.append((images.device.type, R.cpu(), t.cpu()))
+        return R, t, prob
+
+    monkeypatch.setattr(AdenNet, "predict", recording_predict)
+    torch.manual_seed(0)
+    cfg = AdenConfig(image_size=32, widths=(8, 16), d_model=16, layers=1, heads=2, hidden=32,
+                     queries=4, noise_dim=4, hypotheses=12, grid_size=64, random_negatives=4)
+    ck = tmp_path / "ck"
+    save_checkpoint(ck, AdenNet(cfg), "aden", {"model": cfg.to_dict()})
+    common = ["aden", "eval", "--checkpoint", str(ck), "--synthetic", "--seed", "5",
+              "--sequences", "2", "--frames", "3", "--view-counts", "2", "3", "--threads", "1"]
+    pose_main([*common, "--out", str(tmp_path / "a")])
+    default, calls[:] = list(calls), []
+    pose_main([*common, "--out", str(tmp_path / "b"), "--device", device])
+    assert len(calls) == len(default) == 2  # one batch per view count
+    for (dev_a, Ra, ta), (dev_b, Rb, tb) in zip(default, calls, strict=True):
+        assert (dev_a, dev_b) == ("cpu", device)
+        assert Ra.shape == Rb.shape and Ra.shape[:2] in ((2, 2), (2, 3))  # 2 sets of V views
+        assert ta.abs().max() > 1e-3  # not a vacuous comparison
+        tol = 0 if device == "cpu" else 1e-4
+        torch.testing.assert_close(Rb, Ra, atol=tol, rtol=tol)
+        torch.testing.assert_close(tb, ta, atol=tol, rtol=tol)
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
+    assert a["views"].keys() == b["views"].keys() == {"2", "3"}
+    assert a["views"]["3"]["pairs"] == 6
+    # the RRA / CC shares of one set of pairs: identical on the CPU, and within one pair's
+    # share on a GPU (a hypothesis on a threshold's edge may flip)
+    for view, metrics in a["views"].items():
+        assert b["views"][view]["pairs"] == metrics["pairs"]
+        for key in ("rra5", "rra15", "rra30", "cc10"):
+            if device == "cpu":
+                assert b["views"][view][key] == metrics[key], (view, key)
+            else:
+                assert abs(b["views"][view][key] - metrics[key]) <= 0.5, (view, key)
+    if device == "cpu":
+        assert b["groups"] == a["groups"]

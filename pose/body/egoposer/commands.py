@@ -107,14 +107,17 @@ def _resample_tracking(tracking: Any, fps: float) -> Any:
 
 
 def run_predict(checkpoint: Path, tracking_path: Path, out: Path | None = None,
-                height_m: float | None = None) -> Path:
-    """Predict the full body for a tracking file; writes an AMASS-style ``.npz``.
+                height_m: float | None = None, device: str = "cpu") -> Path:
+    """Predict the full body for a tracking file on ``device`` (``cpu``, ``cuda``,
+    ``cuda:N``); writes an AMASS-style ``.npz`` (computed on the CPU from the network's
+    output).
 
     The output has ``poses [T, 66]`` (axis-angle: pelvis global orientation then 21 local
     joints), ``trans [T, 3]`` (AMASS convention for the default skeleton: pelvis minus its
     rest position), ``joints [T, 22, 3]`` (world), ``mocap_framerate`` (the model's frame
     rate; the input is resampled to it), ``body_scale`` and ``gender`` ('neutral').
     """
+    from geometry.device import check_device
     from geometry.io.atomic import atomic_path
     from geometry.so3 import matrix_to_axis_angle
     from pose.body.egoposer.infer import predict_sequence
@@ -127,7 +130,8 @@ def run_predict(checkpoint: Path, tracking_path: Path, out: Path | None = None,
     from pose.body.egoposer.tracking import load_tracking
     from pose.body.egoposer.train import load_checkpoint
 
-    model, cfg, _, _ = load_checkpoint(checkpoint)
+    check_device(device)
+    model, cfg, _, _ = load_checkpoint(checkpoint, device)
     tracking = _resample_tracking(load_tracking(tracking_path), cfg.fps)
     height = height_m if height_m is not None else tracking.height_m
     scale = scale_from_height(height) if height is not None else 1.0
@@ -176,17 +180,20 @@ def metrics_table(results: dict[str, dict[str, dict[str, float]]], title: str) -
 def run_eval(checkpoint: Path, amass: Path | None, synthetic: bool, out: Path,
              visibility: VisibilityMode, baselines: bool, synth: SynthConfig,
              num_synthetic: int, seed: int | None = None,
-             smplh_dir: Path | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint (and the stand-still baseline); prints a table, writes JSON."""
+             smplh_dir: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a checkpoint (and the stand-still baseline); prints a table, writes JSON.
+    The network runs on ``device`` (``cpu``, ``cuda``, ``cuda:N``); metrics on the CPU."""
     from rich.console import Console
 
+    from geometry.device import check_device
     from geometry.io.atomic import atomic_write_text
     from geometry.io.jsonio import dumps_json
     from pose.body.egoposer.data import make_eval_sequences
     from pose.body.egoposer.infer import evaluate, model_predictor, stand_still_baseline
     from pose.body.egoposer.train import load_checkpoint
 
-    model, cfg, fov, config = load_checkpoint(checkpoint)
+    check_device(device)
+    model, cfg, fov, config = load_checkpoint(checkpoint, device)
     if seed is None:
         seed = int(config.get("state", {}).get("train", {}).get("seed", 0)) + EVAL_SEED_OFFSET
     seqs = load_motion(amass, synthetic, cfg.fps, seed, synth, num_synthetic, smplh_dir)

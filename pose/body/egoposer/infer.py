@@ -43,21 +43,26 @@ def predict_sequence(model: nn.Module, cfg: ModelConfig, trk_rot: Tensor, trk_po
         chunk: windows per forward pass.
 
     Returns:
-        ``(local_rots [T, 22, 3, 3], root_pos [T, 3])`` in the world.
+        ``(local_rots [T, 22, 3, 3], root_pos [T, 3])`` in the world, on the CPU. Each
+        chunk's windows go to the model's device (features, network and the world pose run
+        there); the inputs may be on the CPU.
     """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     n = trk_pos.shape[0]
     rots_out, root_out = [], []
     zero = torch.zeros(1, dtype=torch.long)
     for t0 in range(0, n, chunk):
         t = torch.arange(t0, min(n, t0 + chunk))
         idx = window_indices(t, zero.expand_as(t), cfg.frame_offsets())
-        s = torch.full((len(t),), float(scale))
-        feats, R_wc, origin = window_features(trk_rot[idx].float(), trk_pos[idx].float(),
-                                              visible[idx], s, cfg.fps)
+        s = torch.full((len(t),), float(scale), device=device)
+        feats, R_wc, origin = window_features(trk_rot[idx].float().to(device),
+                                              trk_pos[idx].float().to(device),
+                                              visible[idx].to(device), s, cfg.fps)
         rots_c, root_c = decode_outputs(model(feats)[:, -1])
         rots, root = restore_global(rots_c, root_c, R_wc, origin, s)
-        rots_out.append(rots)
-        root_out.append(root)
+        rots_out.append(rots.cpu())
+        root_out.append(root.cpu())
     return torch.cat(rots_out), torch.cat(root_out)
 
 

@@ -114,6 +114,8 @@ class AdenEval:
     sets_per_sequence: int = 1
     """View sets drawn from each sequence (random orders of its frames): more pairs from a
     few long CO3D sequences."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
     threads: int | None = None
     """CPU threads (default: all cores)."""
 
@@ -123,7 +125,7 @@ class AdenEval:
         set_threads(self.threads)
         run_eval(self.checkpoint, self.synthetic, self.co3d, self.out, self.seed,
                  self.sequences, self.frames, self.view_counts, self.supersample, self.cache,
-                 self.workers, self.background, self.sets_per_sequence)
+                 self.workers, self.background, self.sets_per_sequence, device=self.device)
 
 
 AdenSubcommand = Union[  # noqa: UP007 (tyro reads the Union of annotated subcommands)
