@@ -105,7 +105,7 @@ def _resume_key(config: FitConfig, options: Any, known: Cameras | None) -> dict:
                + known.K.double().numpy().tobytes()).hexdigest(),
            "train": dataclasses.asdict(config.train),
            "init_options": dataclasses.asdict(config.init_options)}
-    key["init_options"]["sfm"].pop("threads", None)  # resuming keeps the initialisation
+    key["init_options"]["sfm"].pop("threads", None)  # set from "threads" above
     return _comparable_key(json.loads(json.dumps(key, default=str)))  # as read from JSON
 
 
@@ -493,7 +493,8 @@ def _prepare(config: FitConfig, cameras: Cameras | None, options: Any,
     if config.init not in INITIALISERS:
         raise UserError(f"there is no initialiser {config.init!r}; choose one of "
                         f"{', '.join(INITIALISERS)}.")
-    set_threads(config.threads)  # COLMAP keeps its own: SfmConfig.threads
+    threads = set_threads(config.threads)
+    config.init_options.sfm.threads = threads  # the mapper keeps its own (one thread)
 
     t0 = time.perf_counter()
     composite = config.train.background if config.train.background is not None \

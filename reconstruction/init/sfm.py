@@ -138,10 +138,17 @@ def extract_and_match(images: Sequence[LoadedImage], work_dir: Path, config: Sfm
     if retry:
         extraction.sift.max_num_features = config.max_features * RETRY_FEATURE_FACTOR
         extraction.sift.peak_threshold /= RETRY_FEATURE_FACTOR
+    names = [image_file_name(i) for i in range(len(images))]
+    camera_mode = pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE
     with _colmap_logging(config.verbose):
+        # The images get their database ids here, in order, on one thread: the parallel
+        # extraction would number them as its threads finish, and everything after it
+        # (pair order, RANSAC's random streams, the mapper) follows the ids.
+        pycolmap.Database.open(str(database)).close()  # creates the empty database
+        pycolmap.import_images(database, image_dir, camera_mode=camera_mode,
+                               image_names=names, options=reader)
         pycolmap.extract_features(
-            database, image_dir, image_names=[image_file_name(i) for i in range(len(images))],
-            camera_mode=pycolmap.CameraMode.SINGLE if shared else pycolmap.CameraMode.PER_IMAGE,
+            database, image_dir, image_names=names, camera_mode=camera_mode,
             reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
     _set_focal_priors(database, images, shared)
     _add(timings, "features", time.perf_counter() - t0)
@@ -207,7 +214,7 @@ def run_incremental(database: Path, work_dir: Path, num_views: int, config: SfmC
     options.min_model_size = min(3, num_views)
     options.min_num_matches = config.min_inliers
     options.random_seed = seed
-    options.num_threads = config.threads
+    options.num_threads = config.mapper_threads  # more: not reproducible
     options.ba_refine_focal_length = focal
     options.mapper.abs_pose_refine_focal_length = focal
     options.ba_refine_principal_point = False

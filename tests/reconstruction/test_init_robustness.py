@@ -1,5 +1,6 @@
-"""Options that keep `recon fit`'s start reproducible and sane: COLMAP runs on one thread
-(the same cameras on every run) and opacities outside (0, 1) are refused up front."""
+"""What keeps `recon fit`'s start reproducible and sane: COLMAP numbers the photos in order
+and its mapper runs on one thread (the same cameras on every run), and opacities outside
+(0, 1) are refused up front."""
 
 from __future__ import annotations
 
@@ -42,20 +43,41 @@ def test_an_opacity_outside_0_1_is_refused(flag, value, tmp_path, run_recon):
     assert not (tmp_path / "out").exists()
 
 
-def test_colmap_runs_on_one_thread_whatever_the_fit_uses(monkeypatch, tmp_path, run_recon):
-    # COLMAP's stages give slightly different cameras from run to run on more threads, so
-    # the fit's --threads must not reach SfM (SfmConfig.threads, default 1).
+def test_colmap_mapper_runs_on_one_thread_whatever_the_fit_uses(monkeypatch, tmp_path,
+                                                                run_recon):
+    # COLMAP's bundle adjustment gives slightly different cameras from run to run on more
+    # threads: the fit's --threads reaches feature extraction and matching only.
     from geometry.errors import UserError
     from reconstruction.init import cgi
 
     def fake_sfm(images, work_dir, config, seed):
-        raise UserError(f"SfM asked for {config.threads} thread(s).")
+        raise UserError(f"SfM threads {config.threads}, mapper {config.mapper_threads}.")
 
     monkeypatch.setattr(cgi, "run_sfm", fake_sfm)
     code, err = run_recon("fit", "--images", str(SAMPLE), "--out", str(tmp_path / "out"),
                           "--threads", "2", "--quiet")
-    assert code == 2 and "SfM asked for 1 thread(s)." in err
+    assert code == 2 and "SfM threads 2, mapper 1." in err
     code, err = run_recon("fit", "--images", str(SAMPLE), "--out", str(tmp_path / "out"),
-                          "--threads", "1", "--init-options.sfm.threads", "2", "--quiet")
-    assert code == 2 and "SfM asked for 2 thread(s)." in err
+                          "--threads", "1", "--init-options.sfm.mapper-threads", "2", "--quiet")
+    assert code == 2 and "SfM threads 1, mapper 2." in err
     assert not (tmp_path / "out").exists()
+
+
+def test_photos_are_numbered_in_order_before_the_parallel_extraction(tmp_path):
+    # Parallel extraction numbers the images as its threads finish; the database ids (which
+    # order the pairs and RANSAC's random streams) must follow the photos' order instead.
+    import pycolmap
+
+    from reconstruction.images import load_images
+    from reconstruction.init.config import SfmConfig
+    from reconstruction.init.sfm import extract_and_match, image_file_name
+
+    images = load_images(SAMPLE, max_size=200)
+    for run in range(3):
+        database = extract_and_match(images, tmp_path / str(run), SfmConfig(threads=4), 0, {})
+        db = pycolmap.Database.open(str(database))
+        try:
+            ids = {im.name: im.image_id for im in db.read_all_images()}
+        finally:
+            db.close()
+        assert ids == {image_file_name(i): i + 1 for i in range(len(images))}
