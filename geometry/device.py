@@ -30,3 +30,12 @@ def check_device(device: str, flag: str = "--device") -> str:
         raise UserError(f"{flag} {device}: this machine has {torch.cuda.device_count()} "
                         f"GPU(s); use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return device
+
+
+def module_device(module: object):
+    """The ``torch.device`` of ``module``'s first parameter; the CPU for a module without
+    parameters, or for a stand-in that is not a ``torch.nn.Module``."""
+    import torch
+
+    param = next(module.parameters(), None) if isinstance(module, torch.nn.Module) else None
+    return param.device if param is not None else torch.device("cpu")

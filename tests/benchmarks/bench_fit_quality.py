@@ -58,6 +58,7 @@ import dataclasses
 import json
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -326,11 +327,9 @@ def print_table(results: dict[str, dict]) -> None:
                          if r.get("rot_err_mean_deg") is not None)
             if not psnr or not rot:
                 continue
-            median = rot[len(rot) // 2] if len(rot) % 2 else \
-                0.5 * (rot[len(rot) // 2 - 1] + rot[len(rot) // 2])
             failed = sum(v > 10.0 for v in rot)
-            print(f"  {name:<12} {row:<14} PSNR {sum(psnr) / len(psnr):.2f}, rotation "
-                  f"{median:.2f} / {rot[-1]:.2f}, failed {failed}/{len(rot)} "
+            print(f"  {name:<12} {row:<14} PSNR {statistics.fmean(psnr):.2f}, rotation "
+                  f"{statistics.median(rot):.2f} / {rot[-1]:.2f}, failed {failed}/{len(rot)} "
                   f"(seeds {','.join(str(r.get('seed', 0)) for r in runs)})")
 
 

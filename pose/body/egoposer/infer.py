@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from geometry.device import module_device
 from pose.body import BodyPoseEstimator
 from pose.body.egoposer.config import ModelConfig
 from pose.body.egoposer.data import EvalSequence, window_indices
@@ -47,8 +48,7 @@ def predict_sequence(model: nn.Module, cfg: ModelConfig, trk_rot: Tensor, trk_po
         chunk's windows go to the model's device (features, network and the world pose run
         there); the inputs may be on the CPU.
     """
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(model)
     n = trk_pos.shape[0]
     rots_out, root_out = [], []
     zero = torch.zeros(1, dtype=torch.long)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from geometry.device import module_device
 from geometry.pose_metrics import average_relpose_metrics, relpose_metrics
 from pose.camera.aden.data import PoseSequence, poses_from_relative
 from pose.camera.aden.model import AdenNet
@@ -45,9 +46,7 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
     {...}}}, "seconds_per_set": {"V": s}}``.
     """
     model.eval()
-    # the device of the weights; a stand-in without weights (tests) gets CPU images
-    param = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
-    device = param.device if param is not None else torch.device("cpu")
+    device = module_device(model)  # a stand-in without weights (tests) gets CPU images
     out: dict = {"views": {}, "groups": {}, "seconds_per_set": {}}
     rng = np.random.default_rng(seed)
     orders = [(s, rng.permutation(len(s.images))) for s in sequences
