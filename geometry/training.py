@@ -222,6 +222,11 @@ def check_checkpoint_out(out: str | os.PathLike, resume: bool, overwrite: bool) 
                         "new --out.")
 
 
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article (``an aden``, ``a sparp``)."""
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
 def read_checkpoint_config(folder: str | os.PathLike, kind: str,
                            command: str | None = None) -> dict[str, Any]:
     """The ``config.json`` of a checkpoint folder of model ``kind``, checked.
@@ -236,10 +241,10 @@ def read_checkpoint_config(folder: str | os.PathLike, kind: str,
         UserError: not a checkpoint folder, unreadable, another model's, another version.
     """
     folder = Path(folder)
-    writer = f"the folder written by '{command}'" if command else f"a {kind} checkpoint folder"
+    writer = f"the folder written by '{command}'" if command else f"{_a(kind)} checkpoint folder"
     path = folder / "config.json"
     if not path.is_file() or not (folder / "model.safetensors").is_file():
-        raise UserError(f"{folder} is not a {kind} checkpoint (config.json and "
+        raise UserError(f"{folder} is not {_a(kind)} checkpoint (config.json and "
                         f"model.safetensors expected); give {writer}.")
     try:
         record = json.loads(path.read_text())
@@ -248,8 +253,8 @@ def read_checkpoint_config(folder: str | os.PathLike, kind: str,
     if not isinstance(record, dict) or record.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a sparseview checkpoint config; give {writer}.")
     if record.get("kind") != kind:
-        raise UserError(f"{folder} holds a {record.get('kind')!s} model, not a {kind} model; "
-                        f"give {writer}.")
+        raise UserError(f"{folder} holds {_a(str(record.get('kind')))} model, not "
+                        f"{_a(kind)} model; give {writer}.")
     if record.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path} has checkpoint version {record.get('version')}, this version "
                         f"reads {CHECKPOINT_VERSION}; retrain the model.")
@@ -270,7 +275,7 @@ def load_weights(folder: str | os.PathLike, model: nn.Module, kind: str,
 
     record = read_checkpoint_config(folder, kind, command)
     folder = Path(folder)
-    weights = load_safetensors(folder / "model.safetensors", f"a {kind} weights file",
+    weights = load_safetensors(folder / "model.safetensors", f"{_a(kind)} weights file",
                                "retrain or restore the checkpoint")
     try:
         model.load_state_dict(weights)
@@ -288,9 +293,9 @@ def _load_trainer_state(folder: Path, kind: str) -> dict[str, Any]:
     hint = "train again without --resume"
     if not path.is_file():
         raise UserError(f"{folder} has no trainer state to resume from; {hint}.")
-    state = torch_load_weights_only(path, f"a {kind} trainer state file", hint)
+    state = torch_load_weights_only(path, f"{_a(kind)} trainer state file", hint)
     if not isinstance(state, dict) or "history" not in state:
-        raise UserError(f"{path} is not a {kind} trainer state file; {hint}.")
+        raise UserError(f"{path} is not {_a(kind)} trainer state file; {hint}.")
     return state
 
 

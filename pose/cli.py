@@ -31,10 +31,11 @@ from pose.object.shapo.cli import ShapoCommand
 
 @dataclass
 class EgoTrain:
-    """Train EgoPoser on AMASS or synthesised motion; writes a checkpoint folder."""
+    """Train EgoPoser on AMASS or synthesised motion; writes a checkpoint folder (resumable,
+    stops at --max-minutes with a checkpoint, data-parallel under torchrun)."""
 
     out: Path
-    """Checkpoint folder to write (config.json + model.safetensors)."""
+    """Checkpoint folder to write (config.json, model.safetensors, trainer state, loss.png)."""
     amass: Path | None = None
     """Folder of AMASS SMPL-H .npz files (searched recursively)."""
     synthetic: bool = False

@@ -26,7 +26,7 @@ from pose.body.egoposer.config import FovConfig, LossWeights, ModelConfig, Synth
 from pose.body.egoposer.data import make_eval_sequences, prepare_sequences
 from pose.body.egoposer.infer import evaluate, model_predictor, stand_still_baseline
 from pose.body.egoposer.synth import synthesize_dataset
-from pose.body.egoposer.train import save_checkpoint, train
+from pose.body.egoposer.train import save_model, train
 
 MODES = (("all", "100%"), ("half", "50%"), ("none", "0%"), ("fov", "FoV"))
 
@@ -69,14 +69,15 @@ def main() -> None:
         t = time.monotonic()
         train_cfg = TrainConfig(steps=10**9, max_minutes=minutes, seed=args.seed,
                                 loss=LossWeights(w_vel=args.w_vel))
-        model, losses = train(data, cfg, train_cfg, fov)
-        info[kind] = {"minutes": (time.monotonic() - t) / 60, "steps": len(losses),
-                      "final_loss": float(sum(losses[-50:]) / max(1, len(losses[-50:])))}
-        console.print(f"{kind}: {len(losses)} steps in {info[kind]['minutes']:.1f} min, "
+        model, result = train(data, cfg, train_cfg, fov)
+        losses = [row["loss"] for row in result.history]  # means over 20 steps
+        info[kind] = {"minutes": (time.monotonic() - t) / 60, "steps": result.step,
+                      "final_loss": float(sum(losses[-3:]) / max(1, len(losses[-3:])))}
+        console.print(f"{kind}: {result.step} steps in {info[kind]['minutes']:.1f} min, "
                       f"loss {losses[0]:.3f} -> {info[kind]['final_loss']:.3f}")
         models[kind] = (model, cfg)
         if args.out is not None:
-            save_checkpoint(args.out / kind, model, cfg, fov, {"steps": len(losses)})
+            save_model(args.out / kind, model, cfg, fov, {"steps": result.step})
 
     predictors = {"EgoPoser": model_predictor(*models["egoposer"]),
                   "per-frame MLP": model_predictor(*models["mlp"]),

@@ -101,7 +101,7 @@ def test_checkpoint_errors(tmp_path):
     model = _model()
     train_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss,
                _loop(tmp_path / "ck", steps=5))
-    with pytest.raises(UserError, match="holds a toy model, not a aden model"):
+    with pytest.raises(UserError, match="holds a toy model, not an aden model"):
         read_checkpoint_config(tmp_path / "ck", "aden")
     with pytest.raises(UserError, match="do not fit"):
         load_weights(tmp_path / "ck", nn.Linear(4, 1, bias=False), "toy")

@@ -361,7 +361,7 @@ def test_recon_initialiser_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         return SimpleNamespace(stats={})
 
     monkeypatch.setattr(registry, "INITIALISERS", {**registry.INITIALISERS, "stub": stub})
-    with pytest.raises(UserError, match="not a aden checkpoint"):
+    with pytest.raises(UserError, match="not an aden checkpoint"):
         register_aden(tmp_path / "missing", base="stub")
     ck = _tiny_checkpoint(tmp_path / "ck")
     assert register_aden(ck, base="stub") == "aden"

@@ -109,5 +109,5 @@ def test_recon_fit_missing_aden_checkpoint(scene, tmp_path: Path,
     assert code == 2, err
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("recon: error: "), err
-    assert "nope is not a aden checkpoint" in lines[0] and "pose aden train" in lines[0]
+    assert "nope is not an aden checkpoint" in lines[0] and "pose aden train" in lines[0]
     assert not out.exists()

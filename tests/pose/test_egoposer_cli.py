@@ -50,16 +50,17 @@ def test_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     _run(["train", "--synthetic", "--out", str(ck), "--steps", "6", "--max-minutes", "2",
           *TINY_MODEL, *TINY_DATA, *TRAIN])
     config = json.loads((ck / "config.json").read_text())
-    assert config["state"]["step"] == 6 and config["model"]["d_model"] == 16
+    assert config["kind"] == "egoposer" and config["step"] == 6
+    assert config["config"]["model"]["d_model"] == 16
     assert {p.name for p in ck.iterdir()} == {"config.json", "model.safetensors",
-                                              "optimizer.safetensors"}
+                                              "trainer_state.pt", "history.json", "loss.png"}
     # An existing checkpoint is neither silently replaced nor resumed.
     err = _user_error(["train", "--synthetic", "--out", str(ck), *TINY_MODEL, *TINY_DATA],
                       capsys)
     assert "--resume" in err
     _run(["train", "--synthetic", "--out", str(ck), "--steps", "9", "--resume", *TINY_MODEL,
           *TINY_DATA, *TRAIN])
-    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 9
+    assert json.loads((ck / "config.json").read_text())["step"] == 9
 
     trk, gt = tmp_path / "trk.npz", tmp_path / "gt.npz"
     _run(["simulate", "--synthetic", "--out", str(trk), "--gt-out", str(gt), "--seed", "3",
@@ -112,8 +113,9 @@ def test_train_on_amass_folder_with_time_cap(tmp_path: Path) -> None:
     ck = tmp_path / "ck"
     _run(["train", "--amass", str(tmp_path / "amass"), "--out", str(ck), "--steps", "100000",
           "--max-minutes", "0.01", *TINY_MODEL, *TRAIN])
-    state = json.loads((ck / "config.json").read_text())["state"]
-    assert 1 <= state["step"] < 100000 and state["data"] == {"amass": str(tmp_path / "amass")}
+    record = json.loads((ck / "config.json").read_text())
+    assert 1 <= record["step"] < 100000
+    assert record["config"]["data"] == {"amass": str(tmp_path / "amass")}
 
 
 def test_predict_resamples_60fps_tracking(tmp_path: Path) -> None:
@@ -139,7 +141,7 @@ def test_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "exactly one data source" in _user_error(
         ["train", "--synthetic", "--amass", str(tmp_path), "--out", str(tmp_path / "a")], capsys)
     (tmp_path / "empty").mkdir()
-    assert "not an EgoPoser checkpoint" in _user_error(
+    assert "not an egoposer checkpoint" in _user_error(
         ["eval", "--checkpoint", str(tmp_path / "empty"), "--synthetic"], capsys)
     assert "does not exist" in _user_error(
         ["train", "--amass", str(tmp_path / "nope"), "--out", str(tmp_path / "b")], capsys)
@@ -177,12 +179,12 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path: Path, monkeypatch: pyt
         _run(["train", "--synthetic", "--out", str(ck), "--steps", "10", *TINY_MODEL,
               *TINY_DATA, *TRAIN])
     assert info.value.code == 130
-    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 3
+    assert json.loads((ck / "config.json").read_text())["step"] == 3
     assert "--resume" in capsys.readouterr().out
     monkeypatch.setattr(train_module, "sample_batch", real)
     _run(["train", "--synthetic", "--out", str(ck), "--steps", "5", "--resume", *TINY_MODEL,
           *TINY_DATA, *TRAIN])
-    assert json.loads((ck / "config.json").read_text())["state"]["step"] == 5
+    assert json.loads((ck / "config.json").read_text())["step"] == 5
 
 
 @pytest.fixture(scope="module")
@@ -209,18 +211,18 @@ def test_corrupt_checkpoint_files_are_one_sentence(tiny_checkpoint: Path, tmp_pa
     ck = _copy_checkpoint(tiny_checkpoint, tmp_path / "ck")
     (ck / "model.safetensors").write_text("this is not a safetensors file at all")
     err = _user_error(["predict", "--checkpoint", str(ck), "--tracking", str(trk)], capsys)
-    assert f"{ck / 'model.safetensors'} is not an EgoPoser weights file" in err
+    assert f"{ck / 'model.safetensors'} is not an egoposer weights file" in err
     assert "retrain" in err and "SafetensorError" not in err
     ck2 = _copy_checkpoint(tiny_checkpoint, tmp_path / "ck2")
-    (ck2 / "optimizer.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    (ck2 / "trainer_state.pt").write_bytes(b"not a torch file")
     err = _user_error(["train", "--synthetic", "--out", str(ck2), "--steps", "3", "--resume",
                        *TINY_MODEL, *TINY_DATA, *TRAIN], capsys)
-    assert f"{ck2 / 'optimizer.safetensors'} is not an EgoPoser optimizer state file" in err
+    assert f"{ck2 / 'trainer_state.pt'} is not an egoposer trainer state file" in err
     assert "without --resume" in err
     (ck2 / "model.safetensors").write_text("garbage")
     err = _user_error(["train", "--synthetic", "--out", str(ck2), "--steps", "3", "--resume",
                        *TINY_MODEL, *TINY_DATA, *TRAIN], capsys)
-    assert "is not an EgoPoser weights file" in err
+    assert "is not an egoposer weights file" in err
 
 
 def test_tracking_rate_that_leaves_one_frame_is_refused(tiny_checkpoint: Path, tmp_path: Path,

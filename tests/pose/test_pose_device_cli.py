@@ -110,8 +110,10 @@ def test_egoposer_train_quiet_prints_nothing_and_cpu_is_the_default(
     a, b = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same device: same weights
-    state = json.loads((tmp_path / "b" / "config.json").read_text())["state"]
-    assert state["step"] == 3 and math.isfinite(state["last_loss"])
+    record = json.loads((tmp_path / "b" / "config.json").read_text())
+    history = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert record["step"] == 3 and history[-1]["step"] == 3
+    assert math.isfinite(history[-1]["loss"])
 
 
 # ------------------------------------------------------------------- CPU against a device
@@ -285,7 +287,7 @@ def test_egoposer_train_on_a_device_matches_the_cpu(tmp_path: Path, device: str)
     for name, dev in (("cpu", "cpu"), ("dev", device)):
         pose_main(["egoposer", "train", "--synthetic", "--out", str(tmp_path / name),
                    "--steps", "3", "--device", dev, "--quiet", *EGO_TINY])
-    loss = {n: json.loads((tmp_path / n / "config.json").read_text())["state"]["last_loss"]
+    loss = {n: json.loads((tmp_path / n / "history.json").read_text())[-1]["loss"]
             for n in ("cpu", "dev")}
     assert loss["dev"] == pytest.approx(loss["cpu"], rel=1e-3)
     weights = load_file(str(tmp_path / "dev" / "model.safetensors"))
@@ -293,8 +295,7 @@ def test_egoposer_train_on_a_device_matches_the_cpu(tmp_path: Path, device: str)
     # a checkpoint written on the device resumes on the CPU
     pose_main(["egoposer", "train", "--synthetic", "--out", str(tmp_path / "dev"),
                "--steps", "4", "--resume", "--quiet", *EGO_TINY])
-    state = json.loads((tmp_path / "dev" / "config.json").read_text())["state"]
-    assert state["step"] == 4
+    assert json.loads((tmp_path / "dev" / "config.json").read_text())["step"] == 4
 
 
 # ------------------------------------------- egoposer predict|eval and aden eval on a device

@@ -64,31 +64,48 @@ def run_train(out: Path, amass: Path | None, synthetic: bool, model: ModelConfig
               num_synthetic: int = 200, smplh_dir: Path | None = None, resume: bool = False,
               overwrite: bool = False, quiet: bool = False,
               device: str = "cpu") -> dict[str, Any]:
-    """Train EgoPoser (or the MLP baseline) on ``device`` (``cpu``, ``cuda``, ``cuda:N``);
-    returns the final training state. ``quiet``: no progress bar nor summary lines."""
+    """Train EgoPoser (or the MLP baseline) on ``device`` (``cpu``, ``cuda``, ``cuda:N``),
+    in one process or one per rank under ``torchrun``; returns ``{"step", "steps_this_run",
+    "stopped_by", "history"}``. ``quiet``: no progress bar nor summary lines."""
     from geometry.device import check_device
-    from geometry.training import check_checkpoint_out
+    from geometry.training import (
+        check_checkpoint_out,
+        ddp_cleanup,
+        ddp_setup,
+        read_checkpoint_config,
+    )
     from pose.body.egoposer.data import prepare_sequences
-    from pose.body.egoposer.train import read_checkpoint_config, train
+    from pose.body.egoposer.train import COMMAND, KIND, train
 
     check_device(device)
     check_checkpoint_out(out, resume, overwrite)
     if resume:
-        read_checkpoint_config(out)
+        before = int(read_checkpoint_config(out, KIND, COMMAND)["step"])
+    else:
+        before = 0
     seqs = load_motion(amass, synthetic, model.fps, train_cfg.seed, synth, num_synthetic,
                        smplh_dir)
     data = prepare_sequences(seqs, fov)
     source = {"amass": str(amass)} if amass is not None else {
         "synthetic": {"sequences": num_synthetic, "seed": train_cfg.seed, **synth.__dict__}}
-    if not quiet:
-        print(f"training on {len(seqs)} sequences, {data.num_frames} frames "
-              f"({data.num_frames / model.fps / 60:.1f} min of motion)")
-    _, losses = train(data, model, train_cfg, fov, out_dir=out, resume=resume,
-                      show_progress=not quiet, extra_state={"data": source}, device=device)
-    last = f"{losses[-1]:.4f}" if losses else "n/a"
-    if not quiet:
-        print(f"saved checkpoint {out} ({len(losses)} steps this run, last loss {last})")
-    return {"steps_this_run": len(losses), "losses": losses}
+    dist = ddp_setup(device)
+    try:
+        talk = not quiet and dist.is_main
+        if talk:
+            print(f"training on {len(seqs)} sequences, {data.num_frames} frames "
+                  f"({data.num_frames / model.fps / 60:.1f} min of motion)"
+                  + (f", {dist.world_size} processes" if dist.distributed else ""))
+        _, result = train(data, model, train_cfg, fov, out_dir=out, resume=resume,
+                          show_progress=not quiet, data_source=source, dist=dist)
+    finally:
+        ddp_cleanup()
+    last = result.history[-1]["loss"] if result.history else None
+    if talk:
+        print(f"saved checkpoint {out} at step {result.step} "
+              f"({result.step - before} steps this run"
+              + (f", last loss {last:.4f})" if last is not None else ")"))
+    return {"step": result.step, "steps_this_run": result.step - before,
+            "stopped_by": result.stopped_by, "history": result.history}
 
 
 def _resample_tracking(tracking: Any, fps: float) -> Any:
@@ -195,7 +212,7 @@ def run_eval(checkpoint: Path, amass: Path | None, synthetic: bool, out: Path,
     check_device(device)
     model, cfg, fov, config = load_checkpoint(checkpoint, device)
     if seed is None:
-        seed = int(config.get("state", {}).get("train", {}).get("seed", 0)) + EVAL_SEED_OFFSET
+        seed = int(config["config"].get("train", {}).get("seed", 0)) + EVAL_SEED_OFFSET
     seqs = load_motion(amass, synthetic, cfg.fps, seed, synth, num_synthetic, smplh_dir)
     eval_seqs = make_eval_sequences(seqs, visibility, fov, seed=seed)
     results = {cfg.kind: evaluate(model_predictor(model, cfg), eval_seqs)}

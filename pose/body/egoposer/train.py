@@ -10,17 +10,18 @@ window, all in the canonical frame:
 - ``track``: L1 on the head and wrist positions (the paper's hand alignment term);
 - ``vel``: L1 on the joints' velocity between the two frames (m/s; smoothness).
 
-A checkpoint folder holds ``config.json`` (model and FoV configuration, training state),
-``model.safetensors`` and, for resuming, ``optimizer.safetensors``. It is replaced
-atomically, so an interrupted run leaves the previous checkpoint intact.
+Training runs :func:`geometry.training.train_loop`: one process on a CPU or GPU, or one
+process per rank under ``torchrun`` (gloo on the CPU, NCCL on GPUs; every rank draws its
+own batches of ``batch_size`` windows). The checkpoint folder is the suite's (kind
+``egoposer``): ``config.json`` (the model and FoV configuration, the training options and
+data, step, elapsed time), ``model.safetensors``, and ``trainer_state.pt``, ``history.json``
+and ``loss.png`` for resuming and the record. It is replaced atomically, so an interrupted
+run leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ import torch
 from torch import Tensor, nn
 
 from geometry.errors import UserError
-from geometry.io.atomic import atomic_directory
 from geometry.so3 import matrix_to_rot6d
 from pose.body.egoposer.config import FovConfig, LossWeights, ModelConfig, TrainConfig
 from pose.body.egoposer.data import PreparedData, sample_batch
@@ -37,8 +37,8 @@ from pose.body.egoposer.features import decode_outputs
 from pose.body.egoposer.model import build_model
 from pose.body.egoposer.skeleton import TRACKED_JOINTS, forward_kinematics, scaled_default_skeleton
 
-CHECKPOINT_FORMAT = "sparseview.egoposer"
-CHECKPOINT_VERSION = 1
+KIND = "egoposer"
+COMMAND = "pose egoposer train"
 
 
 def pose_loss(out: Tensor, batch: dict[str, Tensor], weights: LossWeights,
@@ -110,187 +110,93 @@ def _from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
     return cls(**kwargs)
 
 
-def save_checkpoint(out_dir: Path, model: nn.Module, model_cfg: ModelConfig, fov: FovConfig,
-                    state: dict[str, Any], optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Write a checkpoint folder atomically (see the module docstring)."""
-    from safetensors.torch import save_file
-
-    config = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-              "model": asdict(model_cfg), "fov": asdict(fov), "state": state}
-    with atomic_directory(out_dir) as tmp:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        if optimizer is not None:
-            opt = optimizer.state_dict()
-            tensors: dict[str, Tensor] = {}
-            for pid, st in opt["state"].items():
-                for key, val in st.items():
-                    tensors[f"{pid}.{key}"] = torch.as_tensor(val).cpu().contiguous()
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            config["optimizer_param_groups"] = opt["param_groups"]
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-
-_RESTORE_HINT = "restore the folder written by 'pose egoposer train' or retrain the model."
-
-
-def read_checkpoint_config(ckpt_dir: Path) -> dict[str, Any]:
-    """The checkpoint's ``config.json``, checked."""
-    path = Path(ckpt_dir) / "config.json"
-    if not path.is_file() or not (Path(ckpt_dir) / "model.safetensors").is_file():
-        raise UserError(f"{ckpt_dir} is not an EgoPoser checkpoint (config.json and "
-                        "model.safetensors expected); give the folder written by "
-                        "'pose egoposer train'.")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read {path} ({err}); retrain or restore the checkpoint.") \
-            from None
-    if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not an EgoPoser checkpoint config; give the folder "
-                        "written by 'pose egoposer train'.")
-    if config.get("version") != CHECKPOINT_VERSION:
-        raise UserError(f"{path} has checkpoint version {config.get('version')}, this "
-                        f"version reads {CHECKPOINT_VERSION}; retrain the model.")
+def checkpoint_config(model_cfg: ModelConfig, fov: FovConfig, cfg: TrainConfig | None = None,
+                      data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config`` of an EgoPoser checkpoint: what rebuilds the model and its inputs, and
+    what a resumed run must share (the training options but the step and time budgets and
+    the checkpoint interval; the data)."""
+    config: dict[str, Any] = {"model": asdict(model_cfg), "fov": asdict(fov)}
+    if cfg is not None:
+        config["train"] = {k: v for k, v in asdict(cfg).items()
+                           if k not in ("steps", "max_minutes", "checkpoint_every_s")}
+    if data is not None:
+        config["data"] = data
     return config
+
+
+def save_model(out_dir: Path, model: nn.Module, model_cfg: ModelConfig, fov: FovConfig,
+               extra: dict[str, Any] | None = None) -> None:
+    """Write a trained network as a checkpoint folder (no optimiser state: not resumable)."""
+    from geometry.training import save_checkpoint
+
+    save_checkpoint(out_dir, model, KIND, checkpoint_config(model_cfg, fov), extra=extra)
 
 
 def load_checkpoint(ckpt_dir: Path, device: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, ModelConfig, FovConfig, dict[str, Any]]:
-    """Load a checkpoint: ``(model in eval mode on device, model config, FoV config, full
-    config)``."""
-    from geometry.io.checkpoints import load_safetensors
+    """Load a checkpoint: ``(model in eval mode on device, model config, FoV config, the
+    checked config.json)``."""
+    from geometry.training import load_weights, read_checkpoint_config
 
-    config = read_checkpoint_config(ckpt_dir)
-    model_cfg = _from_dict(ModelConfig, config.get("model", {}), "model")
-    fov = _from_dict(FovConfig, config.get("fov", {}), "fov")
+    record = read_checkpoint_config(ckpt_dir, KIND, COMMAND)
+    model_cfg = _from_dict(ModelConfig, record["config"].get("model", {}), "model")
+    fov = _from_dict(FovConfig, record["config"].get("fov", {}), "fov")
     model = build_model(model_cfg)
-    weights = load_safetensors(Path(ckpt_dir) / "model.safetensors",
-                               "an EgoPoser weights file", _RESTORE_HINT)
-    try:
-        model.load_state_dict(weights)
-    except (OSError, RuntimeError) as err:
-        raise UserError(f"the weights in {ckpt_dir} do not match its config ({err}); "
-                        "retrain or restore the checkpoint.") from None
+    load_weights(ckpt_dir, model, KIND, COMMAND)
     model.to(device).eval()
-    return model, model_cfg, fov, config
-
-
-def _load_optimizer(ckpt_dir: Path, optimizer: torch.optim.Optimizer,
-                    config: dict[str, Any]) -> None:
-    from geometry.io.checkpoints import load_safetensors
-
-    path = Path(ckpt_dir) / "optimizer.safetensors"
-    hint = "train again without --resume."
-    if not path.is_file() or "optimizer_param_groups" not in config:
-        raise UserError(f"{ckpt_dir} has no optimizer state to resume from; {hint}")
-    tensors = load_safetensors(path, "an EgoPoser optimizer state file", hint)
-    try:
-        state: dict[int, dict[str, Tensor]] = {}
-        for key, val in tensors.items():
-            pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = val
-        optimizer.load_state_dict({"state": state,
-                                   "param_groups": config["optimizer_param_groups"]})
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError):
-        raise UserError(f"the optimizer state in {ckpt_dir} does not fit this model; "
-                        f"{hint}") from None
+    return model, model_cfg, fov, record
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _lr_factor(step: int, progress: float, warmup: int) -> float:
-    warm = min(1.0, (step + 1) / max(1, warmup))
-    return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def make_batch_fn(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig,
+                  device: str | torch.device = "cpu"):
+    """``batch_fn(step, rank, world_size)``: ``cfg.batch_size`` windows drawn on the CPU by a
+    generator seeded by (seed, step, rank), so that a resumed run draws what an
+    uninterrupted one would and every rank its own; moved to ``device``."""
+    offsets = model_cfg.frame_offsets()
+
+    def batch_fn(step: int, rank: int, world_size: int) -> dict[str, Tensor]:
+        seed = ((cfg.seed * 1_000_003 + step) * 1_009 + rank) * 1_013 + world_size
+        gen = torch.Generator().manual_seed(seed % (2**63))
+        batch = sample_batch(data, cfg.batch_size, offsets, cfg.visibility, gen)
+        return {k: v.to(device) for k, v in batch.items()}
+
+    return batch_fn
 
 
 def train(data: PreparedData, model_cfg: ModelConfig, cfg: TrainConfig, fov: FovConfig,
           out_dir: Path | None = None, resume: bool = False, show_progress: bool = True,
-          extra_state: dict[str, Any] | None = None,
-          device: str | torch.device = "cpu") -> tuple[nn.Module, list[float]]:
-    """Train a network on ``device``; returns it (eval mode, on ``device``) and the loss of
-    every step.
+          data_source: dict[str, Any] | None = None, device: str | torch.device = "cpu",
+          dist=None):
+    """Train a network; returns ``(model in eval mode, TrainResult)``.
 
     With ``out_dir``, saves resumable checkpoints every ``checkpoint_every_s`` seconds, on
-    Ctrl-C (then re-raises) and at the end (weights and optimiser state moved to the CPU).
-    ``resume`` continues from ``out_dir``. The batches are drawn on the CPU (one generator:
-    the same data on every device) and moved to ``device``.
+    Ctrl-C (then re-raises) and at the end; ``resume`` continues from ``out_dir`` (refused
+    for another configuration or data). ``dist``: from :func:`geometry.training.ddp_setup`
+    (its device then replaces ``device``); default one process.
     """
-    from geometry.progress import progress_bar
+    from geometry.training import DistInfo, TrainLoop, train_loop
 
     if abs(data.fps - model_cfg.fps) > 1e-6:
         raise ValueError("data and model frame rates differ")
+    dist = dist or DistInfo(device=torch.device(device))
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg).to(dist.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, elapsed_before = 0, 0.0
-    if resume:
-        if out_dir is None:
-            raise ValueError("resume needs out_dir")
-        loaded, loaded_cfg, _, config = load_checkpoint(out_dir)
-        if loaded_cfg != model_cfg:
-            raise UserError(f"the checkpoint in {out_dir} has a different model configuration;"
-                            " resume with the same options or train into a new folder.")
-        model.load_state_dict(loaded.state_dict())
-        _load_optimizer(out_dir, optimizer, config)
-        step = int(config["state"].get("step", 0))
-        elapsed_before = float(config["state"].get("elapsed_s", 0.0))
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    max_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-    losses: list[float] = []
-    model.train()
-    start = time.monotonic()
-    last_ckpt = start
 
-    def state() -> dict[str, Any]:
-        return {"step": step, "elapsed_s": elapsed_before + time.monotonic() - start,
-                "train": asdict(cfg), "last_loss": losses[-1] if losses else None,
-                **(extra_state or {})}
+    def loss_fn(net: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        total, terms = pose_loss(net(batch["features"]), batch, cfg.loss, data.fps)
+        return {"loss": total, **{k: torch.tensor(v) for k, v in terms.items()}}
 
-    def checkpoint() -> None:
-        if out_dir is not None:
-            model.eval()
-            save_checkpoint(out_dir, model, model_cfg, fov, state(), optimizer)
-            model.train()
-
-    # The bar shows the fraction of the budget (steps or time, whichever ends first), in
-    # thousandths: no M/N count.
-    with progress_bar(None, ["{task.fields[info]}"], quiet=not show_progress,
-                      counts=False) as bar:
-        task = bar.add_task(f"train {model_cfg.kind}", total=1000, info=f"step {step}")
-        try:
-            while step < cfg.steps:
-                elapsed = elapsed_before + time.monotonic() - start
-                if elapsed >= max_s:
-                    break
-                progress = max(step / cfg.steps, elapsed / max_s)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * _lr_factor(step, progress, cfg.warmup_steps)
-                batch = sample_batch(data, cfg.batch_size, model_cfg.frame_offsets(),
-                                     cfg.visibility, gen)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = model(batch["features"])
-                loss, terms = pose_loss(out, batch, cfg.loss, data.fps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                step += 1
-                losses.append(loss.item())
-                if step % 20 == 0 or step == cfg.steps:
-                    bar.update(task, completed=int(1000 * min(1.0, progress)),
-                               info=f"step {step} loss {losses[-1]:.4f} "
-                                    f"fk {terms['fk'] * 100:.1f} cm")
-                if out_dir is not None and time.monotonic() - last_ckpt > cfg.checkpoint_every_s:
-                    checkpoint()
-                    last_ckpt = time.monotonic()
-        except KeyboardInterrupt:
-            checkpoint()
-            if out_dir is not None:
-                bar.stop()  # the bar is on stderr; this line stays on stdout, under it
-                print(f"saved checkpoint {out_dir} at step {step}; continue with --resume")
-            raise
-    checkpoint()
-    model.eval()
-    return model, losses
+    loop = TrainLoop(out=out_dir, kind=KIND,
+                     config=checkpoint_config(model_cfg, fov, cfg, data_source),
+                     steps=cfg.steps, max_minutes=cfg.max_minutes, resume=resume,
+                     warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip,
+                     checkpoint_every_s=cfg.checkpoint_every_s,
+                     desc=f"train {model_cfg.kind}", quiet=not show_progress,
+                     extra={"train_options": asdict(cfg)})
+    result = train_loop(model, optimizer, make_batch_fn(data, model_cfg, cfg, dist.device),
+                        loss_fn, loop, dist=dist)
+    return model, result
