@@ -309,16 +309,22 @@ def merge_depths(maps: list[np.ndarray], tolerance: float) -> np.ndarray:
     return np.where(agree, mean, 0.0)
 
 
+def backproject(K: np.ndarray, T_cam_world: np.ndarray, u: np.ndarray, v: np.ndarray,
+                z: np.ndarray) -> np.ndarray:
+    """World points ``[..., 3]`` of pixels ``(u, v)`` (integer indices: the centre is at
+    +0.5) at camera depths ``z``, all broadcast together."""
+    z = np.broadcast_to(z, np.broadcast_shapes(np.shape(u), np.shape(z)))
+    pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
+                        (v + 0.5 - K[1, 2]) * z / K[1, 1], z], -1)
+    T_world_cam = np.linalg.inv(T_cam_world)
+    return pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+
+
 def _pixels_to_world(model: SparseModel, view: int, depth: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows, cols and world points ``[P, 3]`` of the pixels of ``depth`` that have one."""
     v, u = np.nonzero(depth > 0)
-    z = depth[v, u]
-    K = model.Ks[view]
-    pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
-                        (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
-    T_world_cam = np.linalg.inv(model.T_cam_world[view])
-    return v, u, pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+    return v, u, backproject(model.Ks[view], model.T_cam_world[view], u, v, depth[v, u])
 
 
 def consistency_counts(model: SparseModel, depths: dict[int, np.ndarray],
@@ -458,12 +464,9 @@ def consistent_depths(model: SparseModel, view: int, u: np.ndarray, v: np.ndarra
     """
     lo, hi = config.fill_depth_range
     factors = np.unique(np.concatenate([np.geomspace(lo, hi, FILL_DEPTH_STEPS), [1.0]]))
-    K = model.Ks[view]
-    T_world_cam = np.linalg.inv(model.T_cam_world[view])
     zc = z[:, None] * factors[None, :]  # [P, C]
-    pts_cam = np.stack([(u[:, None] + 0.5 - K[0, 2]) * zc / K[0, 0],
-                        (v[:, None] + 0.5 - K[1, 2]) * zc / K[1, 1], zc], -1)
-    pts = pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]  # [P, C, 3]
+    pts = backproject(model.Ks[view], model.T_cam_world[view], u[:, None], v[:, None],
+                      zc)  # [P, C, 3]
     diff_sum = np.zeros(zc.shape)
     seen_count = np.zeros(zc.shape)
     violated = np.zeros(zc.shape, dtype=bool)
@@ -552,10 +555,7 @@ def fill_points(model: SparseModel, images: Sequence[LoadedImage],
         if len(v) == 0:
             continue
         colour = images[i].rgb.numpy()[v, u].astype(np.float64)
-        pts_cam = np.stack([(u + 0.5 - K[0, 2]) * z / K[0, 0],
-                            (v + 0.5 - K[1, 2]) * z / K[1, 1], z], 1)
-        T_world_cam = np.linalg.inv(T)
-        points.append(pts_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3])
+        points.append(backproject(K, T, u, v, z))
         colors.append(colour)
     if not points:
         return np.zeros((0, 3)), np.zeros((0, 3))

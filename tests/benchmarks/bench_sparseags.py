@@ -4,12 +4,13 @@ correction, from perturbed ground truth and from our SfM initialiser.
     python tests/benchmarks/bench_sparseags.py [--datasets co3d_apple generated]
         [--rows sparseags no-correction joint-only sfm] [--views 8] [--max-size 128] [--threads 2]
         [--rotation-noise 10] [--turn 90] [--turned-view 3] [--seed 0] [--lpips PATH
-        --lpips-backbone PATH] [--out DIR]
+        --lpips-backbone PATH] [--co3d-masks DIR] [--landscape] [--out DIR]
 
 Cases (each skipped when its data is absent):
 
 - ``co3d_apple`` (../shared/datasets/co3d_apple: 20 photos, CO3D ground-truth cameras, no
-  masks): ``--views`` frames evenly spaced over the sequence;
+  masks; ``--co3d-masks DIR`` gives object masks named like the photos, e.g. CO3D's own):
+  ``--views`` frames evenly spaced over the sequence;
 - ``generated``: a procedural orbit scene (objects on a ground plane, masks of the objects),
   ``--views`` cameras over 300 degrees.
 
@@ -31,6 +32,12 @@ camera-centre accuracy at 0.1 of the true centres' diameter (CCA, after a simila
 alignment), the mean rotation error after that alignment, the turned view's rotation error
 (after alignment), before -> after, the views flagged and corrected, and wall time. Nothing
 is written unless ``--out`` is given (one JSON file of all rows).
+
+``--landscape`` prints, per case and before the rows, what analysis by synthesis can see: the
+Gaussians fitted to every view but ``--turned-view`` at the true poses (poses fixed), then the
+held-out view's score (the one outlier detection and correction rank by) at its true pose
+turned by -20 ... 20 degrees about three random axes. Render-and-compare can only find the
+true pose where the minimum sits at 0 degrees.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,9 +60,10 @@ sys.path.insert(0, str(ROOT))
 # ---------------------------------------------------------------------------- cases
 
 
-def co3d_case(views: int, max_size: int):
+def co3d_case(views: int, max_size: int, masks_dir: Path | None = None):
     """``(images, masks, cameras_gt, loaded)`` of ``views`` CO3D apple frames evenly spaced
-    over the sequence (None when the data is absent)."""
+    over the sequence (None when the data is absent); masks from ``masks_dir`` (the file
+    with each photo's stem), else None."""
     import torch
 
     from geometry.cameras import Cameras
@@ -76,7 +85,18 @@ def co3d_case(views: int, max_size: int):
                  width=torch.tensor([im.width for im in loaded]),
                  height=torch.tensor([im.height for im in loaded]),
                  names=[cams.names[k] for k in rows])
-    return [im.rgb for im in loaded], None, gt, loaded
+    masks = None
+    if masks_dir is not None:
+        from pose.camera.sparseags.run import _MASK_SUFFIXES, load_masks
+
+        with tempfile.TemporaryDirectory(prefix="bench-sparseags-masks-") as tmp:
+            for im in loaded:  # the chosen frames' masks only (load_masks wants one per photo)
+                found = [masks_dir / f"{im.path.stem}{suffix}" for suffix in _MASK_SUFFIXES
+                         if (masks_dir / f"{im.path.stem}{suffix}").is_file()]
+                if found:
+                    (Path(tmp) / found[0].name).symlink_to(found[0].resolve())
+            masks = load_masks(Path(tmp), loaded)
+    return [im.rgb for im in loaded], masks, gt, loaded
 
 
 def generated_case(views: int, max_size: int, seed: int):
@@ -126,6 +146,57 @@ def perturbed(cameras, rotation_noise_deg: float, turn_deg: float, turned: int, 
         T[turned, :3, 3] = centre + R_turn @ (T[turned, :3, 3] - centre)
     return Cameras(K=cameras.K, T_world_cam=T, width=cameras.width, height=cameras.height,
                    names=cameras.names)
+
+
+def landscape(images, masks, gt, held_out: int, seed: int, lpips=None,
+              degrees=(-20, -10, -5, -2, 0, 2, 5, 10, 20)) -> list[list[float]]:
+    """Score of view ``held_out`` at its true pose turned by ``degrees`` about three random
+    axes, rendered by Gaussians fitted to the other views at their true poses."""
+    import torch
+
+    from geometry.so3 import axis_angle_to_matrix
+    from pose.camera.sparseags import SparseAGSConfig
+    from pose.camera.sparseags.joint import Views, fit_joint
+    from pose.camera.sparseags.outliers import ViewScorer
+    from pose.camera.sparseags.pipeline import _to_normalised, normalisation
+
+    config = SparseAGSConfig(seed=seed)
+    centre, scale = normalisation(gt.T_world_cam)
+    T = _to_normalised(gt.T_world_cam, centre, scale)
+    photos = [im.float() if masks is None else im.float() * m[..., None]
+              for im, m in zip(images, masks or [None] * len(images), strict=True)]
+    views = Views(images=photos, masks=masks, Ks=gt.K.double(), names=list(gt.names))
+    rows = [k for k in range(len(views)) if k != held_out]
+    model = fit_joint(views, T, config.joint, seed=seed, rows=rows,
+                      optimise_poses=False).model(views)
+    scorer = ViewScorer(config.outliers, lpips)
+    gen = torch.Generator().manual_seed(seed + 17)
+    table = []
+    for _ in range(3):
+        axis = torch.nn.functional.normalize(torch.randn(3, generator=gen,
+                                                         dtype=torch.float64), dim=0)
+        row = []
+        for deg in degrees:
+            T_k = T[held_out].clone()
+            T_k[:3, :3] = axis_angle_to_matrix(axis * math.radians(deg)) @ T_k[:3, :3]
+            row.append(scorer.render_and_score(model, views, held_out, T_k)["score"])
+        table.append(row)
+    return table
+
+
+def print_landscape(case: str, table: list[list[float]], held_out: int,
+                    degrees=(-20, -10, -5, -2, 0, 2, 5, 10, 20)) -> int:
+    """Print the table; returns on how many axes the minimum is at 0 degrees."""
+    print(f"{case}: score of view {held_out} (held out) at its true pose turned about three "
+          "random axes, Gaussians fitted to the other views at their true poses:")
+    print("  degrees " + " ".join(f"{d:>6d}" for d in degrees))
+    centred = 0
+    for i, row in enumerate(table):
+        best = degrees[min(range(len(row)), key=row.__getitem__)]
+        centred += best == 0
+        print(f"  axis {i}  " + " ".join(f"{v:6.3f}" for v in row) + f"   minimum at {best} deg")
+    print(f"{case}: minimum at the true pose on {centred} of {len(table)} axes", flush=True)
+    return centred
 
 
 def sfm_start(loaded, cameras_gt, seed: int):
@@ -202,7 +273,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["co3d_apple", "generated"],
                         choices=["co3d_apple", "generated"])
-    parser.add_argument("--rows", nargs="+", default=["sparseags", "no-correction", "sfm"],
+    parser.add_argument("--rows", nargs="*", default=["sparseags", "no-correction", "sfm"],
                         choices=["sparseags", "no-correction", "joint-only", "sfm"])
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--max-size", type=int, default=128,
@@ -215,6 +286,10 @@ def main() -> None:
     parser.add_argument("--lpips", type=Path, default=None,
                         help="LPIPS weights (else 1 - SSIM ranks and scores)")
     parser.add_argument("--lpips-backbone", type=Path, default=None)
+    parser.add_argument("--co3d-masks", type=Path, default=None,
+                        help="object masks of the CO3D photos (named like them)")
+    parser.add_argument("--landscape", action="store_true",
+                        help="print the held-out view's score around its true pose first")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = parser.parse_args()
 
@@ -235,13 +310,17 @@ def main() -> None:
     t_all = time.perf_counter()
     for case_name in args.datasets:
         if case_name == "co3d_apple":
-            case = co3d_case(args.views, args.max_size)
+            case = co3d_case(args.views, args.max_size, args.co3d_masks)
         else:
             case = generated_case(args.views, args.max_size, args.seed)
         if case is None:
             print(f"{case_name}: skipped ({DATASETS / case_name} is absent)")
             continue
         images, masks, gt, loaded = case
+        if args.landscape:
+            table = landscape(images, masks, gt, args.turned_view, args.seed, lpips)
+            rows.append({"case": case_name, "row": "landscape", "scores": table,
+                         "centred_axes": print_landscape(case_name, table, args.turned_view)})
         start = perturbed(gt, args.rotation_noise, args.turn, args.turned_view, args.seed)
         for row in args.rows:
             config = SparseAGSConfig(seed=args.seed)
