@@ -157,13 +157,13 @@ def scaled_default_skeleton(scale: Tensor | float, dtype: torch.dtype = torch.fl
     """The default skeleton uniformly scaled (about the model origin).
 
     Args:
-        scale: ``[...]`` body scale(s).
+        scale: ``[...]`` body scale(s) (a tensor's device is kept).
 
     Returns:
-        ``[..., 22, 3]`` rest joints.
+        ``[..., 22, 3]`` rest joints, on ``scale``'s device.
     """
     scale = torch.as_tensor(scale, dtype=dtype)
-    return default_rest_joints(dtype) * scale[..., None, None]
+    return default_rest_joints(dtype).to(scale.device) * scale[..., None, None]
 
 
 def forward_kinematics(local_rots: Tensor, root_pos: Tensor, rest_joints: Tensor) -> tuple[

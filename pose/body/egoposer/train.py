@@ -58,8 +58,7 @@ def pose_loss(out: Tensor, batch: dict[str, Tensor], weights: LossWeights,
     gt_rots, gt_root = batch["rots_c"], batch["root_c"]
     d6, gt_d6 = matrix_to_rot6d(rots), matrix_to_rot6d(gt_rots)
     scale = batch["scale"]
-    # the default skeleton is built on the CPU: scale it there, then move it to the batch
-    rest = scaled_default_skeleton(scale.cpu(), dtype=out.dtype).to(out.device)[:, None]
+    rest = scaled_default_skeleton(scale, dtype=out.dtype)[:, None]
     # rest: [B, 1, 22, 3]
     _, joints = forward_kinematics(rots, root * scale[:, None, None], rest)
     gt_joints = batch["joints_c"]
