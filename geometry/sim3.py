@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from geometry.se3 import make_T
+from geometry.so3 import chordal_mean
 
 # Relative size of the second singular value of the cross-covariance below which the point
 # sets are called collinear: the rotation about their common line is then undetermined.
@@ -159,14 +160,6 @@ def apply_sim3_to_poses(s: Tensor, R: Tensor, t: Tensor, T_world_cam: Tensor) ->
     return make_T(R_new, c_new)
 
 
-def _chordal_mean_rotation(R_rel: Tensor) -> Tensor:
-    """Projection of the mean of ``[M, 3, 3]`` rotations onto SO(3)."""
-    U, _, Vh = torch.linalg.svd(R_rel.mean(0))
-    S = torch.ones(3, dtype=R_rel.dtype, device=R_rel.device)
-    S[2] = torch.sign(torch.linalg.det(U @ Vh))
-    return U @ (S[:, None] * Vh)
-
-
 #: How :func:`align_poses` finds the rotation of the similarity: ``centres`` (Umeyama on the
 #: camera centres, the standard ATE alignment), ``orientations`` (from the camera orientations)
 #: or ``auto`` (``centres`` when the reference centres are well spread, see
@@ -253,7 +246,7 @@ def align_poses(
     min_cams = 2 if with_scale else 1
     if m < min_cams:
         raise ValueError(f"align_poses needs at least {min_cams} camera(s), got {m}")
-    R = _chordal_mean_rotation(T_world_cam_gt[:, :3, :3] @ T_world_cam_est[:, :3, :3].mT)
+    R = chordal_mean(T_world_cam_gt[:, :3, :3] @ T_world_cam_est[:, :3, :3].mT)
     mu_est, mu_gt = c_est.mean(0), c_gt.mean(0)
     if with_scale:
         spread_est = (c_est - mu_est).square().sum(-1).mean().sqrt()

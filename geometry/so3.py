@@ -449,6 +449,15 @@ def random_rotation(
     return quat_to_matrix(random_quat(shape, generator=generator, dtype=dtype, device=device))
 
 
+def chordal_mean(R: Tensor, dim: int = -3) -> Tensor:
+    """The chordal L2 mean of rotations: the mean of ``R [..., M, ..., 3, 3]`` over ``dim``
+    projected onto SO(3) (SVD, the determinant fixed to +1)."""
+    U, _, Vh = torch.linalg.svd(R.mean(dim))
+    S = torch.ones(U.shape[:-1], dtype=R.dtype, device=R.device)
+    S[..., 2] = torch.sign(torch.linalg.det(U @ Vh))
+    return U @ (S[..., :, None] * Vh)
+
+
 def rotation_angle(R_a: Tensor, R_b: Tensor) -> Tensor:
     """Angle (radians) of the relative rotation ``R_a^T R_b``, ``[...]``, in ``[0, pi]``.
 

@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--no-generated-negatives", action="store_true",
                         help="ADen's discriminator without the generator's hypotheses as "
                              "negatives")
+    parser.add_argument("--select", choices=("argmax", "mean"), default="argmax",
+                        help="how ADen picks its pose: the discriminator's argmax (the "
+                             "paper's) or the chordal mean of its hypotheses")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,12 +115,12 @@ def main() -> None:
                          log_every=20, desc=f"ADen ({mode})")
         result = train_loop(model, opt, make_batch_fn(train_seqs, train), lambda m, b: m(b),
                             loop)
-        metrics = evaluate(model, eval_seqs, VIEWS, seed=args.seed)
+        metrics = evaluate(model, eval_seqs, VIEWS, seed=args.seed, select=args.select)
         one = eval_seqs[0].images[None].float() / 255.0  # one 8-view set, alone
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            model.predict(one, seed=args.seed)
+            model.predict(one, seed=args.seed, select=args.select)
             times.append(time.perf_counter() - t0)
         metrics["seconds_one_set"] = min(times)
         metrics["steps"] = result.step

@@ -168,6 +168,41 @@ def test_aden_inference_is_the_argmax_hypothesis() -> None:
     assert torch.allclose(prob[:, 1:], torch.softmax(s, -1).max(-1).values, atol=1e-6)
 
 
+def test_aden_mean_selection_is_the_chordal_mean_of_the_hypotheses() -> None:
+    torch.manual_seed(0)
+    net = AdenNet(AdenConfig(**TINY)).eval()
+    images = torch.rand(2, 3, 3, 32, 32)
+    R, t, prob = net.predict(images, seed=5, select="mean")
+    with torch.no_grad():
+        fused = net.encode(images)
+        R_h, t_h = net.generate(fused, 12, generator=torch.Generator().manual_seed(5))
+    for b in range(2):
+        for j in range(2):
+            # the rotation nearest (Frobenius) to the hypotheses' mean, found by search:
+            # it minimises sum_k ||R - R_k||^2, so no rotation does better than R
+            hyp = R_h[b, j].double()
+            best = R[b, j + 1].double()
+            assert torch.allclose(best @ best.T, torch.eye(3, dtype=torch.float64), atol=1e-5)
+            assert float(torch.det(best)) == pytest.approx(1.0, abs=1e-5)
+            cost = ((best - hyp) ** 2).sum()
+            for k in range(8):
+                other = random_rotation((), generator=torch.Generator().manual_seed(k),
+                                        dtype=torch.float64)
+                nudged = axis_angle_to_matrix(torch.randn(3, dtype=torch.float64,
+                                                          generator=torch.Generator()
+                                                          .manual_seed(k)) * 0.05) @ best
+                for cand in (other, nudged):
+                    assert float(((cand - hyp) ** 2).sum()) >= float(cost) - 1e-6
+            assert torch.allclose(t[b, j + 1], t_h[b, j].mean(0), atol=1e-6)
+            angles = torch.stack([torch.arccos(((best.T @ h).trace().clamp(-1, 3) - 1) / 2)
+                                  for h in hyp])
+            share = float((angles < math.radians(15.0)).double().mean())
+            assert float(prob[b, j + 1]) == pytest.approx(share, abs=1e-6)
+    assert torch.equal(prob[:, 0], torch.ones(2))
+    with pytest.raises(ValueError, match="select"):
+        net.predict(images, select="median")
+
+
 def test_negatives_near_the_truth_are_left_out() -> None:
     torch.manual_seed(0)
     net = AdenNet(AdenConfig(**{**TINY, "random_negatives": 0, "local_negatives": 0}))
@@ -198,7 +233,7 @@ class _Perturbed:
     def eval(self) -> _Perturbed:
         return self
 
-    def predict(self, images, seed=0):
+    def predict(self, images, seed=0, select="argmax"):
         Rs, ts = [], []
         for im in images:
             Rb, tb = [torch.eye(3)], [torch.zeros(3)]

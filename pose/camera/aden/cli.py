@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import tyro
 
@@ -65,6 +65,10 @@ class AdenPredict:
     """Output folder."""
     seed: int = 0
     """Seed of the hypotheses' noise."""
+    select: Literal["argmax", "mean"] = "argmax"
+    """How ADen picks each view's pose among its hypotheses: argmax (the paper's: the one the
+    discriminator scores highest) or mean (their chordal mean: the centre of the generated
+    density, without the discriminator)."""
     overwrite: bool = False
     """Replace a non-empty --out that an earlier 'pose aden predict' did not write."""
     device: str = "cpu"
@@ -79,7 +83,7 @@ class AdenPredict:
 
         set_threads(self.threads)
         run_predict(self.checkpoint, self.images, self.out, self.seed, quiet=self.quiet,
-                    overwrite=self.overwrite, device=self.device)
+                    overwrite=self.overwrite, device=self.device, select=self.select)
 
 
 @dataclass
@@ -114,6 +118,10 @@ class AdenEval:
     sets_per_sequence: int = 1
     """View sets drawn from each sequence (random orders of its frames): more pairs from a
     few long CO3D sequences."""
+    select: Literal["argmax", "mean"] = "argmax"
+    """How ADen picks each view's pose among its hypotheses: argmax (the paper's: the one the
+    discriminator scores highest) or mean (their chordal mean: the centre of the generated
+    density, without the discriminator)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
     threads: int | None = None
@@ -125,7 +133,8 @@ class AdenEval:
         set_threads(self.threads)
         run_eval(self.checkpoint, self.synthetic, self.co3d, self.out, self.seed,
                  self.sequences, self.frames, self.view_counts, self.supersample, self.cache,
-                 self.workers, self.background, self.sets_per_sequence, device=self.device)
+                 self.workers, self.background, self.sets_per_sequence, device=self.device,
+                 select=self.select)
 
 
 AdenSubcommand = Union[  # noqa: UP007 (tyro reads the Union of annotated subcommands)

@@ -34,7 +34,8 @@ def _summary(per_set: list[dict[str, float]], pairs: int) -> dict[str, float]:
 
 
 def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[int, ...],
-             seed: int = 0, batch: int = 16, sets_per_sequence: int = 1) -> dict:
+             seed: int = 0, batch: int = 16, sets_per_sequence: int = 1,
+             select: str = "argmax") -> dict:
     """Metrics of ``model`` per view count (and per category / symmetry group).
 
     Each sequence gives ``sets_per_sequence`` view sets (random orders of its frames; per
@@ -60,7 +61,7 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
             chunk = usable[k:k + batch]
             images = torch.stack([s.images[torch.as_tensor(o)] for s, o in chunk]).float() / 255
             start = time.perf_counter()
-            R, t, _ = model.predict(images.to(device), seed=seed)
+            R, t, _ = model.predict(images.to(device), seed=seed, select=select)
             R, t = R.cpu(), t.cpu()  # waits for the device: the timing is the whole predict
             seconds += time.perf_counter() - start
             for b, (seq, order) in enumerate(chunk):
@@ -95,9 +96,10 @@ def run_eval(checkpoint: Path, synthetic: bool, co3d: Path | None, out: Path, se
              sequences_count: int, frames: int, view_counts: tuple[int, ...],
              supersample: int = 1, cache: str | None = None, workers: int = 0,
              background: bool = True, sets_per_sequence: int = 1,
-             quiet: bool = False, device: str = "cpu") -> dict:
+             quiet: bool = False, device: str = "cpu", select: str = "argmax") -> dict:
     """Evaluate a checkpoint on ``device`` (``cpu``, ``cuda``, ``cuda:N``); write
-    ``out/metrics.json`` and print the table."""
+    ``out/metrics.json`` and print the table. ``select``: how ADen picks its pose
+    (:meth:`~pose.camera.aden.model.AdenNet.predict`)."""
     from rich.console import Console
 
     from geometry.device import check_device
@@ -123,8 +125,9 @@ def run_eval(checkpoint: Path, synthetic: bool, co3d: Path | None, out: Path, se
     if sets_per_sequence < 1:
         raise UserError(f"--sets-per-sequence {sets_per_sequence} must be at least 1.")
     metrics = evaluate(model, sequences, tuple(view_counts), seed=seed,
-                       sets_per_sequence=sets_per_sequence)
+                       sets_per_sequence=sets_per_sequence, select=select)
     metrics["model"] = model.config.mode
+    metrics["select"] = select
     metrics["checkpoint"] = str(checkpoint)
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from geometry.so3 import random_rotation, rot6d_to_matrix
+from geometry.so3 import chordal_mean, random_rotation, rot6d_to_matrix, rotation_angle
 from pose.camera.aden.config import AdenConfig
 
 __all__ = ["AdenNet", "BasicBlock", "ResNetEncoder", "rotation_grid"]
@@ -281,20 +281,27 @@ class AdenNet(nn.Module):
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def predict(self, images: Tensor, seed: int = 0,
-                chunk: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
+    def predict(self, images: Tensor, seed: int = 0, chunk: int = 4096,
+                select: str = "argmax") -> tuple[Tensor, Tensor, Tensor]:
         """Relative poses of every view in the first view's frame.
 
         Args:
             images: ``[B, V, 3, S, S]`` in [0, 1].
             seed: seed of the generator's noise (or of the rotation grid).
             chunk: hypotheses scored at once (bounds the memory in grid mode).
+            select: ADen mode only: ``argmax`` (the paper's: the hypothesis the
+                discriminator scores highest) or ``mean`` (the chordal mean of the
+                generator's hypotheses and their mean translation: the centre of the
+                generated density, without the discriminator).
 
         Returns:
             ``R [B, V, 3, 3]`` (view 0: identity), ``t [B, V, 3]`` (view 0: zero; units of
-            the first camera's distance to the object) and ``score [B, V]`` (softmax
-            probability of the chosen hypothesis among all scored; view 0 and regression: 1).
+            the first camera's distance to the object) and ``score [B, V]`` (``argmax``:
+            softmax probability of the chosen hypothesis among all scored; ``mean``: the
+            share of hypotheses within 15 degrees of the mean; view 0 and regression: 1).
         """
+        if select not in ("argmax", "mean"):
+            raise ValueError(f"select must be 'argmax' or 'mean', got {select!r}")
         c = self.config
         fused = self.encode(images)
         B, V = images.shape[:2]
@@ -303,6 +310,12 @@ class AdenNet(nn.Module):
             R, t = self.generate(fused, 1)
             R, t = R[:, :, 0], t[:, :, 0]
             prob = torch.ones(B, V - 1, device=images.device)
+        elif c.mode == "aden" and select == "mean":
+            R_h, t_h = self.generate(fused, c.hypotheses, generator=gen)
+            R = chordal_mean(R_h, dim=2)
+            t = t_h.mean(2)
+            near = rotation_angle(R[:, :, None], R_h) < math.radians(15.0)
+            prob = near.float().mean(-1)
         elif c.mode == "aden":
             R_h, t_h = self.generate(fused, c.hypotheses, generator=gen)
             s = self.score(fused, R_h, t_h)

@@ -29,13 +29,16 @@ class AdenEstimator:
     """``estimate(images) -> CameraPoseResult`` with a trained :class:`AdenNet`."""
 
     def __init__(self, model: AdenNet | str | Path, seed: int = 0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", select: str = "argmax") -> None:
+        if select not in ("argmax", "mean"):
+            raise UserError(f"--select {select} is not one of argmax, mean.")
         if not isinstance(model, AdenNet):
             from pose.camera.aden.train import load_model
 
             model = load_model(model, device)
         self.model = model.eval()
         self.seed = seed
+        self.select = select
         self.last_scores: Tensor | None = None
 
     def estimate(self, images: list[Tensor], masks: list[Tensor] | None = None,
@@ -54,7 +57,8 @@ class AdenEstimator:
                             f"{', '.join(f'{w}x{h}' for w, h in sorted(sizes))}.")
         device = next(self.model.parameters()).device
         x = prepare_images(images, self.model.config.image_size).float().div(255.0)
-        R, t, prob = self.model.predict(x[None].to(device), seed=self.seed)
+        R, t, prob = self.model.predict(x[None].to(device), seed=self.seed,
+                                        select=self.select)
         T = poses_from_relative(R[0].cpu(), t[0].cpu())
         (w, h), = sizes
         f = self.model.config.focal_ndc * min(w, h) / 2.0
@@ -66,7 +70,8 @@ class AdenEstimator:
 
 
 def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
-                quiet: bool = False, overwrite: bool = False, device: str = "cpu") -> dict:
+                quiet: bool = False, overwrite: bool = False, device: str = "cpu",
+                select: str = "argmax") -> dict:
     """Estimate the cameras of the photos in ``images``; write ``out/transforms.json``,
     ``out/sparse/0/`` (COLMAP text) and ``out/scores.json``. Returns the scores dict.
 
@@ -81,7 +86,7 @@ def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
     check_output_folder(out)
     check_replaceable(out, "scores.json", overwrite)
     check_device(device)
-    estimator = AdenEstimator(checkpoint, seed=seed, device=device)
+    estimator = AdenEstimator(checkpoint, seed=seed, device=device, select=select)
     files, photos = load_photos(images)
     start = time.perf_counter()
     result = estimator.estimate(photos)
