@@ -36,6 +36,7 @@ from geometry.training import TrainLoop, train_loop
 from pose.camera.aden.config import AdenConfig, AdenTrainConfig
 from pose.camera.aden.data import synthetic_sequences
 from pose.camera.aden.evaluate import evaluate
+from pose.camera.aden.model import SELECTIONS
 from pose.camera.aden.train import build_model, make_batch_fn
 
 MODES = ("aden", "regression", "grid")
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--no-generated-negatives", action="store_true",
                         help="ADen's discriminator without the generator's hypotheses as "
                              "negatives")
-    parser.add_argument("--select", choices=("argmax", "mean"), default="argmax",
+    parser.add_argument("--select", choices=SELECTIONS, default="argmax",
                         help="how ADen picks its pose: the discriminator's argmax (the "
                              "paper's) or the chordal mean of its hypotheses")
     parser.add_argument("--out", type=Path, default=None)

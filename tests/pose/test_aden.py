@@ -203,6 +203,15 @@ def test_aden_mean_selection_is_the_chordal_mean_of_the_hypotheses() -> None:
         net.predict(images, select="median")
 
 
+def test_cli_selection_choices_are_the_models() -> None:
+    from typing import get_args
+
+    from pose.camera.aden.cli import Selection
+    from pose.camera.aden.model import SELECTIONS
+
+    assert get_args(Selection) == SELECTIONS
+
+
 def test_negatives_near_the_truth_are_left_out() -> None:
     torch.manual_seed(0)
     net = AdenNet(AdenConfig(**{**TINY, "random_negatives": 0, "local_negatives": 0}))

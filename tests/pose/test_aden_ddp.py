@@ -3,17 +3,11 @@ them, against the same step computed in one process with the averaged gradients.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SETUP = textwrap.dedent("""
     import math
@@ -60,33 +54,14 @@ WORKER = SETUP + textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_ddp_step_two_cpu_processes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_ranks import run_ranks
+
     from pose.camera.aden.train import load_model
 
     out = tmp_path / "ck"
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(out)], cwd=ROOT,
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        try:
-            text, _ = p.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two DDP processes did not finish in 120 s")
-        assert p.returncode == 0, text
+    run_ranks([sys.executable, "-c", WORKER, str(out)], timeout=120)
 
     # the same step in one process: rank 0's initial model, gradients averaged over ranks
     scope: dict = {}

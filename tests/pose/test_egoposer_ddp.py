@@ -4,16 +4,10 @@ both ranks' batches averaged."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
 
 TINY = ["--model.d-model", "16", "--model.layers", "1", "--model.heads", "2",
         "--model.ff-dim", "32", "--model.head-dim", "32", "--model.tokens", "6",
@@ -21,13 +15,10 @@ TINY = ["--model.d-model", "16", "--model.layers", "1", "--model.heads", "2",
         "--batch-size", "8", "--threads", "1", "--warmup-steps", "2", "--seed", "4"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_one_ddp_step_two_cpu_processes(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from ddp_ranks import run_ranks
+
     from pose.body.egoposer.commands import load_motion
     from pose.body.egoposer.config import FovConfig, ModelConfig, SynthConfig, TrainConfig
     from pose.body.egoposer.data import prepare_sequences
@@ -35,24 +26,8 @@ def test_one_ddp_step_two_cpu_processes(tmp_path: Path) -> None:
     from pose.body.egoposer.train import load_checkpoint, make_batch_fn, pose_loss
 
     out = tmp_path / "ck"
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pose.cli", "egoposer", "train", "--synthetic", "--out",
-             str(out), "--steps", "1", "--quiet", *TINY],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for p in procs:
-        try:
-            text, _ = p.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the two DDP processes did not finish in 180 s")
-        assert p.returncode == 0, text
+    run_ranks([sys.executable, "-m", "pose.cli", "egoposer", "train", "--synthetic", "--out",
+               str(out), "--steps", "1", "--quiet", *TINY], timeout=180)
 
     # the same step in one process: the seeded model, both ranks' batches, gradients
     # averaged, clipped and applied by AdamW at the first warm-up step's rate

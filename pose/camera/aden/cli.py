@@ -12,6 +12,9 @@ import tyro
 from geometry.threads import set_threads
 from pose.camera.aden.config import AdenConfig, AdenTrainConfig, SynthData
 
+#: The choices of --select (pose.camera.aden.model.SELECTIONS, spelled out for tyro).
+Selection = Literal["argmax", "mean"]
+
 
 @dataclass
 class AdenTrain:
@@ -65,7 +68,7 @@ class AdenPredict:
     """Output folder."""
     seed: int = 0
     """Seed of the hypotheses' noise."""
-    select: Literal["argmax", "mean"] = "argmax"
+    select: Selection = "argmax"
     """How ADen picks each view's pose among its hypotheses: argmax (the paper's: the one the
     discriminator scores highest) or mean (their chordal mean: the centre of the generated
     density, without the discriminator)."""
@@ -118,7 +121,7 @@ class AdenEval:
     sets_per_sequence: int = 1
     """View sets drawn from each sequence (random orders of its frames): more pairs from a
     few long CO3D sequences."""
-    select: Literal["argmax", "mean"] = "argmax"
+    select: Selection = "argmax"
     """How ADen picks each view's pose among its hypotheses: argmax (the paper's: the one the
     discriminator scores highest) or mean (their chordal mean: the centre of the generated
     density, without the discriminator)."""

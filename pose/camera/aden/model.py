@@ -37,7 +37,10 @@ from torch import Tensor, nn
 from geometry.so3 import chordal_mean, random_rotation, rot6d_to_matrix, rotation_angle
 from pose.camera.aden.config import AdenConfig
 
-__all__ = ["AdenNet", "BasicBlock", "ResNetEncoder", "rotation_grid"]
+__all__ = ["SELECTIONS", "AdenNet", "BasicBlock", "ResNetEncoder", "rotation_grid"]
+
+#: How :meth:`AdenNet.predict` picks an ADen pose among the hypotheses.
+SELECTIONS = ("argmax", "mean")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -300,7 +303,7 @@ class AdenNet(nn.Module):
             softmax probability of the chosen hypothesis among all scored; ``mean``: the
             share of hypotheses within 15 degrees of the mean; view 0 and regression: 1).
         """
-        if select not in ("argmax", "mean"):
+        if select not in SELECTIONS:
             raise ValueError(f"select must be 'argmax' or 'mean', got {select!r}")
         c = self.config
         fused = self.encode(images)

@@ -20,7 +20,7 @@ from geometry.cameras import Cameras
 from geometry.errors import UserError
 from pose.camera import CameraPoseResult
 from pose.camera.aden.data import load_photos, poses_from_relative, prepare_images
-from pose.camera.aden.model import AdenNet
+from pose.camera.aden.model import SELECTIONS, AdenNet
 
 __all__ = ["AdenEstimator", "run_predict"]
 
@@ -30,8 +30,8 @@ class AdenEstimator:
 
     def __init__(self, model: AdenNet | str | Path, seed: int = 0,
                  device: str = "cpu", select: str = "argmax") -> None:
-        if select not in ("argmax", "mean"):
-            raise UserError(f"--select {select} is not one of argmax, mean.")
+        if select not in SELECTIONS:
+            raise UserError(f"--select {select} is not one of {', '.join(SELECTIONS)}.")
         if not isinstance(model, AdenNet):
             from pose.camera.aden.train import load_model
 
