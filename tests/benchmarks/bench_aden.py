@@ -50,7 +50,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="training time per model (minutes)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the held-out objects")
-    parser.add_argument("--train-sequences", type=int, default=600)
+    parser.add_argument("--train-sequences", type=int, default=2000,
+                        help="training objects (600 starve the baselines)")
     parser.add_argument("--eval-sequences", type=int, default=90)
     parser.add_argument("--size", type=int, default=32, help="image side (pixels)")
     parser.add_argument("--render-size", type=int, default=None,
@@ -75,6 +76,10 @@ def main() -> None:
     parser.add_argument("--no-generated-negatives", action="store_true",
                         help="ADen's discriminator without the generator's hypotheses as "
                              "negatives")
+    parser.add_argument("--rank-temperature-deg", type=float, default=0.0,
+                        help="> 0: ADen's discriminator learns to rank its candidates by "
+                             "their distance to the truth (AdenConfig.rank_temperature_deg) "
+                             "instead of the paper's contrastive loss")
     parser.add_argument("--select", choices=SELECTIONS, default="argmax",
                         help="how ADen picks its pose: the discriminator's argmax (the "
                              "paper's) or the chordal mean of its hypotheses")
@@ -103,7 +108,8 @@ def main() -> None:
                          d_model=128, hidden=256, hypotheses=args.hypotheses,
                          grid_size=args.grid_size, view_frames=not args.no_view_frames,
                          patch_tokens=args.patch_tokens,
-                         generated_negatives=not args.no_generated_negatives)
+                         generated_negatives=not args.no_generated_negatives,
+                         rank_temperature_deg=args.rank_temperature_deg)
         train = AdenTrainConfig(steps=10**7, batch=args.batch, views=args.views, lr=args.lr,
                                 warmup_steps=50)
         model = build_model(cfg, seed=0)

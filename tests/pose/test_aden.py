@@ -27,6 +27,8 @@ from pose.camera.aden.losses import (
     all_pairs_frame_loss,
     contrastive_discriminator_loss,
     hypothesis_nearest_loss,
+    ranking_discriminator_loss,
+    ranking_targets,
 )
 from pose.camera.aden.model import AdenNet
 from pose.cli import main as pose_main
@@ -86,6 +88,26 @@ def test_contrastive_discriminator_loss_hand_computed() -> None:
     v2 = torch.tensor([[False, True, True], [True, True, True]])
     want = ((math.log(math.e ** 2 + math.e + 1) - 2) + math.log(3)) / 2
     assert contrastive_discriminator_loss(two, v2).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_ranking_targets_and_loss_hand_computed() -> None:
+    # candidates: the truth, Rz(10), Rz(20) and the truth moved by 0.1; temperatures 10 deg
+    # and 0.1 -> weights proportional to e^0, e^-1, e^-2, e^-1
+    R = torch.stack([torch.eye(3), _rz(10), _rz(20), torch.eye(3)])[None]
+    t = torch.tensor([[[0.0, 0, 0], [0, 0, 0], [0, 0, 0], [0.1, 0, 0]]])
+    q = ranking_targets(R, t, torch.eye(3)[None], torch.zeros(1, 3), 10.0, 0.1)
+    w = torch.tensor([1, math.exp(-1), math.exp(-2), math.exp(-1)])
+    assert torch.allclose(q[0], w / w.sum(), atol=1e-5)
+    # cross entropy with soft targets: -sum q log softmax(s / T)
+    s = torch.tensor([[2.0, 1.0, 0.0]])
+    qs = torch.tensor([[0.5, 0.25, 0.25]])
+    logz = math.log(math.e ** 2 + math.e + 1)
+    want = -(0.5 * (2 - logz) + 0.25 * (1 - logz) + 0.25 * (0 - logz))
+    assert ranking_discriminator_loss(s, qs).item() == pytest.approx(want, abs=1e-6)
+    # one-hot targets on candidate 0: the paper's contrastive loss
+    one_hot = torch.tensor([[1.0, 0.0, 0.0]])
+    assert ranking_discriminator_loss(s, one_hot, 2.0).item() == pytest.approx(
+        contrastive_discriminator_loss(s, temperature=2.0).item(), abs=1e-6)
 
 
 def _orbit(n: int, radius: float = 3.0, height: float = 1.0) -> torch.Tensor:
@@ -230,6 +252,36 @@ def test_negatives_near_the_truth_are_left_out() -> None:
     net.score = spy
     aden_loss(net, batch)
     assert calls["R"].shape[2] == 1 + 4  # GT + the 4 generated (one masked)
+
+
+def test_ranking_loss_keeps_the_hypotheses_near_the_truth() -> None:
+    torch.manual_seed(0)
+    cfg = {**TINY, "random_negatives": 0, "local_negatives": 0, "rank_temperature_deg": 5.0}
+    net = AdenNet(AdenConfig(**cfg))
+    batch = batch_from(_sequences(), 2, 2, np.random.default_rng(0))
+    fused = net.encode(batch["images"])
+    noise = torch.Generator().manual_seed(batch["seed"] + 1)  # aden_loss's noise
+    R_h, t_h = net.generate(fused, generator=noise)
+    batch["R_rel"], batch["t_rel"] = R_h[:, :, 0].detach(), t_h[:, :, 0].detach()
+    calls = {}
+    original = net.score
+
+    def spy(f, R, t):
+        calls["R"], calls["t"], calls["s"] = R, t, original(f, R, t)
+        return calls["s"]
+
+    net.score = spy
+    out = aden_loss(net, batch)
+    # every generated hypothesis is a candidate, the one equal to the truth too, and the
+    # loss is the soft-target cross entropy (the contrastive loss would mask it out)
+    assert calls["R"].shape[2] == 1 + 4
+    q = ranking_targets(calls["R"], calls["t"], batch["R_rel"], batch["t_rel"], 5.0, 0.1)
+    assert q[..., 0].allclose(q[..., 1], atol=1e-4)  # the truth and its copy weigh the same
+    want = ranking_discriminator_loss(calls["s"], q)
+    assert out["disc"].item() == pytest.approx(want.item(), abs=1e-5)
+    masked = contrastive_discriminator_loss(
+        calls["s"], torch.tensor([True, False, True, True, True]).expand_as(calls["s"]))
+    assert abs(out["disc"].item() - masked.item()) > 1e-3
 
 
 class _Perturbed:

@@ -83,6 +83,13 @@ class AdenConfig:
     the hypotheses near the truth, not only to reject far ones)."""
     local_negative_max_deg: float = 45.0
     """Largest turn of the local negatives (degrees)."""
+    rank_temperature_deg: float = 0.0
+    """> 0: train the discriminator to rank its candidates by their distance to the truth
+    (soft targets ``softmax(-(angle / this + |dt| / rank_temperature_t))``, no margin)
+    instead of the paper's contrastive loss with the truth as the only positive (0)."""
+    rank_temperature_t: float = 0.1
+    """Translation temperature of the ranking targets (units of the first camera's
+    distance to the object)."""
     focal_ndc: float = 2.0
     """Focal length assumed for predicted cameras, in units of half the shorter image side
     (CO3D's isotropic NDC); the network does not estimate intrinsics."""

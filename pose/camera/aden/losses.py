@@ -13,10 +13,11 @@ import math
 import torch
 from torch import Tensor
 
-from geometry.so3 import axis_angle_to_matrix, random_rotation
+from geometry.so3 import axis_angle_to_matrix, random_rotation, rotation_angle
 
 __all__ = ["aden_loss", "all_pairs_frame_loss", "contrastive_discriminator_loss",
-           "hypothesis_nearest_loss", "pose_distance"]
+           "hypothesis_nearest_loss", "pose_distance", "ranking_discriminator_loss",
+           "ranking_targets"]
 
 
 def pose_distance(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor,
@@ -68,6 +69,41 @@ def contrastive_discriminator_loss(scores: Tensor, valid: Tensor | None = None,
     return (torch.logsumexp(s, -1) - s[..., 0]).mean()
 
 
+def ranking_targets(R: Tensor, t: Tensor, R_gt: Tensor, t_gt: Tensor,
+                    rotation_deg: float, translation: float) -> Tensor:
+    """Soft targets of the ranking loss: ``softmax(-(angle / rotation_deg + ||t - t_gt|| /
+    translation))`` over the candidates, so a candidate 1 ``rotation_deg`` farther from the
+    truth gets ``e`` times less weight.
+
+    Args:
+        R: ``[..., N, 3, 3]`` candidates; t: ``[..., N, 3]``.
+        R_gt: ``[..., 3, 3]``; t_gt: ``[..., 3]``.
+        rotation_deg, translation: the temperatures (degrees; units of ``t``).
+
+    Returns:
+        ``[..., N]``, summing to 1 over the candidates.
+    """
+    angle = torch.rad2deg(rotation_angle(R, R_gt[..., None, :, :]))  # exact near 0
+    dist = (t - t_gt[..., None, :]).norm(dim=-1)
+    return torch.softmax(-(angle / rotation_deg + dist / translation), -1)
+
+
+def ranking_discriminator_loss(scores: Tensor, targets: Tensor,
+                               temperature: float = 1.0) -> Tensor:
+    """Cross entropy of the candidates' softmax against soft ``targets`` (e.g.
+    :func:`ranking_targets`): ``mean(-sum_i q_i log softmax(s / T)_i)``. With one-hot
+    targets on candidate 0 it is :func:`contrastive_discriminator_loss`; soft targets teach
+    the discriminator to rank the candidates near the truth by their distance to it (at
+    inference it must pick among generated hypotheses, none of them the truth).
+
+    Args:
+        scores: ``[..., N]``; targets: ``[..., N]`` (each row sums to 1).
+        temperature: softmax temperature ``T`` of the scores.
+    """
+    logp = torch.log_softmax(scores / temperature, -1)
+    return -(targets * logp).sum(-1).mean()
+
+
 def all_pairs_frame_loss(F: Tensor, c: Tensor, R_gt: Tensor, t_gt: Tensor,
                          translation_weight: float) -> Tensor:
     """Mean :func:`pose_distance` of every ordered pair's composed pose.
@@ -106,7 +142,10 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
     - aden: hypothesis-nearest loss of the M generated hypotheses + the contrastive loss of
       the discriminator over (GT, the detached hypotheses farther than the margin from the
       GT, uniformly random rotations and ``local_negatives`` rotations of the GT by
-      margin..``local_negative_max_deg`` degrees, both with the GT translation);
+      margin..``local_negative_max_deg`` degrees, both with the GT translation); with
+      ``rank_temperature_deg > 0`` the ranking loss instead, over the same candidates with
+      no margin (the generated hypotheses near the truth and local turns from 0 degrees
+      included, each weighted by :func:`ranking_targets`);
     - regression: the same generator loss with one hypothesis;
     - grid: the contrastive loss over (GT rotation, random and local rotations), plus the squared
       error of the regressed translation.
@@ -139,10 +178,12 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
         cand_t = [t_gt[:, :, None], t_rand]
         valid = [torch.ones(B, V1, 1 + c.random_negatives, dtype=torch.bool,
                             device=R_gt.device)]
+        ranking = c.mode == "aden" and c.rank_temperature_deg > 0
         if c.local_negatives > 0:  # hard negatives: the truth turned by margin..max degrees
             L = c.local_negatives
             axis = torch.randn(B, V1, L, 3, generator=gen_rand, dtype=torch.float64)
-            lo, hi = math.radians(c.negative_margin_deg), math.radians(c.local_negative_max_deg)
+            lo = 0.0 if ranking else math.radians(c.negative_margin_deg)
+            hi = math.radians(c.local_negative_max_deg)
             angle = lo + (hi - lo) * torch.rand(B, V1, L, 1, generator=gen_rand,
                                                 dtype=torch.float64)
             turn = axis_angle_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * angle)
@@ -156,8 +197,14 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
             cand_R.append(R_neg)
             cand_t.append(t_neg)
             valid.append(far)
-        scores = net.score(fused, torch.cat(cand_R, 2), torch.cat(cand_t, 2))
-        disc = contrastive_discriminator_loss(scores, torch.cat(valid, -1), c.temperature)
+        cand_R, cand_t = torch.cat(cand_R, 2), torch.cat(cand_t, 2)
+        scores = net.score(fused, cand_R, cand_t)
+        if ranking:
+            q = ranking_targets(cand_R, cand_t, R_gt, t_gt, c.rank_temperature_deg,
+                                c.rank_temperature_t)
+            disc = ranking_discriminator_loss(scores, q, c.temperature)
+        else:
+            disc = contrastive_discriminator_loss(scores, torch.cat(valid, -1), c.temperature)
     out = {"loss": gen + disc, "gen": gen.detach(), "disc": disc.detach()}
     if c.view_frames:
         F, cen = net.frames(fused)
