@@ -86,7 +86,8 @@ class AdenConfig:
     rank_temperature_deg: float = 0.0
     """> 0: train the discriminator to rank its candidates by their distance to the truth
     (soft targets ``softmax(-(angle / this + |dt| / rank_temperature_t))``, no margin)
-    instead of the paper's contrastive loss with the truth as the only positive (0)."""
+    instead of the paper's contrastive loss with the truth as the only positive (0).
+    ADen mode only: grid scoring keeps the contrastive loss."""
     rank_temperature_t: float = 0.1
     """Translation temperature of the ranking targets (units of the first camera's
     distance to the object)."""
