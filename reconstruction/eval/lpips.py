@@ -210,7 +210,8 @@ def _trunk_from_torchvision(state: dict[str, Tensor], net: NetName) -> dict[str,
 
 
 def load_lpips(weights: str | os.PathLike, backbone: str | os.PathLike | None = None,
-               device: str | torch.device = "cpu") -> LPIPS:
+               device: str | torch.device = "cpu",
+               flags: tuple[str, str] = ("--lpips-weights", "--lpips-backbone")) -> LPIPS:
     """Build :class:`LPIPS` from local files (see the module doc for what each holds).
 
     Args:
@@ -218,12 +219,14 @@ def load_lpips(weights: str | os.PathLike, backbone: str | os.PathLike | None = 
         backbone: torchvision's ImageNet weights of the trunk, needed when ``weights``
             holds only the heads; ignored otherwise.
         device: where the network runs.
+        flags: the command-line options of ``weights`` and ``backbone`` (for messages).
 
     Raises:
         UserError: a missing or unreadable file, or weights that do not fit the network.
     """
     path = Path(weights)
-    state = _read_tensors(path)
+    state = _read_tensors(path, hint=f"give the LPIPS .pth (or .safetensors) file with "
+                                     f"{flags[0]}.")
     net, widths = _infer_net(state, path)
     model = LPIPS(net, widths)
     full = dict(model.state_dict())  # defaults: the scaling buffers
@@ -236,12 +239,12 @@ def load_lpips(weights: str | os.PathLike, backbone: str | os.PathLike | None = 
         if backbone is None:
             raise UserError(f"{path} holds only the LPIPS linear heads; also pass the "
                             f"{'AlexNet' if net == 'alex' else 'VGG-16'} trunk weights "
-                            "(torchvision's ImageNet .pth) with --lpips-backbone PATH.")
+                            f"(torchvision's ImageNet .pth) with {flags[1]} PATH.")
         tv_name = "AlexNet" if net == "alex" else "VGG-16"
         trunk = _trunk_from_torchvision(_read_tensors(
             Path(backbone), f"torchvision's {tv_name} ImageNet weights file",
             f"give torchvision's {'alexnet' if net == 'alex' else 'vgg16'} ImageNet .pth "
-            "with --lpips-backbone."), net)
+            f"with {flags[1]}."), net)
         if not trunk:
             raise UserError(f"{backbone} has no features.N.weight entries; give torchvision's "
                             f"{'alexnet' if net == 'alex' else 'vgg16'} ImageNet weights.")

@@ -55,7 +55,7 @@ class NeO360Train:
         from geometry.errors import UserError
         from geometry.io.atomic import check_output_folder, check_replaceable
         from reconstruction.neo360.data import generate_scenes
-        from reconstruction.neo360.train import evaluate, train
+        from reconstruction.neo360.train import evaluate, load_stage_lpips, train
 
         set_threads(self.threads)
         check_device(self.device)
@@ -68,6 +68,7 @@ class NeO360Train:
         check_output_folder(self.out)
         if not self.resume:
             check_replaceable(self.out, "config.json", self.overwrite)
+        lpips = load_stage_lpips(self.train, (self.data.size, self.data.size))
         if self.nerds360 is not None:
             scenes = _nerds360_scenes(self.nerds360, self.data, self.model.camera_radius)
             info = {"nerds360": str(self.nerds360), "size": self.data.size,
@@ -77,7 +78,7 @@ class NeO360Train:
             info = {"synthetic": self.data.__dict__}
         model, result = train(scenes, self.model, self.train, self.out, self.max_minutes,
                               self.resume, self.backbone_weights, self.quiet, info,
-                              device=self.device)
+                              device=self.device, lpips=lpips)
         report = {"steps": result.step, "stopped_by": result.stopped_by,
                   "elapsed_s": result.elapsed_s}
         if self.eval_scenes > 0:

@@ -107,6 +107,38 @@ class Batch:
     T_world_cam: Tensor  # [S, 4, 4] field frame
     rays: Rays  # [N] field frame
     rgb: Tensor  # [N, 3] target colours
+    patch: int = 0
+    """> 0: the rays are whole ``patch x patch`` image patches, row-major, one after the
+    other (``rgb.reshape(-1, patch, patch, 3)`` are the patches; for LPIPS)."""
+
+
+def pixel_rays(cameras: Cameras, rows: Tensor, cols: Tensor) -> Rays:
+    """The rays through pixel centres ``(rows, cols) [N]`` of ``cameras [N]`` (one camera
+    per ray), with their camera depth per unit distance (``z_per_t``)."""
+    uv = torch.stack((cols + 0.5, rows + 0.5), -1).to(cameras.K)[:, None]
+    origins, dirs = cameras.rays(uv)
+    z = (dirs * cameras.T_world_cam[:, None, :3, 2]).sum(-1)
+    return Rays(origins[:, 0], dirs[:, 0], z[:, 0])
+
+
+def _sources(scene: SceneViews, rng: np.random.Generator, num_sources: int
+             ) -> tuple[list[int], list[int]]:
+    """``num_sources`` spread views of ``scene`` and the other views (the targets; the
+    sources themselves when there is no other)."""
+    V = len(scene.images)
+    src = spread_views(V, num_sources, rng)
+    return src, [k for k in range(V) if k not in src] or src
+
+
+def _batch(scene: SceneViews, src: list[int], views: np.ndarray, rows: np.ndarray,
+           cols: np.ndarray, device: str | torch.device, patch: int = 0) -> Batch:
+    rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
+    views_t = torch.from_numpy(views)
+    rays = pixel_rays(scene.cameras[views_t], rows_t.float(), cols_t.float()).to(device)
+    rgb = scene.images[views_t, rows_t, cols_t]
+    s = scene.cameras[src]
+    return Batch(scene.images[src].to(device), s.K.to(device), s.T_world_cam.to(device),
+                 rays, rgb.to(device), patch)
 
 
 def make_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: int,
@@ -114,18 +146,26 @@ def make_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: 
     """A random scene, ``num_sources`` spread views, and ``num_rays`` random pixels of the
     other views (targets never include the sources)."""
     scene = scenes[int(rng.integers(len(scenes)))]
-    V, H, W, _ = scene.images.shape
-    src = spread_views(V, num_sources, rng)
-    others = [k for k in range(V) if k not in src] or src
+    _, H, W, _ = scene.images.shape
+    src, others = _sources(scene, rng, num_sources)
     views = rng.choice(others, size=num_rays)
     pix = rng.integers(0, H * W, size=num_rays)
-    rows, cols = pix // W, pix % W
-    cams = scene.cameras[torch.from_numpy(views)]
-    uv = torch.from_numpy(np.stack((cols + 0.5, rows + 0.5), -1)).float()[:, None]
-    origins, dirs = cams.rays(uv)
-    z = (dirs * cams.T_world_cam[:, None, :3, 2]).sum(-1)
-    rays = Rays(origins[:, 0], dirs[:, 0], z[:, 0]).to(device)
-    rgb = scene.images[views, rows, cols]
-    s = scene.cameras[src]
-    return Batch(scene.images[src].to(device), s.K.to(device), s.T_world_cam.to(device),
-                 rays, rgb.to(device))
+    return _batch(scene, src, views, pix // W, pix % W, device)
+
+
+def make_patch_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: int,
+                     patches: int, patch: int, device: str | torch.device = "cpu") -> Batch:
+    """Like :func:`make_batch`, but the targets are ``patches`` whole ``patch x patch``
+    patches (random views among the others, random places), for a patch loss (LPIPS)."""
+    scene = scenes[int(rng.integers(len(scenes)))]
+    _, H, W, _ = scene.images.shape
+    if patch > min(H, W):
+        raise ValueError(f"a {patch} px patch does not fit {W}x{H} images")
+    src, others = _sources(scene, rng, num_sources)
+    views = rng.choice(others, size=patches)
+    top = rng.integers(0, H - patch + 1, size=patches)
+    left = rng.integers(0, W - patch + 1, size=patches)
+    r, c = np.meshgrid(np.arange(patch), np.arange(patch), indexing="ij")
+    rows = (top[:, None, None] + r).reshape(-1)
+    cols = (left[:, None, None] + c).reshape(-1)
+    return _batch(scene, src, np.repeat(views, patch * patch), rows, cols, device, patch)

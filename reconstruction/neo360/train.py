@@ -3,6 +3,9 @@
 Each step draws a scene, ``num_sources`` source views spread around its rig and
 ``num_rays`` random pixels of its other views; the loss is the MSE of the coarse and fine
 renders plus ``distortion_weight`` times mip-NeRF 360's distortion loss of the fine pass.
+With LPIPS weights (``lpips_weights``, a local file) a second stage starts at step
+``lpips_start``: the targets become whole ``patch_size`` patches and ``lpips_weight`` times
+the LPIPS of the rendered patches joins the loss.
 Training runs through :func:`geometry.training.train_loop` (checkpoints, ``--resume``,
 ``--max-minutes``, DDP under ``torchrun``: each rank draws its own batches).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,8 +23,11 @@ from torch import Tensor
 
 from reconstruction.field.render import distortion_loss
 from reconstruction.neo360.config import NeO360Config
-from reconstruction.neo360.data import Batch, SceneViews, make_batch
+from reconstruction.neo360.data import Batch, SceneViews, make_batch, make_patch_batch, pixel_rays
 from reconstruction.neo360.model import NeO360
+
+if TYPE_CHECKING:
+    from reconstruction.eval.lpips import LPIPS
 
 KIND = "neo360"
 COMMAND = "recon neo360 train"
@@ -49,13 +56,59 @@ class TrainOptions:
     triplane_lr_scale: float = 1.0
     """Learning rate of the triplane encoder (voxel projection, plane pooling and
     refinement) relative to ``lr``."""
+    lpips_weights: Path | None = None
+    """Local LPIPS weights (a full LPIPS state dict, or the official alex.pth / vgg.pth
+    heads with --train.lpips-backbone): turns on the second stage (LPIPS of rendered
+    patches from step --train.lpips-start). Without it there is no second stage; nothing
+    is downloaded."""
+    lpips_backbone: Path | None = None
+    """torchvision's ImageNet AlexNet / VGG-16 weights, when --train.lpips-weights holds
+    only the linear heads."""
+    lpips_weight: float = 0.1
+    """Weight of the LPIPS term in the second stage."""
+    lpips_start: int = 10000
+    """First step of the second stage (with --max-minutes, pick a step the run reaches)."""
+    patch_size: int = 32
+    """Side (pixels) of the target patches of the second stage (AlexNet LPIPS needs at
+    least 31, VGG-16 16); ``num_rays // patch_size^2`` patches per step, at least one."""
     log_every: int = 20
     checkpoint_every_s: float = 300.0
 
 
+#: The smallest patch each LPIPS trunk reads (AlexNet: its stride-4 stem and two 3/2 pools).
+MIN_LPIPS_PATCH = {"alex": 31, "vgg": 16}
+
+
+def load_stage_lpips(options: TrainOptions, image_size: tuple[int, int] | None = None,
+                     device: str | torch.device = "cpu") -> LPIPS | None:
+    """The LPIPS network of the second stage (None without ``lpips_weights``), its options
+    checked against the images ``(H, W)``; UserError on a bad file or option."""
+    from geometry.errors import UserError
+    from reconstruction.eval.lpips import load_lpips
+
+    if options.lpips_weights is None:
+        return None
+    if options.lpips_weight < 0 or options.lpips_start < 0:
+        raise UserError("--train.lpips-weight and --train.lpips-start must not be negative.")
+    lpips = load_lpips(options.lpips_weights, options.lpips_backbone, device,
+                       ("--train.lpips-weights", "--train.lpips-backbone"))
+    low = MIN_LPIPS_PATCH[lpips.net_name]
+    if options.patch_size < low:
+        raise UserError(f"--train.patch-size {options.patch_size} is too small for the "
+                        f"{lpips.net_name} LPIPS network; give at least {low}.")
+    if image_size is not None and options.patch_size > min(image_size):
+        raise UserError(f"--train.patch-size {options.patch_size} does not fit the "
+                        f"{image_size[1]}x{image_size[0]} training images; give at most "
+                        f"{min(image_size)}.")
+    return lpips
+
+
 def loss_terms(model: NeO360, batch: Batch, options: TrainOptions,
-               generator: torch.Generator | None = None) -> dict[str, Tensor]:
-    """MSE (fine and coarse) + distortion loss of one batch."""
+               generator: torch.Generator | None = None,
+               lpips: LPIPS | None = None) -> dict[str, Tensor]:
+    """MSE (fine and coarse) + distortion loss of one batch, plus ``lpips_weight`` times
+    the mean LPIPS of the fine render's patches when the batch holds patches and ``lpips``
+    is given."""
     enc = model.encode(batch.images, batch.K, batch.T_world_cam)
     out = model.render_rays(enc, batch.rays, perturb=True, generator=generator)
     mse = ((out["rgb"] - batch.rgb) ** 2).mean()
@@ -69,6 +122,12 @@ def loss_terms(model: NeO360, batch: Batch, options: TrainOptions,
         dist = distortion_loss(out["s_edges"], out["weights"]).mean()
         terms["distortion"] = dist
         loss = loss + options.distortion_weight * dist
+    if lpips is not None and batch.patch > 0:
+        p = batch.patch
+        perceptual = lpips(out["rgb"].reshape(-1, p, p, 3),
+                           batch.rgb.reshape(-1, p, p, 3)).mean()
+        terms["lpips"] = perceptual
+        loss = loss + options.lpips_weight * perceptual
     terms["loss"] = loss
     return terms
 
@@ -76,23 +135,28 @@ def loss_terms(model: NeO360, batch: Batch, options: TrainOptions,
 def train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions,
           out: Path | None, max_minutes: float | None = None, resume: bool = False,
           backbone: Path | None = None, quiet: bool = False, data_info: dict | None = None,
-          model: NeO360 | None = None, device: str | None = "cpu"):
+          model: NeO360 | None = None, device: str | None = "cpu",
+          lpips: LPIPS | None = None):
     """Train (or continue training) a NeO 360 model on ``scenes``; returns ``(model,
     TrainResult)``. ``backbone``: a local torchvision ResNet checkpoint for the encoder;
-    ``device``: cpu, cuda or cuda:N (None: CUDA when available)."""
+    ``device``: cpu, cuda or cuda:N (None: CUDA when available); ``lpips``: the network
+    of the second stage (default: :func:`load_stage_lpips` of ``options``)."""
     from geometry.training import ddp_cleanup, ddp_setup
 
+    if lpips is None:
+        lpips = load_stage_lpips(options, tuple(scenes[0].images.shape[1:3]))
     dist = ddp_setup(device)
     try:
         return _train(scenes, config, options, out, max_minutes, resume, backbone, quiet,
-                      data_info, model, dist)
+                      data_info, model, dist, lpips)
     finally:
         ddp_cleanup()
 
 
 def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions,
            out: Path | None, max_minutes: float | None, resume: bool, backbone: Path | None,
-           quiet: bool, data_info: dict | None, model: NeO360 | None, dist):
+           quiet: bool, data_info: dict | None, model: NeO360 | None, dist,
+           lpips: LPIPS | None):
     """:func:`train` inside the process group."""
     from geometry.training import TrainLoop, train_loop
 
@@ -102,13 +166,19 @@ def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions
         if backbone is not None and not resume:
             load_backbone(model, backbone)
     model.to(dist.device)
+    if lpips is not None:
+        lpips.to(dist.device)
+    patches = max(1, options.num_rays // options.patch_size ** 2)
 
     def batch_fn(step: int, rank: int, world: int) -> Batch:
         rng = np.random.default_rng([options.seed, step, rank])
+        if lpips is not None and step >= options.lpips_start:
+            return make_patch_batch(scenes, rng, options.num_sources, patches,
+                                    options.patch_size, dist.device)
         return make_batch(scenes, rng, options.num_sources, options.num_rays, dist.device)
 
     def loss_fn(m, batch: Batch) -> dict[str, Tensor]:
-        return loss_terms(m, batch, options)
+        return loss_terms(m, batch, options, lpips=lpips)
 
     optimizer = torch.optim.Adam(param_groups(model, options.lr, options.triplane_lr_scale))
     loop = TrainLoop(out=out, kind=KIND, config=config.to_dict(), steps=options.steps,
@@ -221,7 +291,6 @@ def finetune(model: NeO360, images: Tensor, K: Tensor, T_world_cam: Tensor,
     """Fine-tune ``model`` on rays of its own source views (field frame); in place."""
     from geometry.cameras import Cameras
     from geometry.training import TrainLoop, train_loop
-    from reconstruction.field.rays import Rays
 
     V, H, W, _ = images.shape
     cams = Cameras(K=K, T_world_cam=T_world_cam, width=W, height=H)
@@ -231,11 +300,7 @@ def finetune(model: NeO360, images: Tensor, K: Tensor, T_world_cam: Tensor,
         views = torch.from_numpy(rng.integers(0, V, options.num_rays))
         pix = torch.from_numpy(rng.integers(0, H * W, options.num_rays))
         rows, cols = pix // W, pix % W
-        c = cams[views]
-        uv = torch.stack((cols + 0.5, rows + 0.5), -1).to(K)[:, None]
-        o, d = c.rays(uv)
-        z = (d * c.T_world_cam[:, None, :3, 2]).sum(-1)
-        return Batch(images, K, T_world_cam, Rays(o[:, 0], d[:, 0], z[:, 0]),
+        return Batch(images, K, T_world_cam, pixel_rays(cams[views], rows, cols),
                      images[views, rows, cols])
 
     opts = TrainOptions(distortion_weight=1e-3)

@@ -443,3 +443,104 @@ def test_nerds360_reader_converts_poses_once(outdoor_scenes, tmp_path):
                 train=TrainOptions(steps=1, num_rays=8), data=data).run()
     score = NeO360Eval(checkpoint=tmp_path / "ckpt", nerds360=tmp_path / "s0", data=data).run()
     assert score["views"] == 2
+
+
+def _tiny_lpips_file(tmp_path):
+    """A tiny VGG-architecture LPIPS (random weights) saved as a full state dict."""
+    from safetensors.torch import save_file
+
+    from reconstruction.eval.lpips import LPIPS
+
+    torch.manual_seed(3)
+    net = LPIPS("vgg", widths=(4, 4, 8, 8, 8))
+    for p in net.parameters():
+        p.data.normal_(0.0, 0.3).abs_()  # positive heads: a distance that grows
+    path = tmp_path / "lpips_tiny.safetensors"
+    save_file({k: v.clone().contiguous() for k, v in net.state_dict().items()}, str(path))
+    return path
+
+
+def test_patch_batch_holds_whole_patches_of_target_views(outdoor_scenes):
+    from reconstruction.neo360.data import make_patch_batch
+
+    p = 8
+    batch = make_patch_batch(outdoor_scenes, np.random.default_rng(5), 3, 3, p)
+    assert batch.patch == p and len(batch.rgb) == 3 * p * p
+    # which scene: the source images are its views
+    scene = next(s for s in outdoor_scenes
+                 if any(torch.equal(batch.images[0], im) for im in s.images))
+    sources = [int(k) for k in range(len(scene.images))
+               if any(torch.equal(scene.images[k], im) for im in batch.images)]
+    centres = scene.cameras.centers
+    origins = batch.rays.origins.reshape(3, p, p, 3)
+    dirs = batch.rays.directions.reshape(3, p, p, 3)
+    rgb = batch.rgb.reshape(3, p, p, 3)
+    for k in range(3):
+        view = int((centres - origins[k, 0, 0]).norm(dim=-1).argmin())
+        assert view not in sources
+        full = scene.rays(view)
+        # the patch's top-left ray is the image's pixel (top, left)
+        err = (full.directions - dirs[k, 0, 0]).norm(dim=-1)
+        top, left = divmod(int(err.argmin()), err.shape[1])
+        assert float(err.min()) < 1e-6
+        assert torch.allclose(dirs[k], full.directions[top:top + p, left:left + p], atol=1e-6)
+        assert torch.allclose(batch.rays.z_per_t.reshape(3, p, p)[k],
+                              full.z_per_t[top:top + p, left:left + p], atol=1e-6)
+        assert torch.equal(rgb[k], scene.images[view, top:top + p, left:left + p])
+    with pytest.raises(ValueError, match="does not fit"):
+        make_patch_batch(outdoor_scenes, np.random.default_rng(0), 3, 1, 64)
+
+
+def test_lpips_stage_adds_the_patch_lpips_from_its_start(outdoor_scenes, tmp_path):
+    from reconstruction.eval.lpips import load_lpips
+    from reconstruction.neo360.data import make_patch_batch
+    from reconstruction.neo360.train import TrainOptions, load_stage_lpips, loss_terms, train
+
+    weights = _tiny_lpips_file(tmp_path)
+    assert load_stage_lpips(TrainOptions()) is None  # no weights: no second stage
+    opts = TrainOptions(lpips_weights=weights, patch_size=16, lpips_weight=0.5)
+    lpips = load_stage_lpips(opts, (24, 24))
+    with pytest.raises(UserError, match="too small"):
+        load_stage_lpips(TrainOptions(lpips_weights=weights, patch_size=8), (24, 24))
+    with pytest.raises(UserError, match="does not fit"):
+        load_stage_lpips(TrainOptions(lpips_weights=weights, patch_size=32), (24, 24))
+    with pytest.raises(UserError):
+        load_stage_lpips(TrainOptions(lpips_weights=tmp_path / "missing.pth"), (24, 24))
+    # the term: the LPIPS of the fine render's patches, weighted into the loss
+    torch.manual_seed(0)
+    model = NeO360(tiny_config())
+    batch = make_patch_batch(outdoor_scenes, np.random.default_rng(1), 3, 2, 16)
+    terms = loss_terms(model, batch, opts, torch.Generator().manual_seed(7), lpips)
+    enc = model.encode(batch.images, batch.K, batch.T_world_cam)
+    out = model.render_rays(enc, batch.rays, perturb=True,
+                            generator=torch.Generator().manual_seed(7))
+    reference = load_lpips(weights)(out["rgb"].reshape(2, 16, 16, 3),
+                                    batch.rgb.reshape(2, 16, 16, 3)).mean()
+    assert float(reference.detach()) > 0
+    assert torch.allclose(terms["lpips"], reference, rtol=1e-5)
+    plain = loss_terms(model, batch, opts, torch.Generator().manual_seed(7))
+    assert "lpips" not in plain
+    assert torch.allclose(terms["loss"], plain["loss"] + 0.5 * reference, rtol=1e-5)
+    # training: random rays before lpips_start, patches with the LPIPS term from it on
+    opts = TrainOptions(steps=4, num_rays=300, log_every=1, warmup_steps=0,
+                        lpips_weights=weights, patch_size=16, lpips_start=2)
+    _, result = train(outdoor_scenes, tiny_config(), opts, None, quiet=True)
+    assert [("lpips" in row) for row in result.history] == [False, False, True, True]
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+
+
+def test_train_command_refuses_bad_lpips_options_before_writing(tmp_path):
+    from reconstruction.neo360.cli import NeO360Train
+    from reconstruction.neo360.data import SyntheticScenes
+    from reconstruction.neo360.train import TrainOptions
+
+    data = SyntheticScenes(num_scenes=1, views=4, size=16, supersample=1)
+    weights = _tiny_lpips_file(tmp_path)
+    for bad, match in (({"lpips_weights": tmp_path / "none.pth"}, "none.pth"),
+                       ({"lpips_weights": weights, "patch_size": 24}, "does not fit"),
+                       ({"lpips_weights": weights, "lpips_weight": -1.0}, "negative")):
+        out = tmp_path / "ckpt"
+        with pytest.raises(UserError, match=match):
+            NeO360Train(out=out, synthetic=True, quiet=True, model=tiny_config(),
+                        train=TrainOptions(steps=1, num_rays=8, **bad), data=data).run()
+        assert not out.exists()
