@@ -113,12 +113,10 @@ class Batch:
 
 
 def pixel_rays(cameras: Cameras, rows: Tensor, cols: Tensor) -> Rays:
-    """The rays through pixel centres ``(rows, cols) [N]`` of ``cameras [N]`` (one camera
-    per ray), with their camera depth per unit distance (``z_per_t``)."""
-    uv = torch.stack((cols + 0.5, rows + 0.5), -1).to(cameras.K)[:, None]
-    origins, dirs = cameras.rays(uv)
-    z = (dirs * cameras.T_world_cam[:, None, :3, 2]).sum(-1)
-    return Rays(origins[:, 0], dirs[:, 0], z[:, 0])
+    """:func:`~reconstruction.field.rays.camera_rays` through the pixel centres
+    ``(rows, cols) [N]``, one pixel of each of ``cameras [N]``, as rays ``[N]``."""
+    uv = torch.stack((cols + 0.5, rows + 0.5), -1)[:, None]
+    return camera_rays(cameras, uv).reshape(-1)
 
 
 def _sources(scene: SceneViews, rng: np.random.Generator, num_sources: int
