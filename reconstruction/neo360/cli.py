@@ -121,7 +121,7 @@ class NeO360Eval:
     def run(self) -> dict:
         from geometry.device import check_device
         from reconstruction.neo360.data import generate_scenes
-        from reconstruction.neo360.train import evaluate, load_model
+        from reconstruction.neo360.train import evaluate, format_regions, load_model
 
         set_threads(self.threads)
         model = load_model(self.checkpoint, check_device(self.device))
@@ -132,6 +132,8 @@ class NeO360Eval:
             held = generate_scenes(self.data, model.config.camera_radius)
         result = evaluate(model, held, self.num_sources)
         print(f"held-out PSNR {result['psnr']:.2f} dB over {result['views']} views")
+        if "regions" in result:
+            print(f"by region: {format_regions(result['regions'])}")
         return result
 
 

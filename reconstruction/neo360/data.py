@@ -29,10 +29,30 @@ class SceneViews:
     images: Tensor  # [V, H, W, 3] float32 in [0, 1]
     cameras: Cameras  # [V] float32, field frame
     name: str = ""
+    depth: Tensor | None = None
+    """``[V, H, W]`` camera z-depth in field units, 0 where nothing is hit (sky); known for
+    generated scenes, for :func:`pixel_regions`."""
 
     def rays(self, index: int) -> Rays:
         """``[H, W]`` rays of view ``index``."""
         return camera_rays(self.cameras[[index]]).reshape(*self.images.shape[1:3])
+
+
+#: The names of :func:`pixel_regions`' labels 0, 1, 2.
+REGIONS = ("sky", "foreground", "background")
+
+
+def pixel_regions(scene: SceneViews, index: int) -> Tensor:
+    """``[H, W]`` label of each pixel of view ``index`` by what it sees (needs
+    ``scene.depth``): 0 nothing (sky), 1 a surface inside the unit sphere (NeO 360's
+    foreground decoders), 2 a surface beyond it (the background decoders)."""
+    if scene.depth is None:
+        raise ValueError(f"scene {scene.name!r} has no depth maps")
+    rays = scene.rays(index)
+    z = scene.depth[index].to(rays.origins)
+    hit = rays.origins + (z / rays.z_per_t)[..., None] * rays.directions
+    inside = hit.norm(dim=-1) < 1.0
+    return torch.where(z > 0, torch.where(inside, 1, 2), 0)
 
 
 def to_field_frame(cameras: Cameras, centre: Tensor, scale: float) -> Cameras:
@@ -80,7 +100,8 @@ def generate_scenes(options: SyntheticScenes, camera_radius: float = 2.0,
             cams = to_field_frame(scene.cameras.to(dtype=torch.float32),
                                   torch.tensor(RIG_TARGET), scale)
             images = torch.from_numpy(scene.images).float() / 255.0
-            scenes.append(SceneViews(images, cams, f"outdoor-{options.seed + k}"))
+            depth = torch.from_numpy(scene.depth).float() * scale
+            scenes.append(SceneViews(images, cams, f"outdoor-{options.seed + k}", depth))
             bar.update(task, advance=1)
     return scenes
 

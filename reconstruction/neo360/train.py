@@ -23,7 +23,15 @@ from torch import Tensor
 
 from reconstruction.field.render import distortion_loss
 from reconstruction.neo360.config import NeO360Config
-from reconstruction.neo360.data import Batch, SceneViews, make_batch, make_patch_batch, pixel_rays
+from reconstruction.neo360.data import (
+    REGIONS,
+    Batch,
+    SceneViews,
+    make_batch,
+    make_patch_batch,
+    pixel_rays,
+    pixel_regions,
+)
 from reconstruction.neo360.model import NeO360
 
 if TYPE_CHECKING:
@@ -241,7 +249,6 @@ def psnr(a: Tensor, b: Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-10))
 
 
-@torch.no_grad()
 def evaluation_views(scene: SceneViews, index: int, num_sources: int = 3,
                      seed: int = 0) -> list[int]:
     """The source views of held-out scene number ``index`` (seeded, spread around the rig)."""
@@ -250,15 +257,25 @@ def evaluation_views(scene: SceneViews, index: int, num_sources: int = 3,
     return spread_views(len(scene.images), num_sources, np.random.default_rng([seed, index]))
 
 
+@torch.no_grad()
 def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
              num_targets: int = 2, seed: int = 0, chunk: int = 4096,
-             first_index: int = 0) -> dict[str, float]:
+             first_index: int = 0) -> dict:
     """Mean PSNR of novel views on held-out scenes: per scene, ``num_sources`` spread views
     (:func:`evaluation_views` of ``first_index + k``) and ``num_targets`` other views
-    rendered whole."""
+    rendered whole.
+
+    Returns ``psnr`` and ``views``; where every scene has depth maps (generated scenes),
+    also ``regions``: per :func:`~reconstruction.neo360.data.pixel_regions` label seen
+    (sky, foreground, background), its share of the pixels, its share of the squared error
+    and its PSNR over all target pixels.
+    """
     model.eval()
     device = next(model.parameters()).device
     values = []
+    with_regions = all(scene.depth is not None for scene in scenes)
+    sse = torch.zeros(len(REGIONS), dtype=torch.float64)
+    pixels = torch.zeros(len(REGIONS), dtype=torch.float64)
     for k, scene in enumerate(scenes):
         V = len(scene.images)
         src = evaluation_views(scene, first_index + k, num_sources, seed)
@@ -271,8 +288,29 @@ def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
             rays = scene.rays(t).reshape(-1).to(device)
             rgb = torch.cat([model.render_rays(enc, rays[i:i + chunk])["rgb"]
                              for i in range(0, len(rays), chunk)])
-            values.append(psnr(rgb.clamp(0, 1).cpu(), scene.images[t].reshape(-1, 3)))
-    return {"psnr": float(np.mean(values)), "views": len(values)}
+            rgb = rgb.clamp(0, 1).cpu()
+            target = scene.images[t].reshape(-1, 3)
+            values.append(psnr(rgb, target))
+            if with_regions:
+                labels = pixel_regions(scene, t).reshape(-1)
+                err = ((rgb.double() - target.double()) ** 2).mean(-1)
+                sse += torch.zeros_like(sse).index_add(0, labels, err)
+                pixels += torch.bincount(labels, minlength=len(REGIONS)).double()
+    out: dict = {"psnr": float(np.mean(values)), "views": len(values)}
+    if with_regions and pixels.sum() > 0:
+        out["regions"] = {
+            name: {"pixels": float(pixels[r] / pixels.sum()),
+                   "error": float(sse[r] / sse.sum()) if sse.sum() > 0 else 0.0,
+                   "psnr": float(10 * math.log10(pixels[r] / max(float(sse[r]), 1e-10)))}
+            for r, name in enumerate(REGIONS) if pixels[r] > 0}
+    return out
+
+
+def format_regions(regions: dict) -> str:
+    """One line of :func:`evaluate`'s ``regions``: each region's share of the pixels and of
+    the squared error, and its PSNR."""
+    return "; ".join(f"{name} {r['pixels']:.0%} of the pixels, {r['error']:.0%} of the error, "
+                     f"{r['psnr']:.2f} dB" for name, r in regions.items())
 
 
 @dataclass

@@ -8,6 +8,9 @@ time) and the triplane-only ablation on ``--scenes`` generated outdoor scenes; s
 on 5 held-out scenes (3 spread source views, 2 other views each), and NeO 360 again after
 fine-tuning on each scene's source views. Writes only to a temp dir (or --out). Its last
 line is ``neo360_psnr=X pixel_baseline_psnr=Y triplane_only_psnr=Z finetuned_psnr=W``.
+Under each model's line: where its error lies, by what the target pixels see (sky, a
+surface inside the unit sphere: foreground, or beyond it: background), with each region's
+share of the pixels and of the squared error, and its PSNR.
 
 On a shared, loaded machine a time budget gives each model the CPU share it happens to
 get; ``--steps N`` instead trains every model for ``N`` optimiser steps (the learning-rate
@@ -41,6 +44,7 @@ from reconstruction.neo360.train import (  # noqa: E402
     evaluate,
     evaluation_views,
     finetune,
+    format_regions,
     train,
 )
 
@@ -90,6 +94,8 @@ def main() -> None:
         results[name], models[name] = score["psnr"], model
         print(f"{name:15s} {res.step:6d} steps {res.elapsed_s:6.0f} s  held-out PSNR "
               f"{score['psnr']:.2f} dB ({score['views']} views)")
+        if "regions" in score:
+            print("  " + format_regions(score["regions"]))
     ft_scores = []
     for k, scene in enumerate(held):
         model = copy.deepcopy(models["neo360"])

@@ -544,3 +544,77 @@ def test_train_command_refuses_bad_lpips_options_before_writing(tmp_path):
             NeO360Train(out=out, synthetic=True, quiet=True, model=tiny_config(),
                         train=TrainOptions(steps=1, num_rays=8, **bad), data=data).run()
         assert not out.exists()
+
+
+def test_pixel_regions_follow_the_scene_geometry():
+    """Sky where nothing is hit, the objects inside the unit sphere (the foreground
+    decoders' region) and the buildings beyond it, from the generator's depth in field
+    units."""
+    from reconstruction.neo360.data import (
+        RIG_TARGET,
+        SyntheticScenes,
+        generate_scenes,
+        pixel_regions,
+    )
+    from reconstruction.procedural.scene import SceneConfig, render
+
+    opts = SyntheticScenes(num_scenes=1, views=4, size=32, seed=4, supersample=1)
+    scene = generate_scenes(opts)[0]
+    ref = render(SceneConfig(kind="outdoor", num_views=4, width=32, height=32, seed=4,
+                             elevation_deg=opts.elevation_deg, supersample=1))
+    scale = 2.0 / ref.config.radius
+    assert torch.allclose(scene.depth, torch.from_numpy(ref.depth) * scale)
+    for v in range(4):
+        labels = pixel_regions(scene, v).numpy()
+        assert (labels == 0).tolist() == (ref.depth[v] == 0).tolist()
+        assert (labels[ref.object_ids[v] > 0] == 1).all()  # every object pixel: foreground
+        # buildings and the far ground (over 6 m away): background
+        far = ref.depth[v] > 6.0
+        assert far.any() and (labels[far] == 2).all()
+        # the label agrees with the hit point's distance from the target in metres
+        hit_m = _hit_points_m(ref, v)
+        inside = np.linalg.norm(hit_m - np.array(RIG_TARGET), axis=-1) < 1.0 / scale
+        hits = ref.depth[v] > 0
+        assert ((labels == 1) == (inside & hits)).mean() > 0.99  # (float32 at the sphere)
+    plain = scene.__class__(scene.images, scene.cameras, scene.name)  # no depth
+    with pytest.raises(ValueError, match="no depth"):
+        pixel_regions(plain, 0)
+
+
+def _hit_points_m(ref, v):
+    from reconstruction.field.rays import camera_rays
+
+    rays = camera_rays(ref.cameras[[v]].to(dtype=torch.float64)).reshape(32, 32)
+    t = torch.from_numpy(ref.depth[v]).double() / rays.z_per_t
+    return (rays.origins + t[..., None] * rays.directions).numpy()
+
+
+def test_evaluate_splits_the_error_by_region(outdoor_scenes):
+    from reconstruction.neo360.data import REGIONS, pixel_regions
+    from reconstruction.neo360.train import evaluate, evaluation_views
+
+    torch.manual_seed(0)
+    model = NeO360(tiny_config())
+    score = evaluate(model, outdoor_scenes, num_sources=3, num_targets=1)
+    regions = score["regions"]
+    assert set(regions) <= set(REGIONS) and len(regions) >= 2
+    assert sum(r["pixels"] for r in regions.values()) == pytest.approx(1.0)
+    assert sum(r["error"] for r in regions.values()) == pytest.approx(1.0)
+    # recompute one region's PSNR by hand from the same renders
+    sse, count = 0.0, 0
+    for k, scene in enumerate(outdoor_scenes):
+        src = evaluation_views(scene, k, 3, 0)
+        t = [v for v in range(len(scene.images)) if v not in src][0]
+        cams = scene.cameras[src]
+        with torch.no_grad():
+            enc = model.encode(scene.images[src], cams.K, cams.T_world_cam)
+            rgb = model.render_rays(enc, scene.rays(t).reshape(-1))["rgb"].clamp(0, 1)
+        err = ((rgb.double() - scene.images[t].reshape(-1, 3).double()) ** 2).mean(-1)
+        sel = pixel_regions(scene, t).reshape(-1) == 2
+        sse, count = sse + float(err[sel].sum()), count + int(sel.sum())
+    assert regions["background"]["psnr"] == pytest.approx(10 * math.log10(count / sse),
+                                                          rel=1e-6)
+    # without depth maps there is no split
+    plain = [s.__class__(s.images, s.cameras, s.name) for s in outdoor_scenes]
+    assert "regions" not in evaluate(model, plain, num_sources=3, num_targets=1)
+
