@@ -130,6 +130,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                _loop(out if info.is_main else None, steps=6), dist=info)
     torch.save(model.weight.detach(), f"{out}.rank{rank}.pt")
     ddp_cleanup()
+    os._exit(0)  # no interpreter finalisation (see tests/pose/test_aden_ddp.py's worker)
 
 
 def test_two_process_data_parallel_matches_one_process(tmp_path):
