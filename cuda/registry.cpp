@@ -61,10 +61,11 @@ TORCH_LIBRARY(sparseview, m) {
       "Tensor inverse, Tensor counts, Tensor max) -> Tensor");
   // Trilinear sampling of sparse voxel features: points [Q,3], coords [M,3] int, features
   // [M,C] at voxel centres origin + (coords + 0.5) * voxel_size; missing corners are zero.
-  // Returns out [Q,C], rows [Q,8] int64 (-1: missing), weights [Q,8].
+  // Returns out [Q,C], rows [Q,8] int64 (-1: missing), weights [Q,8] (the backward's inputs;
+  // with corners=false both are empty [0,8] and never written: inference).
   m.def(
       "sparse_trilinear_fwd(Tensor points, Tensor coords, Tensor features, "
-      "float[] voxel_size, float[] origin) -> (Tensor, Tensor, Tensor)");
+      "float[] voxel_size, float[] origin, bool corners=True) -> (Tensor, Tensor, Tensor)");
   m.def(
       "sparse_trilinear_bwd(Tensor grad_out, Tensor rows, Tensor weights, int num_rows) "
       "-> Tensor");

@@ -918,8 +918,8 @@ class OccupancyIndex {
 // weights and corner cells of batch b + 3 and requests their words; stage 2 ranks the cells
 // of batch b + 2 and requests their rows; stage 3 reads the rows of batch b + 1 and requests
 // their features; stage 4 sums batch b. Branch-free lookups and requests (masks and selects,
-// no branches): whether a corner exists is
-// random.
+// no branches): whether a corner exists is random. Query i's corner rows and weights go to
+// rows/weights[(i - begin) * 8 + k].
 template <typename scalar_t>
 void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
                              const scalar_t origin[3], const scalar_t size[3],
@@ -947,7 +947,7 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
         const uint64_t y0 = static_cast<uint64_t>(base[1] - box.lo[1]);
         const uint64_t z0 = static_cast<uint64_t>(base[2] - box.lo[2]);
         for (int k = 0; k < 8; ++k) {
-          weights[i * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
+          weights[(i - begin) * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
                                   : static_cast<scalar_t>(0);
           const uint64_t x = x0 + (k & 1), y = y0 + ((k >> 1) & 1), z = z0 + ((k >> 2) & 1);
           const bool inside = ok & (x < ex) & (y < ey) & (z < ez);
@@ -975,7 +975,7 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
           const int64_t rank = ranks[i - i0][k];
           const int64_t missing = rank >> 63;  // -1 or 0 (masks, not branches)
           const int64_t row = ranked_rows[rank & ~missing] | missing;
-          rows[i * 8 + k] = row;
+          rows[(i - begin) * 8 + k] = row;
           // (a missing corner requests the zero row: a pointer select by masks, not a branch)
           const uintptr_t sel = static_cast<uintptr_t>(missing);
           const char* src = reinterpret_cast<const char*>(
@@ -987,7 +987,7 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, zeros, c);
+        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8, features, zeros, c);
     }
   }
 }
@@ -1041,7 +1041,7 @@ void fill_corner_table(const coord_t* coords, int64_t m, const CornerKeys& corne
 
 // Forward of queries [begin, end) with the hash table, pipelined like the dense version:
 // the slots of batch b + 2 are requested, the rows of batch b + 1 looked up (and their
-// features requested), and batch b summed.
+// features requested), and batch b summed. Rows and weights as the dense version's.
 template <typename scalar_t, typename Table>
 void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end,
                               const scalar_t origin[3], const scalar_t size[3],
@@ -1067,7 +1067,7 @@ void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end
         const bool ok = sparse_voxel::trilinear_base<scalar_t>(points + i * 3, origin, size,
                                                                base, frac);
         for (int k = 0; k < 8; ++k) {
-          weights[i * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
+          weights[(i - begin) * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
                                   : static_cast<scalar_t>(0);
           int64_t key = -1;
           uint64_t home = 0;
@@ -1088,29 +1088,50 @@ void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end
         for (int k = 0; k < 8; ++k) {
           const int64_t key = pend.key[i - i0][k];
           const int64_t row = key < 0 ? -1 : table.find(key, pend.home[i - i0][k]);
-          rows[i * 8 + k] = row;
+          rows[(i - begin) * 8 + k] = row;
           prefetch_row(row >= 0 ? features + row * c : zeros, row_bytes);
         }
     }
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + i * 8, weights + i * 8, features, zeros, c);
+        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8, features, zeros, c);
     }
   }
 }
 
+// Queries [begin, end) through `query(b0, b1, rows, weights)`, which writes the corner rows
+// and weights of queries [b0, b1) at rows/weights[(i - b0) * 8 + k]: into the outputs when
+// they are returned (rows_out non-null), else into a per-thread buffer of kCornerChunk
+// queries reused chunk after chunk (cache-resident: inference neither writes nor allocates
+// the [Q, 8] corner arrays, 96 bytes a query).
+constexpr int64_t kCornerChunk = 2048;
+
+template <typename scalar_t, typename Query>
+void trilinear_chunks(int64_t begin, int64_t end, int64_t* rows_out, scalar_t* weights_out,
+                      const Query& query) {
+  if (rows_out != nullptr) {
+    query(begin, end, rows_out + begin * 8, weights_out + begin * 8);
+    return;
+  }
+  const ScratchArray<int64_t> rows(0, kCornerChunk * 8);
+  const ScratchArray<scalar_t> weights(1, kCornerChunk * 8);
+  for (int64_t b0 = begin; b0 < end; b0 += kCornerChunk)
+    query(b0, std::min(end, b0 + kCornerChunk), rows.data(), weights.data());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
     const at::Tensor& points_in, const at::Tensor& coords_in, const at::Tensor& features_in,
-    at::ArrayRef<double> voxel_size, at::ArrayRef<double> origin) {
+    at::ArrayRef<double> voxel_size, at::ArrayRef<double> origin, bool corners) {
   sparse_voxel_args::trilinear_fwd(points_in, coords_in, features_in, voxel_size, origin);
   const at::Tensor points = points_in.contiguous();
   const at::Tensor coords = coords_in.contiguous();
   const at::Tensor features = features_in.contiguous();
   const int64_t q = points.size(0), m = coords.size(0), c = features.size(1);
+  const int64_t q_corners = corners ? q : 0;  // (empty [0, 8] when not returned)
   at::Tensor out = at::empty({q, c}, features.options());
-  at::Tensor rows = at::empty({q, 8}, points.options().dtype(at::kLong));
-  at::Tensor weights = at::empty({q, 8}, points.options());
+  at::Tensor rows = at::empty({q_corners, 8}, points.options().dtype(at::kLong));
+  at::Tensor weights = at::empty({q_corners, 8}, points.options());
   AT_DISPATCH_INDEX_TYPES(coords.scalar_type(), "sparse_trilinear_index", [&] {
     const index_t* cd = coords.data_ptr<index_t>();
     const VoxelBox box(cd, m);
@@ -1124,28 +1145,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cpu(
       const scalar_t* p = points.data_ptr<scalar_t>();
       const scalar_t* f = features.data_ptr<scalar_t>();
       scalar_t* o = out.data_ptr<scalar_t>();
-      int64_t* rw = rows.data_ptr<int64_t>();
-      scalar_t* wt = weights.data_ptr<scalar_t>();
+      int64_t* rw = corners ? rows.data_ptr<int64_t>() : nullptr;
+      scalar_t* wt = corners ? weights.data_ptr<scalar_t>() : nullptr;
       const std::vector<scalar_t> zeros(static_cast<size_t>(c), static_cast<scalar_t>(0));
       if (OccupancyIndex::suits(box, m)) {
         const OccupancyIndex index(box, cd, m);
         at::parallel_for(0, q, 2048, [&](int64_t begin, int64_t end) {
-          trilinear_queries_dense<scalar_t>(p, begin, end, org, size, index, f, zeros.data(), c, o,
-                                            rw, wt);
+          trilinear_chunks<scalar_t>(begin, end, rw, wt,
+                                     [&](int64_t b0, int64_t b1, int64_t* r, scalar_t* w) {
+            trilinear_queries_dense<scalar_t>(p, b0, b1, org, size, index, f, zeros.data(), c,
+                                              o, r, w);
+          });
         });
         return;
       }
-      const CornerKeys corners(box);
+      const CornerKeys corner_keys(box);
       auto run = [&](auto& table) {
-        fill_corner_table(cd, m, corners, table);
+        fill_corner_table(cd, m, corner_keys, table);
         at::parallel_for(0, q, 2048, [&](int64_t begin, int64_t end) {
-          trilinear_queries_hashed<scalar_t>(p, begin, end, org, size, corners, table, f,
-                                             zeros.data(), c, o,
-                                             rw, wt);
+          trilinear_chunks<scalar_t>(begin, end, rw, wt,
+                                     [&](int64_t b0, int64_t b1, int64_t* r, scalar_t* w) {
+            trilinear_queries_hashed<scalar_t>(p, b0, b1, org, size, corner_keys, table, f,
+                                               zeros.data(), c, o, r, w);
+          });
         });
       };
-      if (m - 1 <= packed_value_limit(corners.key_bits)) {
-        PackedTable table(m, corners.key_bits);
+      if (m - 1 <= packed_value_limit(corner_keys.key_bits)) {
+        PackedTable table(m, corner_keys.key_bits);
         run(table);
       } else {
         WideTable table(m);

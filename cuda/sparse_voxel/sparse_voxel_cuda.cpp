@@ -227,7 +227,7 @@ at::Tensor voxel_reduce_bwd_cuda(const std::optional<at::Tensor>& grad_mean_in,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cuda(
     const at::Tensor& points_in, const at::Tensor& coords_in, const at::Tensor& features_in,
-    at::ArrayRef<double> voxel_size, at::ArrayRef<double> origin) {
+    at::ArrayRef<double> voxel_size, at::ArrayRef<double> origin, bool corners) {
   sparse_voxel_args::trilinear_fwd(points_in, coords_in, features_in, voxel_size, origin);
   check_cuda(points_in, "points");
   check_cuda(coords_in, "coords");
@@ -252,8 +252,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cuda(
   check(k::trilinear_table(coords.data_ptr<int64_t>(), m, table_keys.data_ptr<int64_t>(),
                            table_rows.data_ptr<int32_t>(), capacity, stream));
   at::Tensor out = at::empty({q, c}, features.options());
-  at::Tensor rows = at::empty({q, 8}, long_opts);
-  at::Tensor weights = at::empty({q, 8}, points.options());
+  const int64_t q_corners = corners ? q : 0;  // (empty [0, 8] when not returned)
+  at::Tensor rows = at::empty({q_corners, 8}, long_opts);
+  at::Tensor weights = at::empty({q_corners, 8}, points.options());
   AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "sparse_trilinear_fwd_cuda", [&] {
     const scalar_t size[3] = {static_cast<scalar_t>(voxel_size[0]),
                               static_cast<scalar_t>(voxel_size[1]),
@@ -264,8 +265,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_trilinear_fwd_cuda(
                                      table_keys.data_ptr<int64_t>(),
                                      table_rows.data_ptr<int32_t>(), capacity,
                                      features.data_ptr<scalar_t>(), c, out.data_ptr<scalar_t>(),
-                                     rows.data_ptr<int64_t>(), weights.data_ptr<scalar_t>(),
-                                     stream));
+                                     corners ? rows.data_ptr<int64_t>() : nullptr,
+                                     corners ? weights.data_ptr<scalar_t>() : nullptr, stream));
   });
   return {out, rows, weights};
 }

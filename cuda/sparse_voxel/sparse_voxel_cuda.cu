@@ -256,8 +256,10 @@ __global__ void trilinear_fwd_kernel(const scalar_t* points, int64_t q, scalar_t
       if (h >= 0) r = table_rows[h];
     }
     row[k] = r;
-    rows[i * 8 + k] = r;
-    weights[i * 8 + k] = w[k];
+    if (rows != nullptr) {  // (null: inference, the corners are not returned)
+      rows[i * 8 + k] = r;
+      weights[i * 8 + k] = w[k];
+    }
   }
   for (int64_t ch = 0; ch < channels; ++ch) {
     scalar_t acc = 0;

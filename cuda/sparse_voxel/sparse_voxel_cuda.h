@@ -53,7 +53,8 @@ Error voxel_reduce_bwd(const scalar_t* grad_mean, const scalar_t* grad_max,
                        int32_t* ties, scalar_t* grad, void* stream);
 
 // Sparse trilinear: table of coords [M, 3] int64 (in range, checked by the caller) -> first
-// row; then per query the 8 corner rows/weights and the interpolated features.
+// row; then per query the 8 corner rows/weights (not written when rows is null) and the
+// interpolated features.
 Error trilinear_table(const int64_t* coords, int64_t m, int64_t* table_keys,
                       int32_t* table_rows, int64_t capacity, void* stream);
 template <typename scalar_t>

@@ -407,6 +407,37 @@ def test_trilinear_wide_features_match_reference(dtype, channels):
     assert (native[1] == 7).any() and (native[1] == 8).any()
 
 
+@pytest.mark.parametrize("spread", [1, 300])
+def test_trilinear_inference_skips_the_corners(spread):
+    # Without a gradient to keep (and return_corners off) the native op neither writes nor
+    # returns the [Q, 8] corner rows and weights: the same output, bit for bit, through
+    # per-thread chunks of 2048 queries (5000 queries: several chunks).
+    coords, features, _ = _sparse_field(500, 6, seed=6)
+    coords[5: coords.shape[0] // 6] *= spread  # dense occupancy index / hash table
+    queries = torch.rand(5000, 3, generator=torch.Generator().manual_seed(7)) * 5.6 - 2.8
+    size, origin = (0.45, 0.5, 0.55), (-0.1, 0.2, 0.0)
+    full = sv.sparse_trilinear_native(queries, coords, features, size, origin, True)
+    raw = torch.ops.sparseview.sparse_trilinear_fwd(queries, coords, features, list(size),
+                                                    list(origin), False)
+    assert raw[1].shape == (0, 8) and raw[2].shape == (0, 8)
+    assert torch.equal(raw[0], full[0])
+    assert torch.equal(sv.sparse_trilinear_native(queries, coords, features, size, origin),
+                       full[0])
+    assert_close(raw[0], sv.sparse_trilinear_torch(queries, coords, features, size, origin))
+    # a gradient to keep: the wrapper asks for the corners, and the backward matches
+    f = features.clone().requires_grad_(True)
+    grad = torch.autograd.grad(sv.sparse_trilinear_native(queries, coords, f, size,
+                                                          origin).sum(), f)[0]
+    expected = torch.autograd.grad(sv.sparse_trilinear_torch(queries, coords, f, size,
+                                                             origin).sum(), f)[0]
+    assert_close(grad, expected)
+    # the raw op without corners has nothing to differentiate with: it says so
+    out = torch.ops.sparseview.sparse_trilinear_fwd(queries, coords, f, list(size),
+                                                    list(origin), False)[0]
+    with pytest.raises(RuntimeError, match="corners=False"):
+        out.sum().backward()
+
+
 def test_trilinear_hand_computed():
     size, origin = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)
     coords = torch.tensor([[0, 0, 0]], dtype=torch.int32)

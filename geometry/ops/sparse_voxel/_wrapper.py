@@ -34,7 +34,7 @@ def _reduce_backward(ctx, grad_mean, grad_max):
 
 
 def _trilinear_setup_context(ctx, inputs, output) -> None:
-    _points, _coords, features, _size, _origin = inputs
+    _points, _coords, features, _size, _origin, _corners = inputs
     _, rows, weights = output
     ctx.save_for_backward(rows, weights)
     ctx.num_rows = features.shape[0]
@@ -44,9 +44,12 @@ def _trilinear_backward(ctx, grad_out, _grad_rows, _grad_weights):
     rows, weights = ctx.saved_tensors
     grad = None
     if grad_out is not None:
+        if grad_out.shape[0] and not rows.shape[0]:
+            raise RuntimeError("sparse_trilinear_fwd ran with corners=False: it keeps nothing "
+                               "to differentiate (call it with corners=True)")
         grad = torch.ops.sparseview.sparse_trilinear_bwd(grad_out.contiguous(), rows, weights,
                                                          ctx.num_rows)
-    return None, None, grad, None, None
+    return None, None, grad, None, None, None
 
 
 def _ensure_registered() -> None:
@@ -114,9 +117,12 @@ def sparse_trilinear_native(
     return_corners: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """The native kernel of :func:`geometry.ops.sparse_voxel.sparse_trilinear`
-    (differentiable w.r.t. ``features``)."""
+    (differentiable w.r.t. ``features``). The corner rows and weights ``[Q, 8]`` the
+    backward needs are computed only when they are returned or ``features`` needs a
+    gradient (inference writes only the output)."""
     _ensure_registered()
+    corners = return_corners or (features.requires_grad and torch.is_grad_enabled())
     out, rows, weights = torch.ops.sparseview.sparse_trilinear_fwd(
         points.detach().contiguous(), coords.contiguous(), features.contiguous(),
-        [float(v) for v in voxel_size], [float(v) for v in origin])
+        [float(v) for v in voxel_size], [float(v) for v in origin], corners)
     return (out, rows, weights) if return_corners else out
