@@ -294,7 +294,7 @@ def evaluate(model: NeO360, scenes: list[SceneViews], num_sources: int = 3,
             if with_regions:
                 labels = pixel_regions(scene, t).reshape(-1)
                 err = ((rgb.double() - target.double()) ** 2).mean(-1)
-                sse += torch.zeros_like(sse).index_add(0, labels, err)
+                sse.index_add_(0, labels, err)
                 pixels += torch.bincount(labels, minlength=len(REGIONS)).double()
     out: dict = {"psnr": float(np.mean(values)), "views": len(values)}
     if with_regions and pixels.sum() > 0:
