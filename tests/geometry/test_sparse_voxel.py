@@ -407,14 +407,16 @@ def test_trilinear_wide_features_match_reference(dtype, channels):
     assert (native[1] == 7).any() and (native[1] == 8).any()
 
 
-@pytest.mark.parametrize("spread", [1, 300])
-def test_trilinear_inference_skips_the_corners(spread):
+@pytest.mark.parametrize("dtype,spread", [(torch.float32, 1), (torch.float32, 300),
+                                          (torch.float64, 1)])
+def test_trilinear_inference_skips_the_corners(dtype, spread):
     # Without a gradient to keep (and return_corners off) the native op neither writes nor
     # returns the [Q, 8] corner rows and weights: the same output, bit for bit, through
     # per-thread chunks of 2048 queries (5000 queries: several chunks).
-    coords, features, _ = _sparse_field(500, 6, seed=6)
+    coords, features, _ = _sparse_field(500, 6, seed=6, dtype=dtype)
     coords[5: coords.shape[0] // 6] *= spread  # dense occupancy index / hash table
-    queries = torch.rand(5000, 3, generator=torch.Generator().manual_seed(7)) * 5.6 - 2.8
+    queries = torch.rand(5000, 3, generator=torch.Generator().manual_seed(7),
+                         dtype=dtype) * 5.6 - 2.8
     size, origin = (0.45, 0.5, 0.55), (-0.1, 0.2, 0.0)
     full = sv.sparse_trilinear_native(queries, coords, features, size, origin, True)
     raw = torch.ops.sparseview.sparse_trilinear_fwd(queries, coords, features, list(size),
