@@ -947,8 +947,8 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
         const uint64_t y0 = static_cast<uint64_t>(base[1] - box.lo[1]);
         const uint64_t z0 = static_cast<uint64_t>(base[2] - box.lo[2]);
         for (int k = 0; k < 8; ++k) {
-          weights[(i - begin) * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
-                                  : static_cast<scalar_t>(0);
+          weights[(i - begin) * 8 + k] =
+              ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k) : static_cast<scalar_t>(0);
           const uint64_t x = x0 + (k & 1), y = y0 + ((k >> 1) & 1), z = z0 + ((k >> 2) & 1);
           const bool inside = ok & (x < ex) & (y < ey) & (z < ez);
           const int64_t cell = inside ? static_cast<int64_t>((z * ey + y) * ex + x) : -1;
@@ -987,7 +987,8 @@ void trilinear_queries_dense(const scalar_t* points, int64_t begin, int64_t end,
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8, features, zeros, c);
+        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8,
+                              features, zeros, c);
     }
   }
 }
@@ -1067,8 +1068,8 @@ void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end
         const bool ok = sparse_voxel::trilinear_base<scalar_t>(points + i * 3, origin, size,
                                                                base, frac);
         for (int k = 0; k < 8; ++k) {
-          weights[(i - begin) * 8 + k] = ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k)
-                                  : static_cast<scalar_t>(0);
+          weights[(i - begin) * 8 + k] =
+              ok ? sparse_voxel::trilinear_weight<scalar_t>(frac, k) : static_cast<scalar_t>(0);
           int64_t key = -1;
           uint64_t home = 0;
           if (ok) {
@@ -1095,7 +1096,8 @@ void trilinear_queries_hashed(const scalar_t* points, int64_t begin, int64_t end
     if (b >= 0) {
       const int64_t i0 = begin + b * kBatch, i1 = std::min(end, i0 + kBatch);
       for (int64_t i = i0; i < i1; ++i)
-        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8, features, zeros, c);
+        sum_corners<scalar_t>(out + i * c, rows + (i - begin) * 8, weights + (i - begin) * 8,
+                              features, zeros, c);
     }
   }
 }
