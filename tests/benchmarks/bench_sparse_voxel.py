@@ -80,6 +80,56 @@ def point_inputs(points: int, channels: int, seed: int = 0):
     return xyz, features, (0.2, 0.2, 0.2), (-50.0, -50.0, -3.0, 50.0, 50.0, 1.0)
 
 
+def time_ray_march(rays: int, res: int, levels: int, repeat: int) -> dict:
+    """Native vs reference occupancy-grid ray marching on :func:`ray_inputs` (the
+    reference runs once: it is the slowest op)."""
+    from geometry.ops import sparse_voxel as sv
+
+    origins, dirs, occupancy, bounds = ray_inputs(rays, res, levels)
+    step = math.sqrt(3) * 2 / 1024
+    near = torch.zeros(rays)
+    far = torch.full((rays,), math.inf)
+    march = (origins, dirs, near, far, occupancy, bounds, step)
+    sv.ray_march_native(*march)  # compile / warm up
+    t_native, native = _best(lambda: sv.ray_march_native(*march), repeat)
+    t_ref, ref = _best(lambda: sv.ray_march_torch(*march), 1)
+    same = all(torch.equal(a, b) for a, b in zip(native, ref, strict=True))
+    print(f"ray_march  {rays} rays, {res}^3 x {levels} level(s), "
+          f"{occupancy.float().mean():.1%} occupied, {native.t_starts.numel()} samples: "
+          f"native {t_native * 1e3:.1f} ms, reference {t_ref * 1e3:.0f} ms, "
+          f"x{t_ref / t_native:.1f}, identical={same}")
+    return {"native_s": t_native, "reference_s": t_ref, "speedup": t_ref / t_native,
+            "samples": int(native.t_starts.numel()), "identical": same}
+
+
+def time_voxel_scatter(points: int, channels: int, repeat: int) -> tuple[dict, tuple]:
+    """Native (voxel_hash + voxel_reduce) vs reference point-to-voxel scatter with mean and
+    max on :func:`point_inputs`; also returns the native outputs and the inputs' voxel size
+    and range."""
+    from geometry.ops import sparse_voxel as sv
+
+    xyz, features, size, prange = point_inputs(points, channels)
+
+    def native_scatter():
+        coords, inverse, counts = sv.voxel_hash_native(xyz, size, prange)
+        return (coords, inverse, counts, *sv.voxel_reduce_native(features, inverse, counts))
+
+    def reference_scatter():
+        return tuple(sv.voxel_scatter_torch(xyz, features, size, prange))
+
+    t_native, native = _best(native_scatter, repeat)
+    t_ref, ref = _best(reference_scatter, repeat)
+    same = all(torch.equal(a, b) for a, b in zip(native[:3], ref[:3], strict=True)) and bool(
+        torch.allclose(native[3], ref[3], rtol=1e-6, atol=1e-6)) and torch.equal(native[4],
+                                                                                  ref[4])
+    print(f"voxel_scatter  {points} points, {channels} channels, "
+          f"{native[0].shape[0]} voxels (hash + mean/max): native {t_native * 1e3:.1f} ms, "
+          f"reference {t_ref * 1e3:.1f} ms, x{t_ref / t_native:.1f}, agree={same}")
+    return ({"native_s": t_native, "reference_s": t_ref, "speedup": t_ref / t_native,
+             "voxels": int(native[0].shape[0]), "identical": same},
+            (native, xyz, size, prange))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rays", type=int, default=65536)
@@ -104,45 +154,9 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
 
-    # --- ray marching -----------------------------------------------------------------
-    origins, dirs, occupancy, bounds = ray_inputs(args.rays, args.res, args.levels)
-    step = math.sqrt(3) * 2 / 1024
-    near = torch.zeros(args.rays)
-    far = torch.full((args.rays,), math.inf)
-    march = (origins, dirs, near, far, occupancy, bounds, step)
-    sv.ray_march_native(*march)  # compile / warm up
-    t_native, native = _best(lambda: sv.ray_march_native(*march), args.repeat)
-    t_ref, ref = _best(lambda: sv.ray_march_torch(*march), 1)
-    same = all(torch.equal(a, b) for a, b in zip(native, ref, strict=True))
-    results["ray_march"] = {"native_s": t_native, "reference_s": t_ref,
-                            "speedup": t_ref / t_native, "samples": int(native.t_starts.numel()),
-                            "identical": same}
-    print(f"ray_march  {args.rays} rays, {args.res}^3 x {args.levels} level(s), "
-          f"{occupancy.float().mean():.1%} occupied, {native.t_starts.numel()} samples: "
-          f"native {t_native * 1e3:.1f} ms, reference {t_ref * 1e3:.0f} ms, "
-          f"x{t_ref / t_native:.1f}, identical={same}")
-
-    # --- voxel scatter ----------------------------------------------------------------
-    xyz, features, size, prange = point_inputs(args.points, args.channels)
-
-    def native_scatter():
-        coords, inverse, counts = sv.voxel_hash_native(xyz, size, prange)
-        return (coords, inverse, counts, *sv.voxel_reduce_native(features, inverse, counts))
-
-    def reference_scatter():
-        return tuple(sv.voxel_scatter_torch(xyz, features, size, prange))
-
-    t_native, native = _best(native_scatter, args.repeat)
-    t_ref, ref = _best(reference_scatter, args.repeat)
-    same = all(torch.equal(a, b) for a, b in zip(native[:3], ref[:3], strict=True)) and bool(
-        torch.allclose(native[3], ref[3], rtol=1e-6, atol=1e-6)) and torch.equal(native[4],
-                                                                                  ref[4])
-    results["voxel_scatter"] = {"native_s": t_native, "reference_s": t_ref,
-                                "speedup": t_ref / t_native, "voxels": int(native[0].shape[0]),
-                                "identical": same}
-    print(f"voxel_scatter  {args.points} points, {args.channels} channels, "
-          f"{native[0].shape[0]} voxels (hash + mean/max): native {t_native * 1e3:.1f} ms, "
-          f"reference {t_ref * 1e3:.1f} ms, x{t_ref / t_native:.1f}, agree={same}")
+    results["ray_march"] = time_ray_march(args.rays, args.res, args.levels, args.repeat)
+    results["voxel_scatter"], (native, xyz, size, prange) = time_voxel_scatter(
+        args.points, args.channels, args.repeat)
     # The hashing alone (the mean/max pass is bound by writing the [M, C] outputs).
     t_hash, _ = _best(lambda: sv.voxel_hash_native(xyz, size, prange), args.repeat)
     t_hash_ref, _ = _best(lambda: sv.voxel_hash_torch(xyz, size, prange), args.repeat)
