@@ -176,9 +176,10 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
         t_rand = t_gt[:, :, None].expand(-1, -1, c.random_negatives, -1)
         cand_R = [R_gt[:, :, None], R_rand]
         cand_t = [t_gt[:, :, None], t_rand]
-        valid = [torch.ones(B, V1, 1 + c.random_negatives, dtype=torch.bool,
-                            device=R_gt.device)]
         ranking = c.mode == "aden" and c.rank_temperature_deg > 0
+        # which candidates the contrastive loss uses (the ranking loss weighs them all)
+        valid = [] if ranking else [torch.ones(B, V1, 1 + c.random_negatives,
+                                               dtype=torch.bool, device=R_gt.device)]
         if c.local_negatives > 0:  # hard negatives: the truth turned by margin..max degrees
             L = c.local_negatives
             axis = torch.randn(B, V1, L, 3, generator=gen_rand, dtype=torch.float64)
@@ -189,14 +190,15 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
             turn = axis_angle_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * angle)
             cand_R.append(R_gt[:, :, None] @ turn.to(R_gt))
             cand_t.append(t_gt[:, :, None].expand(-1, -1, L, -1))
-            valid.append(torch.ones(B, V1, L, dtype=torch.bool, device=R_gt.device))
+            if not ranking:
+                valid.append(torch.ones(B, V1, L, dtype=torch.bool, device=R_gt.device))
         if c.mode == "aden" and c.generated_negatives:
             R_neg, t_neg = R_h.detach(), t_h.detach()
-            cos = ((R_neg * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
-            far = cos < math.cos(math.radians(c.negative_margin_deg))
             cand_R.append(R_neg)
             cand_t.append(t_neg)
-            valid.append(far)
+            if not ranking:  # the hypotheses farther than the margin from the truth
+                cos = ((R_neg * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
+                valid.append(cos < math.cos(math.radians(c.negative_margin_deg)))
         cand_R, cand_t = torch.cat(cand_R, 2), torch.cat(cand_t, 2)
         scores = net.score(fused, cand_R, cand_t)
         if ranking:
