@@ -177,9 +177,6 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
         cand_R = [R_gt[:, :, None], R_rand]
         cand_t = [t_gt[:, :, None], t_rand]
         ranking = c.mode == "aden" and c.rank_temperature_deg > 0
-        # which candidates the contrastive loss uses (the ranking loss weighs them all)
-        valid = [] if ranking else [torch.ones(B, V1, 1 + c.random_negatives,
-                                               dtype=torch.bool, device=R_gt.device)]
         if c.local_negatives > 0:  # hard negatives: the truth turned by margin..max degrees
             L = c.local_negatives
             axis = torch.randn(B, V1, L, 3, generator=gen_rand, dtype=torch.float64)
@@ -190,23 +187,23 @@ def aden_loss(net, batch: dict) -> dict[str, Tensor]:
             turn = axis_angle_to_matrix(axis / axis.norm(dim=-1, keepdim=True) * angle)
             cand_R.append(R_gt[:, :, None] @ turn.to(R_gt))
             cand_t.append(t_gt[:, :, None].expand(-1, -1, L, -1))
-            if not ranking:
-                valid.append(torch.ones(B, V1, L, dtype=torch.bool, device=R_gt.device))
-        if c.mode == "aden" and c.generated_negatives:
-            R_neg, t_neg = R_h.detach(), t_h.detach()
-            cand_R.append(R_neg)
-            cand_t.append(t_neg)
-            if not ranking:  # the hypotheses farther than the margin from the truth
-                cos = ((R_neg * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
-                valid.append(cos < math.cos(math.radians(c.negative_margin_deg)))
+        generated = c.mode == "aden" and c.generated_negatives
+        if generated:
+            cand_R.append(R_h.detach())
+            cand_t.append(t_h.detach())
         cand_R, cand_t = torch.cat(cand_R, 2), torch.cat(cand_t, 2)
         scores = net.score(fused, cand_R, cand_t)
         if ranking:
             q = ranking_targets(cand_R, cand_t, R_gt, t_gt, c.rank_temperature_deg,
                                 c.rank_temperature_t)
             disc = ranking_discriminator_loss(scores, q, c.temperature)
-        else:
-            disc = contrastive_discriminator_loss(scores, torch.cat(valid, -1), c.temperature)
+        else:  # every candidate counts, but generated ones within the margin of the truth
+            valid = torch.ones_like(scores, dtype=torch.bool)
+            if generated:
+                M = R_h.shape[2]
+                cos = ((cand_R[:, :, -M:] * R_gt[:, :, None]).sum((-1, -2)) - 1) / 2
+                valid[..., -M:] = cos < math.cos(math.radians(c.negative_margin_deg))
+            disc = contrastive_discriminator_loss(scores, valid, c.temperature)
     out = {"loss": gen + disc, "gen": gen.detach(), "disc": disc.detach()}
     if c.view_frames:
         F, cen = net.frames(fused)
