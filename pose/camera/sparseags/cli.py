@@ -9,6 +9,7 @@ from typing import Literal
 from pose.camera.sparseags.config import (
     CorrectionConfig,
     JointConfig,
+    MatchConfig,
     OutlierConfig,
     PriorConfig,
     SparseAGSConfig,
@@ -61,13 +62,15 @@ class SparseAGSCommand:
     joint: JointConfig = field(default_factory=JointConfig)
     outliers: OutlierConfig = field(default_factory=OutlierConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
     sds: PriorConfig = field(default_factory=PriorConfig)
 
     @property
     def config(self) -> SparseAGSConfig:
         """The options as one :class:`SparseAGSConfig`."""
         return SparseAGSConfig(joint=self.joint, outliers=self.outliers,
-                               correction=self.correction, sds=self.sds,
+                               correction=self.correction, matching=self.matching,
+                               sds=self.sds,
                                final_rounds=self.final_rounds, seed=self.seed)
 
     def run(self) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pose.camera.sparseags.correction import CorrectionConfig
 from pose.camera.sparseags.prior import PriorConfig
 
-__all__ = ["CorrectionConfig", "JointConfig", "OutlierConfig", "PriorConfig", "SparseAGSConfig"]
+__all__ = ["CorrectionConfig", "JointConfig", "MatchConfig", "OutlierConfig", "PriorConfig",
+           "SparseAGSConfig"]
 
 
 @dataclass
@@ -60,6 +61,12 @@ class JointConfig:
     """Nearest depth of those, in units of the mean camera distance ..."""
     ray_far: float = 3.0
     """... and the farthest."""
+    epipolar_weight: float = 1.0
+    """Weight of the epipolar term of the feature matches (:mod:`~.matches`; used only when
+    the photos were matched)."""
+    epipolar_sigma: float = 0.0025
+    """Scale of its robust (Cauchy) cost, as a share of the longest image side (0.3 pixels
+    at 128: a degree of rotation moves points by about a pixel there)."""
 
 
 @dataclass
@@ -92,6 +99,25 @@ class OutlierConfig:
     """Weight of the masked mean absolute colour error in a view's score."""
     silhouette_weight: float = 1.0
     """Weight of mean |alpha - mask| in a view's score (with masks)."""
+    epipolar_weight: float = 0.1
+    """Weight of the view's epipolar cost against the other views of the fit in its score
+    (with feature matches): about 0.03 for a view within a degree, 1 for one far off."""
+
+
+@dataclass
+class MatchConfig:
+    """Feature matching between the views (for the epipolar terms)."""
+
+    enabled: bool = False
+    """Match the photos and add the epipolar terms (off: render-and-compare only, as the
+    paper). Real photos without masks need it (see the README)."""
+    max_size: int = 1600
+    """Longest side the photos are matched at (never above their own size)."""
+    affine: bool = True
+    """Affine-covariant SIFT (more matches across wide baselines and slanted surfaces)."""
+    min_inliers: int = 15
+    """Pairs with fewer verified matches are ignored."""
+
 
 
 @dataclass
@@ -101,6 +127,8 @@ class SparseAGSConfig:
     joint: JointConfig = field(default_factory=JointConfig)
     outliers: OutlierConfig = field(default_factory=OutlierConfig)
     correction: CorrectionConfig = field(default_factory=CorrectionConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    """Feature matches between the photos (the epipolar terms)."""
     sds: PriorConfig = field(default_factory=PriorConfig)
     """The generative prior (score distillation; used only with a prior checkpoint)."""
     final_rounds: int = 1

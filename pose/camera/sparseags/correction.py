@@ -39,8 +39,9 @@ Ranking (each stage): the sum of two ranks, the photometric loss of
 :func:`~reconstruction.pose_opt.optimise_poses` (``0.8 L1 + 0.2 (1 - SSIM)``, plus
 ``mask_weight * |alpha - mask|`` with a mask) and a perceptual distance: LPIPS when the
 caller passes a network loaded from local weights (:func:`reconstruction.eval.lpips.load_lpips`),
-else ``1 - SSIM`` (no weights are ever downloaded; the result says which was used). Ties
-go to the lower photometric loss. The chosen pose is that of the final stage.
+else ``1 - SSIM`` (no weights are ever downloaded; the result says which was used), plus,
+with feature matches, a third rank: the view's epipolar cost against the inliers. Ties go to
+the lower photometric loss. The chosen pose is that of the final stage.
 
 Torch is imported inside the functions so that :class:`CorrectionConfig` stays light for
 the command line's ``--help``.
@@ -457,8 +458,10 @@ class _Search:
 
     def __init__(self, model: SceneModel, centre: Tensor, image: Tensor, mask: Tensor | None,
                  K: Tensor, config: CorrectionConfig, scene_scale: float,
-                 lpips: nn.Module | None, on_step: Callable[[], None] | None) -> None:
+                 lpips: nn.Module | None, on_step: Callable[[], None] | None,
+                 epipolar: Callable[[Tensor], Tensor] | None = None) -> None:
         self.model, self.centre = model, centre
+        self.epipolar = epipolar
         self.image, self.mask, self.K = image, mask, K
         self.config, self.scene_scale = config, scene_scale
         self.lpips, self.on_step = lpips, on_step
@@ -549,8 +552,10 @@ class _Search:
             losses.append(result.final_loss.double())
         T_out, photometric = torch.cat(refined), torch.cat(losses)
         perceptual = self.perceptual(T_out, stage, model)
-        order = torch.argsort((_ranks(photometric) + _ranks(perceptual)).double()
-                              + 1e-3 * _ranks(photometric).double() / len(photometric),
+        rank = (_ranks(photometric) + _ranks(perceptual)).double()
+        if self.epipolar is not None:
+            rank = rank + _ranks(self.epipolar(T_out).double()).double()
+        order = torch.argsort(rank + 1e-3 * _ranks(photometric).double() / len(photometric),
                               stable=True)
         self.refined += len(T_world_cam)
         self.order = order
@@ -617,7 +622,8 @@ def correct_outlier(model: SceneModel, cameras_inliers: Cameras, image: Tensor,
                     config: CorrectionConfig, scene_scale: float,
                     initial_T_world_cam: Tensor | None = None,
                     on_step: Callable[[], None] | None = None,
-                    lpips: nn.Module | None = None) -> CorrectionResult:
+                    lpips: nn.Module | None = None,
+                    epipolar: Callable[[Tensor], Tensor] | None = None) -> CorrectionResult:
     """Find the pose of an outlier view by hypothesis search and refinement.
 
     Args:
@@ -639,6 +645,8 @@ def correct_outlier(model: SceneModel, cameras_inliers: Cameras, image: Tensor,
             of steps is that of :func:`planned_steps`).
         lpips: optional LPIPS network (:func:`reconstruction.eval.lpips.load_lpips`) for
             the perceptual rank; without it ``1 - SSIM`` is used.
+        epipolar: optional ``[N, 4, 4] poses -> [N]`` cost of the view's feature matches to
+            the inliers (:func:`~.matches.view_residual`); its rank joins the ranking.
 
     Returns:
         :class:`CorrectionResult` with the best pose (float64, CPU, the model's frame).
@@ -661,7 +669,8 @@ def correct_outlier(model: SceneModel, cameras_inliers: Cameras, image: Tensor,
     num_grid = len(hypotheses)
     if initial_T_world_cam is not None:
         hypotheses = torch.cat((hypotheses, initial_T_world_cam.detach().double().cpu()[None]))
-    search = _Search(model, centre, image, mask, K, config, scene_scale, lpips, on_step)
+    search = _Search(model, centre, image, mask, K, config, scene_scale, lpips, on_step,
+                     epipolar)
     # Which hypotheses descend from the view's current pose (followed through the sorts).
     from_initial = torch.zeros(len(hypotheses), dtype=torch.bool)
     from_initial[num_grid:] = True

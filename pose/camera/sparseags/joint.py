@@ -7,8 +7,9 @@ disagreeing view), coloured by the photos they project into. The
 :class:`~reconstruction.engine.trainer.GaussianTrainer` then optimises them jointly with an
 SE(3) residual per camera (every camera free; the regulariser toward the fit's initial
 poses fixes the gauge), on the paper's losses: photometric and silhouette terms whose
-weights ramp up over the first part of the fit (SparseAGS's warm-up), plus optional extra
-terms (the generative prior). Photos with masks are composited on black, the model's
+weights ramp up over the first part of the fit (SparseAGS's warm-up), the epipolar term
+of the feature matches where the photos were matched (:mod:`~.matches`), plus optional
+extra terms (the generative prior). Photos with masks are composited on black, the model's
 background.
 """
 
@@ -35,6 +36,9 @@ class Views:
     masks: list[Tensor] | None  # V x [H_v, W_v] float32 in {0, 1}, or None
     Ks: Tensor  # [V, 3, 3] float64 pixels
     names: list[str]
+    matches: object = None
+    """:class:`~pose.camera.sparseags.matches.Matches` between the views, or None (then no
+    epipolar terms)."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -287,6 +291,11 @@ def fit_joint(views: Views, T_world_cam: Tensor, config: JointConfig, seed: int 
     if views.masks is not None:
         terms.append(SilhouetteLoss([views.masks[k] for k in rows], config.mask_weight, ramp))
     terms.append(PoseRegulariser(config.pose_reg_weight))
+    if views.matches is not None and config.epipolar_weight > 0:
+        from pose.camera.sparseags.matches import EpipolarLoss
+
+        terms.append(EpipolarLoss(views.matches, rows, views.Ks, config.epipolar_weight,
+                                  config.epipolar_sigma))
     terms.extend(extra_terms)
     trainer = GaussianTrainer(data, scene, tc, seed=seed, device=device, loss_terms=terms)
     trainer.pose_mask.fill_(1.0)  # every camera may move: the regulariser sets the gauge

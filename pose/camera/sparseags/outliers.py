@@ -3,7 +3,9 @@
 A view's *score* compares a render with its photo: a perceptual distance (LPIPS from local
 weights, else ``1 - SSIM``, :class:`ViewScorer`) plus the mean absolute colour error over
 the object (the mask and the rendered silhouette; the whole image without masks) plus, with
-masks, the silhouette error ``mean |alpha - mask|``. Lower is better.
+masks, the silhouette error ``mean |alpha - mask|``, plus, where the photos were matched, the
+view's epipolar cost against the fit's other views (:func:`~.matches.view_residual`). Lower
+is better.
 
 :func:`detect_outliers` follows SparseAGS's rule. Starting with all the views ``S``: fit the
 3D on ``S`` and take the mean score of its views; for each view ``i`` of ``S``, fit the 3D on
@@ -40,8 +42,9 @@ class ViewScorer:
             perceptual term is ``1 - SSIM`` (no weights are downloaded).
     """
 
-    def __init__(self, config: OutlierConfig, lpips: torch.nn.Module | None = None) -> None:
-        self.config, self.lpips = config, lpips
+    def __init__(self, config: OutlierConfig, lpips: torch.nn.Module | None = None,
+                 epipolar_sigma: float = 0.0025) -> None:
+        self.config, self.lpips, self.epipolar_sigma = config, lpips, epipolar_sigma
 
     @property
     def perceptual_kind(self) -> str:
@@ -87,11 +90,31 @@ class ViewScorer:
                     None if views.masks is None else views.masks[k])
 
 
+    def with_epipolar(self, terms: dict[str, float], views: Views, k: int,
+                      others: list[int], T_world_cam: Tensor,
+                      T_k: Tensor) -> dict[str, float]:
+        """``terms`` plus the epipolar cost of view ``k`` at ``T_k [4, 4]`` against the views
+        ``others`` at ``T_world_cam [V, 4, 4]`` (term ``epipolar``; weighted into the score)
+        when the views were matched and share matches."""
+        if views.matches is None or self.config.epipolar_weight <= 0:
+            return terms
+        from pose.camera.sparseags.matches import view_residual
+
+        cost = float(view_residual(views.matches, k, others, views.Ks, T_world_cam, T_k,
+                                   self.epipolar_sigma))
+        if not math.isfinite(cost):
+            return terms
+        return {**terms, "epipolar": cost,
+                "score": terms["score"] + self.config.epipolar_weight * cost}
+
+
 def fit_scores(fit: FitResult, views: Views, scorer: ViewScorer) -> dict[int, float]:
-    """Score of every view a fit used, rendered at its refined pose."""
+    """Score of every view a fit used, rendered at its refined pose (with its epipolar cost
+    against the fit's other views, where the views were matched)."""
     model = fit.model(views)
-    return {k: scorer.render_and_score(model, views, k, fit.T_world_cam[k])["score"]
-            for k in fit.rows}
+    return {k: scorer.with_epipolar(
+        scorer.render_and_score(model, views, k, fit.T_world_cam[k]), views, k, fit.rows,
+        fit.T_world_cam, fit.T_world_cam[k])["score"] for k in fit.rows}
 
 
 def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
@@ -99,7 +122,9 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
                    on_step: Callable[[], None] | None = None
                    ) -> tuple[dict[str, float], Tensor]:
     """Score of view ``k`` (not used by ``fit``) after refining its pose ``T_world_cam
-    [4, 4]`` against the fit's 3D; ``(score terms, refined pose [4, 4] float64)``."""
+    [4, 4]`` against the fit's 3D; ``(score terms, refined pose [4, 4] float64)``. With
+    feature matches the score includes the epipolar cost, and the unrefined pose is kept
+    when it scores better."""
     from reconstruction.pose_opt import PoseOptConfig, optimise_poses
 
     model = fit.model(views)
@@ -116,7 +141,17 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
             scene_scale=1.0, masks=mask,
             on_step=None if on_step is None else (lambda step: on_step()))
         T = result.T_world_cam[0].double()
-    return scorer.render_and_score(model, views, k, T), T
+    terms = scorer.with_epipolar(scorer.render_and_score(model, views, k, T), views, k,
+                                 fit.rows, fit.T_world_cam, T)
+    if "epipolar" in terms and config.refine_iterations > 0:
+        # The photometric refinement can leave the matches' geometry (on real photos it
+        # moves a view a few degrees): keep the better-scoring of the two poses.
+        T0 = T_world_cam.double().cpu()
+        before = scorer.with_epipolar(scorer.render_and_score(model, views, k, T0), views, k,
+                                      fit.rows, fit.T_world_cam, T0)
+        if before["score"] < terms["score"]:
+            return before, T0
+    return terms, T
 
 
 @dataclass

@@ -14,6 +14,9 @@ Gaussians' background). Stages:
    when that score improved, and rejoins the reconstruction when it is also within
    ``accept_factor`` of the inliers' median held-out score;
 4. ``final_rounds`` joint fits of the inliers and the rejoined views.
+
+With feature matches (``matches``, :mod:`~.matches`), every fit adds the epipolar term, every
+view score its epipolar cost, and the correction ranks hypotheses by it too.
 """
 
 from __future__ import annotations
@@ -133,6 +136,20 @@ def _angle_deg(T_a: Tensor, T_b: Tensor) -> float:
     return math.degrees(float(rotation_angle(T_a[:3, :3].double(), T_b[:3, :3].double())))
 
 
+def _epipolar_cost(views: Views, k: int, inliers: list[int], T_world_cam: Tensor,
+                   sigma: float) -> Callable[[Tensor], Tensor] | None:
+    """View ``k``'s epipolar cost against the inliers as a function of its poses, or None
+    when it shares no match with them."""
+    if views.matches is None:
+        return None
+    from pose.camera.sparseags.matches import view_residual
+
+    def cost(T_k: Tensor) -> Tensor:
+        return view_residual(views.matches, k, inliers, views.Ks, T_world_cam, T_k, sigma)
+
+    return cost if math.isfinite(float(cost(T_world_cam[k]))) else None
+
+
 class _Steps:
     """Counts optimisation steps for a progress callback ``(done, total, stage)``."""
 
@@ -165,7 +182,8 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
                   masks: list[Tensor] | None = None, lpips: torch.nn.Module | None = None,
                   prior=None, device: str | torch.device = "cpu",
                   progress: Callable[[int, int, str], None] | None = None,
-                  log: Callable[[str], None] | None = None) -> SparseAGSResult:
+                  log: Callable[[str], None] | None = None,
+                  matches=None) -> SparseAGSResult:
     """Refine the cameras of ``V >= 3`` photos (see the module doc).
 
     Args:
@@ -179,6 +197,9 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
         device: where the optimisations run.
         progress: called with ``(steps done, steps planned, stage)`` after every step.
         log: called with one line per finished stage.
+        matches: optional :class:`~pose.camera.sparseags.matches.Matches` between the
+            photos (:func:`~pose.camera.sparseags.matches.find_matches`): adds the epipolar
+            terms to the fits, the scores and the correction's ranking.
 
     Returns:
         :class:`SparseAGSResult`.
@@ -200,9 +221,11 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
     if float_masks is not None:
         photos = [im * m[..., None] for im, m in zip(photos, float_masks, strict=True)]
     names = list(cameras.names) if cameras.names else [f"view {k}" for k in range(v)]
+    if matches is not None and len(matches.sizes) != v:
+        raise ValueError(f"matches are of {len(matches.sizes)} views, not {v}")
     views = Views(images=photos, masks=float_masks, Ks=cameras.K.detach().double().cpu(),
-                  names=names)
-    scorer = ViewScorer(config.outliers, lpips)
+                  names=names, matches=matches if matches is not None and len(matches) else None)
+    scorer = ViewScorer(config.outliers, lpips, config.joint.epipolar_sigma)
     steps = _Steps(planned_steps(v, config), progress)
 
     def prior_terms(rows: list[int], iterations: int) -> list:
@@ -265,7 +288,9 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
             result = correct_outlier(
                 model, views.cameras(inlier_fit.T_world_cam, inliers), views.images[k],
                 None if views.masks is None else views.masks[k], views.Ks[k], w, h,
-                config.correction, 1.0, initial_T_world_cam=T[k], on_step=steps, lpips=lpips)
+                config.correction, 1.0, initial_T_world_cam=T[k], on_step=steps, lpips=lpips,
+                epipolar=_epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
+                                        config.joint.epipolar_sigma))
             terms, T_k = held_out_score(inlier_fit, views, k, result.T_world_cam, scorer, o,
                                         config.joint.mask_weight, steps)
             better = terms["score"] < held[k]["score"]

@@ -205,6 +205,16 @@ def _run_with_progress(cmd: SparseAGSCommand, images, masks, cameras, lpips, pri
     from pose.camera.sparseags.pipeline import planned_steps, run_sparseags
 
     total = planned_steps(len(images), cmd.config)
+    matches = None
+    if cmd.config.matching.enabled:
+        from geometry.threads import set_threads
+        from pose.camera.sparseags.matches import find_matches
+
+        t0 = time.perf_counter()
+        matches = find_matches(images, cmd.config.matching, cmd.seed, set_threads(cmd.threads))
+        log_stage(f"matched the photos: {len(matches)} verified matches over "
+                  f"{len(matches.pairs)} view pairs ({time.perf_counter() - t0:.0f} s)",
+                  cmd.quiet)
     with progress_bar("sparseags", ("{task.fields[stage]}",), quiet=cmd.quiet) as bar:
         task = bar.add_task("sparseags", total=total, stage="")
         last = [0.0]
@@ -221,7 +231,7 @@ def _run_with_progress(cmd: SparseAGSCommand, images, masks, cameras, lpips, pri
 
         result = run_sparseags([im.rgb for im in images], cameras, cmd.config, masks=masks,
                                lpips=lpips, prior=prior, device=cmd.device, progress=progress,
-                               log=log)
+                               log=log, matches=matches)
         bar.update(task, completed=bar.tasks[0].total, stage="done")
     if result.perceptual_kind != "lpips":
         log_stage("note: no --lpips weights given; view scores use 1 - SSIM instead of LPIPS",
