@@ -67,6 +67,8 @@ class JointConfig:
     epipolar_sigma: float = 0.0025
     """Scale of its robust (Cauchy) cost, as a share of the longest image side (0.3 pixels
     at 128: a degree of rotation moves points by about a pixel there)."""
+    epipolar_anneal: float = 1.0
+    """The scale starts this many times larger in each fit and shrinks to its value."""
 
 
 @dataclass
@@ -99,9 +101,15 @@ class OutlierConfig:
     """Weight of the masked mean absolute colour error in a view's score."""
     silhouette_weight: float = 1.0
     """Weight of mean |alpha - mask| in a view's score (with masks)."""
-    epipolar_weight: float = 0.1
+    epipolar_weight: float = 0.3
     """Weight of the view's epipolar cost against the other views of the fit in its score
-    (with feature matches): about 0.03 for a view within a degree, 1 for one far off."""
+    (with feature matches; the cost is about 0.2 for a view within a degree, 3-7 for one
+    far off): on real photos it decides more reliably than the photometric terms."""
+    epipolar_consistent: float = 1.0
+    """With feature matches, a view whose held-out epipolar cost is below this is never
+    dropped: its matches agree with the others' poses (a typical match within about 1.3
+    sigma), whatever the photometric terms say (views that overlap little with the others
+    are explained poorly by them; every view dropped also makes the rest easier to fit)."""
 
 
 @dataclass

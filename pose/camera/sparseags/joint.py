@@ -295,7 +295,7 @@ def fit_joint(views: Views, T_world_cam: Tensor, config: JointConfig, seed: int 
         from pose.camera.sparseags.matches import EpipolarLoss
 
         terms.append(EpipolarLoss(views.matches, rows, views.Ks, config.epipolar_weight,
-                                  config.epipolar_sigma))
+                                  config.epipolar_sigma, config.epipolar_anneal))
     terms.extend(extra_terms)
     trainer = GaussianTrainer(data, scene, tc, seed=seed, device=device, loss_terms=terms)
     trainer.pose_mask.fill_(1.0)  # every camera may move: the regulariser sets the gauge

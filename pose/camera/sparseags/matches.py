@@ -26,6 +26,7 @@ the optimisation images (keypoints are scaled to the views' pixels).
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,8 +39,8 @@ from torch import Tensor
 from pose.camera.sparseags.config import MatchConfig
 from reconstruction.engine.losses import LossTerm
 
-__all__ = ["EpipolarLoss", "MatchConfig", "Matches", "find_matches", "sampson_sq",
-           "view_residual"]
+__all__ = ["EpipolarLoss", "MatchConfig", "Matches", "epipolar_search", "find_matches",
+           "sampson_sq", "view_residual"]
 
 
 @dataclass
@@ -125,11 +126,14 @@ def _cauchy(d2: Tensor, sigma: float) -> Tensor:
 class EpipolarLoss(LossTerm):
     """``weight * mean Cauchy(Sampson^2 / sigma^2)`` over the matches of the fit's views
     (see the module doc); zero while the poses are frozen. ``rows``: the fit's views (their
-    order is the trainer's)."""
+    order is the trainer's). ``anneal``: sigma starts this many times larger and shrinks
+    geometrically to its value over the fit (a wider basin first, graduated
+    non-convexity); the loss is scaled by ``(sigma / sigma_final)^2`` so that it keeps its
+    quadratic scale near zero."""
 
     def __init__(self, matches: Matches, rows: Sequence[int], Ks: Tensor, weight: float,
-                 sigma_scale: float) -> None:
-        self.weight = weight
+                 sigma_scale: float, anneal: float = 1.0) -> None:
+        self.weight, self.anneal = weight, anneal
         self.sigma = matches.sigma_px(sigma_scale)
         rows = list(rows)
         self.pairs = [(i, j, a.float(), b.float()) for i, j, a, b in matches.subset(rows)]
@@ -141,10 +145,13 @@ class EpipolarLoss(LossTerm):
             return 0.0
         T = trainer.viewmats()
         K = self.Ks.to(T.device)
+        progress = min(1.0, trainer.iteration / max(1, trainer.config.iterations))
+        sigma = self.sigma * self.anneal ** (1.0 - progress)
         total = 0.0
         for i, j, a, b in self.pairs:
             d2 = sampson_sq(a.to(T.device), b.to(T.device), K[i], K[j], T[i], T[j])
-            total = total + _cauchy(d2, self.sigma).sum()
+            # (times sigma^2 / sigma_final^2: the same scale of loss at every sigma)
+            total = total + _cauchy(d2, sigma).sum() * (sigma / self.sigma) ** 2
         return self.weight * total / self.count
 
 
@@ -177,3 +184,36 @@ def view_residual(matches: Matches, k: int, others: Sequence[int], Ks: Tensor,
         return torch.full(T_k.shape[:-2], float("nan"), dtype=torch.float64)
     return total / count
 
+
+
+def epipolar_search(matches: Matches, k: int, others: Sequence[int], Ks: Tensor,
+                    T_world_cam: Tensor, hypotheses: Tensor, sigma_scale: float,
+                    keep: int = 3, steps: int = 200, lr: float = 2e-3) -> tuple[Tensor, float]:
+    """The pose of view ``k`` that best fits its matches to the views ``others`` (fixed at
+    ``T_world_cam [V, 4, 4]``), searched from ``hypotheses [N, 4, 4]`` (camera-to-world):
+    the ``keep`` lowest-cost hypotheses are each polished by Adam on an SE(3) correction
+    (``steps`` steps, no rendering) and the lowest cost seen wins; ``(pose [4, 4], cost)``.
+    Cheap next to a render-and-compare search (the cost of 1,000 hypotheses is one batched
+    evaluation), but it only sees the views ``k`` shares matches with."""
+    from geometry.se3 import invert_T, se3_exp
+
+    with torch.no_grad():
+        costs = view_residual(matches, k, others, Ks, T_world_cam, hypotheses.double(),
+                              sigma_scale)
+    if not bool(torch.isfinite(costs).any()):
+        raise ValueError(f"view {k} shares no match with the views {sorted(others)}")
+    order = torch.argsort(torch.nan_to_num(costs, nan=math.inf))[:keep]
+    best_T, best = hypotheses[order[0]].double().clone(), float(costs[order[0]])
+    for index in order.tolist():
+        T_cw0 = invert_T(hypotheses[index].double())
+        twist = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.Adam([twist], lr=lr)
+        for _ in range(steps):
+            T = invert_T(se3_exp(twist) @ T_cw0)
+            cost = view_residual(matches, k, others, Ks, T_world_cam, T, sigma_scale)
+            if float(cost.detach()) < best:
+                best, best_T = float(cost.detach()), T.detach().clone()
+            optimiser.zero_grad()
+            cost.backward()
+            optimiser.step()
+    return best_T, best

@@ -12,7 +12,9 @@ is better.
 ``S - {i}``, refine ``i``'s pose briefly against it and score ``i`` there (its *held-out
 score*). The view with the worst held-out score is dropped when leaving it out lowers the
 mean score of the remaining views by more than ``threshold`` (relative); then the search
-repeats on the rest, up to ``max_rounds`` views and never below ``min_views``.
+repeats on the rest, up to ``max_rounds`` views and never below ``min_views``. With feature
+matches, views whose held-out epipolar cost is under ``epipolar_consistent`` are never
+dropped.
 """
 
 from __future__ import annotations
@@ -123,8 +125,9 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
                    ) -> tuple[dict[str, float], Tensor]:
     """Score of view ``k`` (not used by ``fit``) after refining its pose ``T_world_cam
     [4, 4]`` against the fit's 3D; ``(score terms, refined pose [4, 4] float64)``. With
-    feature matches the score includes the epipolar cost, and the unrefined pose is kept
-    when it scores better."""
+    feature matches the score includes the epipolar cost, the pose is also refined on the
+    matches alone, and the best-scoring of the unrefined and the two refined poses is
+    kept."""
     from reconstruction.pose_opt import PoseOptConfig, optimise_poses
 
     model = fit.model(views)
@@ -143,14 +146,21 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
         T = result.T_world_cam[0].double()
     terms = scorer.with_epipolar(scorer.render_and_score(model, views, k, T), views, k,
                                  fit.rows, fit.T_world_cam, T)
-    if "epipolar" in terms and config.refine_iterations > 0:
+    if "epipolar" in terms:
         # The photometric refinement can leave the matches' geometry (on real photos it
-        # moves a view a few degrees): keep the better-scoring of the two poses.
+        # moves a view a few degrees): the pose is also refined on the matches alone, from
+        # where it started, and the best-scoring of the three poses is kept.
+        from pose.camera.sparseags.matches import epipolar_search
+
         T0 = T_world_cam.double().cpu()
-        before = scorer.with_epipolar(scorer.render_and_score(model, views, k, T0), views, k,
-                                      fit.rows, fit.T_world_cam, T0)
-        if before["score"] < terms["score"]:
-            return before, T0
+        T_epi, _ = epipolar_search(views.matches, k, fit.rows, views.Ks, fit.T_world_cam,
+                                   T0[None], scorer.epipolar_sigma, keep=1,
+                                   steps=config.refine_iterations * 3)
+        for T_other in (T0, T_epi):
+            other = scorer.with_epipolar(scorer.render_and_score(model, views, k, T_other),
+                                         views, k, fit.rows, fit.T_world_cam, T_other)
+            if other["score"] < terms["score"]:
+                terms, T = other, T_other
     return terms, T
 
 
@@ -221,7 +231,15 @@ def detect_outliers(views: Views, T_world_cam: Tensor, joint: JointConfig,
                                         joint.mask_weight, on_step)
             results[k] = (terms, T_k, loo, _mean(fit_scores(loo, views, scorer)))
         scores = {k: r[0]["score"] for k, r in results.items()}
-        worst = max(scores, key=scores.get)
+        # Views whose matches agree with the others' poses are not candidates.
+        candidates = {k: s for k, s in scores.items()
+                      if results[k][0].get("epipolar", math.inf) >= config.epipolar_consistent}
+        if not candidates:
+            if log is not None:
+                log("held-out scores: every view's feature matches agree with the others' "
+                    "poses -> no outlier")
+            break
+        worst = max(candidates, key=candidates.get)
         mean_without = results[worst][3]
         improvement = (mean_before - mean_without) / mean_before if mean_before > 0 else 0.0
         dropped = improvement > config.threshold

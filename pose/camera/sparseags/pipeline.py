@@ -150,6 +150,44 @@ def _epipolar_cost(views: Views, k: int, inliers: list[int], T_world_cam: Tensor
     return cost if math.isfinite(float(cost(T_world_cam[k]))) else None
 
 
+def _epipolar_proposal(views: Views, k: int, inliers: list[int], inlier_fit, model,
+                       T_k: Tensor, config: SparseAGSConfig, scorer: ViewScorer, steps,
+                       terms: dict[str, float], T_found: Tensor, say):
+    """The render-and-compare search's pose and score (``terms``, ``T_found``), or the
+    matches' own proposal where it scores better: the inlier cameras orbited about the up
+    axis (5 degrees apart) plus the view's pose, ranked by the epipolar cost against the
+    inliers and the best polished (:func:`~.matches.epipolar_search`), then held-out scored
+    like the search's pose."""
+    from geometry.so3 import axis_angle_to_matrix
+    from pose.camera.sparseags.correction import up_direction
+    from pose.camera.sparseags.matches import epipolar_search
+
+    if _epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
+                      config.joint.epipolar_sigma) is None:
+        return terms, T_found
+    # Every inlier camera orbited about the scene's up through the origin (the point the
+    # cameras look at, in the normalised world) in 5-degree steps: real elevations, rolls
+    # and aims, unlike look-at hypotheses.
+    T_in = inlier_fit.T_world_cam[inliers].double()
+    up = up_direction(views.cameras(inlier_fit.T_world_cam, inliers))
+    # (not 0: a copy of a partner's pose has no baseline, where every match fits)
+    angles = torch.arange(1, 72, dtype=torch.float64) * (2 * math.pi / 72)
+    R = axis_angle_to_matrix(up[None] * angles[:, None])[:, None]  # [A, 1, 3, 3]
+    orbited = T_in[None].repeat(len(angles), 1, 1, 1)
+    orbited[..., :3, :3] = R @ T_in[None, :, :3, :3]
+    orbited[..., :3, 3] = (R @ T_in[None, :, :3, 3, None])[..., 0]
+    hypotheses = torch.cat((orbited.reshape(-1, 4, 4), T_k[None].double()))
+    T_epi, cost = epipolar_search(views.matches, k, inliers, views.Ks, inlier_fit.T_world_cam,
+                                  hypotheses, config.joint.epipolar_sigma)
+    terms_epi, T_epi = held_out_score(inlier_fit, views, k, T_epi, scorer, config.outliers,
+                                      config.joint.mask_weight, steps)
+    say(f"{views.names[k]}: the matches' best of {len(hypotheses)} hypotheses (epipolar cost "
+        f"{cost:.2f}) scores {terms_epi['score']:.3f}, the rendered search's {terms['score']:.3f}")
+    if terms_epi["score"] < terms["score"]:
+        return terms_epi, T_epi
+    return terms, T_found
+
+
 class _Steps:
     """Counts optimisation steps for a progress callback ``(done, total, stage)``."""
 
@@ -293,6 +331,9 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
                                         config.joint.epipolar_sigma))
             terms, T_k = held_out_score(inlier_fit, views, k, result.T_world_cam, scorer, o,
                                         config.joint.mask_weight, steps)
+            if views.matches is not None:
+                terms, T_k = _epipolar_proposal(views, k, inliers, inlier_fit, model, T[k],
+                                                config, scorer, steps, terms, T_k, say)
             better = terms["score"] < held[k]["score"]
             degrees = _angle_deg(T[k], T_k) if better else 0.0
             corrected[k] = (better, degrees, terms["score"])
