@@ -251,21 +251,19 @@ def test_refine_poses_hook_runs_after_the_initialiser(scene, tmp_path: Path):
     assert "sparseags_flagged" in out.stats
 
 
-def test_cli_with_feature_matches_runs_the_matching(photo_folder, tmp_path: Path, capsys):
+def test_cli_matches_the_photos_by_default(photo_folder, tmp_path: Path, capsys):
     pytest.importorskip("pycolmap")
-    images, poses, _ = photo_folder
+    images, poses, masks = photo_folder
     out = tmp_path / "out"
-    _run(["--images", str(images), "--init-poses", str(poses), "--out", str(out),
-          "--threads", "1", "--outliers.no-detect", "--matching.enabled",
-          "--matching.max-size", "256", "--joint.iterations", "40", "--joint.rounds", "1",
-          "--joint.num-points", "500"])
-    captured = capsys.readouterr()
-    assert "matched the photos:" in captured.out + captured.err
-    from geometry.io.transforms_json import read_transforms_json
-
-    refined = read_transforms_json(out / "transforms.json", dtype=torch.float64).cameras
-    errors = rotation_angle_deg(refined.T_world_cam[:, :3, :3],
-                                photo_folder_truth(photo_folder)[:, :3, :3])
-    # Started at the truth. On these 64x48 photos SIFT's few matches move the views 4-7
-    # degrees (measured; 2 without matches): matching is for real photos (README).
-    assert float(errors.max()) < 10.0, errors
+    _run(["--images", str(images), "--init-poses", str(poses), "--masks", str(masks),
+          "--out", str(out), "--threads", "1", "--outliers.no-detect",
+          "--joint.iterations", "40", "--joint.rounds", "1", "--joint.num-points", "500"])
+    said = "".join(capsys.readouterr())
+    # (SIFT verifies no pair of these 64x48 photos: the run says so and goes on without)
+    assert "matched the photos:" in said or "no verified feature matches" in said, said
+    _run(["--images", str(images), "--init-poses", str(poses), "--masks", str(masks),
+          "--out", str(out), "--overwrite", "--threads", "1", "--outliers.no-detect",
+          "--joint.iterations", "2", "--joint.rounds", "1", "--joint.num-points", "100",
+          "--matching.no-enabled"])
+    said = "".join(capsys.readouterr())
+    assert "matched the photos:" not in said and "feature matches" not in said, said

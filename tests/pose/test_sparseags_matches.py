@@ -159,7 +159,7 @@ def test_find_matches_on_generated_photos_gives_consistent_pixels():
     images = [LoadedImage(path=__import__("pathlib").Path(f"{k}.png"),
                           rgb=torch.from_numpy(im).float() / 255.0, focal_px=None,
                           camera_key=()) for k, im in enumerate(scene.images)]
-    matches = find_matches(images, MatchConfig(enabled=True, max_size=256), threads=1)
+    matches = find_matches(images, MatchConfig(max_size=256), threads=1)
     assert matches.sizes == [(256, 192)] * 3
     assert len(matches) > 30
     cams = scene.cameras

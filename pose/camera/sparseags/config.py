@@ -116,7 +116,7 @@ class OutlierConfig:
 class MatchConfig:
     """Feature matching between the views (for the epipolar terms)."""
 
-    enabled: bool = False
+    enabled: bool = True
     """Match the photos and add the epipolar terms (off: render-and-compare only, as the
     paper). Real photos without masks need it (see the README)."""
     max_size: int = 1600

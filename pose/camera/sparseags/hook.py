@@ -64,9 +64,15 @@ def refine_poses_initialiser(base: str, config: SparseAGSConfig | None = None,
                           width=torch.tensor([s.shape[1] for s in small]),
                           height=torch.tensor([s.shape[0] for s in small]),
                           names=[im.path.name for im in images])
+        options = config or SparseAGSConfig(seed=seed)
+        matches = None
+        if options.matching.enabled:
+            from pose.camera.sparseags.matches import find_matches
+
+            matches = find_matches(images, options.matching, seed, torch.get_num_threads(),
+                                   sizes=[(s.shape[1], s.shape[0]) for s in small])
         log_stage("refining the initial cameras with SparseAGS (--refine-poses)…")
-        result = run_sparseags(small, initial, config or SparseAGSConfig(seed=seed),
-                               log=log_stage)
+        result = run_sparseags(small, initial, options, log=log_stage, matches=matches)
         refined = invert_T(result.cameras.T_world_cam.double()).numpy()
         out = INITIALISERS[base](images, work_dir, init_config, seed,
                                  cameras=(model.Ks.copy(), np.ascontiguousarray(refined)))

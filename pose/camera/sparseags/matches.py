@@ -69,29 +69,30 @@ class Matches:
         return scale * max(max(w, h) for w, h in self.sizes)
 
 
-def find_matches(images: Sequence, config: MatchConfig, seed: int = 0,
-                 threads: int = 2) -> Matches:
+def find_matches(images: Sequence, config: MatchConfig, seed: int = 0, threads: int = 2,
+                 sizes: Sequence[tuple[int, int]] | None = None) -> Matches:
     """SIFT matches of every pair of ``images`` (:class:`~reconstruction.images.LoadedImage`,
     reloaded from their files at ``config.max_size`` where they have one), verified by
-    two-view geometry, in the images' own pixels."""
+    two-view geometry, in the pixels of images of ``sizes`` (``(width, height)`` each;
+    default the images' own)."""
     from reconstruction.init.config import SfmConfig
     from reconstruction.init.match_graph import read_match_graph
     from reconstruction.init.sfm import extract_and_match, matching_images
 
+    sizes = [(im.width, im.height) for im in images] if sizes is None else list(sizes)
+    big = matching_images(images, config.max_size)
     sfm = SfmConfig(match_max_size=config.max_size, affine_features=config.affine,
                     min_inliers=config.min_inliers, threads=threads)
-    big = matching_images(images, config.max_size)
     with tempfile.TemporaryDirectory(prefix="sparseags-matches-") as work:
         database = extract_and_match(big, Path(work), sfm, seed, {})
         graph = read_match_graph(database, len(big), config.min_inliers)
-    scales = [np.array([im.width / b.width, im.height / b.height])
-              for im, b in zip(images, big, strict=True)]
+    scales = [np.array([w / b.width, h / b.height]) for (w, h), b in zip(sizes, big, strict=True)]
     pairs = []
     for (i, j), m in sorted(graph.matches.items()):
         # Keypoints are corner-at-0 pixels: they scale exactly with the image.
         pairs.append((i, j, torch.from_numpy(graph.keypoints[i][m[:, 0]] * scales[i]),
                       torch.from_numpy(graph.keypoints[j][m[:, 1]] * scales[j])))
-    return Matches(pairs=pairs, sizes=[(im.width, im.height) for im in images])
+    return Matches(pairs=pairs, sizes=sizes)
 
 
 def _skew(t: Tensor) -> Tensor:

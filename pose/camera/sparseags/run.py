@@ -212,9 +212,13 @@ def _run_with_progress(cmd: SparseAGSCommand, images, masks, cameras, lpips, pri
 
         t0 = time.perf_counter()
         matches = find_matches(images, cmd.config.matching, cmd.seed, set_threads(cmd.threads))
-        log_stage(f"matched the photos: {len(matches)} verified matches over "
-                  f"{len(matches.pairs)} view pairs ({time.perf_counter() - t0:.0f} s)",
-                  cmd.quiet)
+        if matches.pairs:
+            log_stage(f"matched the photos: {len(matches)} verified matches over "
+                      f"{len(matches.pairs)} view pairs ({time.perf_counter() - t0:.0f} s)",
+                      cmd.quiet)
+        else:
+            log_stage("note: no verified feature matches between the photos; "
+                      "render-and-compare only", cmd.quiet)
     with progress_bar("sparseags", ("{task.fields[stage]}",), quiet=cmd.quiet) as bar:
         task = bar.add_task("sparseags", total=total, stage="")
         last = [0.0]
