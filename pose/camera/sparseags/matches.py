@@ -40,7 +40,7 @@ from pose.camera.sparseags.config import MatchConfig
 from reconstruction.engine.losses import LossTerm
 
 __all__ = ["EpipolarLoss", "MatchConfig", "Matches", "epipolar_search", "find_matches",
-           "sampson_sq", "view_residual"]
+           "orbit_hypotheses", "sampson_sq", "view_residual"]
 
 
 @dataclass
@@ -218,3 +218,21 @@ def epipolar_search(matches: Matches, k: int, others: Sequence[int], Ks: Tensor,
             cost.backward()
             optimiser.step()
     return best_T, best
+
+
+def orbit_hypotheses(T_world_cam: Tensor, up: Tensor, step_deg: float = 5.0) -> Tensor:
+    """``[N * (A - 1), 4, 4]``: every pose of ``T_world_cam [N, 4, 4]`` (camera-to-world)
+    orbited about the axis ``up [3]`` through the origin by each multiple of ``step_deg``
+    but 0 (a copy of a partner's pose has no baseline, where every match fits). In the
+    normalised world the origin is the point the cameras look at, so the hypotheses keep
+    real elevations, rolls and aims, unlike look-at ones."""
+    from geometry.so3 import axis_angle_to_matrix
+
+    count = max(2, round(360.0 / step_deg))
+    angles = torch.arange(1, count, dtype=torch.float64) * (2 * math.pi / count)
+    R = axis_angle_to_matrix(up.double()[None] * angles[:, None])[:, None]  # [A, 1, 3, 3]
+    T = T_world_cam.double()
+    orbited = T[None].repeat(len(angles), 1, 1, 1)
+    orbited[..., :3, :3] = R @ T[None, :, :3, :3]
+    orbited[..., :3, 3] = (R @ T[None, :, :3, 3, None])[..., 0]
+    return orbited.reshape(-1, 4, 4)

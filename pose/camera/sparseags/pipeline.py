@@ -158,25 +158,15 @@ def _epipolar_proposal(views: Views, k: int, inliers: list[int], inlier_fit, mod
     axis (5 degrees apart) plus the view's pose, ranked by the epipolar cost against the
     inliers and the best polished (:func:`~.matches.epipolar_search`), then held-out scored
     like the search's pose."""
-    from geometry.so3 import axis_angle_to_matrix
     from pose.camera.sparseags.correction import up_direction
-    from pose.camera.sparseags.matches import epipolar_search
+    from pose.camera.sparseags.matches import epipolar_search, orbit_hypotheses
 
     if _epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
                       config.joint.epipolar_sigma) is None:
         return terms, T_found
-    # Every inlier camera orbited about the scene's up through the origin (the point the
-    # cameras look at, in the normalised world) in 5-degree steps: real elevations, rolls
-    # and aims, unlike look-at hypotheses.
-    T_in = inlier_fit.T_world_cam[inliers].double()
     up = up_direction(views.cameras(inlier_fit.T_world_cam, inliers))
-    # (not 0: a copy of a partner's pose has no baseline, where every match fits)
-    angles = torch.arange(1, 72, dtype=torch.float64) * (2 * math.pi / 72)
-    R = axis_angle_to_matrix(up[None] * angles[:, None])[:, None]  # [A, 1, 3, 3]
-    orbited = T_in[None].repeat(len(angles), 1, 1, 1)
-    orbited[..., :3, :3] = R @ T_in[None, :, :3, :3]
-    orbited[..., :3, 3] = (R @ T_in[None, :, :3, 3, None])[..., 0]
-    hypotheses = torch.cat((orbited.reshape(-1, 4, 4), T_k[None].double()))
+    hypotheses = torch.cat((orbit_hypotheses(inlier_fit.T_world_cam[inliers], up),
+                            T_k[None].double()))
     T_epi, cost = epipolar_search(views.matches, k, inliers, views.Ks, inlier_fit.T_world_cam,
                                   hypotheses, config.joint.epipolar_sigma)
     terms_epi, T_epi = held_out_score(inlier_fit, views, k, T_epi, scorer, config.outliers,
