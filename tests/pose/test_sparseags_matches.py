@@ -15,6 +15,7 @@ from pose.camera.sparseags.matches import (
     Matches,
     epipolar_search,
     orbit_hypotheses,
+    polish_poses,
     sampson_sq,
     view_residual,
 )
@@ -109,6 +110,24 @@ def test_epipolar_search_finds_a_view_turned_about_the_scene():
     with pytest.raises(ValueError, match="shares no match"):
         epipolar_search(Matches(pairs=[], sizes=matches.sizes), 3, [0, 1, 2],
                         K.expand(4, 3, 3), T, hypotheses, 0.0025)
+
+
+def test_polish_poses_brings_every_rotated_view_back_and_keeps_the_first():
+    T, matches = _scene(views=4)
+    start = T.clone()
+    for k, axis in ((1, (1.0, 0.2, 0.0)), (2, (0.0, 1.0, 0.3)), (3, (0.2, 0.0, 1.0))):
+        start[k] = _turned(T[k], 3.0, axis)
+    polished = polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2, 3], 0.0025)
+    torch.testing.assert_close(polished[0], T[0])
+    for k in (1, 2, 3):
+        R_err = polished[k, :3, :3] @ T[k, :3, :3].T
+        angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(R_err.trace()) - 1) / 2))))
+        assert angle < 0.5, (k, angle)  # from 3 degrees
+    # Views outside ``rows`` keep their poses; no steps, no change.
+    kept = polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2], 0.0025, steps=50)
+    torch.testing.assert_close(kept[3], start[3])
+    torch.testing.assert_close(polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2, 3],
+                                            0.0025, steps=0), start)
 
 
 class _Trainer:

@@ -16,7 +16,9 @@ Gaussians' background). Stages:
 4. ``final_rounds`` joint fits of the inliers and the rejoined views.
 
 With feature matches (``matches``, :mod:`~.matches`), every fit adds the epipolar term, every
-view score its epipolar cost, and the correction ranks hypotheses by it too.
+view score its epipolar cost, the correction ranks hypotheses by it too and also proposes
+the matches' own best pose, and after the final fit every pose is polished on the matches
+alone and the Gaussians are fitted again at those poses.
 """
 
 from __future__ import annotations
@@ -348,6 +350,16 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
                         device=device, extra_terms=prior_terms(used, config.joint.iterations),
                         on_step=steps)
         T = fit.T_world_cam
+    if views.matches is not None and config.matching.polish_steps > 0:
+        # The matches take the relative rotations the last degrees; the Gaussians follow.
+        from pose.camera.sparseags.matches import polish_poses
+
+        steps.set_stage("polishing the poses on the matches", config.joint.iterations)
+        T = polish_poses(views.matches, views.Ks, T, list(range(v)),
+                         config.joint.epipolar_sigma, config.matching.polish_steps)
+        fit = fit_joint(views, T, config.joint, seed=config.seed + 200, rows=used,
+                        optimise_poses=False, device=device, on_step=steps)
+        say("polished the poses on the feature matches and refitted the Gaussians")
     timings["final"] = time.perf_counter() - t0
     # Every camera is free in the fits (the regulariser alone holds the gauge): undo the
     # rig's common drift, a rotation and shift that best maps the inliers' refined poses
