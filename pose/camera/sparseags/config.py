@@ -125,7 +125,7 @@ class MatchConfig:
     """Affine-covariant SIFT (more matches across wide baselines and slanted surfaces)."""
     min_inliers: int = 15
     """Pairs with fewer verified matches are ignored."""
-    polish_steps: int = 1500
+    polish_steps: int = 3000
     """Steps of the final pose polish on the matches alone (then the Gaussians are fitted
     again at the polished poses); 0: none."""
 

@@ -165,7 +165,7 @@ def _pairs_cost(pairs, K: Tensor, T_cam_world: Tensor, sigma: float) -> Tensor:
 
 
 def polish_poses(matches: Matches, Ks: Tensor, T_world_cam: Tensor, rows: Sequence[int],
-                 sigma_scale: float, steps: int = 1500, lr: float = 1e-3) -> Tensor:
+                 sigma_scale: float, steps: int = 3000, lr: float = 1e-3) -> Tensor:
     """``T_world_cam [V, 4, 4]`` with the poses of views ``rows`` (but the first, which
     holds the gauge) moved to lower the epipolar cost of all their matches: Adam on an
     SE(3) correction per view, no rendering. The joint fits' poses stop a few degrees short
