@@ -1,16 +1,18 @@
 """SparseAGS pose refinement: pose accuracy before and after, with and without outlier
 correction, from perturbed ground truth and from our SfM initialiser.
 
-    python tests/benchmarks/bench_sparseags.py [--datasets co3d_apple generated]
+    python tests/benchmarks/bench_sparseags.py [--datasets co3d_apple dtu_scan24 generated]
         [--rows sparseags no-correction joint-only sfm] [--views 8] [--max-size 128] [--threads 2]
         [--rotation-noise 10] [--turn 90] [--turned-view 3] [--seed 0] [--lpips PATH
-        --lpips-backbone PATH] [--co3d-masks DIR] [--landscape] [--out DIR]
+        --lpips-backbone PATH] [--co3d-masks DIR] [--no-matches] [--landscape] [--out DIR]
 
 Cases (each skipped when its data is absent):
 
 - ``co3d_apple`` (../shared/datasets/co3d_apple: 20 photos, CO3D ground-truth cameras, no
   masks; ``--co3d-masks DIR`` gives object masks named like the photos, e.g. CO3D's own):
   ``--views`` frames evenly spaced over the sequence;
+- ``dtu_scan24`` (../shared/datasets/dtu_scan24: 49 photos, IDR cameras, no masks):
+  ``--views`` photos evenly spaced over the 49;
 - ``generated``: a procedural orbit scene (objects on a ground plane, masks of the objects),
   ``--views`` cameras over 300 degrees.
 
@@ -101,6 +103,33 @@ def co3d_case(views: int, max_size: int, masks_dir: Path | None = None):
                     (Path(tmp) / found[0].name).symlink_to(found[0].resolve())
             masks = load_masks(Path(tmp), loaded)
     return [im.rgb for im in loaded], masks, gt, loaded
+
+
+def dtu_case(views: int, max_size: int):
+    """``(images, None, cameras_gt, loaded)`` of ``views`` DTU scan 24 photos evenly spaced
+    over its 49 (None when the data is absent)."""
+    import torch
+
+    from geometry.cameras import Cameras
+    from geometry.io.idr import read_idr
+    from reconstruction.images import load_image
+
+    folder = DATASETS / "dtu_scan24"
+    if not (folder / "cameras.npz").is_file():
+        return None
+    cams = read_idr(folder, dtype=torch.float64).cameras
+    rows = np.linspace(0, len(cams) - 1, views).round().astype(int).tolist()
+    loaded = [load_image(cams.image_paths[k], max_size, background=(0.0, 0.0, 0.0))
+              for k in rows]
+    K = cams.K[rows].clone()
+    for i, (k, im) in enumerate(zip(rows, loaded, strict=True)):
+        K[i, 0] *= im.width / int(cams.width[k])
+        K[i, 1] *= im.height / int(cams.height[k])
+    gt = Cameras(K=K, T_world_cam=cams.T_world_cam[rows],
+                 width=torch.tensor([im.width for im in loaded]),
+                 height=torch.tensor([im.height for im in loaded]),
+                 names=[im.path.name for im in loaded])
+    return [im.rgb for im in loaded], None, gt, loaded
 
 
 def generated_case(views: int, max_size: int, seed: int):
@@ -291,7 +320,7 @@ def print_row(case: str, r: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["co3d_apple", "generated"],
-                        choices=["co3d_apple", "generated"])
+                        choices=["co3d_apple", "dtu_scan24", "generated"])
     parser.add_argument("--rows", nargs="*", default=["sparseags", "no-correction", "sfm"],
                         choices=["sparseags", "no-correction", "joint-only", "sfm"])
     parser.add_argument("--views", type=int, default=8)
@@ -332,6 +361,8 @@ def main() -> None:
     for case_name in args.datasets:
         if case_name == "co3d_apple":
             case = co3d_case(args.views, args.max_size, args.co3d_masks)
+        elif case_name == "dtu_scan24":
+            case = dtu_case(args.views, args.max_size)
         else:
             case = generated_case(args.views, args.max_size, args.seed)
         if case is None:
