@@ -128,9 +128,6 @@ class MatchConfig:
     polish_steps: int = 3000
     """Steps of the final pose polish on the matches alone (then the Gaussians are fitted
     again at the polished poses); 0: none."""
-    polish_focal: bool = True
-    """Refine one scale of every view's focal length in that polish (initialisers such as
-    SfM can be a percent or two off); the output cameras carry it."""
 
 
 

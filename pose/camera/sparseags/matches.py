@@ -165,44 +165,20 @@ def _pairs_cost(pairs, K: Tensor, T_cam_world: Tensor, sigma: float) -> Tensor:
 
 
 def polish_poses(matches: Matches, Ks: Tensor, T_world_cam: Tensor, rows: Sequence[int],
-                 sigma_scale: float, steps: int = 3000, lr: float = 1e-3,
-                 refine_focal: bool = False) -> tuple[Tensor, float]:
-    """``(T_world_cam [V, 4, 4], focal scale)``: the poses of views ``rows`` (but the first,
-    which holds the gauge) moved to lower the epipolar cost of all their matches (Adam on
-    an SE(3) correction per view, no rendering) and, with ``refine_focal``, one scale of
-    every view's focal length with them (1.0 otherwise). The joint fits' poses stop a few
-    degrees short on real photos (the Gaussians of a few views bend to explain each view at
-    its pose, so the photometric terms resist the last degrees); the matches alone take the
-    relative rotations the rest of the way (CO3D apple: RRA@5 61-75 % -> 100 %). SfM's
-    focal lengths can be a percent or two off, which bounds the poses (DTU scan 24 from
-    SfM: 1.62 degrees mean error with SfM's focal length, 1.23 with the true one)."""
+                 sigma_scale: float, steps: int = 3000, lr: float = 1e-3) -> Tensor:
+    """``T_world_cam [V, 4, 4]`` with the poses of views ``rows`` (but the first, which
+    holds the gauge) moved to lower the epipolar cost of all their matches: Adam on an
+    SE(3) correction per view, no rendering. The joint fits' poses stop a few degrees short
+    on real photos (the Gaussians of a few views bend to explain each view at its pose, so
+    the photometric terms resist the last degrees); the matches alone take the relative
+    rotations the rest of the way (CO3D apple: RRA@5 61-75 % -> 100 %)."""
     from geometry.se3 import invert_T, se3_exp
 
     rows = list(rows)
     out = T_world_cam.detach().double().cpu().clone()
     pairs = [(i, j, a.double(), b.double()) for i, j, a, b in matches.subset(rows)]
     if len(rows) < 2 or not pairs or steps <= 0:
-        return out, 1.0
-    T_cw0 = invert_T(out[rows])
-    K0 = Ks[rows].double()
-    sigma = matches.sigma_px(sigma_scale)
-    twist = torch.zeros(len(rows), 6, dtype=torch.float64, requires_grad=True)
-    log_focal = torch.zeros((), dtype=torch.float64, requires_grad=refine_focal)
-    optimiser = torch.optim.Adam([twist, log_focal] if refine_focal else [twist], lr=lr)
-    scale = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)  # fx, fy scale; not cx, cy
-    for _ in range(steps):
-        factor = torch.exp(log_focal * scale)
-        K = K0.clone()
-        K[:, 0, 0] = K0[:, 0, 0] * factor[0]
-        K[:, 1, 1] = K0[:, 1, 1] * factor[1]
-        cost = _pairs_cost(pairs, K, se3_exp(twist) @ T_cw0, sigma)
-        optimiser.zero_grad()
-        cost.backward()
-        twist.grad[0] = 0.0
-        optimiser.step()
-    with torch.no_grad():
-        out[rows] = invert_T(se3_exp(twist) @ T_cw0)
-    return out, float(torch.exp(log_focal.detach()))
+        return out
     T_cw0 = invert_T(out[rows])
     K = Ks[rows].double()
     sigma = matches.sigma_px(sigma_scale)

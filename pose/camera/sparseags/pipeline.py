@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -350,23 +350,16 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
                         device=device, extra_terms=prior_terms(used, config.joint.iterations),
                         on_step=steps)
         T = fit.T_world_cam
-    focal_scale = 1.0
     if views.matches is not None and config.matching.polish_steps > 0:
         # The matches take the relative rotations the last degrees; the Gaussians follow.
         from pose.camera.sparseags.matches import polish_poses
 
         steps.set_stage("polishing the poses on the matches", config.joint.iterations)
-        T, focal_scale = polish_poses(views.matches, views.Ks, T, list(range(v)),
-                                      config.joint.epipolar_sigma, config.matching.polish_steps,
-                                      refine_focal=config.matching.polish_focal)
-        Ks = views.Ks.clone()
-        Ks[:, 0, 0] *= focal_scale
-        Ks[:, 1, 1] *= focal_scale
-        views = replace(views, Ks=Ks)
+        T = polish_poses(views.matches, views.Ks, T, list(range(v)),
+                         config.joint.epipolar_sigma, config.matching.polish_steps)
         fit = fit_joint(views, T, config.joint, seed=config.seed + 200, rows=used,
                         optimise_poses=False, device=device, on_step=steps)
-        say("polished the poses on the feature matches (focal lengths x"
-            f"{focal_scale:.4f}) and refitted the Gaussians")
+        say("polished the poses on the feature matches and refitted the Gaussians")
     timings["final"] = time.perf_counter() - t0
     # Every camera is free in the fits (the regulariser alone holds the gauge): undo the
     # rig's common drift, a rotation and shift that best maps the inliers' refined poses
@@ -388,10 +381,7 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
     T_out = _from_normalised(T, centre, scale)
     from geometry.cameras import Cameras
 
-    K_out = cameras.K.clone()
-    K_out[:, 0, 0] *= focal_scale
-    K_out[:, 1, 1] *= focal_scale
-    refined = Cameras(K=K_out, T_world_cam=T_out.to(cameras.T_world_cam.dtype),
+    refined = Cameras(K=cameras.K, T_world_cam=T_out.to(cameras.T_world_cam.dtype),
                       width=cameras.width, height=cameras.height, dist=cameras.dist,
                       image_paths=cameras.image_paths, names=cameras.names)
     timings["total"] = time.perf_counter() - t_start
