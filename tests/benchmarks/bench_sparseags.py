@@ -66,20 +66,15 @@ sys.path.insert(0, str(ROOT))
 # ---------------------------------------------------------------------------- cases
 
 
-def co3d_case(views: int, max_size: int, masks_dir: Path | None = None):
-    """``(images, masks, cameras_gt, loaded)`` of ``views`` CO3D apple frames evenly spaced
-    over the sequence (None when the data is absent); masks from ``masks_dir`` (the file
-    with each photo's stem), else None."""
+def _evenly_spaced(cams, views: int, max_size: int):
+    """``(loaded photos, cameras_gt)`` of ``views`` of the cameras ``cams`` (with image
+    files) evenly spaced over them, photos at most ``max_size`` pixels, intrinsics scaled
+    to them."""
     import torch
 
     from geometry.cameras import Cameras
-    from geometry.io.co3d import read_co3d
     from reconstruction.images import load_image
 
-    folder = DATASETS / "co3d_apple"
-    if not (folder / "gt_cameras.npz").is_file():
-        return None
-    cams = read_co3d(folder, dtype=torch.float64)
     rows = np.linspace(0, len(cams) - 1, views).round().astype(int).tolist()
     loaded = [load_image(cams.image_paths[k], max_size, background=(0.0, 0.0, 0.0))
               for k in rows]
@@ -91,6 +86,22 @@ def co3d_case(views: int, max_size: int, masks_dir: Path | None = None):
                  width=torch.tensor([im.width for im in loaded]),
                  height=torch.tensor([im.height for im in loaded]),
                  names=[cams.names[k] for k in rows])
+    return loaded, gt
+
+
+def co3d_case(views: int, max_size: int, masks_dir: Path | None = None):
+    """``(images, masks, cameras_gt, loaded)`` of ``views`` CO3D apple frames evenly spaced
+    over the sequence (None when the data is absent); masks from ``masks_dir`` (the file
+    with each photo's stem), else None."""
+    import torch
+
+    from geometry.io.co3d import read_co3d
+
+    folder = DATASETS / "co3d_apple"
+    if not (folder / "gt_cameras.npz").is_file():
+        return None
+    cams = read_co3d(folder, dtype=torch.float64)
+    loaded, gt = _evenly_spaced(cams, views, max_size)
     masks = None
     if masks_dir is not None:
         from pose.camera.sparseags.run import _MASK_SUFFIXES, load_masks
@@ -110,25 +121,13 @@ def dtu_case(views: int, max_size: int):
     over its 49 (None when the data is absent)."""
     import torch
 
-    from geometry.cameras import Cameras
     from geometry.io.idr import read_idr
-    from reconstruction.images import load_image
 
     folder = DATASETS / "dtu_scan24"
     if not (folder / "cameras.npz").is_file():
         return None
-    cams = read_idr(folder, dtype=torch.float64).cameras
-    rows = np.linspace(0, len(cams) - 1, views).round().astype(int).tolist()
-    loaded = [load_image(cams.image_paths[k], max_size, background=(0.0, 0.0, 0.0))
-              for k in rows]
-    K = cams.K[rows].clone()
-    for i, (k, im) in enumerate(zip(rows, loaded, strict=True)):
-        K[i, 0] *= im.width / int(cams.width[k])
-        K[i, 1] *= im.height / int(cams.height[k])
-    gt = Cameras(K=K, T_world_cam=cams.T_world_cam[rows],
-                 width=torch.tensor([im.width for im in loaded]),
-                 height=torch.tensor([im.height for im in loaded]),
-                 names=[im.path.name for im in loaded])
+    loaded, gt = _evenly_spaced(read_idr(folder, dtype=torch.float64).cameras, views,
+                                max_size)
     return [im.rgb for im in loaded], None, gt, loaded
 
 

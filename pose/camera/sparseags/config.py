@@ -130,7 +130,6 @@ class MatchConfig:
     again at the polished poses); 0: none."""
 
 
-
 @dataclass
 class SparseAGSConfig:
     """Options of SparseAGS (joint reconstruction, outlier detection and correction)."""

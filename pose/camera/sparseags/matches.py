@@ -225,7 +225,6 @@ def view_residual(matches: Matches, k: int, others: Sequence[int], Ks: Tensor,
     return total / count
 
 
-
 def epipolar_search(matches: Matches, k: int, others: Sequence[int], Ks: Tensor,
                     T_world_cam: Tensor, hypotheses: Tensor, sigma_scale: float,
                     keep: int = 3, steps: int = 200, lr: float = 2e-3) -> tuple[Tensor, float]:

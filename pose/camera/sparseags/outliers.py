@@ -91,13 +91,12 @@ class ViewScorer:
         return self(out.rgb[0], out.alpha[0], views.images[k],
                     None if views.masks is None else views.masks[k])
 
-
-    def with_epipolar(self, terms: dict[str, float], views: Views, k: int,
-                      others: list[int], T_world_cam: Tensor,
-                      T_k: Tensor) -> dict[str, float]:
-        """``terms`` plus the epipolar cost of view ``k`` at ``T_k [4, 4]`` against the views
-        ``others`` at ``T_world_cam [V, 4, 4]`` (term ``epipolar``; weighted into the score)
-        when the views were matched and share matches."""
+    def score_in_fit(self, model, views: Views, k: int, T_k: Tensor, others: list[int],
+                     T_world_cam: Tensor) -> dict[str, float]:
+        """:meth:`render_and_score` of view ``k`` at ``T_k [4, 4]`` plus its epipolar cost
+        against the views ``others`` at ``T_world_cam [V, 4, 4]`` (term ``epipolar``,
+        weighted into the score) when the views were matched and share matches."""
+        terms = self.render_and_score(model, views, k, T_k)
         if views.matches is None or self.config.epipolar_weight <= 0:
             return terms
         from pose.camera.sparseags.matches import view_residual
@@ -114,9 +113,8 @@ def fit_scores(fit: FitResult, views: Views, scorer: ViewScorer) -> dict[int, fl
     """Score of every view a fit used, rendered at its refined pose (with its epipolar cost
     against the fit's other views, where the views were matched)."""
     model = fit.model(views)
-    return {k: scorer.with_epipolar(
-        scorer.render_and_score(model, views, k, fit.T_world_cam[k]), views, k, fit.rows,
-        fit.T_world_cam, fit.T_world_cam[k])["score"] for k in fit.rows}
+    return {k: scorer.score_in_fit(model, views, k, fit.T_world_cam[k], fit.rows,
+                                   fit.T_world_cam)["score"] for k in fit.rows}
 
 
 def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
@@ -144,8 +142,7 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
             scene_scale=1.0, masks=mask,
             on_step=None if on_step is None else (lambda step: on_step()))
         T = result.T_world_cam[0].double()
-    terms = scorer.with_epipolar(scorer.render_and_score(model, views, k, T), views, k,
-                                 fit.rows, fit.T_world_cam, T)
+    terms = scorer.score_in_fit(model, views, k, T, fit.rows, fit.T_world_cam)
     if "epipolar" in terms:
         # The photometric refinement can leave the matches' geometry (on real photos it
         # moves a view a few degrees): the pose is also refined on the matches alone, from
@@ -157,8 +154,7 @@ def held_out_score(fit: FitResult, views: Views, k: int, T_world_cam: Tensor,
                                    T0[None], scorer.epipolar_sigma, keep=1,
                                    steps=config.refine_iterations * 3)
         for T_other in (T0, T_epi):
-            other = scorer.with_epipolar(scorer.render_and_score(model, views, k, T_other),
-                                         views, k, fit.rows, fit.T_world_cam, T_other)
+            other = scorer.score_in_fit(model, views, k, T_other, fit.rows, fit.T_world_cam)
             if other["score"] < terms["score"]:
                 terms, T = other, T_other
     return terms, T

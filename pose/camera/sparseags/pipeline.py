@@ -154,17 +154,17 @@ def _epipolar_cost(views: Views, k: int, inliers: list[int], T_world_cam: Tensor
 
 def _epipolar_proposal(views: Views, k: int, inliers: list[int], inlier_fit, model,
                        T_k: Tensor, config: SparseAGSConfig, scorer: ViewScorer, steps,
-                       terms: dict[str, float], T_found: Tensor, say):
+                       terms: dict[str, float], T_found: Tensor, say, epipolar_cost):
     """The render-and-compare search's pose and score (``terms``, ``T_found``), or the
     matches' own proposal where it scores better: the inlier cameras orbited about the up
     axis (5 degrees apart) plus the view's pose, ranked by the epipolar cost against the
     inliers and the best polished (:func:`~.matches.epipolar_search`), then held-out scored
-    like the search's pose."""
+    like the search's pose. ``epipolar_cost``: :func:`_epipolar_cost` of the view (None:
+    it shares no match with the inliers, and the search's pose stands)."""
     from pose.camera.sparseags.correction import up_direction
     from pose.camera.sparseags.matches import epipolar_search, orbit_hypotheses
 
-    if _epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
-                      config.joint.epipolar_sigma) is None:
+    if epipolar_cost is None:
         return terms, T_found
     up = up_direction(views.cameras(inlier_fit.T_world_cam, inliers))
     hypotheses = torch.cat((orbit_hypotheses(inlier_fit.T_world_cam[inliers], up),
@@ -315,17 +315,17 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
         for k in flagged:
             steps.set_stage(f"correcting {names[k]}")
             w, h = views.size(k)
+            epipolar = _epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
+                                      config.joint.epipolar_sigma)
             result = correct_outlier(
                 model, views.cameras(inlier_fit.T_world_cam, inliers), views.images[k],
                 None if views.masks is None else views.masks[k], views.Ks[k], w, h,
                 config.correction, 1.0, initial_T_world_cam=T[k], on_step=steps, lpips=lpips,
-                epipolar=_epipolar_cost(views, k, inliers, inlier_fit.T_world_cam,
-                                        config.joint.epipolar_sigma))
+                epipolar=epipolar)
             terms, T_k = held_out_score(inlier_fit, views, k, result.T_world_cam, scorer, o,
                                         config.joint.mask_weight, steps)
-            if views.matches is not None:
-                terms, T_k = _epipolar_proposal(views, k, inliers, inlier_fit, model, T[k],
-                                                config, scorer, steps, terms, T_k, say)
+            terms, T_k = _epipolar_proposal(views, k, inliers, inlier_fit, model, T[k], config,
+                                            scorer, steps, terms, T_k, say, epipolar)
             better = terms["score"] < held[k]["score"]
             degrees = _angle_deg(T[k], T_k) if better else 0.0
             corrected[k] = (better, degrees, terms["score"])

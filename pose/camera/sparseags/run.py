@@ -207,11 +207,10 @@ def _run_with_progress(cmd: SparseAGSCommand, images, masks, cameras, lpips, pri
     total = planned_steps(len(images), cmd.config)
     matches = None
     if cmd.config.matching.enabled:
-        from geometry.threads import set_threads
         from pose.camera.sparseags.matches import find_matches
 
-        t0 = time.perf_counter()
-        matches = find_matches(images, cmd.config.matching, cmd.seed, set_threads(cmd.threads))
+        t0 = time.perf_counter()  # (run_command set torch's threads from --threads)
+        matches = find_matches(images, cmd.config.matching, cmd.seed, torch.get_num_threads())
         if matches.pairs:
             log_stage(f"matched the photos: {len(matches)} verified matches over "
                       f"{len(matches.pairs)} view pairs ({time.perf_counter() - t0:.0f} s)",
