@@ -2,9 +2,10 @@
 correction, from perturbed ground truth and from our SfM initialiser.
 
     python tests/benchmarks/bench_sparseags.py [--datasets co3d_apple dtu_scan24 generated]
-        [--rows sparseags no-correction joint-only sfm] [--views 8] [--max-size 128] [--threads 2]
-        [--rotation-noise 10] [--turn 90] [--turned-view 3] [--seed 0] [--lpips PATH
-        --lpips-backbone PATH] [--co3d-masks DIR] [--no-matches] [--landscape] [--out DIR]
+        [--rows sparseags no-correction joint-only sfm polish-study] [--views 8]
+        [--max-size 128] [--threads 2] [--rotation-noise 10] [--turn 90] [--turned-view 3]
+        [--seed 0] [--lpips PATH --lpips-backbone PATH] [--co3d-masks DIR] [--no-matches]
+        [--landscape] [--out DIR]
 
 Cases (each skipped when its data is absent):
 
@@ -28,6 +29,9 @@ Rows:
   Gaussian trainer's joint optimisation that ``recon fit`` runs, for the issue's
   comparison (a view turned by 90 degrees stays far off);
 - ``sfm``: starting from our SfM initialiser (``sfm-sparse``) on the same photos.
+- ``polish-study``: no SparseAGS run; the final polish on the matches alone, from SfM's
+  cameras and from the true ones, with SfM's intrinsics and with the true ones: mean
+  rotation error and the matches' cost at the end (where the matches' optimum lies).
 
 Every row adds the photos' feature matches (the epipolar terms, see
 :mod:`pose.camera.sparseags.matches`; matched once per case, the matching time added to each
@@ -302,6 +306,28 @@ def run_row(name: str, images, masks, start, gt, turned, config, lpips,
             "perceptual": result.perceptual_kind}
 
 
+def polish_study(case: str, matches, sfm, gt) -> None:
+    """Prints the mean rotation error after polishing on the matches alone from SfM's and
+    the true cameras, each with SfM's and the true intrinsics, and the matches' cost there."""
+    from geometry.se3 import invert_T
+    from pose.camera.sparseags import SparseAGSConfig
+    from pose.camera.sparseags.matches import _pairs_cost, polish_poses
+
+    if sfm is None:
+        return
+    sigma_scale = SparseAGSConfig().joint.epipolar_sigma
+    rows = list(range(len(gt.names)))
+    pairs = matches.subset(rows)
+    for start_name, start in (("SfM", sfm), ("true", gt)):
+        for k_name, K in (("SfM", sfm.K), ("true", gt.K)):
+            T = polish_poses(matches, K, start.T_world_cam, rows, sigma_scale)
+            cost = float(_pairs_cost(pairs, K.double(), invert_T(T), matches.sigma_px(sigma_scale)))
+            m = measure(T, gt.T_world_cam, None)
+            print(f"{case:11s} polish from {start_name:4s} cameras, {k_name:4s} intrinsics: "
+                  f"rot {measure(start.T_world_cam, gt.T_world_cam, None)['rot_mean']:5.2f} -> "
+                  f"{m['rot_mean']:5.2f} deg, matches' cost {cost:.4f}", flush=True)
+
+
 def print_row(case: str, r: dict) -> None:
     b, a = r["before"], r["after"]
 
@@ -321,7 +347,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["co3d_apple", "generated"],
                         choices=["co3d_apple", "dtu_scan24", "generated"])
     parser.add_argument("--rows", nargs="*", default=["sparseags", "no-correction", "sfm"],
-                        choices=["sparseags", "no-correction", "joint-only", "sfm"])
+                        choices=["sparseags", "no-correction", "joint-only", "sfm",
+                                 "polish-study"])
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--max-size", type=int, default=128,
                         help="longest image side in pixels")
@@ -396,6 +423,12 @@ def main() -> None:
                 initial, turned = sfm_start(loaded, gt, args.seed), None
                 if initial is None:
                     continue
+            if row == "polish-study":
+                if loaded is None or matches is None:
+                    print(f"{case_name:11s} polish-study: skipped (needs photo files and matches)")
+                    continue
+                polish_study(case_name, matches, sfm_start(loaded, gt, args.seed), gt)
+                continue
             print(f"{case_name}: {row} ...", flush=True)
             result = run_row(row, images, masks, initial, gt, turned, config, lpips,
                              matches, match_seconds)
