@@ -5,7 +5,7 @@ correction, from perturbed ground truth and from our SfM initialiser.
         [--rows sparseags no-correction joint-only sfm polish-study] [--views 8]
         [--max-size 128] [--threads 2] [--rotation-noise 10] [--turn 90] [--turned-view 3]
         [--seed 0] [--lpips PATH --lpips-backbone PATH] [--co3d-masks DIR] [--no-matches]
-        [--landscape] [--out DIR]
+        [--no-polish] [--landscape] [--out DIR]
 
 Cases (each skipped when its data is absent):
 
@@ -30,8 +30,8 @@ Rows:
   comparison (a view turned by 90 degrees stays far off);
 - ``sfm``: starting from our SfM initialiser (``sfm-sparse``) on the same photos.
 - ``polish-study``: no SparseAGS run; the final polish on the matches alone, from SfM's
-  cameras and from the true ones, with SfM's intrinsics and with the true ones: mean
-  rotation error and the matches' cost at the end (where the matches' optimum lies).
+  cameras and from the true ones, with SfM's intrinsics and with the true ones, then
+  untrimmed, on an oracle's matches and trimmed: where the matches' optimum lies.
 
 Every row adds the photos' feature matches (the epipolar terms, see
 :mod:`pose.camera.sparseags.matches`; matched once per case, the matching time added to each
@@ -307,17 +307,22 @@ def run_row(name: str, images, masks, start, gt, turned, config, lpips,
 
 
 def polish_study(case: str, matches, sfm, gt) -> None:
-    """Prints the mean rotation error after polishing on the matches alone from SfM's and
-    the true cameras, each with SfM's and the true intrinsics, and the matches' cost there."""
+    """Where the matches' optimum lies. Prints the mean rotation error after the final
+    polish on the matches alone (as SparseAGS runs it: trimmed) from SfM's and the true
+    cameras, each with SfM's and the true intrinsics, and the matches' cost there; then,
+    from SfM's cameras with SfM's intrinsics, the polish untrimmed on all the matches, on
+    only those under 0.5 px at the true cameras (an oracle), and trimmed; and how many
+    matches lie under 0.5 px at the true cameras and at the untrimmed polish's poses."""
     from geometry.se3 import invert_T
     from pose.camera.sparseags import SparseAGSConfig
-    from pose.camera.sparseags.matches import _pairs_cost, polish_poses
+    from pose.camera.sparseags.matches import _pairs_cost, _within, polish_poses
 
     if sfm is None:
         return
     sigma_scale = SparseAGSConfig().joint.epipolar_sigma
     rows = list(range(len(gt.names)))
     pairs = matches.subset(rows)
+    before = measure(sfm.T_world_cam, gt.T_world_cam, None)["rot_mean"]
     for start_name, start in (("SfM", sfm), ("true", gt)):
         for k_name, K in (("SfM", sfm.K), ("true", gt.K)):
             T = polish_poses(matches, K, start.T_world_cam, rows, sigma_scale)
@@ -326,6 +331,25 @@ def polish_study(case: str, matches, sfm, gt) -> None:
             print(f"{case:11s} polish from {start_name:4s} cameras, {k_name:4s} intrinsics: "
                   f"rot {measure(start.T_world_cam, gt.T_world_cam, None)['rot_mean']:5.2f} -> "
                   f"{m['rot_mean']:5.2f} deg, matches' cost {cost:.4f}", flush=True)
+    K = sfm.K
+
+    def under(T_world_cam, pixels: float, intrinsics=K):
+        return _within(matches, intrinsics.double(), invert_T(T_world_cam.double()), rows,
+                       pixels)
+
+    converged = polish_poses(matches, K, sfm.T_world_cam, rows, sigma_scale, trim=())
+    oracle = under(gt.T_world_cam, 0.5, gt.K)
+    clean = polish_poses(oracle, K, sfm.T_world_cam, rows, sigma_scale, trim=())
+    trimmed = polish_poses(matches, K, sfm.T_world_cam, rows, sigma_scale)
+    for name, T in (("all matches, untrimmed", converged),
+                    ("matches under 0.5 px at the truth, untrimmed", clean),
+                    ("trimmed (the default)", trimmed)):
+        m = measure(T, gt.T_world_cam, None)
+        print(f"{case:11s} polish from SfM cameras, {name}: rot {before:5.2f} -> "
+              f"{m['rot_mean']:5.2f} deg, per view {m['rot_per_view']}", flush=True)
+    print(f"{case:11s} matches under 0.5 px: {len(oracle)} of {len(matches)} at the true "
+          f"cameras, {len(under(converged, 0.5))} at the untrimmed polish's poses",
+          flush=True)
 
 
 def print_row(case: str, r: dict) -> None:
@@ -364,6 +388,8 @@ def main() -> None:
                         help="object masks of the CO3D photos (named like them)")
     parser.add_argument("--no-matches", action="store_true",
                         help="render-and-compare only (no feature matches, as the paper)")
+    parser.add_argument("--no-polish", action="store_true",
+                        help="skip the final polish of the poses on the matches")
     parser.add_argument("--landscape", action="store_true",
                         help="print the held-out view's score around its true pose first")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
@@ -411,6 +437,8 @@ def main() -> None:
                 matches = None
         for row in args.rows:
             config = SparseAGSConfig(seed=args.seed)
+            if args.no_polish:
+                config.matching.polish_iterations = 0
             initial, turned = start, args.turned_view
             if row == "no-correction":
                 config.outliers.correct = False

@@ -35,6 +35,12 @@ def _look_at(eye: torch.Tensor) -> torch.Tensor:
     return T
 
 
+def _project(X: torch.Tensor, T_world_cam: torch.Tensor) -> torch.Tensor:
+    """Pixels of the points ``X [N, 3]`` in a camera of intrinsics ``K`` at ``T_world_cam``."""
+    p = (X - T_world_cam[:3, 3]) @ T_world_cam[:3, :3]
+    return p[:, :2] / p[:, 2:] * 100.0 + torch.tensor([64.0, 48.0], dtype=torch.float64)
+
+
 def _scene(views: int = 3, points: int = 200, seed: int = 0):
     """Cameras on a ring looking at random points in a ball (not planar), and the exact
     pixel matches of every pair."""
@@ -43,10 +49,7 @@ def _scene(views: int = 3, points: int = 200, seed: int = 0):
     T = torch.stack([_look_at(torch.tensor([3 * math.cos(a), 3 * math.sin(a), 0.8],
                                            dtype=torch.float64))
                      for a in torch.linspace(0, 1.2, views).tolist()])
-    pix = []
-    for k in range(views):
-        p = (X - T[k, :3, 3]) @ T[k, :3, :3]
-        pix.append(p[:, :2] / p[:, 2:] * 100.0 + torch.tensor([64.0, 48.0], dtype=torch.float64))
+    pix = [_project(X, T[k]) for k in range(views)]
     pairs = [(i, j, pix[i], pix[j]) for i in range(views) for j in range(i + 1, views)]
     return T, Matches(pairs=pairs, sizes=[(128, 96)] * views)
 
@@ -112,6 +115,10 @@ def test_epipolar_search_finds_a_view_turned_about_the_scene():
                         K.expand(4, 3, 3), T, hypotheses, 0.0025)
 
 
+def _angle_deg(R: torch.Tensor) -> float:
+    return math.degrees(math.acos(max(-1.0, min(1.0, (float(R.trace()) - 1) / 2))))
+
+
 def test_polish_poses_brings_every_rotated_view_back_and_keeps_the_first():
     T, matches = _scene(views=4)
     start = T.clone()
@@ -120,14 +127,34 @@ def test_polish_poses_brings_every_rotated_view_back_and_keeps_the_first():
     polished = polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2, 3], 0.0025)
     torch.testing.assert_close(polished[0], T[0])
     for k in (1, 2, 3):
-        R_err = polished[k, :3, :3] @ T[k, :3, :3].T
-        angle = math.degrees(math.acos(max(-1.0, min(1.0, (float(R_err.trace()) - 1) / 2))))
-        assert angle < 0.2, (k, angle)  # from 3 degrees
-    # Views outside ``rows`` keep their poses; no steps, no change.
-    kept = polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2], 0.0025, steps=50)
+        angle = _angle_deg(polished[k, :3, :3] @ T[k, :3, :3].T)
+        assert angle < 0.01, (k, angle)  # from 3 degrees
+    # Views outside ``rows`` keep their poses; no iterations, no change.
+    kept = polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2], 0.0025, iterations=50)
     torch.testing.assert_close(kept[3], start[3])
     torch.testing.assert_close(polish_poses(matches, K.expand(4, 3, 3), start, [0, 1, 2, 3],
-                                            0.0025, steps=0), start)
+                                            0.0025, iterations=0), start)
+
+
+def test_polish_poses_trims_coherent_wrong_matches():
+    g = torch.Generator().manual_seed(3)
+    T, matches = _scene(views=4, points=200)
+    # Pair (1, 2) gets 150 more matches that agree with a wrong geometry (view 2 turned by
+    # 6 degrees), as repeated structure gives: a robust cost does not discount them.
+    extra = (torch.rand(150, 3, generator=g, dtype=torch.float64) - 0.5) * 0.7
+    pairs = [(i, j, torch.cat([a, _project(extra, T[1])]),
+              torch.cat([b, _project(extra, _turned(T[2], 6.0))])) if (i, j) == (1, 2)
+             else (i, j, a, b) for i, j, a, b in matches.pairs]
+    bad = Matches(pairs=pairs, sizes=matches.sizes)
+    start = T.clone()
+    for k, axis in ((1, (1.0, 0.2, 0.0)), (2, (0.0, 1.0, 0.3)), (3, (0.2, 0.0, 1.0))):
+        start[k] = _turned(T[k], 1.0, axis)
+    Ks = K.expand(4, 3, 3)
+    untrimmed = polish_poses(bad, Ks, start, [0, 1, 2, 3], 0.0025, trim=())
+    trimmed = polish_poses(bad, Ks, start, [0, 1, 2, 3], 0.0025)
+    pulled = max(_angle_deg(untrimmed[k, :3, :3] @ T[k, :3, :3].T) for k in (1, 2, 3))
+    kept = max(_angle_deg(trimmed[k, :3, :3] @ T[k, :3, :3].T) for k in (1, 2, 3))
+    assert pulled > 0.05 and kept < 0.01, (pulled, kept)
 
 
 class _Trainer:

@@ -125,9 +125,13 @@ class MatchConfig:
     """Affine-covariant SIFT (more matches across wide baselines and slanted surfaces)."""
     min_inliers: int = 15
     """Pairs with fewer verified matches are ignored."""
-    polish_steps: int = 3000
-    """Steps of the final pose polish on the matches alone (then the Gaussians are fitted
-    again at the polished poses); 0: none."""
+    polish_iterations: int = 300
+    """L-BFGS iterations per round of the final pose polish on the matches alone (then the
+    Gaussians are fitted again at the polished poses); 0: none."""
+    polish_trim: tuple[float, ...] = (3.0, 1.5)
+    """After the first round of the polish, one more per entry, each on only the matches
+    whose Sampson distance is under that many sigmas (``joint.epipolar_sigma``) at the poses
+    reached: wrong but verified matches otherwise set the optimum."""
 
 
 @dataclass

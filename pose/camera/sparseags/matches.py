@@ -164,34 +164,77 @@ def _pairs_cost(pairs, K: Tensor, T_cam_world: Tensor, sigma: float) -> Tensor:
     return total / max(1, count)
 
 
+def _within(matches: Matches, K: Tensor, T_cam_world: Tensor, rows: Sequence[int],
+            pixels: float) -> Matches:
+    """The matches among ``rows`` whose Sampson distance at ``T_cam_world [len(rows), 4, 4]``
+    (``K`` likewise) is under ``pixels``, renumbered to positions in ``rows``."""
+    pairs = []
+    for i, j, a, b in matches.subset(rows):
+        with torch.no_grad():
+            keep = sampson_sq(a, b, K[i], K[j], T_cam_world[i], T_cam_world[j]) < pixels ** 2
+        pairs.append((i, j, a[keep], b[keep]))
+    return Matches(pairs=pairs, sizes=[matches.sizes[k] for k in rows])
+
+
+def _lbfgs_poses(pairs, K: Tensor, T_cam_world: Tensor, sigma: float,
+                 iterations: int) -> Tensor:
+    """``T_cam_world [N, 4, 4]`` (but the first) moved to the minimum of the mean Cauchy
+    cost of ``pairs``: L-BFGS (strong Wolfe line search) on an SE(3) correction per view."""
+    from geometry.se3 import se3_exp
+
+    twist = torch.zeros(len(T_cam_world), 6, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([twist], lr=1.0, max_iter=iterations,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                                  tolerance_change=1e-15)
+
+    def closure():
+        optimiser.zero_grad()
+        cost = _pairs_cost(pairs, K, se3_exp(twist) @ T_cam_world, sigma)
+        cost.backward()
+        twist.grad[0] = 0.0
+        return cost
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return se3_exp(twist) @ T_cam_world
+
+
 def polish_poses(matches: Matches, Ks: Tensor, T_world_cam: Tensor, rows: Sequence[int],
-                 sigma_scale: float, steps: int = 3000, lr: float = 1e-3) -> Tensor:
+                 sigma_scale: float, iterations: int = 300,
+                 trim: Sequence[float] = (3.0, 1.5)) -> Tensor:
     """``T_world_cam [V, 4, 4]`` with the poses of views ``rows`` (but the first, which
-    holds the gauge) moved to lower the epipolar cost of all their matches: Adam on an
-    SE(3) correction per view, no rendering. The joint fits' poses stop a few degrees short
-    on real photos (the Gaussians of a few views bend to explain each view at its pose, so
-    the photometric terms resist the last degrees); the matches alone take the relative
-    rotations the rest of the way (CO3D apple: RRA@5 61-75 % -> 100 %)."""
-    from geometry.se3 import invert_T, se3_exp
+    holds the gauge) moved to the minimum of the epipolar cost of their matches: L-BFGS on
+    an SE(3) correction per view, no rendering, ``iterations`` at most per round. Then one
+    more round per entry of ``trim``, each on only the matches whose Sampson distance at the
+    poses reached is under that many sigmas, as bundle adjustment drops observations that
+    reproject far off.
+
+    The joint fits' poses stop a few degrees short on real photos (the Gaussians of a few
+    views bend to explain each view at its pose, so the photometric terms resist the last
+    degrees); the matches take the relative rotations the rest of the way (CO3D apple:
+    RRA@5 61-75 % -> 100 %). Run to convergence, all matches included, the wrong but
+    verified ones set the optimum (DTU scan 24 from SfM: 1.62 -> 1.57 degrees); trimmed, it
+    comes closer to the optimum of the right matches alone (1.20; 0.91 with an oracle's
+    choice)."""
+    from geometry.se3 import invert_T
 
     rows = list(rows)
     out = T_world_cam.detach().double().cpu().clone()
-    pairs = [(i, j, a.double(), b.double()) for i, j, a, b in matches.subset(rows)]
-    if len(rows) < 2 or not pairs or steps <= 0:
+    if len(rows) < 2 or iterations <= 0 or not matches.subset(rows):
         return out
-    T_cw0 = invert_T(out[rows])
+    T_cw = invert_T(out[rows])
     K = Ks[rows].double()
     sigma = matches.sigma_px(sigma_scale)
-    twist = torch.zeros(len(rows), 6, dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.Adam([twist], lr=lr)
-    for _ in range(steps):
-        cost = _pairs_cost(pairs, K, se3_exp(twist) @ T_cw0, sigma)
-        optimiser.zero_grad()
-        cost.backward()
-        twist.grad[0] = 0.0
-        optimiser.step()
-    with torch.no_grad():
-        out[rows] = invert_T(se3_exp(twist) @ T_cw0)
+    local = Matches(pairs=[(i, j, a.double(), b.double()) for i, j, a, b
+                           in matches.subset(rows)],
+                    sizes=[matches.sizes[k] for k in rows])
+    for bound in (None, *trim):
+        used = local if bound is None else _within(local, K, T_cw, range(len(rows)),
+                                                   bound * sigma)
+        if not any(len(a) for _, _, a, _ in used.pairs):
+            break
+        T_cw = _lbfgs_poses(used.pairs, K, T_cw, sigma, iterations)
+    out[rows] = invert_T(T_cw)
     return out
 
 

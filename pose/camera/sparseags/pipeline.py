@@ -350,13 +350,14 @@ def run_sparseags(images: list[Tensor], cameras, config: SparseAGSConfig,
                         device=device, extra_terms=prior_terms(used, config.joint.iterations),
                         on_step=steps)
         T = fit.T_world_cam
-    if views.matches is not None and config.matching.polish_steps > 0:
+    if views.matches is not None and config.matching.polish_iterations > 0:
         # The matches take the relative rotations the last degrees; the Gaussians follow.
         from pose.camera.sparseags.matches import polish_poses
 
         steps.set_stage("polishing the poses on the matches", config.joint.iterations)
         T = polish_poses(views.matches, views.Ks, T, list(range(v)),
-                         config.joint.epipolar_sigma, config.matching.polish_steps)
+                         config.joint.epipolar_sigma, config.matching.polish_iterations,
+                         config.matching.polish_trim)
         fit = fit_joint(views, T, config.joint, seed=config.seed + 200, rows=used,
                         optimise_poses=False, device=device, on_step=steps)
         say("polished the poses on the feature matches and refitted the Gaussians")
