@@ -322,30 +322,30 @@ def polish_study(case: str, matches, sfm, gt) -> None:
     sigma_scale = SparseAGSConfig().joint.epipolar_sigma
     rows = list(range(len(gt.names)))
     pairs = matches.subset(rows)
-    before = measure(sfm.T_world_cam, gt.T_world_cam, None)["rot_mean"]
     for start_name, start in (("SfM", sfm), ("true", gt)):
+        start_rot = measure(start.T_world_cam, gt.T_world_cam, None)["rot_mean"]
         for k_name, K in (("SfM", sfm.K), ("true", gt.K)):
             T = polish_poses(matches, K, start.T_world_cam, rows, sigma_scale)
             cost = float(_pairs_cost(pairs, K.double(), invert_T(T), matches.sigma_px(sigma_scale)))
             m = measure(T, gt.T_world_cam, None)
             print(f"{case:11s} polish from {start_name:4s} cameras, {k_name:4s} intrinsics: "
-                  f"rot {measure(start.T_world_cam, gt.T_world_cam, None)['rot_mean']:5.2f} -> "
-                  f"{m['rot_mean']:5.2f} deg, matches' cost {cost:.4f}", flush=True)
+                  f"rot {start_rot:5.2f} -> {m['rot_mean']:5.2f} deg, matches' cost "
+                  f"{cost:.4f}", flush=True)
     K = sfm.K
 
     def under(T_world_cam, pixels: float, intrinsics=K):
-        return _within(matches, intrinsics.double(), invert_T(T_world_cam.double()), rows,
-                       pixels)
+        return _within(matches, intrinsics.double(), invert_T(T_world_cam.double()), pixels)
 
     converged = polish_poses(matches, K, sfm.T_world_cam, rows, sigma_scale, trim=())
     oracle = under(gt.T_world_cam, 0.5, gt.K)
     clean = polish_poses(oracle, K, sfm.T_world_cam, rows, sigma_scale, trim=())
     trimmed = polish_poses(matches, K, sfm.T_world_cam, rows, sigma_scale)
+    sfm_rot = measure(sfm.T_world_cam, gt.T_world_cam, None)["rot_mean"]
     for name, T in (("all matches, untrimmed", converged),
                     ("matches under 0.5 px at the truth, untrimmed", clean),
                     ("trimmed (the default)", trimmed)):
         m = measure(T, gt.T_world_cam, None)
-        print(f"{case:11s} polish from SfM cameras, {name}: rot {before:5.2f} -> "
+        print(f"{case:11s} polish from SfM cameras, {name}: rot {sfm_rot:5.2f} -> "
               f"{m['rot_mean']:5.2f} deg, per view {m['rot_per_view']}", flush=True)
     print(f"{case:11s} matches under 0.5 px: {len(oracle)} of {len(matches)} at the true "
           f"cameras, {len(under(converged, 0.5))} at the untrimmed polish's poses",
@@ -435,6 +435,9 @@ def main() -> None:
                   flush=True)
             if not matches.pairs:
                 matches = None
+        # Our SfM initialiser's cameras, run once for every row that starts from them.
+        sfm = (sfm_start(loaded, gt, args.seed)
+               if loaded is not None and {"sfm", "polish-study"} & set(args.rows) else None)
         for row in args.rows:
             config = SparseAGSConfig(seed=args.seed)
             if args.no_polish:
@@ -448,14 +451,14 @@ def main() -> None:
                 if loaded is None:
                     print(f"{case_name:11s} sfm: skipped (no photo files to run SfM on)")
                     continue
-                initial, turned = sfm_start(loaded, gt, args.seed), None
+                initial, turned = sfm, None
                 if initial is None:
                     continue
             if row == "polish-study":
                 if loaded is None or matches is None:
                     print(f"{case_name:11s} polish-study: skipped (needs photo files and matches)")
                     continue
-                polish_study(case_name, matches, sfm_start(loaded, gt, args.seed), gt)
+                polish_study(case_name, matches, sfm, gt)
                 continue
             print(f"{case_name}: {row} ...", flush=True)
             result = run_row(row, images, masks, initial, gt, turned, config, lpips,
