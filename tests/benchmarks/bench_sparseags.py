@@ -2,10 +2,11 @@
 correction, from perturbed ground truth and from our SfM initialiser.
 
     python tests/benchmarks/bench_sparseags.py [--datasets co3d_apple dtu_scan24 generated]
-        [--rows sparseags no-correction joint-only sfm polish-study] [--views 8]
+        [--rows sparseags no-correction joint-only sfm aden polish-study] [--views 8]
         [--max-size 128] [--threads 2] [--rotation-noise 10] [--turn 90] [--turned-view 3]
         [--seed 0] [--lpips PATH --lpips-backbone PATH] [--co3d-masks DIR] [--no-matches]
-        [--no-polish] [--landscape] [--out DIR]
+        [--no-polish] [--landscape] [--aden-checkpoint CK] [--aden-select argmax|mean]
+        [--out DIR]
 
 Cases (each skipped when its data is absent):
 
@@ -29,6 +30,9 @@ Rows:
   Gaussian trainer's joint optimisation that ``recon fit`` runs, for the issue's
   comparison (a view turned by 90 degrees stays far off);
 - ``sfm``: starting from our SfM initialiser (``sfm-sparse``) on the same photos.
+- ``aden``: starting from ADen's cameras of the same photos (``--aden-checkpoint CK``, a
+  ``pose aden train`` checkpoint; its assumed intrinsics, as ``pose aden predict`` writes
+  them); also prints ADen's time for the set.
 - ``polish-study``: no SparseAGS run; the final polish on the matches alone, from SfM's
   cameras and from the true ones, with SfM's intrinsics and with the true ones, then
   untrimmed, on an oracle's matches and trimmed: where the matches' optimum lies.
@@ -258,6 +262,21 @@ def sfm_start(loaded, cameras_gt, seed: int):
                    width=cameras_gt.width, height=cameras_gt.height, names=cameras_gt.names)
 
 
+def aden_start(images, cameras_gt, checkpoint: Path, seed: int, select: str):
+    """``(cameras, seconds)``: ADen's cameras of the photos (what ``pose aden predict``
+    writes) and the time it took, the model loaded beforehand."""
+    from geometry.cameras import Cameras
+    from pose.camera.aden.predict import AdenEstimator
+
+    estimator = AdenEstimator(checkpoint, seed=seed, select=select)
+    estimator.estimate(images[:2])  # warm up
+    t0 = time.perf_counter()
+    cams = estimator.estimate(images).cameras
+    seconds = time.perf_counter() - t0
+    return Cameras(K=cams.K.clone(), T_world_cam=cams.T_world_cam, width=cams.width,
+                   height=cams.height, names=cameras_gt.names), seconds
+
+
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -367,11 +386,13 @@ def print_row(case: str, r: dict) -> None:
 
 
 def main() -> None:
+    from pose.camera.aden.model import SELECTIONS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["co3d_apple", "generated"],
                         choices=["co3d_apple", "dtu_scan24", "generated"])
     parser.add_argument("--rows", nargs="*", default=["sparseags", "no-correction", "sfm"],
-                        choices=["sparseags", "no-correction", "joint-only", "sfm",
+                        choices=["sparseags", "no-correction", "joint-only", "sfm", "aden",
                                  "polish-study"])
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--max-size", type=int, default=128,
@@ -392,8 +413,15 @@ def main() -> None:
                         help="skip the final polish of the poses on the matches")
     parser.add_argument("--landscape", action="store_true",
                         help="print the held-out view's score around its true pose first")
+    parser.add_argument("--aden-checkpoint", type=Path, default=None,
+                        help="a pose aden train checkpoint: the aden row starts from its "
+                             "cameras")
+    parser.add_argument("--aden-select", choices=SELECTIONS, default="argmax",
+                        help="how ADen picks its pose (pose aden predict --select)")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
     args = parser.parse_args()
+    if "aden" in args.rows and args.aden_checkpoint is None:
+        parser.exit(2, "error: the aden row needs --aden-checkpoint CK\n")
 
     import torch
 
@@ -454,6 +482,12 @@ def main() -> None:
                 initial, turned = sfm, None
                 if initial is None:
                     continue
+            elif row == "aden":
+                initial, aden_seconds = aden_start(images, gt, args.aden_checkpoint,
+                                                   args.seed, args.aden_select)
+                turned = None
+                print(f"{case_name:11s} aden: {len(images)} cameras in {aden_seconds:.2f} s "
+                      f"(--select {args.aden_select})", flush=True)
             if row == "polish-study":
                 if loaded is None or matches is None:
                     print(f"{case_name:11s} polish-study: skipped (needs photo files and matches)")
