@@ -65,6 +65,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--grid-size", type=int, default=20000)
     parser.add_argument("--hypotheses", type=int, default=500)
+    parser.add_argument("--queries", type=int, default=AdenConfig.queries,
+                        help="ADen's learnable queries: hypotheses per view in training")
+    parser.add_argument("--random-negatives", type=int, default=AdenConfig.random_negatives,
+                        help="uniformly random rotations per pair among the discriminator's "
+                             "candidates in training")
+    parser.add_argument("--local-negatives", type=int, default=AdenConfig.local_negatives,
+                        help="turns of the true rotation per pair among those candidates")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0, help="rendering processes")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
@@ -109,7 +116,9 @@ def main() -> None:
                          grid_size=args.grid_size, view_frames=not args.no_view_frames,
                          patch_tokens=args.patch_tokens,
                          generated_negatives=not args.no_generated_negatives,
-                         rank_temperature_deg=args.rank_temperature_deg)
+                         rank_temperature_deg=args.rank_temperature_deg,
+                         queries=args.queries, random_negatives=args.random_negatives,
+                         local_negatives=args.local_negatives)
         train = AdenTrainConfig(steps=10**7, batch=args.batch, views=args.views, lr=args.lr,
                                 warmup_steps=50)
         model = build_model(cfg, seed=0)
