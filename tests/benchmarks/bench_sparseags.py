@@ -262,13 +262,12 @@ def sfm_start(loaded, cameras_gt, seed: int):
                    width=cameras_gt.width, height=cameras_gt.height, names=cameras_gt.names)
 
 
-def aden_start(images, cameras_gt, checkpoint: Path, seed: int, select: str):
-    """``(cameras, seconds)``: ADen's cameras of the photos (what ``pose aden predict``
-    writes) and the time it took, the model loaded beforehand."""
+def aden_start(images, cameras_gt, estimator):
+    """``(cameras, seconds)``: the cameras of the photos by ``estimator`` (an
+    :class:`~pose.camera.aden.predict.AdenEstimator`: what ``pose aden predict`` writes)
+    and the time it took."""
     from geometry.cameras import Cameras
-    from pose.camera.aden.predict import AdenEstimator
 
-    estimator = AdenEstimator(checkpoint, seed=seed, select=select)
     estimator.estimate(images[:2])  # warm up
     t0 = time.perf_counter()
     cams = estimator.estimate(images).cameras
@@ -425,6 +424,12 @@ def main() -> None:
 
     import torch
 
+    aden = None
+    if "aden" in args.rows:  # loaded once for every case
+        from pose.camera.aden.predict import AdenEstimator
+
+        aden = AdenEstimator(args.aden_checkpoint, seed=args.seed, select=args.aden_select)
+
     from pose.camera.sparseags import SparseAGSConfig
 
     torch.set_num_threads(args.threads)
@@ -483,8 +488,7 @@ def main() -> None:
                 if initial is None:
                     continue
             elif row == "aden":
-                initial, aden_seconds = aden_start(images, gt, args.aden_checkpoint,
-                                                   args.seed, args.aden_select)
+                initial, aden_seconds = aden_start(images, gt, aden)
                 turned = None
                 print(f"{case_name:11s} aden: {len(images)} cameras in {aden_seconds:.2f} s "
                       f"(--select {args.aden_select})", flush=True)

@@ -199,8 +199,8 @@ def _lbfgs_poses(pairs, K: Tensor, T_cam_world: Tensor, sigma: float,
 
 
 def polish_poses(matches: Matches, Ks: Tensor, T_world_cam: Tensor, rows: Sequence[int],
-                 sigma_scale: float, iterations: int = 300,
-                 trim: Sequence[float] = (3.0, 1.5)) -> Tensor:
+                 sigma_scale: float, iterations: int = MatchConfig.polish_iterations,
+                 trim: Sequence[float] = MatchConfig.polish_trim) -> Tensor:
     """``T_world_cam [V, 4, 4]`` with the poses of views ``rows`` (but the first, which
     holds the gauge) moved to the minimum of the epipolar cost of their matches: L-BFGS on
     an SE(3) correction per view, no rendering, ``iterations`` at most per round. Then one
