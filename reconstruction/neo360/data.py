@@ -160,11 +160,44 @@ def _batch(scene: SceneViews, src: list[int], views: np.ndarray, rows: np.ndarra
                  rays, rgb.to(device), patch)
 
 
+_MIRROR_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
+
+
+def augment_scene(scene: SceneViews, rng: np.random.Generator) -> SceneViews:
+    """The same scene in another field frame: turned by a random yaw about the up axis
+    (z), and with probability 1/2 mirrored left-right (world x and every view's image
+    columns, so camera-to-world ``F T S`` with ``F = S = diag(-1, 1, 1)``; the images stay
+    consistent, shading and shadows included, for a principal point at the image centre).
+    Gives the triplanes other layouts of the same scenes (the ground plane stays xy)."""
+    yaw = float(rng.uniform(0.0, 2.0 * np.pi))
+    mirror = bool(rng.random() < 0.5)
+    c, s = np.cos(yaw), np.sin(yaw)
+    Rz = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    cams = scene.cameras
+    T = cams.T_world_cam.clone()
+    R, t = T[..., :3, :3], T[..., :3, 3]
+    if mirror:
+        F = _MIRROR_X.to(T)
+        R, t = F @ R @ F, t @ F
+    T[..., :3, :3] = Rz.to(T) @ R
+    T[..., :3, 3] = t @ Rz.to(T).T
+    moved = Cameras(K=cams.K, T_world_cam=T, width=cams.width, height=cams.height,
+                    names=cams.names)
+    if not mirror:
+        return SceneViews(scene.images, moved, scene.name, scene.depth)
+    depth = None if scene.depth is None else scene.depth.flip(2)
+    return SceneViews(scene.images.flip(2), moved, scene.name, depth)
+
+
 def make_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: int,
-               num_rays: int, device: str | torch.device = "cpu") -> Batch:
+               num_rays: int, device: str | torch.device = "cpu", augment: bool = False
+               ) -> Batch:
     """A random scene, ``num_sources`` spread views, and ``num_rays`` random pixels of the
-    other views (targets never include the sources)."""
+    other views (targets never include the sources); with ``augment``, the scene in a
+    random field frame (:func:`augment_scene`)."""
     scene = scenes[int(rng.integers(len(scenes)))]
+    if augment:
+        scene = augment_scene(scene, rng)
     _, H, W, _ = scene.images.shape
     src, others = _sources(scene, rng, num_sources)
     views = rng.choice(others, size=num_rays)
@@ -173,10 +206,13 @@ def make_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: 
 
 
 def make_patch_batch(scenes: list[SceneViews], rng: np.random.Generator, num_sources: int,
-                     patches: int, patch: int, device: str | torch.device = "cpu") -> Batch:
+                     patches: int, patch: int, device: str | torch.device = "cpu",
+                     augment: bool = False) -> Batch:
     """Like :func:`make_batch`, but the targets are ``patches`` whole ``patch x patch``
     patches (random views among the others, random places), for a patch loss (LPIPS)."""
     scene = scenes[int(rng.integers(len(scenes)))]
+    if augment:
+        scene = augment_scene(scene, rng)
     _, H, W, _ = scene.images.shape
     if patch > min(H, W):
         raise ValueError(f"a {patch} px patch does not fit {W}x{H} images")

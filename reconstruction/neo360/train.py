@@ -79,6 +79,9 @@ class TrainOptions:
     patch_size: int = 32
     """Side (pixels) of the target patches of the second stage (AlexNet LPIPS needs at
     least 31, VGG-16 16); ``num_rays // patch_size^2`` patches per step, at least one."""
+    augment: bool = False
+    """Each step's scene in a random field frame: a random yaw about the up axis and, half
+    the time, mirrored left-right (data.augment_scene)."""
     log_every: int = 20
     checkpoint_every_s: float = 300.0
 
@@ -182,8 +185,9 @@ def _train(scenes: list[SceneViews], config: NeO360Config, options: TrainOptions
         rng = np.random.default_rng([options.seed, step, rank])
         if lpips is not None and step >= options.lpips_start:
             return make_patch_batch(scenes, rng, options.num_sources, patches,
-                                    options.patch_size, dist.device)
-        return make_batch(scenes, rng, options.num_sources, options.num_rays, dist.device)
+                                    options.patch_size, dist.device, options.augment)
+        return make_batch(scenes, rng, options.num_sources, options.num_rays, dist.device,
+                          options.augment)
 
     def loss_fn(m, batch: Batch) -> dict[str, Tensor]:
         return loss_terms(m, batch, options, lpips=lpips)

@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--select", choices=SELECTIONS, default="argmax",
                         help="how ADen picks its pose: the discriminator's argmax (the "
                              "paper's) or the chordal mean of its hypotheses")
+    parser.add_argument("--mirror", action="store_true",
+                        help="mirror each training sequence left-right with probability 1/2")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -120,7 +122,7 @@ def main() -> None:
                          queries=args.queries, random_negatives=args.random_negatives,
                          local_negatives=args.local_negatives)
         train = AdenTrainConfig(steps=10**7, batch=args.batch, views=args.views, lr=args.lr,
-                                warmup_steps=50)
+                                warmup_steps=50, mirror=args.mirror)
         model = build_model(cfg, seed=0)
         opt = torch.optim.AdamW(model.parameters(), lr=train.lr,
                                 weight_decay=train.weight_decay)

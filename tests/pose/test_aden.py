@@ -18,6 +18,7 @@ from pose.camera.aden.data import (
     PoseSequence,
     batch_from,
     look_at_point,
+    mirror_relative,
     poses_from_relative,
     relative_poses,
 )
@@ -535,3 +536,60 @@ def test_grid_inference_is_the_argmax_of_the_grid() -> None:
     probe = random_rotation((50,), generator=torch.Generator().manual_seed(9))
     nearest = rotation_angle_deg(probe[:, None], grid[None]).min(-1).values
     assert float(nearest.max()) < 120.0
+
+
+def _reprojection_colour_error(images: torch.Tensor, depth: torch.Tensor, K: torch.Tensor,
+                               R: torch.Tensor, t: torch.Tensor) -> float:
+    """Median colour difference between view j's object pixels and where view j's depth
+    and the relative pose (cam_j -> cam_0: ``x0 = R x_j + t``) put them in view 0."""
+    h, w = depth.shape[-2:]
+    v, u = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    errs = []
+    for j in range(1, images.shape[0]):
+        ok = depth[j] > 0
+        z = depth[j][ok].double()
+        x = torch.stack([(u[ok] - K[0, 2]) / K[0, 0] * z, (v[ok] - K[1, 2]) / K[1, 1] * z, z], -1)
+        x0 = x @ R[j - 1].T + t[j - 1]
+        uu = (K[0, 0] * x0[:, 0] / x0[:, 2] + K[0, 2]).floor().long()
+        vv = (K[1, 1] * x0[:, 1] / x0[:, 2] + K[1, 2]).floor().long()
+        inside = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+        errs.append((images[0][vv[inside], uu[inside]] - images[j][ok][inside]).abs().sum(-1))
+    return float(torch.cat(errs).median())
+
+
+def test_mirrored_views_match_the_mirrored_relative_poses() -> None:
+    # The rendered views, flipped left-right, are consistent with mirror_relative's poses
+    # (and not with the unmirrored ones): each object pixel of views 1-3, moved by its depth
+    # and the relative pose into view 0, lands on the same colour.
+    from reconstruction.procedural.objects import ObjectSequenceConfig, object_sequence
+
+    seq = object_sequence(3, ObjectSequenceConfig(image_size=48, views=4, supersample=1,
+                                                  azimuth_span_deg=60.0))
+    K = seq.cameras.K[0]
+    assert float(K[0, 2]) == pytest.approx(24.0)  # the flip is a reflection about cx
+    T = seq.cameras.T_world_cam
+    rel = torch.linalg.inv(T[:1]) @ T[1:]
+    R, t = rel[:, :3, :3], rel[:, :3, 3]
+    plain = _reprojection_colour_error(seq.images, seq.depth, K, R, t)
+    flipped = (seq.images.flip(-2), seq.depth.flip(-1))  # [V, H, W, 3], [V, H, W]
+    Rm, tm = mirror_relative(R, t)
+    mirrored = _reprojection_colour_error(*flipped, K, Rm, tm)
+    wrong = _reprojection_colour_error(*flipped, K, R, t)
+    assert plain < 0.2 and mirrored == pytest.approx(plain, abs=1e-6)
+    assert wrong > 2.5 * plain
+    # batches: a mirrored sequence has its views flipped and its poses mirrored
+    seq0 = _sequences(1, frames=3)[0]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(12):
+        b = batch_from([seq0], 1, 3, rng, mirror=True)
+        flipped = not any(torch.equal(b["images"][0, 0], im.float() / 255) for im in seq0.images)
+        views = seq0.images.flip(-1) if flipped else seq0.images
+        pick = [next(k for k in range(3) if torch.equal(b["images"][0, i], views[k].float() / 255))
+                for i in range(3)]
+        R, t, _ = relative_poses(seq0.T_world_cam[pick])
+        if flipped:
+            R, t = mirror_relative(R, t)
+        assert torch.allclose(b["R_rel"][0], R.float()) and torch.allclose(b["t_rel"][0], t.float())
+        seen.add(flipped)
+    assert seen == {True, False}

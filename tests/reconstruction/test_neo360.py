@@ -618,3 +618,53 @@ def test_evaluate_splits_the_error_by_region(outdoor_scenes):
     plain = [s.__class__(s.images, s.cameras, s.name) for s in outdoor_scenes]
     assert "regions" not in evaluate(model, plain, num_sources=3, num_targets=1)
 
+
+
+def _reprojected_colour_error(scene, i: int, j: int) -> float:
+    """Median colour difference between view j's surface pixels and where their depth and
+    the cameras put them in view i."""
+    from reconstruction.field.rays import camera_rays
+
+    rays = camera_rays(scene.cameras[[j]]).reshape(*scene.images.shape[1:3])
+    z = scene.depth[j]
+    ok = z > 0
+    x = rays.origins[ok] + (z[ok] / rays.z_per_t[ok])[:, None] * rays.directions[ok]
+    T_cam_world = torch.linalg.inv(scene.cameras.T_world_cam[i])
+    xc = x @ T_cam_world[:3, :3].T + T_cam_world[:3, 3]
+    uv = xc @ scene.cameras.K[i].T
+    u, v = (uv[:, 0] / uv[:, 2]).floor().long(), (uv[:, 1] / uv[:, 2]).floor().long()
+    H, W = z.shape
+    inside = (xc[:, 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    diff = scene.images[i][v[inside], u[inside]] - scene.images[j][ok][inside]
+    return float(diff.abs().sum(-1).median())
+
+
+def test_augmented_scene_is_the_same_scene_in_another_frame(outdoor_scenes) -> None:
+    # A random yaw and a left-right mirror: the flipped views stay consistent with the moved
+    # cameras (each surface pixel of view 1, moved by its depth into view 0, lands on its
+    # colour), the up axis stays z, and the mirror is drawn about half the time.
+    from reconstruction.neo360.data import augment_scene
+
+    scene = outdoor_scenes[0]
+    W = scene.images.shape[2]
+    assert float(scene.cameras.K[0, 0, 2]) == pytest.approx(W / 2)  # the flip: about cx
+    base = _reprojected_colour_error(scene, 0, 1)
+    rng = np.random.default_rng(0)
+    mirrored = 0
+    for _ in range(6):
+        moved = augment_scene(scene, rng)
+        flipped = not torch.equal(moved.images, scene.images)
+        mirrored += flipped
+        assert _reprojected_colour_error(moved, 0, 1) == pytest.approx(base, abs=0.02)
+        # the cameras' heights and their distances from the centre are kept
+        t0, t1 = scene.cameras.T_world_cam[:, :3, 3], moved.cameras.T_world_cam[:, :3, 3]
+        assert torch.allclose(t0[:, 2], t1[:, 2], atol=1e-5)
+        assert torch.allclose(t0.norm(dim=-1), t1.norm(dim=-1), atol=1e-5)
+        assert torch.linalg.det(moved.cameras.T_world_cam[:, :3, :3]).allclose(
+            torch.ones(len(scene.images)), atol=1e-5)
+        if flipped:  # flipped images with unmirrored cameras are not consistent
+            from reconstruction.neo360.data import SceneViews
+
+            wrong = SceneViews(moved.images, scene.cameras, depth=moved.depth)
+            assert _reprojected_colour_error(wrong, 0, 1) > base + 0.1
+    assert 0 < mirrored < 6

@@ -137,6 +137,9 @@ class AdenTrainConfig:
     """Steps between progress/log updates."""
     seed: int = 0
     """Seed of the model initialisation and of the batch sampling."""
+    mirror: bool = False
+    """Mirror each training sequence left-right with probability 1/2 (its relative poses
+    conjugated by diag(-1, 1, 1)): twice the distinct sequences."""
 
     def view_range(self) -> tuple[int, int]:
         """``(min, max)`` views parsed from :attr:`views` (ValueError when malformed)."""

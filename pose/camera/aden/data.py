@@ -104,9 +104,25 @@ def poses_from_relative(R: Tensor, t: Tensor) -> Tensor:
     return T
 
 
+# Mirroring every view of a sequence left-right shows the mirrored scene (a physically
+# consistent one: shading and shadows mirror with it), whose cameras are F T S for a world
+# reflection F and the camera-frame reflection S = diag(-1, 1, 1): first-view-relative
+# poses become S R S and S t.
+_MIRROR = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+
+
+def mirror_relative(R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """First-view-relative poses ``R [..., 3, 3]``, ``t [..., 3]`` of the left-right mirrored
+    views (images flipped along their width, principal point at the centre)."""
+    s = _MIRROR.to(R.dtype)
+    return R * s[:, None] * s[None, :], t * s.to(t.dtype)
+
+
 def batch_from(sequences: list[PoseSequence], batch: int, views: int,
-               rng: np.random.Generator) -> dict:
-    """``batch`` sequences with ``views`` random views each, the first view random too.
+               rng: np.random.Generator, mirror: bool = False) -> dict:
+    """``batch`` sequences with ``views`` random views each, the first view random too;
+    with ``mirror``, each sequence is mirrored left-right (:func:`mirror_relative`) with
+    probability 1/2.
 
     Returns ``images [B, V, 3, S, S]`` float in [0, 1], ``R_rel [B, V-1, 3, 3]``,
     ``t_rel [B, V-1, 3]`` (float32) and ``seed`` (for the negatives' sampling).
@@ -115,8 +131,12 @@ def batch_from(sequences: list[PoseSequence], batch: int, views: int,
     for i in rng.integers(0, len(sequences), batch):
         seq = sequences[int(i)]
         pick = torch.from_numpy(rng.choice(len(seq.images), views, replace=False))
-        images.append(seq.images[pick])
         R, t, _ = relative_poses(seq.T_world_cam[pick])
+        if mirror and rng.random() < 0.5:
+            images.append(seq.images[pick].flip(-1))
+            R, t = mirror_relative(R, t)
+        else:
+            images.append(seq.images[pick])
         Rs.append(R)
         ts.append(t)
     return {"images": torch.stack(images).float() / 255.0,

@@ -65,7 +65,7 @@ def make_batch_fn(sequences: list[PoseSequence], train: AdenTrainConfig,
     def batch_fn(step: int, rank: int, world_size: int) -> dict:
         views = int(np.random.default_rng([train.seed, step]).integers(lo, hi + 1))
         rng = np.random.default_rng([train.seed, step, rank, world_size])
-        batch = batch_from(sequences, train.batch, views, rng)
+        batch = batch_from(sequences, train.batch, views, rng, train.mirror)
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
