@@ -13,7 +13,8 @@ temporary folder).
 
 The defaults are the recipe that learns from scratch on 2 CPU cores: 32 px views, a
 3-stage ResNet (16/32/64), 4 x 4 feature-map tokens per view in the fusion transformer,
-learned per-view frames (AdenConfig.view_frames), AdamW at 1e-3, 2-8 views per step. Metrics
+learned per-view frames (AdenConfig.view_frames), AdamW at 1e-3, 2-8 views per step, each
+training sequence mirrored left-right half the time (--no-mirror: not). Metrics
 are :func:`geometry.pose_metrics.relpose_metrics` averaged over the held-out sets (through
 :func:`pose.camera.aden.evaluate.evaluate`); "ms/set" is the inference time per set in
 batches of 16 sets, "ms / one 8-view set" one set alone.
@@ -90,8 +91,9 @@ def main() -> None:
     parser.add_argument("--select", choices=SELECTIONS, default="argmax",
                         help="how ADen picks its pose: the discriminator's argmax (the "
                              "paper's) or the chordal mean of its hypotheses")
-    parser.add_argument("--mirror", action="store_true",
-                        help="mirror each training sequence left-right with probability 1/2")
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                        help="mirror each training sequence left-right with probability 1/2 "
+                             "(AdenTrainConfig.mirror; --no-mirror: the recipe before)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
