@@ -94,6 +94,8 @@ def main() -> None:
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="mirror each training sequence left-right with probability 1/2 "
                              "(AdenTrainConfig.mirror; --no-mirror: the recipe before)")
+    parser.add_argument("--mirror-views", action="store_true",
+                        help="at inference, also estimate from the mirrored views and average")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -135,12 +137,13 @@ def main() -> None:
                          log_every=20, desc=f"ADen ({mode})")
         result = train_loop(model, opt, make_batch_fn(train_seqs, train), lambda m, b: m(b),
                             loop)
-        metrics = evaluate(model, eval_seqs, VIEWS, seed=args.seed, select=args.select)
+        metrics = evaluate(model, eval_seqs, VIEWS, seed=args.seed, select=args.select,
+                           mirror_views=args.mirror_views)
         one = eval_seqs[0].images[None].float() / 255.0  # one 8-view set, alone
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            model.predict(one, seed=args.seed, select=args.select)
+            model.predict(one, seed=args.seed, select=args.select, mirror_views=args.mirror_views)
             times.append(time.perf_counter() - t0)
         metrics["seconds_one_set"] = min(times)
         metrics["steps"] = result.step

@@ -593,3 +593,36 @@ def test_mirrored_views_match_the_mirrored_relative_poses() -> None:
         assert torch.allclose(b["R_rel"][0], R.float()) and torch.allclose(b["t_rel"][0], t.float())
         seen.add(flipped)
     assert seen == {True, False}
+
+
+@pytest.mark.parametrize("mode,select", [("aden", "argmax"), ("aden", "mean"),
+                                         ("regression", "argmax")])
+def test_mirror_views_averages_the_estimate_and_its_mirror(mode: str, select: str) -> None:
+    # mirror_views: the chordal mean of the plain estimate and the mirrored views' estimate
+    # mirrored back; so the views mirrored give the estimate mirrored.
+    torch.manual_seed(0)
+    net = AdenNet(AdenConfig(**{**TINY, "mode": mode})).eval()
+    images = torch.rand(2, 3, 3, 32, 32)
+    R1, t1, p1 = net.predict(images, seed=5, select=select)
+    R2, t2, p2 = net.predict(images.flip(-1), seed=5, select=select)
+    R2m, t2m = mirror_relative(R2, t2)
+    R, t, prob = net.predict(images, seed=5, select=select, mirror_views=True)
+    for b in range(2):
+        for j in range(1, 3):  # the mean of two rotations: halfway along their geodesic
+            half = R1[b, j] @ axis_angle_to_matrix(
+                0.5 * _log(R1[b, j].T @ R2m[b, j]))
+            assert torch.allclose(R[b, j], half, atol=1e-5)
+    assert torch.allclose(R[:, 0], torch.eye(3).expand(2, 3, 3))
+    assert torch.allclose(t, (t1 + t2m) / 2, atol=1e-6)
+    assert torch.allclose(prob, (p1 + p2) / 2)
+    assert not torch.allclose(R1, R2m, atol=1e-3)  # the two estimates differ
+    Rf, tf, _ = net.predict(images.flip(-1), seed=5, select=select, mirror_views=True)
+    Rfm, tfm = mirror_relative(Rf, tf)
+    assert torch.allclose(Rfm, R, atol=1e-5) and torch.allclose(tfm, t, atol=1e-6)
+
+
+def _log(R: torch.Tensor) -> torch.Tensor:
+    """Axis-angle of a rotation (angle below pi)."""
+    angle = torch.arccos(((R.diagonal().sum() - 1) / 2).clamp(-1, 1))
+    w = torch.stack([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    return w * (angle / (2 * torch.sin(angle)))

@@ -35,7 +35,7 @@ def _summary(per_set: list[dict[str, float]], pairs: int) -> dict[str, float]:
 
 def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[int, ...],
              seed: int = 0, batch: int = 16, sets_per_sequence: int = 1,
-             select: str = "argmax") -> dict:
+             select: str = "argmax", mirror_views: bool = False) -> dict:
     """Metrics of ``model`` per view count (and per category / symmetry group).
 
     Each sequence gives ``sets_per_sequence`` view sets (random orders of its frames; per
@@ -61,7 +61,8 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
             chunk = usable[k:k + batch]
             images = torch.stack([s.images[torch.as_tensor(o)] for s, o in chunk]).float() / 255
             start = time.perf_counter()
-            R, t, _ = model.predict(images.to(device), seed=seed, select=select)
+            extra = {"mirror_views": True} if mirror_views else {}  # (plain stand-ins)
+            R, t, _ = model.predict(images.to(device), seed=seed, select=select, **extra)
             R, t = R.cpu(), t.cpu()  # waits for the device: the timing is the whole predict
             seconds += time.perf_counter() - start
             for b, (seq, order) in enumerate(chunk):
@@ -96,10 +97,11 @@ def run_eval(checkpoint: Path, synthetic: bool, co3d: Path | None, out: Path, se
              sequences_count: int, frames: int, view_counts: tuple[int, ...],
              supersample: int = 1, cache: str | None = None, workers: int = 0,
              background: bool = True, sets_per_sequence: int = 1,
-             quiet: bool = False, device: str = "cpu", select: str = "argmax") -> dict:
+             quiet: bool = False, device: str = "cpu", select: str = "argmax",
+             mirror_views: bool = False) -> dict:
     """Evaluate a checkpoint on ``device`` (``cpu``, ``cuda``, ``cuda:N``); write
-    ``out/metrics.json`` and print the table. ``select``: how ADen picks its pose
-    (:meth:`~pose.camera.aden.model.AdenNet.predict`)."""
+    ``out/metrics.json`` and print the table. ``select``, ``mirror_views``: how ADen picks
+    its pose (:meth:`~pose.camera.aden.model.AdenNet.predict`)."""
     from rich.console import Console
 
     from geometry.device import check_device
@@ -125,9 +127,11 @@ def run_eval(checkpoint: Path, synthetic: bool, co3d: Path | None, out: Path, se
     if sets_per_sequence < 1:
         raise UserError(f"--sets-per-sequence {sets_per_sequence} must be at least 1.")
     metrics = evaluate(model, sequences, tuple(view_counts), seed=seed,
-                       sets_per_sequence=sets_per_sequence, select=select)
+                       sets_per_sequence=sets_per_sequence, select=select,
+                       mirror_views=mirror_views)
     metrics["model"] = model.config.mode
     metrics["select"] = select
+    metrics["mirror_views"] = mirror_views
     metrics["checkpoint"] = str(checkpoint)
     Path(out).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")

@@ -29,7 +29,8 @@ class AdenEstimator:
     """``estimate(images) -> CameraPoseResult`` with a trained :class:`AdenNet`."""
 
     def __init__(self, model: AdenNet | str | Path, seed: int = 0,
-                 device: str = "cpu", select: str = "argmax") -> None:
+                 device: str = "cpu", select: str = "argmax",
+                 mirror_views: bool = False) -> None:
         if select not in SELECTIONS:
             raise UserError(f"--select {select} is not one of {', '.join(SELECTIONS)}.")
         if not isinstance(model, AdenNet):
@@ -39,6 +40,7 @@ class AdenEstimator:
         self.model = model.eval()
         self.seed = seed
         self.select = select
+        self.mirror_views = mirror_views
         self.last_scores: Tensor | None = None
 
     def estimate(self, images: list[Tensor], masks: list[Tensor] | None = None,
@@ -58,7 +60,7 @@ class AdenEstimator:
         device = next(self.model.parameters()).device
         x = prepare_images(images, self.model.config.image_size).float().div(255.0)
         R, t, prob = self.model.predict(x[None].to(device), seed=self.seed,
-                                        select=self.select)
+                                        select=self.select, mirror_views=self.mirror_views)
         T = poses_from_relative(R[0].cpu(), t[0].cpu())
         (w, h), = sizes
         f = self.model.config.focal_ndc * min(w, h) / 2.0
@@ -71,7 +73,7 @@ class AdenEstimator:
 
 def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
                 quiet: bool = False, overwrite: bool = False, device: str = "cpu",
-                select: str = "argmax") -> dict:
+                select: str = "argmax", mirror_views: bool = False) -> dict:
     """Estimate the cameras of the photos in ``images``; write ``out/transforms.json``,
     ``out/sparse/0/`` (COLMAP text) and ``out/scores.json``. Returns the scores dict.
 
@@ -86,7 +88,8 @@ def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
     check_output_folder(out)
     check_replaceable(out, "scores.json", overwrite)
     check_device(device)
-    estimator = AdenEstimator(checkpoint, seed=seed, device=device, select=select)
+    estimator = AdenEstimator(checkpoint, seed=seed, device=device, select=select,
+                              mirror_views=mirror_views)
     files, photos = load_photos(images)
     start = time.perf_counter()
     result = estimator.estimate(photos)
@@ -100,7 +103,8 @@ def run_predict(checkpoint: Path, images: Path, out: Path, seed: int = 0,
         write_transforms_json(tmp / "transforms.json", cams_named,
                               file_paths=[str(p.resolve()) for p in files])
         write_colmap_model(tmp / "sparse" / "0", cams_named)
-        scores = {"model": estimator.model.config.mode, "seconds": seconds,
+        scores = {"model": estimator.model.config.mode, "select": select,
+                  "mirror_views": mirror_views, "seconds": seconds,
                   "views": [{"name": p.name, "score": float(s)}
                             for p, s in zip(files, result.confidence, strict=True)]}
         (tmp / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
