@@ -63,6 +63,19 @@ def invert_T(T_a_b: Tensor) -> Tensor:
     return make_T(R_b_a, t_b_a)
 
 
+def mirror_x(R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """A pose ``(R [..., 3, 3], t [..., 3])`` conjugated by the reflection
+    ``S = diag(-1, 1, 1)``: ``(S R S, S t)``.
+
+    For camera-to-world poses, the cameras of the scene mirrored in world x whose images
+    are the originals flipped left-right (principal point at the image centre; shading and
+    shadows mirror with the scene). For poses relative to a camera, the relative poses of
+    those flipped views. Its own inverse; rotations stay proper (det +1).
+    """
+    s = torch.tensor([-1.0, 1.0, 1.0], dtype=R.dtype, device=R.device)
+    return R * s[:, None] * s[None, :], t * s.to(t.dtype)
+
+
 def compose(T_a_b: Tensor, T_b_c: Tensor) -> Tensor:
     """Chain transforms: ``T_a_c = T_a_b @ T_b_c``.
 

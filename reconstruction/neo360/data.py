@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from geometry.cameras import Cameras
+from geometry.se3 import make_T, mirror_x
+from geometry.so3 import axis_angle_to_matrix
 from reconstruction.field.rays import Rays, camera_rays
 
 #: The outdoor rig looks at this point (``reconstruction.procedural.scene``).
@@ -160,9 +162,6 @@ def _batch(scene: SceneViews, src: list[int], views: np.ndarray, rows: np.ndarra
                  rays, rgb.to(device), patch)
 
 
-_MIRROR_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))
-
-
 def augment_scene(scene: SceneViews, rng: np.random.Generator) -> SceneViews:
     """The same scene in another field frame: turned by a random yaw about the up axis
     (z), and with probability 1/2 mirrored left-right (world x and every view's image
@@ -171,18 +170,14 @@ def augment_scene(scene: SceneViews, rng: np.random.Generator) -> SceneViews:
     Gives the triplanes other layouts of the same scenes (the ground plane stays xy)."""
     yaw = float(rng.uniform(0.0, 2.0 * np.pi))
     mirror = bool(rng.random() < 0.5)
-    c, s = np.cos(yaw), np.sin(yaw)
-    Rz = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
     cams = scene.cameras
-    T = cams.T_world_cam.clone()
+    T = cams.T_world_cam
     R, t = T[..., :3, :3], T[..., :3, 3]
     if mirror:
-        F = _MIRROR_X.to(T)
-        R, t = F @ R @ F, t @ F
-    T[..., :3, :3] = Rz.to(T) @ R
-    T[..., :3, 3] = t @ Rz.to(T).T
-    moved = Cameras(K=cams.K, T_world_cam=T, width=cams.width, height=cams.height,
-                    names=cams.names)
+        R, t = mirror_x(R, t)
+    Rz = axis_angle_to_matrix(torch.tensor([0.0, 0.0, yaw], dtype=T.dtype, device=T.device))
+    moved = Cameras(K=cams.K, T_world_cam=make_T(Rz @ R, t @ Rz.T), width=cams.width,
+                    height=cams.height, names=cams.names)
     if not mirror:
         return SceneViews(scene.images, moved, scene.name, scene.depth)
     depth = None if scene.depth is None else scene.depth.flip(2)

@@ -179,3 +179,20 @@ def test_optical_axes_point_is_the_orbit_centre_and_none_when_undetermined():
     parallel = T[:1].repeat(3, 1, 1).clone()
     parallel[:, :3, 3] += torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]], dtype=T.dtype)
     assert optical_axes_point(parallel) is None
+
+
+def test_mirror_x_is_the_conjugation_by_the_x_reflection() -> None:
+    # (S R S, S t) with S = diag(-1, 1, 1): a proper rotation again, its own inverse, and
+    # it maps a mirrored point through the pose to the mirrored image of the point.
+    g = torch.Generator().manual_seed(3)
+    R = so3.random_rotation((5,), generator=g, dtype=torch.float64)
+    t = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    Rm, tm = se3.mirror_x(R, t)
+    S = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(Rm, S @ R @ S) and torch.allclose(tm, t @ S)
+    assert torch.allclose(torch.linalg.det(Rm), torch.ones(5, dtype=torch.float64))
+    back = se3.mirror_x(Rm, tm)
+    assert torch.equal(back[0], R) and torch.equal(back[1], t)
+    p = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    moved = (Rm @ (p @ S)[..., None])[..., 0] + tm
+    assert torch.allclose(moved, ((R @ p[..., None])[..., 0] + t) @ S)

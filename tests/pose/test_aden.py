@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from geometry.so3 import axis_angle_to_matrix, random_rotation
+from geometry.se3 import mirror_x
+from geometry.so3 import axis_angle_to_matrix, matrix_to_axis_angle, random_rotation
 from geometry.training import save_checkpoint
 from pose.camera.aden.config import AdenConfig
 from pose.camera.aden.data import (
     PoseSequence,
     batch_from,
     look_at_point,
-    mirror_relative,
     poses_from_relative,
     relative_poses,
 )
@@ -295,7 +295,8 @@ class _Perturbed:
     def eval(self) -> _Perturbed:
         return self
 
-    def predict(self, images, seed=0, select="argmax"):
+    def predict(self, images, seed=0, select="argmax", mirror_views=False):
+        assert not mirror_views  # (a stand-in for the plain estimate only)
         Rs, ts = [], []
         for im in images:
             Rb, tb = [torch.eye(3)], [torch.zeros(3)]
@@ -558,7 +559,7 @@ def _reprojection_colour_error(images: torch.Tensor, depth: torch.Tensor, K: tor
 
 
 def test_mirrored_views_match_the_mirrored_relative_poses() -> None:
-    # The rendered views, flipped left-right, are consistent with mirror_relative's poses
+    # The rendered views, flipped left-right, are consistent with mirror_x's poses
     # (and not with the unmirrored ones): each object pixel of views 1-3, moved by its depth
     # and the relative pose into view 0, lands on the same colour.
     from reconstruction.procedural.objects import ObjectSequenceConfig, object_sequence
@@ -572,7 +573,7 @@ def test_mirrored_views_match_the_mirrored_relative_poses() -> None:
     R, t = rel[:, :3, :3], rel[:, :3, 3]
     plain = _reprojection_colour_error(seq.images, seq.depth, K, R, t)
     flipped = (seq.images.flip(-2), seq.depth.flip(-1))  # [V, H, W, 3], [V, H, W]
-    Rm, tm = mirror_relative(R, t)
+    Rm, tm = mirror_x(R, t)
     mirrored = _reprojection_colour_error(*flipped, K, Rm, tm)
     wrong = _reprojection_colour_error(*flipped, K, R, t)
     assert plain < 0.2 and mirrored == pytest.approx(plain, abs=1e-6)
@@ -589,7 +590,7 @@ def test_mirrored_views_match_the_mirrored_relative_poses() -> None:
                 for i in range(3)]
         R, t, _ = relative_poses(seq0.T_world_cam[pick])
         if flipped:
-            R, t = mirror_relative(R, t)
+            R, t = mirror_x(R, t)
         assert torch.allclose(b["R_rel"][0], R.float()) and torch.allclose(b["t_rel"][0], t.float())
         seen.add(flipped)
     assert seen == {True, False}
@@ -605,24 +606,18 @@ def test_mirror_views_averages_the_estimate_and_its_mirror(mode: str, select: st
     images = torch.rand(2, 3, 3, 32, 32)
     R1, t1, p1 = net.predict(images, seed=5, select=select)
     R2, t2, p2 = net.predict(images.flip(-1), seed=5, select=select)
-    R2m, t2m = mirror_relative(R2, t2)
+    R2m, t2m = mirror_x(R2, t2)
     R, t, prob = net.predict(images, seed=5, select=select, mirror_views=True)
     for b in range(2):
         for j in range(1, 3):  # the mean of two rotations: halfway along their geodesic
             half = R1[b, j] @ axis_angle_to_matrix(
-                0.5 * _log(R1[b, j].T @ R2m[b, j]))
+                0.5 * matrix_to_axis_angle(R1[b, j].T @ R2m[b, j]))
             assert torch.allclose(R[b, j], half, atol=1e-5)
     assert torch.allclose(R[:, 0], torch.eye(3).expand(2, 3, 3))
     assert torch.allclose(t, (t1 + t2m) / 2, atol=1e-6)
     assert torch.allclose(prob, (p1 + p2) / 2)
     assert not torch.allclose(R1, R2m, atol=1e-3)  # the two estimates differ
     Rf, tf, _ = net.predict(images.flip(-1), seed=5, select=select, mirror_views=True)
-    Rfm, tfm = mirror_relative(Rf, tf)
+    Rfm, tfm = mirror_x(Rf, tf)
     assert torch.allclose(Rfm, R, atol=1e-5) and torch.allclose(tfm, t, atol=1e-6)
 
-
-def _log(R: torch.Tensor) -> torch.Tensor:
-    """Axis-angle of a rotation (angle below pi)."""
-    angle = torch.arccos(((R.diagonal().sum() - 1) / 2).clamp(-1, 1))
-    w = torch.stack([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
-    return w * (angle / (2 * torch.sin(angle)))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from geometry.errors import UserError
+from geometry.se3 import mirror_x
 
 __all__ = ["PoseSequence", "batch_from", "co3d_sequences", "load_photos", "look_at_point",
            "prepare_images", "relative_poses", "synthetic_sequences"]
@@ -104,25 +105,11 @@ def poses_from_relative(R: Tensor, t: Tensor) -> Tensor:
     return T
 
 
-# Mirroring every view of a sequence left-right shows the mirrored scene (a physically
-# consistent one: shading and shadows mirror with it), whose cameras are F T S for a world
-# reflection F and the camera-frame reflection S = diag(-1, 1, 1): first-view-relative
-# poses become S R S and S t.
-_MIRROR = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
-
-
-def mirror_relative(R: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-    """First-view-relative poses ``R [..., 3, 3]``, ``t [..., 3]`` of the left-right mirrored
-    views (images flipped along their width, principal point at the centre)."""
-    s = _MIRROR.to(R.dtype)
-    return R * s[:, None] * s[None, :], t * s.to(t.dtype)
-
-
 def batch_from(sequences: list[PoseSequence], batch: int, views: int,
                rng: np.random.Generator, mirror: bool = False) -> dict:
     """``batch`` sequences with ``views`` random views each, the first view random too;
-    with ``mirror``, each sequence is mirrored left-right (:func:`mirror_relative`) with
-    probability 1/2.
+    with ``mirror``, each sequence is mirrored left-right with probability 1/2 (its views
+    flipped, its relative poses by :func:`geometry.se3.mirror_x`).
 
     Returns ``images [B, V, 3, S, S]`` float in [0, 1], ``R_rel [B, V-1, 3, 3]``,
     ``t_rel [B, V-1, 3]`` (float32) and ``seed`` (for the negatives' sampling).
@@ -134,7 +121,7 @@ def batch_from(sequences: list[PoseSequence], batch: int, views: int,
         R, t, _ = relative_poses(seq.T_world_cam[pick])
         if mirror and rng.random() < 0.5:
             images.append(seq.images[pick].flip(-1))
-            R, t = mirror_relative(R, t)
+            R, t = mirror_x(R, t)
         else:
             images.append(seq.images[pick])
         Rs.append(R)

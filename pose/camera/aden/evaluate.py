@@ -61,8 +61,8 @@ def evaluate(model: AdenNet, sequences: list[PoseSequence], view_counts: tuple[i
             chunk = usable[k:k + batch]
             images = torch.stack([s.images[torch.as_tensor(o)] for s, o in chunk]).float() / 255
             start = time.perf_counter()
-            extra = {"mirror_views": True} if mirror_views else {}  # (plain stand-ins)
-            R, t, _ = model.predict(images.to(device), seed=seed, select=select, **extra)
+            R, t, _ = model.predict(images.to(device), seed=seed, select=select,
+                                    mirror_views=mirror_views)
             R, t = R.cpu(), t.cpu()  # waits for the device: the timing is the whole predict
             seconds += time.perf_counter() - start
             for b, (seq, order) in enumerate(chunk):

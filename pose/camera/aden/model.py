@@ -34,6 +34,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from geometry.se3 import mirror_x
 from geometry.so3 import chordal_mean, random_rotation, rot6d_to_matrix, rotation_angle
 from pose.camera.aden.config import AdenConfig
 
@@ -313,8 +314,7 @@ class AdenNet(nn.Module):
         if mirror_views:
             R1, t1, p1 = self.predict(images, seed, chunk, select)
             R2, t2, p2 = self.predict(images.flip(-1), seed, chunk, select)
-            s = torch.tensor([-1.0, 1.0, 1.0], device=R1.device, dtype=R1.dtype)
-            R2, t2 = R2 * s[:, None] * s[None, :], t2 * s.to(t2.dtype)
+            R2, t2 = mirror_x(R2, t2)
             return chordal_mean(torch.stack([R1, R2], 2), dim=2), (t1 + t2) / 2, (p1 + p2) / 2
         c = self.config
         fused = self.encode(images)
