@@ -367,8 +367,8 @@ def test_aden_eval_on_a_device_matches_the_default(tmp_path: Path, device: str,
     calls: list[tuple[str, torch.Tensor, torch.Tensor]] = []
     predict = AdenNet.predict
 
-    def recording_predict(self, images, seed=0, select="argmax"):
-        R, t, prob = predict(self, images, seed=seed, select=select)
+    def recording_predict(self, images, seed=0, select="argmax", mirror_views=False):
+        R, t, prob = predict(self, images, seed=seed, select=select, mirror_views=mirror_views)
         calls.append((images.device.type, R.cpu(), t.cpu()))
         return R, t, prob
 
