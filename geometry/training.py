@@ -13,7 +13,9 @@ all of them:
 - checkpoints every ``checkpoint_every_s`` seconds, on Ctrl-C and at the end, written
   atomically (an interrupted run keeps the previous checkpoint);
 - ``resume``: continue from the checkpoint in ``out`` (weights, optimiser, step, elapsed
-  time, history), refused for another model's checkpoint or another configuration;
+  time, history), refused for another model's checkpoint or another configuration (the
+  error names the first option that differs); options the checkpoint predates (keys its
+  configuration lacks) take their current values, with a note;
 - data parallel over processes started by ``torchrun``: :func:`ddp_setup` joins the process
   group (gloo on CPU, nccl on CUDA), parameters are broadcast from rank 0 and gradients are
   averaged over ranks after every backward (what ``DistributedDataParallel`` does, without
@@ -47,6 +49,7 @@ __all__ = [
     "TrainLoop",
     "TrainResult",
     "ddp_cleanup",
+    "config_differences",
     "ddp_setup",
     "load_weights",
     "plot_history",
@@ -327,6 +330,34 @@ def plot_history(history: list[dict[str, float]], path: str | os.PathLike,
     plt.close(fig)
 
 
+def config_differences(stored: Any, current: Any, prefix: str = ""
+                       ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any, Any]]]:
+    """How a checkpoint's stored configuration differs from the current one (both JSON
+    values, nested dicts compared key by key).
+
+    Returns:
+        ``newer``: ``(key, current value)`` of the keys the stored configuration lacks
+        (options added to the code after the checkpoint was written); ``changed``:
+        ``(key, stored, current)`` of every other difference (a value changed, or a key
+        that the current configuration no longer has). Keys are dotted paths.
+    """
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return [], ([] if stored == current else [(prefix or "config", stored, current)])
+    newer: list[tuple[str, Any]] = []
+    changed: list[tuple[str, Any, Any]] = []
+    for key in list(stored) + [k for k in current if k not in stored]:
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in stored:
+            newer.append((path, current[key]))
+        elif key not in current:
+            changed.append((path, stored[key], None))
+        else:
+            sub_newer, sub_changed = config_differences(stored[key], current[key], path)
+            newer += sub_newer
+            changed += sub_changed
+    return newer, changed
+
+
 # ------------------------------------------------------------------------- the loop
 
 
@@ -421,9 +452,16 @@ def train_loop(model: nn.Module, optimizer: torch.optim.Optimizer,
             raise UserError(f"{out} holds no {loop.kind} checkpoint to continue; train "
                             "without --resume.")
         record = load_weights(out, model, loop.kind)
-        if record["config"] != json.loads(json.dumps(loop.config)):
-            raise UserError(f"the checkpoint in {out} has another {loop.kind} configuration; "
-                            "resume with the same options or train into a new folder.")
+        newer, changed = config_differences(record["config"], json.loads(json.dumps(loop.config)))
+        if changed:
+            key, was, now = changed[0]
+            raise UserError(f"the checkpoint in {out} has another {loop.kind} configuration "
+                            f"({key}: {json.dumps(was)} in the checkpoint, {json.dumps(now)} "
+                            "now); resume with the same options or train into a new folder.")
+        if newer and dist.rank == 0:
+            print(f"note: the checkpoint in {out} predates option(s) "
+                  f"{', '.join(f'{k}={json.dumps(v)}' for k, v in newer)}; resuming with these "
+                  "current values")
         state = _load_trainer_state(out, loop.kind)
         if state.get("optimizer") is not None:
             try:

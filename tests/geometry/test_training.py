@@ -15,6 +15,7 @@ from geometry.training import (
     DistInfo,
     TrainLoop,
     _lr_factor,
+    config_differences,
     load_weights,
     read_checkpoint_config,
     train_loop,
@@ -80,6 +81,37 @@ def test_resume_continues_exactly(tmp_path):
     assert [row["step"] for row in result.history] == [5, 10, 15, 20, 25, 30]
 
 
+def test_resume_accepts_options_the_checkpoint_predates(tmp_path, capsys):
+    """A checkpoint written before an option existed resumes (the option takes its current
+    value, with a note naming it); an option whose value changed is refused by name."""
+    model = _model()
+    train_loop(model, torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss,
+               _loop(tmp_path / "ck", steps=5))
+    newer = TrainLoop(out=tmp_path / "ck", kind="toy",
+                      config={"width": 3, "model": {"mirror": True}}, steps=8, resume=True,
+                      quiet=True)
+    result = train_loop(_model(), torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss,
+                        newer)
+    assert result.step == 8
+    assert "predates option(s) model={\"mirror\": true}" in capsys.readouterr().out
+    # the checkpoint now records the new option: a nested change is named by its path
+    changed = TrainLoop(out=tmp_path / "ck", kind="toy",
+                        config={"width": 3, "model": {"mirror": False}}, steps=9,
+                        resume=True, quiet=True)
+    with pytest.raises(UserError, match=r"\(model.mirror: true in the checkpoint, false now\)"):
+        train_loop(_model(), torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss,
+                   changed)
+
+
+def test_config_differences():
+    stored = {"a": 1, "b": {"c": [1, 2], "d": "x"}, "gone": 0}
+    current = {"a": 1, "b": {"c": [1, 3], "d": "x", "e": True}, "f": None}
+    newer, changed = config_differences(stored, current)
+    assert newer == [("b.e", True), ("f", None)]
+    assert changed == [("b.c", [1, 2], [1, 3]), ("gone", 0, None)]
+    assert config_differences(stored, stored) == ([], [])
+
+
 def test_cosine_schedule_and_warmup():
     assert _lr_factor(0, 0.0, 4, "cosine") == pytest.approx(0.25)
     assert _lr_factor(10, 0.5, 4, "cosine") == pytest.approx(0.5)
@@ -107,7 +139,8 @@ def test_checkpoint_errors(tmp_path):
         load_weights(tmp_path / "ck", nn.Linear(4, 1, bias=False), "toy")
     other = TrainLoop(out=tmp_path / "ck", kind="toy", config={"width": 4}, steps=10,
                       resume=True, quiet=True)
-    with pytest.raises(UserError, match="another toy configuration"):
+    with pytest.raises(UserError, match=r"another toy configuration \(width: 3 in the "
+                                        r"checkpoint, 4 now\)"):
         train_loop(_model(), torch.optim.SGD(model.parameters(), lr=0.01), _data, _loss, other)
     (tmp_path / "ck" / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
