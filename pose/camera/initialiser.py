@@ -42,8 +42,11 @@ def camera_estimator_initialiser(estimator_factory: Callable[[], CameraPoseEstim
     Returns:
         An :data:`~reconstruction.init.registry.Initialiser`. Given known cameras
         (``recon fit --poses``) it passes them to the estimator as ``initial`` (a refiner
-        refines them; an estimator from scratch may ignore them). Its result's stats gain
-        ``camera_estimator`` (the estimator's class) and ``camera_confidence_mean``.
+        refines them; an estimator from scratch may ignore them). Cameras the photos' matches
+        do not fit (too coarse an estimate) are dropped with a warning: ``base`` then
+        registers the photos itself, and the stats record ``camera_estimator_rejected``
+        (how many matched points fit). Its result's stats gain ``camera_estimator`` (the
+        estimator's class) and ``camera_confidence_mean``.
     """
     built: list[CameraPoseEstimator] = []
 
@@ -61,6 +64,8 @@ def camera_estimator_initialiser(estimator_factory: Callable[[], CameraPoseEstim
         from geometry.cameras import Cameras
         from geometry.errors import UserError
         from geometry.se3 import invert_T
+        from reconstruction.images import warn
+        from reconstruction.init.cgi import CamerasDoNotFit
         from reconstruction.init.registry import INITIALISERS
 
         initial = None
@@ -83,8 +88,23 @@ def camera_estimator_initialiser(estimator_factory: Callable[[], CameraPoseEstim
                                 f"photo {im.path.name} is {im.width}x{im.height}.")
         given = (estimated.K.detach().double().cpu().numpy(),
                  invert_T(estimated.T_world_cam.detach().double()).cpu().numpy())
-        out = INITIALISERS[base](images, work_dir, config, seed, cameras=given)
-        out.stats["camera_estimator"] = type(chosen).__name__
+        name = type(chosen).__name__
+        try:
+            out = INITIALISERS[base](images, work_dir, config, seed, cameras=given)
+        except CamerasDoNotFit as rejected:
+            # an estimate too coarse for the matches (a learned estimator's 10-20 degrees):
+            # the base initialiser registers the photos itself (from the user's cameras,
+            # if any), rather than the whole fit failing on a message about conventions
+            warn(f"{name}'s cameras do not fit the photos ({rejected.detail}); "
+                 f"{base} registers the photos without them")
+            try:
+                out = INITIALISERS[base](images, work_dir / "without_estimate", config, seed,
+                                         cameras=cameras)
+            except UserError as again:
+                raise UserError(f"{name}'s cameras do not fit the photos ({rejected.detail}) "
+                                f"and without them {again}") from None
+            out.stats["camera_estimator_rejected"] = rejected.detail
+        out.stats["camera_estimator"] = name
         out.stats["camera_confidence_mean"] = float(torch.as_tensor(result.confidence)
                                                     .double().mean())
         return out

@@ -46,6 +46,15 @@ def check_registered(model: SparseModel) -> None:
 MIN_CONSISTENT_TRACKS = 0.5
 
 
+class CamerasDoNotFit(UserError):
+    """Given cameras that too few of the photos' matched points fit (see
+    :func:`retriangulate`); ``detail`` says how many did."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 def retriangulate(model: SparseModel, Ks: np.ndarray, T_cam_world: np.ndarray,
                   max_error: float) -> SparseModel:
     """The model's tracks triangulated again with given cameras (multi-view DLT).
@@ -62,7 +71,8 @@ def retriangulate(model: SparseModel, Ks: np.ndarray, T_cam_world: np.ndarray,
         colours and observations.
 
     Raises:
-        UserError: fewer than :data:`MIN_CONSISTENT_TRACKS` of the tracks fit the cameras.
+        CamerasDoNotFit: fewer than :data:`MIN_CONSISTENT_TRACKS` of the tracks fit the
+            cameras.
     """
     from reconstruction.init.two_view import triangulate
 
@@ -96,10 +106,11 @@ def retriangulate(model: SparseModel, Ks: np.ndarray, T_cam_world: np.ndarray,
         obs_keep[a:b] = True
     tracks = len(starts)
     if len(kept) < max(4, MIN_CONSISTENT_TRACKS * tracks):
-        raise UserError(f"the given cameras do not fit the photos: {len(kept)} of {tracks} "
-                        f"matched points reproject within {max_error:.1f} px; check that the "
-                        "poses belong to these photos and use the OpenCV/COLMAP or "
-                        "transforms.json convention they claim.")
+        detail = (f"{len(kept)} of {tracks} matched points reproject within "
+                  f"{max_error:.1f} px")
+        raise CamerasDoNotFit(f"the given cameras do not fit the photos: {detail}; check "
+                              "that the poses belong to these photos and use the "
+                              "OpenCV/COLMAP or transforms.json convention they claim.", detail)
     kept = np.asarray(kept)
     remap = np.full(len(model.points_world), -1)
     remap[kept] = np.arange(len(kept))

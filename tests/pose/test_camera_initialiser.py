@@ -9,6 +9,7 @@ import torch
 
 import reconstruction.init.registry as registry
 from geometry.cameras import Cameras
+from geometry.errors import UserError
 from pose.camera import CameraPoseResult
 from pose.camera.initialiser import register_camera_estimator
 from reconstruction.images import load_images
@@ -87,3 +88,44 @@ def test_registering_refuses_builtin_names_and_unknown_bases(monkeypatch):
         register_camera_estimator("sfm", lambda: None)
     with pytest.raises(ValueError, match="unknown base"):
         register_camera_estimator("mine", lambda: None, base="nope")
+
+
+def _turned(cameras: Cameras, degrees: float) -> Cameras:
+    """``cameras`` with every view but the first turned by ``degrees`` about its own y axis
+    (a learned estimator's typical error; far too coarse for the matches)."""
+    from geometry.so3 import axis_angle_to_matrix
+
+    T = cameras.T_world_cam.double().clone()
+    turn = axis_angle_to_matrix(torch.tensor([0.0, np.radians(degrees), 0.0],
+                                             dtype=torch.float64))
+    T[1:, :3, :3] = T[1:, :3, :3] @ turn
+    return Cameras(K=cameras.K.double(), T_world_cam=T, width=cameras.width,
+                   height=cameras.height)
+
+
+def test_cameras_the_matches_do_not_fit_are_dropped_for_sfm_own(photos, tmp_path, monkeypatch,
+                                                                capsys):
+    """An estimate 20 degrees off: the initialiser warns and lets SfM register the photos
+    itself (the same cameras as SfM alone) instead of failing on a message about pose
+    conventions; the stats say how many matched points the estimate fit."""
+    scene, images = photos
+    monkeypatch.setattr(registry, "INITIALISERS", dict(registry.INITIALISERS))
+    register_camera_estimator("coarse", lambda: Oracle(_turned(scene.cameras, 20.0)),
+                              base="sfm-sparse")
+    result = registry.INITIALISERS["coarse"](images, tmp_path / "a", InitConfig(), 0)
+    err = capsys.readouterr().err
+    assert "Oracle's cameras do not fit the photos (" in err
+    assert "sfm-sparse registers the photos without them" in err
+    rejected = result.stats["camera_estimator_rejected"]
+    kept, tracks = (int(w) for w in rejected.split()[:3:2])
+    assert kept < 0.5 * tracks and rejected.endswith("matched points reproject within 4.0 px")
+    alone = registry.INITIALISERS["sfm-sparse"](images, tmp_path / "b", InitConfig(), 0)
+    assert result.model.registered.all()
+    np.testing.assert_array_equal(result.model.T_cam_world, alone.model.T_cam_world)
+    # known cameras that do not fit either: one sentence naming both failures
+    given = (scene.cameras.K.double().numpy(),
+             _turned(scene.cameras, 30.0).T_cam_world.double().numpy())
+    with pytest.raises(UserError, match=r"^Oracle's cameras do not fit the photos \(\d+ of "
+                                        r"\d+ .*\) and without them the given cameras do not "
+                                        r"fit the photos"):
+        registry.INITIALISERS["coarse"](images, tmp_path / "c", InitConfig(), 0, cameras=given)
