@@ -82,8 +82,9 @@ class Fit(FitConfig):
     detected and corrected; see pose sparseags) before the optimisation."""
     aden_checkpoint: Path | None = None
     """An ADen checkpoint folder ('pose aden train'): its camera poses initialise the fit
-    (the cloud is triangulated with them by the --init initialiser); None: the --init
-    initialiser's own poses."""
+    (the cloud is triangulated with them by the --init initialiser; poses the photos'
+    matches do not fit are dropped with a warning, and the --init initialiser registers
+    the photos itself); None: the --init initialiser's own poses."""
 
     def run(self) -> dict:
         from geometry.errors import UserError
