@@ -85,6 +85,12 @@ class Fit(FitConfig):
     (the cloud is triangulated with them by the --init initialiser; poses the photos'
     matches do not fit are dropped with a warning, and the --init initialiser registers
     the photos itself); None: the --init initialiser's own poses."""
+    aden_select: Literal["argmax", "mean"] = "argmax"
+    """How ADen picks each view's pose among its hypotheses (as 'pose aden predict
+    --select'): argmax (the paper's) or mean (the chordal mean of the hypotheses)."""
+    aden_mirror_views: bool = False
+    """Also estimate from the photos mirrored left-right and average (as 'pose aden
+    predict --mirror-views')."""
 
     def run(self) -> dict:
         from geometry.errors import UserError
@@ -93,7 +99,9 @@ class Fit(FitConfig):
         if self.aden_checkpoint is not None:
             from pose.camera.aden.hook import register_aden
 
-            self.init = register_aden(self.aden_checkpoint, base=self.init)
+            self.init = register_aden(self.aden_checkpoint, base=self.init,
+                                      select=self.aden_select,
+                                      mirror_views=self.aden_mirror_views)
         if self.refine_poses:
             from pose.camera.sparseags.hook import register_refine_poses
 

@@ -111,3 +111,33 @@ def test_recon_fit_missing_aden_checkpoint(scene, tmp_path: Path,
     assert len(lines) == 1 and lines[0].startswith("recon: error: "), err
     assert "nope is not an aden checkpoint" in lines[0] and "pose aden train" in lines[0]
     assert not out.exists()
+
+
+def test_recon_fit_passes_the_aden_selection_on(scene, checkpoint: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """--aden-select and --aden-mirror-views reach the estimator (the mean of this tiny
+    model's spread hypotheses may not fit the matches: the fit then goes on with SfM's own
+    cameras, with a warning); an unknown selection is refused before any work."""
+    import pose.camera.aden.predict as predict_module
+    from geometry.errors import UserError
+    from pose.camera.aden.hook import register_aden
+
+    seen = []
+
+    class Recording(predict_module.AdenEstimator):
+        def __init__(self, *args, **kwargs) -> None:
+            seen.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "AdenEstimator", Recording)
+    photos, _ = scene
+    out = tmp_path / "out"
+    code, err = _recon(monkeypatch, capsys, "fit", "--images", str(photos), "--out", str(out),
+                       "--aden-checkpoint", str(checkpoint), "--aden-select", "mean",
+                       "--aden-mirror-views", *FAST)
+    assert code == 0, err
+    assert [(k["select"], k["mirror_views"]) for k in seen] == [("mean", True)]
+    assert (out / "transforms.json").is_file()
+    with pytest.raises(UserError, match="selection 'median' is not one of argmax, mean"):
+        register_aden(checkpoint, select="median")

@@ -11,26 +11,32 @@ __all__ = ["register_aden"]
 
 
 def register_aden(checkpoint: str | Path, base: str = "sfm", name: str = "aden",
-                  seed: int = 0) -> str:
+                  seed: int = 0, select: str = "argmax", mirror_views: bool = False) -> str:
     """Register ADen with ``checkpoint`` as ``INITIALISERS[name]`` and return ``name`` (pass
-    it as ``FitConfig.init``).
+    it as ``FitConfig.init``); ``seed``, ``select`` and ``mirror_views`` as
+    :class:`~pose.camera.aden.predict.AdenEstimator`'s.
 
     Raises:
         UserError: ``checkpoint`` is not an ADen checkpoint folder (checked now, so that
             ``recon fit`` fails before any work).
     """
+    from geometry.errors import UserError
     from geometry.training import read_checkpoint_config
+    from pose.camera.aden.model import SELECTIONS
     from pose.camera.aden.predict import AdenEstimator
     from pose.camera.aden.train import KIND
     from pose.camera.initialiser import register_camera_estimator
 
+    if select not in SELECTIONS:
+        raise UserError(f"the ADen selection {select!r} is not one of "
+                        f"{', '.join(SELECTIONS)}.")
     read_checkpoint_config(Path(checkpoint), kind=KIND, command="pose aden train")
 
     def build() -> AdenEstimator:
         from geometry.progress import log_stage
 
         log_stage(f"camera initialiser: ADen ({checkpoint}), cloud by {base}")
-        return AdenEstimator(checkpoint, seed=seed)
+        return AdenEstimator(checkpoint, seed=seed, select=select, mirror_views=mirror_views)
 
     register_camera_estimator(name, build, base=base)
     return name
