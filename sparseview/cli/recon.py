@@ -86,11 +86,11 @@ class Fit(FitConfig):
     matches do not fit are dropped with a warning, and the --init initialiser registers
     the photos itself); None: the --init initialiser's own poses."""
     aden_select: Literal["argmax", "mean"] = "argmax"
-    """How ADen picks each view's pose among its hypotheses (as 'pose aden predict
-    --select'): argmax (the paper's) or mean (the chordal mean of the hypotheses)."""
+    """How ADen picks each view's pose among its hypotheses (as in 'pose aden predict'):
+    argmax (the paper's) or mean (the chordal mean of the hypotheses)."""
     aden_mirror_views: bool = False
-    """Also estimate from the photos mirrored left-right and average (as 'pose aden
-    predict --mirror-views')."""
+    """Also estimate ADen's poses from the photos mirrored left-right and average the two
+    (as in 'pose aden predict')."""
 
     def run(self) -> dict:
         from geometry.errors import UserError
