@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 
 import tyro
 
+from pose.camera.aden.config import Selection
 from reconstruction.engine.config import FitConfig
 from reconstruction.eval.cli import Eval
 from reconstruction.method import Method
@@ -85,7 +86,7 @@ class Fit(FitConfig):
     (the cloud is triangulated with them by the --init initialiser; poses the photos'
     matches do not fit are dropped with a warning, and the --init initialiser registers
     the photos itself); None: the --init initialiser's own poses."""
-    aden_select: Literal["argmax", "mean"] = "argmax"
+    aden_select: Selection = "argmax"
     """How ADen picks each view's pose among its hypotheses (as in 'pose aden predict'):
     argmax (the paper's) or mean (the chordal mean of the hypotheses)."""
     aden_mirror_views: bool = False

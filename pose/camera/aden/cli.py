@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Union
 
 import tyro
 
 from geometry.threads import set_threads
-from pose.camera.aden.config import AdenConfig, AdenTrainConfig, SynthData
-
-#: The choices of --select (pose.camera.aden.model.SELECTIONS, spelled out for tyro).
-Selection = Literal["argmax", "mean"]
+from pose.camera.aden.config import AdenConfig, AdenTrainConfig, Selection, SynthData
 
 
 @dataclass

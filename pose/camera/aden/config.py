@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+#: How ADen picks each view's pose among its hypotheses (the choices of ``--select`` and
+#: ``recon fit --aden-select``; pose.camera.aden.model.SELECTIONS, spelled out for tyro).
+Selection = Literal["argmax", "mean"]
+
 AdenMode = Literal["aden", "regression", "grid"]
 """aden: generator + discriminator (adaptive density); regression: the generator with one
 hypothesis and no discriminator (direct regression, M = 1); grid: the discriminator alone
