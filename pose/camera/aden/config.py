@@ -8,11 +8,27 @@ the synthetic object sequences trained and evaluated on.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from geometry.errors import UserError
 
 #: How ADen picks each view's pose among its hypotheses (the choices of ``--select`` and
-#: ``recon fit --aden-select``; pose.camera.aden.model.SELECTIONS, spelled out for tyro).
+#: ``recon fit --aden-select``): the discriminator's argmax, or the hypotheses' mean.
 Selection = Literal["argmax", "mean"]
+#: The same choices as a tuple (:meth:`~pose.camera.aden.model.AdenNet.predict`'s).
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+
+
+def check_selection(select: str, option: str) -> None:
+    """Refuse a selection that is not one of :data:`SELECTIONS` (``option`` names where
+    it came from, for the message).
+
+    Raises:
+        UserError: ``select`` is not one of :data:`SELECTIONS`.
+    """
+    if select not in SELECTIONS:
+        raise UserError(f"{option} {select!r} is not one of {', '.join(SELECTIONS)}.")
+
 
 AdenMode = Literal["aden", "regression", "grid"]
 """aden: generator + discriminator (adaptive density); regression: the generator with one

@@ -20,16 +20,13 @@ def register_aden(checkpoint: str | Path, base: str = "sfm", name: str = "aden",
         UserError: ``checkpoint`` is not an ADen checkpoint folder (checked now, so that
             ``recon fit`` fails before any work).
     """
-    from geometry.errors import UserError
     from geometry.training import read_checkpoint_config
-    from pose.camera.aden.model import SELECTIONS
+    from pose.camera.aden.config import check_selection
     from pose.camera.aden.predict import AdenEstimator
     from pose.camera.aden.train import KIND
     from pose.camera.initialiser import register_camera_estimator
 
-    if select not in SELECTIONS:
-        raise UserError(f"the ADen selection {select!r} is not one of "
-                        f"{', '.join(SELECTIONS)}.")
+    check_selection(select, "the ADen selection")
     read_checkpoint_config(Path(checkpoint), kind=KIND, command="pose aden train")
 
     def build() -> AdenEstimator:

@@ -36,12 +36,9 @@ from torch import Tensor, nn
 
 from geometry.se3 import mirror_x
 from geometry.so3 import chordal_mean, random_rotation, rot6d_to_matrix, rotation_angle
-from pose.camera.aden.config import AdenConfig
+from pose.camera.aden.config import SELECTIONS, AdenConfig
 
 __all__ = ["SELECTIONS", "AdenNet", "BasicBlock", "ResNetEncoder", "rotation_grid"]
-
-#: How :meth:`AdenNet.predict` picks an ADen pose among the hypotheses.
-SELECTIONS = ("argmax", "mean")
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -310,7 +307,7 @@ class AdenNet(nn.Module):
             share of hypotheses within 15 degrees of the mean; view 0 and regression: 1).
         """
         if select not in SELECTIONS:
-            raise ValueError(f"select must be 'argmax' or 'mean', got {select!r}")
+            raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
         if mirror_views:
             R1, t1, p1 = self.predict(images, seed, chunk, select)
             R2, t2, p2 = self.predict(images.flip(-1), seed, chunk, select)

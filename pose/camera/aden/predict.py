@@ -19,8 +19,9 @@ from torch import Tensor
 from geometry.cameras import Cameras
 from geometry.errors import UserError
 from pose.camera import CameraPoseResult
+from pose.camera.aden.config import check_selection
 from pose.camera.aden.data import load_photos, poses_from_relative, prepare_images
-from pose.camera.aden.model import SELECTIONS, AdenNet
+from pose.camera.aden.model import AdenNet
 
 __all__ = ["AdenEstimator", "run_predict"]
 
@@ -31,8 +32,7 @@ class AdenEstimator:
     def __init__(self, model: AdenNet | str | Path, seed: int = 0,
                  device: str = "cpu", select: str = "argmax",
                  mirror_views: bool = False) -> None:
-        if select not in SELECTIONS:
-            raise UserError(f"--select {select} is not one of {', '.join(SELECTIONS)}.")
+        check_selection(select, "--select")
         if not isinstance(model, AdenNet):
             from pose.camera.aden.train import load_model
 
